@@ -191,7 +191,12 @@ impl Catalog {
 
     /// Exports (or re-exports with new settings) one of this site's services. Re-exporting an
     /// identical service changes nothing and returns its current stamp.
-    pub fn export(&mut self, namespace: &str, name: &str, svc: Service) -> Result<Stamp, AdminError> {
+    pub fn export(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        svc: Service,
+    ) -> Result<Stamp, AdminError> {
         svc.validate()?;
         crate::names::dns_label("namespace", namespace)?;
         crate::names::dns_label("name", name)?;
@@ -676,11 +681,21 @@ impl Catalog {
                 .map(|(s, l)| LinkState {
                     peer: s.clone(),
                     position: l.position,
-                    records: l.records.iter().map(|(k, r)| (k.clone(), r.clone())).collect(),
+                    records: l
+                        .records
+                        .iter()
+                        .map(|(k, r)| (k.clone(), r.clone()))
+                        .collect(),
                 })
                 .collect(),
             heads: self.heads.iter().map(|(s, h)| (s.clone(), *h)).collect(),
+            declared: self.declared.iter().cloned().collect(),
         }
+    }
+
+    /// The exports the site config declared when this state was saved.
+    pub fn declared(&self) -> &BTreeSet<(String, String)> {
+        &self.declared
     }
 
     /// Rebuilds a catalog from its saved state.
@@ -697,7 +712,10 @@ impl Catalog {
         c.horizon = state.horizon;
         for (k, m) in state.merged {
             if m.seq > c.seq {
-                return Err(format!("entry {k} has seq {} beyond the stream head {}", m.seq, c.seq));
+                return Err(format!(
+                    "entry {k} has seq {} beyond the stream head {}",
+                    m.seq, c.seq
+                ));
             }
             if matches!(m.record.body, Body::Withdrawn { .. }) {
                 c.tombstones.insert(m.seq, k.clone());
@@ -717,6 +735,7 @@ impl Catalog {
         for (s, h) in state.heads {
             c.heads.insert(s, h);
         }
+        c.declared = state.declared.into_iter().collect();
         if let Some(h) = c.heads.get_mut(&c.site) {
             h.stamp = Stamp {
                 epoch: c.epoch,
@@ -742,6 +761,8 @@ pub struct State {
     merged: Vec<(Key, Merged)>,
     links: Vec<LinkState>,
     heads: Vec<(Site, Head)>,
+    #[serde(default)]
+    declared: Vec<(String, String)>,
 }
 
 impl State {

@@ -5,7 +5,14 @@
 //! (SPIFFE site identities over rustls), [`config`] and [`state`] (files), [`sync`] (the peer
 //! protocol over gRPC), [`admin`] (the local admin API), [`daemon`] (wiring).
 
+pub mod admin;
 pub mod catalog;
+pub mod config;
+pub mod daemon;
 pub mod error;
+pub mod identity;
 pub mod model;
 pub mod names;
+pub mod store;
+pub mod sync;
+pub mod tls;

@@ -42,7 +42,9 @@ impl fmt::Display for Key {
 }
 
 /// An origin's version of one entry: the origin's epoch, then its version counter.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Stamp {
     /// The origin's state incarnation (a new epoch supersedes every version of older epochs).
     pub epoch: u64,
@@ -109,10 +111,18 @@ impl Scope {
     /// A scope of the named sites; an empty list is refused (use [`Scope::All`]).
     pub fn from_sites(field: &str, sites: &[String]) -> Result<Self, InvalidField> {
         if sites.is_empty() {
-            return Err(InvalidField::new(field, "", "must name at least one site, or be `all`"));
+            return Err(InvalidField::new(
+                field,
+                "",
+                "must name at least one site, or be `all`",
+            ));
         }
         if sites.len() > MAX_SCOPE_SITES {
-            return Err(InvalidField::new(field, sites.len(), "names too many sites (max 256)"));
+            return Err(InvalidField::new(
+                field,
+                sites.len(),
+                "names too many sites (max 256)",
+            ));
         }
         for s in sites {
             names::dns_label(field, s)?;
@@ -125,9 +135,7 @@ impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Scope::All => f.write_str("*"),
-            Scope::Sites(s) => {
-                f.write_str(&s.iter().cloned().collect::<Vec<_>>().join(","))
-            }
+            Scope::Sites(s) => f.write_str(&s.iter().cloned().collect::<Vec<_>>().join(",")),
         }
     }
 }
@@ -236,7 +244,11 @@ impl Protocol {
             Ok(wire::Protocol::Http) => Ok(Protocol::Http),
             Ok(wire::Protocol::Http2) => Ok(Protocol::Http2),
             Ok(wire::Protocol::Grpc) => Ok(Protocol::Grpc),
-            _ => Err(InvalidField::new(field, v, "must be TCP, HTTP, HTTP2 or GRPC")),
+            _ => Err(InvalidField::new(
+                field,
+                v,
+                "must be TCP, HTTP, HTTP2 or GRPC",
+            )),
         }
     }
 }
@@ -286,10 +298,18 @@ impl Port {
 /// Checks a list of ports: 1 to 64 ports, valid names, unique names and numbers.
 pub fn validate_ports(field: &str, ports: &[Port]) -> Result<(), InvalidField> {
     if ports.is_empty() {
-        return Err(InvalidField::new(field, "[]", "must list at least one port"));
+        return Err(InvalidField::new(
+            field,
+            "[]",
+            "must list at least one port",
+        ));
     }
     if ports.len() > MAX_PORTS {
-        return Err(InvalidField::new(field, ports.len(), "lists too many ports (max 64)"));
+        return Err(InvalidField::new(
+            field,
+            ports.len(),
+            "lists too many ports (max 64)",
+        ));
     }
     let mut names = BTreeSet::new();
     let mut numbers = BTreeSet::new();
@@ -297,13 +317,25 @@ pub fn validate_ports(field: &str, ports: &[Port]) -> Result<(), InvalidField> {
         let f = format!("{field}[{i}]");
         names::dns_label(&format!("{f}.name"), &p.name)?;
         if p.port == 0 {
-            return Err(InvalidField::new(&format!("{f}.port"), 0, "must be in 1..=65535"));
+            return Err(InvalidField::new(
+                &format!("{f}.port"),
+                0,
+                "must be in 1..=65535",
+            ));
         }
         if !names.insert(&p.name) {
-            return Err(InvalidField::new(&format!("{f}.name"), &p.name, "is a duplicate port name"));
+            return Err(InvalidField::new(
+                &format!("{f}.name"),
+                &p.name,
+                "is a duplicate port name",
+            ));
         }
         if !numbers.insert(p.port) {
-            return Err(InvalidField::new(&format!("{f}.port"), p.port, "is a duplicate port number"));
+            return Err(InvalidField::new(
+                &format!("{f}.port"),
+                p.port,
+                "is a duplicate port number",
+            ));
         }
     }
     Ok(())
@@ -331,22 +363,38 @@ impl Service {
     pub fn validate(&self) -> Result<(), InvalidField> {
         validate_ports("ports", &self.ports)?;
         if self.ingress.len() > MAX_INGRESS {
-            return Err(InvalidField::new("ingress", self.ingress.len(), "lists too many addresses (max 16)"));
+            return Err(InvalidField::new(
+                "ingress",
+                self.ingress.len(),
+                "lists too many addresses (max 16)",
+            ));
         }
         for (i, a) in self.ingress.iter().enumerate() {
             names::host_port(&format!("ingress[{i}]"), a)?;
         }
         if self.labels.len() > MAX_LABELS {
-            return Err(InvalidField::new("labels", self.labels.len(), "has too many labels (max 64)"));
+            return Err(InvalidField::new(
+                "labels",
+                self.labels.len(),
+                "has too many labels (max 64)",
+            ));
         }
         for (k, v) in &self.labels {
             names::label("labels", k, v)?;
         }
         if !self.identity.is_empty() && !self.identity.starts_with("spiffe://") {
-            return Err(InvalidField::new("identity", &self.identity, "must be a spiffe:// URI"));
+            return Err(InvalidField::new(
+                "identity",
+                &self.identity,
+                "must be a spiffe:// URI",
+            ));
         }
         if self.identity.len() > 2048 {
-            return Err(InvalidField::new("identity", &self.identity, "is too long (max 2048)"));
+            return Err(InvalidField::new(
+                "identity",
+                &self.identity,
+                "is too long (max 2048)",
+            ));
         }
         self.stale.validate("stale")?;
         Ok(())
@@ -429,11 +477,12 @@ impl Record {
                 ))
             }
             Some(wire::record::Kind::Withdrawn(t)) => {
-                let key = key_from_wire(&t.origin, &t.namespace, &t.name)
-                    .map_err(|e| e.within(field))?;
+                let key =
+                    key_from_wire(&t.origin, &t.namespace, &t.name).map_err(|e| e.within(field))?;
                 let audience = Scope::from_wire("audience", t.audience.as_ref())
                     .map_err(|e| e.within(field))?;
-                let stamp = stamp_from_wire(t.origin_epoch, t.version).map_err(|e| e.within(field))?;
+                let stamp =
+                    stamp_from_wire(t.origin_epoch, t.version).map_err(|e| e.within(field))?;
                 Ok((
                     key,
                     Record {
@@ -442,7 +491,11 @@ impl Record {
                     },
                 ))
             }
-            None => Err(InvalidField::new(&format!("{field}.kind"), "<missing>", "is required")),
+            None => Err(InvalidField::new(
+                &format!("{field}.kind"),
+                "<missing>",
+                "is required",
+            )),
         }
     }
 }
@@ -494,7 +547,10 @@ pub fn service_to_wire(key: &Key, stamp: Stamp, s: &Service) -> wire::ExportedSe
 }
 
 /// Decodes ports from the wire, validating each.
-pub fn ports_from_wire(field: &str, ports: &[wire::ServicePort]) -> Result<Vec<Port>, InvalidField> {
+pub fn ports_from_wire(
+    field: &str,
+    ports: &[wire::ServicePort],
+) -> Result<Vec<Port>, InvalidField> {
     let out = ports
         .iter()
         .enumerate()
@@ -503,7 +559,9 @@ pub fn ports_from_wire(field: &str, ports: &[wire::ServicePort]) -> Result<Vec<P
             let port = u16::try_from(p.port)
                 .ok()
                 .filter(|n| *n > 0)
-                .ok_or_else(|| InvalidField::new(&format!("{f}.port"), p.port, "must be in 1..=65535"))?;
+                .ok_or_else(|| {
+                    InvalidField::new(&format!("{f}.port"), p.port, "must be in 1..=65535")
+                })?;
             Ok(Port {
                 name: p.name.clone(),
                 port,
@@ -522,7 +580,11 @@ pub fn service_from_wire(s: &wire::ExportedService) -> Result<(Key, Stamp, Servi
     let svc = Service {
         ports: ports_from_wire("ports", &s.ports)?,
         ingress: s.ingress.clone(),
-        labels: s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: s
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         identity: s.identity.clone(),
         scope: Scope::from_wire("scope", s.scope.as_ref())?,
         stale: StalePolicy::from_wire("stale", s.stale.as_ref())?,
@@ -561,36 +623,80 @@ mod tests {
     #[test]
     fn wire_round_trip() {
         let r = Record {
-            stamp: Stamp { epoch: 7, version: 3 },
+            stamp: Stamp {
+                epoch: 7,
+                version: 3,
+            },
             body: Body::Live(Arc::new(svc())),
         };
         let (k, back) = Record::from_wire("r", &r.to_wire(&key())).unwrap();
         assert_eq!(k, key());
         assert_eq!(back, r);
         let t = Record {
-            stamp: Stamp { epoch: 7, version: 4 },
-            body: Body::Withdrawn { audience: Scope::All },
+            stamp: Stamp {
+                epoch: 7,
+                version: 4,
+            },
+            body: Body::Withdrawn {
+                audience: Scope::All,
+            },
         };
         assert_eq!(Record::from_wire("r", &t.to_wire(&key())).unwrap().1, t);
     }
 
     #[test]
     fn bad_wire_fields_are_named() {
-        let mut w = service_to_wire(&key(), Stamp { epoch: 1, version: 1 }, &svc());
+        let mut w = service_to_wire(
+            &key(),
+            Stamp {
+                epoch: 1,
+                version: 1,
+            },
+            &svc(),
+        );
         w.name = "Bad_Name".into();
-        let rec = wire::Record { kind: Some(wire::record::Kind::Service(w.clone())) };
-        assert_eq!(Record::from_wire("records[3]", &rec).unwrap_err().field, "records[3].name");
+        let rec = wire::Record {
+            kind: Some(wire::record::Kind::Service(w.clone())),
+        };
+        assert_eq!(
+            Record::from_wire("records[3]", &rec).unwrap_err().field,
+            "records[3].name"
+        );
 
-        let mut w2 = service_to_wire(&key(), Stamp { epoch: 1, version: 1 }, &svc());
+        let mut w2 = service_to_wire(
+            &key(),
+            Stamp {
+                epoch: 1,
+                version: 1,
+            },
+            &svc(),
+        );
         w2.ports[0].port = 70000;
         let err = service_from_wire(&w2).unwrap_err();
         assert_eq!(err.field, "ports[0].port");
 
-        let mut w3 = service_to_wire(&key(), Stamp { epoch: 1, version: 1 }, &svc());
-        w3.scope = Some(wire::ConsumerScope { all: false, sites: vec![] });
+        let mut w3 = service_to_wire(
+            &key(),
+            Stamp {
+                epoch: 1,
+                version: 1,
+            },
+            &svc(),
+        );
+        w3.scope = Some(wire::ConsumerScope {
+            all: false,
+            sites: vec![],
+        });
         assert_eq!(service_from_wire(&w3).unwrap_err().field, "scope");
 
-        let mut w4 = service_to_wire(&key(), Stamp { epoch: 1, version: 1 }, &svc());
+        let mut w4 = service_to_wire(
+            &key(),
+            Stamp {
+                epoch: 1,
+                version: 1,
+            },
+            &svc(),
+        );
         w4.version = 0;
         assert_eq!(service_from_wire(&w4).unwrap_err().field, "version");
     }
@@ -599,7 +705,11 @@ mod tests {
     fn cli_ports() {
         assert_eq!(
             Port::parse_cli("--port", "web:8080/http2").unwrap(),
-            Port { name: "web".into(), port: 8080, protocol: Protocol::Http2 }
+            Port {
+                name: "web".into(),
+                port: 8080,
+                protocol: Protocol::Http2
+            }
         );
         assert_eq!(Port::parse_cli("--port", "5432/tcp").unwrap().name, "tcp");
         assert!(Port::parse_cli("--port", "web:0").is_err());
@@ -615,12 +725,40 @@ mod tests {
 
     #[test]
     fn live_wins_ties_and_newer_stamps_win() {
-        let live = Record { stamp: Stamp { epoch: 1, version: 5 }, body: Body::Live(Arc::new(svc())) };
-        let gone = Record { stamp: Stamp { epoch: 1, version: 5 }, body: Body::Withdrawn { audience: Scope::All } };
+        let live = Record {
+            stamp: Stamp {
+                epoch: 1,
+                version: 5,
+            },
+            body: Body::Live(Arc::new(svc())),
+        };
+        let gone = Record {
+            stamp: Stamp {
+                epoch: 1,
+                version: 5,
+            },
+            body: Body::Withdrawn {
+                audience: Scope::All,
+            },
+        };
         assert!(live.rank() > gone.rank());
-        let later = Record { stamp: Stamp { epoch: 1, version: 6 }, body: Body::Withdrawn { audience: Scope::All } };
+        let later = Record {
+            stamp: Stamp {
+                epoch: 1,
+                version: 6,
+            },
+            body: Body::Withdrawn {
+                audience: Scope::All,
+            },
+        };
         assert!(later.rank() > live.rank());
-        let newer = Record { stamp: Stamp { epoch: 2, version: 1 }, body: Body::Live(Arc::new(svc())) };
+        let newer = Record {
+            stamp: Stamp {
+                epoch: 2,
+                version: 1,
+            },
+            body: Body::Live(Arc::new(svc())),
+        };
         assert!(newer.rank() > gone.rank());
     }
 }

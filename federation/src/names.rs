@@ -31,11 +31,19 @@ pub fn dns_label(field: &str, value: &str) -> Result<(), InvalidField> {
 /// Checks a SPIFFE trust domain: a lower-case DNS name of labels joined by dots.
 pub fn trust_domain(field: &str, value: &str) -> Result<(), InvalidField> {
     if value.is_empty() || value.len() > 255 {
-        return Err(InvalidField::new(field, value, "must be 1 to 255 characters"));
+        return Err(InvalidField::new(
+            field,
+            value,
+            "must be 1 to 255 characters",
+        ));
     }
     for label in value.split('.') {
         dns_label(field, label).map_err(|_| {
-            InvalidField::new(field, value, "must be dot-separated DNS labels (a-z, 0-9, '-')")
+            InvalidField::new(
+                field,
+                value,
+                "must be dot-separated DNS labels (a-z, 0-9, '-')",
+            )
         })?;
     }
     Ok(())

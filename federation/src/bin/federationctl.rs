@@ -1,1 +1,497 @@
-fn main(){}
+//! `federationctl`: the multimesh command line. Certificates, exports, and what a site sees.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use federation::identity::{self, Pair, SiteId, Validity};
+use federation::model::{Port, StalePolicy};
+use multimesh_proto::admin::v1 as api;
+use multimesh_proto::catalog::v1 as wire;
+use serde_json::{Value, json};
+
+/// Command line of multimesh: create site identities, export and unexport services, and show a
+/// site's catalog, peers and status through its daemon's admin socket.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Admin socket of the local federationd.
+    #[arg(
+        long,
+        global = true,
+        env = "MULTIMESH_ADMIN_SOCKET",
+        default_value = "/run/multimesh/admin.sock"
+    )]
+    admin_socket: PathBuf,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a federation CA and issue site certificates.
+    #[command(subcommand)]
+    Certs(Certs),
+    /// Export a service of this site to peer sites.
+    Export {
+        /// Service name.
+        service: String,
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Port as [NAME:]PORT[/PROTOCOL] (protocol: tcp, http, http2, grpc); repeatable.
+        /// Defaults to the service's ports in the site config.
+        #[arg(short, long = "port")]
+        ports: Vec<String>,
+        /// Only these sites may see the service; repeatable. Default: all sites.
+        #[arg(long = "to")]
+        to: Vec<String>,
+        /// Label KEY=VALUE; repeatable.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Seconds to keep the service while its origin is unreachable.
+        #[arg(long)]
+        stale_ttl: Option<u64>,
+        /// Do not route to the service while its origin is unreachable.
+        #[arg(long)]
+        no_serve_stale: bool,
+    },
+    /// Withdraw an export of this site from every peer.
+    Unexport {
+        /// Service name.
+        service: String,
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Show what this site sees, per origin, with versions and stale marks.
+    Catalog,
+    /// Show peer links: state, last heartbeat and ACK, lag, message counters.
+    Peers,
+    /// Show a summary of the daemon.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum Certs {
+    /// Create a federation CA (writes ca.pem and ca-key.pem, the key with mode 0600).
+    Init {
+        /// SPIFFE trust domain of the federation, e.g. multimesh.example.
+        #[arg(long)]
+        trust_domain: String,
+        /// Output folder.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Overwrite an existing CA.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a site certificate carrying spiffe://<trust-domain>/site/<SITE> (writes SITE.pem and
+    /// SITE-key.pem).
+    Issue {
+        /// Site name.
+        #[arg(long)]
+        site: String,
+        /// Folder holding ca.pem and ca-key.pem.
+        #[arg(long, default_value = ".")]
+        ca_dir: PathBuf,
+        /// Output folder.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 90)]
+        days: i64,
+    },
+}
+
+/// A failure to report: a message and the exit code.
+struct Failure(String, u8);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(e.to_string(), 1)
+    }
+}
+
+fn usage(msg: String) -> Failure {
+    Failure(msg, 2)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(msg, code)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.cmd {
+        Cmd::Certs(c) => certs(c),
+        Cmd::Export {
+            service,
+            namespace,
+            ports,
+            to,
+            labels,
+            stale_ttl,
+            no_serve_stale,
+        } => {
+            let ports = ports
+                .iter()
+                .map(|p| Port::parse_cli("--port", p).map_err(|e| usage(e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut label_map = BTreeMap::new();
+            for l in &labels {
+                let (k, v) = l
+                    .split_once('=')
+                    .ok_or_else(|| usage(format!("invalid --label {l:?}: must be KEY=VALUE")))?;
+                label_map.insert(k.to_string(), v.to_string());
+            }
+            let stale = (stale_ttl.is_some() || no_serve_stale).then(|| wire::StalePolicy {
+                ttl_seconds: stale_ttl.unwrap_or(StalePolicy::default().ttl_seconds),
+                serve: !no_serve_stale,
+            });
+            let req = api::ExportRequest {
+                name: service,
+                namespace,
+                ports: ports
+                    .iter()
+                    .map(|p| wire::ServicePort {
+                        name: p.name.clone(),
+                        port: u32::from(p.port),
+                        protocol: match p.protocol {
+                            federation::model::Protocol::Tcp => wire::Protocol::Tcp,
+                            federation::model::Protocol::Http => wire::Protocol::Http,
+                            federation::model::Protocol::Http2 => wire::Protocol::Http2,
+                            federation::model::Protocol::Grpc => wire::Protocol::Grpc,
+                        } as i32,
+                    })
+                    .collect(),
+                to,
+                labels: label_map.into_iter().collect(),
+                stale,
+            };
+            let mut c = client(&cli.admin_socket).await?;
+            let r = c.export(req).await.map_err(status)?.into_inner();
+            let s = r.service.unwrap_or_default();
+            print(cli.output, &service_json(&s), || {
+                format!(
+                    "exported {}/{} at version {} (to {})\n",
+                    s.namespace,
+                    s.name,
+                    s.version,
+                    scope_text(s.scope.as_ref())
+                )
+            })
+        }
+        Cmd::Unexport { service, namespace } => {
+            let mut c = client(&cli.admin_socket).await?;
+            let r = c
+                .unexport(api::UnexportRequest {
+                    name: service.clone(),
+                    namespace: namespace.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(
+                cli.output,
+                &json!({"namespace": namespace, "name": service, "version": r.version}),
+                || format!("withdrew {namespace}/{service} at version {}\n", r.version),
+            )
+        }
+        Cmd::Catalog => {
+            let mut c = client(&cli.admin_socket).await?;
+            let r = c
+                .catalog(api::CatalogRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(cli.output, &catalog_json(&r), || catalog_table(&r))
+        }
+        Cmd::Peers => {
+            let mut c = client(&cli.admin_socket).await?;
+            let r = c
+                .peers(api::PeersRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(cli.output, &peers_json(&r), || peers_table(&r))
+        }
+        Cmd::Status => {
+            let mut c = client(&cli.admin_socket).await?;
+            let s = c
+                .status(api::StatusRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            let v = json!({
+                "site": s.site, "trust_domain": s.trust_domain, "listen": s.listen, "epoch": s.epoch,
+                "version": s.version, "seq": s.seq, "exports": s.exports, "entries_visible": s.entries_visible,
+                "peers": s.peers, "peers_healthy": s.peers_healthy, "uptime_s": s.uptime_s,
+            });
+            print(cli.output, &v, || {
+                format!(
+                    "site {} ({}) listening on {}\nversion {} (epoch {}), stream seq {}\nexports {}, visible entries {}\npeers {}/{} healthy, up {} s\n",
+                    s.site,
+                    s.trust_domain,
+                    s.listen,
+                    s.version,
+                    s.epoch,
+                    s.seq,
+                    s.exports,
+                    s.entries_visible,
+                    s.peers_healthy,
+                    s.peers,
+                    s.uptime_s
+                )
+            })
+        }
+    }
+}
+
+fn status(s: tonic::Status) -> Failure {
+    let code = if s.code() == tonic::Code::InvalidArgument {
+        2
+    } else {
+        1
+    };
+    Failure(s.message().to_string(), code)
+}
+
+async fn client(
+    path: &Path,
+) -> Result<api::admin_client::AdminClient<tonic::transport::Channel>, Failure> {
+    federation::admin::connect(path)
+        .await
+        .map_err(|e| Failure(e, 1))
+}
+
+fn print(out: Output, v: &Value, table: impl FnOnce() -> String) -> Result<(), Failure> {
+    let text = match out {
+        Output::Table => table(),
+        Output::Json => format!("{}\n", serde_json::to_string_pretty(v)?),
+        Output::Yaml => serde_yaml::to_string(v)?,
+    };
+    use std::io::Write;
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn certs(c: Certs) -> Result<(), Failure> {
+    match c {
+        Certs::Init {
+            trust_domain,
+            out,
+            days,
+            force,
+        } => {
+            let (cert, key) = (out.join("ca.pem"), out.join("ca-key.pem"));
+            if !force && (cert.exists() || key.exists()) {
+                return Err(usage(format!(
+                    "{} already exists; pass --force to replace the CA",
+                    cert.display()
+                )));
+            }
+            if days < 1 {
+                return Err(usage(format!("invalid --days {days}: must be at least 1")));
+            }
+            let ca = identity::init_ca(&trust_domain, days).map_err(|e| usage(e.to_string()))?;
+            identity::write_file(&cert, &ca.cert_pem, false)?;
+            identity::write_file(&key, &ca.key_pem, true)?;
+            eprintln!(
+                "created federation CA for trust domain {trust_domain}: {}",
+                cert.display()
+            );
+            Ok(())
+        }
+        Certs::Issue {
+            site,
+            ca_dir,
+            out,
+            days,
+        } => {
+            if days < 1 {
+                return Err(usage(format!("invalid --days {days}: must be at least 1")));
+            }
+            let ca_cert = ca_dir.join("ca.pem");
+            let ca = Pair {
+                cert_pem: std::fs::read_to_string(&ca_cert)
+                    .map_err(|e| Failure(format!("{}: {e}", ca_cert.display()), 1))?,
+                key_pem: std::fs::read_to_string(ca_dir.join("ca-key.pem")).map_err(|e| {
+                    Failure(format!("{}: {e}", ca_dir.join("ca-key.pem").display()), 1)
+                })?,
+            };
+            let der = identity::read_certs(&ca_cert)?;
+            let td = identity::trust_domain_of_ca(&der[0])?;
+            let id = SiteId::new(&td, &site).map_err(|e| usage(format!("invalid --site: {e}")))?;
+            let pair = identity::issue_site(&ca, &id, Validity::days(days))?;
+            identity::write_file(&out.join(format!("{site}.pem")), &pair.cert_pem, false)?;
+            identity::write_file(&out.join(format!("{site}-key.pem")), &pair.key_pem, true)?;
+            eprintln!(
+                "issued {} -> {}",
+                id,
+                out.join(format!("{site}.pem")).display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn scope_text(s: Option<&wire::ConsumerScope>) -> String {
+    match s {
+        Some(s) if !s.all => s.sites.join(","),
+        _ => "all".to_string(),
+    }
+}
+
+fn protocol_name(p: i32) -> &'static str {
+    match wire::Protocol::try_from(p) {
+        Ok(wire::Protocol::Tcp) => "tcp",
+        Ok(wire::Protocol::Http) => "http",
+        Ok(wire::Protocol::Http2) => "http2",
+        Ok(wire::Protocol::Grpc) => "grpc",
+        _ => "unspecified",
+    }
+}
+
+fn service_json(s: &wire::ExportedService) -> Value {
+    json!({
+        "origin": s.origin, "namespace": s.namespace, "name": s.name,
+        "epoch": s.origin_epoch, "version": s.version,
+        "ports": s.ports.iter().map(|p| json!({"name": p.name, "port": p.port, "protocol": protocol_name(p.protocol)})).collect::<Vec<_>>(),
+        "ingress": s.ingress, "labels": s.labels.iter().collect::<BTreeMap<_, _>>(), "identity": s.identity,
+        "scope": scope_text(s.scope.as_ref()),
+        "stale": s.stale.map(|p| json!({"ttl_seconds": p.ttl_seconds, "serve": p.serve})),
+    })
+}
+
+fn catalog_json(r: &api::CatalogResponse) -> Value {
+    json!({
+        "site": r.site,
+        "origins": r.origins.iter().map(|o| json!({
+            "origin": o.origin, "epoch": o.epoch, "version": o.version, "state": o.state,
+            "last_heard_ms": o.last_heard_ms,
+            "entries": o.entries.iter().map(|e| {
+                let mut v = service_json(e.service.as_ref().unwrap_or(&Default::default()));
+                v["stale"] = json!(e.stale);
+                v["served"] = json!(e.served);
+                v["expires_in_s"] = json!(e.expires_in_s);
+                v
+            }).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn catalog_table(r: &api::CatalogResponse) -> String {
+    let mut out = format!(
+        "{:<12} {:<8} {:<8} {:<28} {:<8} {:<22} {:<10} {}\n",
+        "ORIGIN", "STATE", "VERSION", "SERVICE", "VERSION", "PORTS", "SCOPE", "STALE"
+    );
+    for o in &r.origins {
+        if o.entries.is_empty() {
+            out.push_str(&format!(
+                "{:<12} {:<8} {:<8} {:<28}\n",
+                o.origin, o.state, o.version, "-"
+            ));
+        }
+        for e in &o.entries {
+            let s = e.service.clone().unwrap_or_default();
+            let ports = s
+                .ports
+                .iter()
+                .map(|p| format!("{}/{}", p.port, protocol_name(p.protocol)))
+                .collect::<Vec<_>>()
+                .join(",");
+            let stale = if e.stale {
+                format!(
+                    "stale ({} s left{})",
+                    e.expires_in_s,
+                    if e.served { "" } else { ", not served" }
+                )
+            } else {
+                "-".into()
+            };
+            out.push_str(&format!(
+                "{:<12} {:<8} {:<8} {:<28} {:<8} {:<22} {:<10} {}\n",
+                o.origin,
+                o.state,
+                o.version,
+                format!("{}/{}", s.namespace, s.name),
+                s.version,
+                ports,
+                scope_text(s.scope.as_ref()),
+                stale
+            ));
+        }
+    }
+    out
+}
+
+fn peers_json(r: &api::PeersResponse) -> Value {
+    json!(r.peers.iter().map(|p| {
+        let c = p.counters.unwrap_or_default();
+        json!({
+            "site": p.site, "address": p.address, "state": p.state, "direction": p.direction,
+            "healthy": p.healthy, "last_heartbeat_ms": p.last_heartbeat_ms, "last_ack_ms": p.last_ack_ms,
+            "lag_versions": p.lag_versions, "last_error": p.last_error,
+            "counters": {
+                "snapshots_sent": c.snapshots_sent, "snapshots_received": c.snapshots_received,
+                "deltas_sent": c.deltas_sent, "deltas_received": c.deltas_received,
+                "records_sent": c.records_sent, "records_received": c.records_received,
+                "acks_received": c.acks_received, "nacks_received": c.nacks_received,
+                "nacks_sent": c.nacks_sent, "sessions": c.sessions,
+            },
+        })
+    }).collect::<Vec<_>>())
+}
+
+fn peers_table(r: &api::PeersResponse) -> String {
+    let ms = |v: Option<u64>| {
+        v.map(|m| format!("{m}ms ago"))
+            .unwrap_or_else(|| "never".into())
+    };
+    let mut out = format!(
+        "{:<10} {:<13} {:<9} {:<8} {:<14} {:<14} {:<5} {:<12} {}\n",
+        "PEER", "STATE", "DIR", "HEALTHY", "HEARTBEAT", "ACK", "LAG", "SNAP/DELTA", "LAST ERROR"
+    );
+    for p in &r.peers {
+        let c = p.counters.unwrap_or_default();
+        out.push_str(&format!(
+            "{:<10} {:<13} {:<9} {:<8} {:<14} {:<14} {:<5} {:<12} {}\n",
+            p.site,
+            p.state,
+            if p.direction.is_empty() {
+                "-"
+            } else {
+                &p.direction
+            },
+            p.healthy,
+            ms(p.last_heartbeat_ms),
+            ms(p.last_ack_ms),
+            p.lag_versions,
+            format!("{}/{} in", c.snapshots_received, c.deltas_received),
+            p.last_error
+        ));
+    }
+    out
+}

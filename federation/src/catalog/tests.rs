@@ -44,7 +44,11 @@ fn sync(from: &Catalog, to: &mut Catalog) -> Sent {
     loop {
         match from.changes_for(to.site(), since) {
             Outgoing::UpToDate(_) => return sent,
-            Outgoing::Delta { from: f, to: t, records } => {
+            Outgoing::Delta {
+                from: f,
+                to: t,
+                records,
+            } => {
                 sent.deltas += 1;
                 sent.records.extend(records.iter().map(|(k, _)| k.clone()));
                 sent.bodies.extend(records.iter().cloned());
@@ -58,7 +62,8 @@ fn sync(from: &Catalog, to: &mut Catalog) -> Sent {
                 sent.snapshots += 1;
                 sent.records.extend(records.iter().map(|(k, _)| k.clone()));
                 sent.bodies.extend(records.iter().cloned());
-                to.apply_snapshot(from.site(), at, records).expect("snapshot applies");
+                to.apply_snapshot(from.site(), at, records)
+                    .expect("snapshot applies");
                 return sent;
             }
         }
@@ -73,14 +78,23 @@ fn names(c: &Catalog) -> Vec<String> {
 fn export_bumps_version_and_reexport_is_idempotent() {
     let mut a = cat("a", 1);
     let s1 = a.export("shop", "payment", svc(Scope::All)).unwrap();
-    assert_eq!(s1, Stamp { epoch: 1, version: 1 });
+    assert_eq!(
+        s1,
+        Stamp {
+            epoch: 1,
+            version: 1
+        }
+    );
     assert_eq!(a.export("shop", "payment", svc(Scope::All)).unwrap(), s1);
     assert_eq!(a.position().seq, 1);
     let s2 = a.export("shop", "payment", svc(sites(&["b"]))).unwrap();
     assert_eq!(s2.version, 2);
     let s3 = a.unexport("shop", "payment").unwrap();
     assert_eq!(s3.version, 3);
-    assert!(matches!(a.unexport("shop", "payment"), Err(AdminError::NotExported { .. })));
+    assert!(matches!(
+        a.unexport("shop", "payment"),
+        Err(AdminError::NotExported { .. })
+    ));
     assert_eq!(a.exports().count(), 0);
 }
 
@@ -121,7 +135,10 @@ fn scoped_export_is_never_sent_outside_its_scope() {
     assert!(to_c.records.iter().all(|k| k.name != "secret"), "{to_c:?}");
     // b relays to c: still never the secret one.
     let relayed = sync(&b, &mut c);
-    assert!(relayed.records.iter().all(|k| k.name != "secret"), "{relayed:?}");
+    assert!(
+        relayed.records.iter().all(|k| k.name != "secret"),
+        "{relayed:?}"
+    );
     assert_eq!(names(&c), ["shop/public@a"]);
     assert_eq!(names(&b), ["shop/public@a", "shop/secret@a"]);
 }
@@ -140,7 +157,10 @@ fn narrowing_a_scope_withdraws_only_from_those_who_saw_it() {
     assert_eq!(to_c.records.len(), 1, "c gets the withdrawal");
     assert!(names(&c).is_empty());
     let to_d = sync(&a, &mut d);
-    assert!(to_d.records.is_empty(), "d never saw it and hears nothing of it");
+    assert!(
+        to_d.records.is_empty(),
+        "d never saw it and hears nothing of it"
+    );
     assert_eq!(names(&b), ["shop/pay@a"]);
 }
 
@@ -182,7 +202,10 @@ fn reconnect_resumes_with_a_delta_without_resending() {
         Limits::default(),
     )
     .unwrap();
-    assert!(matches!(a.changes_for("b", b.link_position("a")), Outgoing::UpToDate(_)));
+    assert!(matches!(
+        a.changes_for("b", b.link_position("a")),
+        Outgoing::UpToDate(_)
+    ));
     a.export("shop", "s9", svc(Scope::All)).unwrap();
     let again = sync(&a, &mut b);
     assert_eq!((again.snapshots, again.deltas), (0, 1));
@@ -212,7 +235,8 @@ fn gap_is_refused_and_changes_nothing() {
     sync(&a, &mut b);
     a.export("shop", "y", svc(Scope::All)).unwrap();
     a.export("shop", "z", svc(Scope::All)).unwrap();
-    let Outgoing::Delta { to, records, .. } = a.changes_for("b", Some(Position { epoch: 1, seq: 2 }))
+    let Outgoing::Delta { to, records, .. } =
+        a.changes_for("b", Some(Position { epoch: 1, seq: 2 }))
     else {
         panic!("expected a delta");
     };
@@ -235,7 +259,11 @@ fn scope_violation_and_own_entries_are_refused_whole() {
     let records: Vec<_> = ["ok", "secret"]
         .iter()
         .map(|n| {
-            let k = Key { origin: "a".into(), namespace: "shop".into(), name: n.to_string() };
+            let k = Key {
+                origin: "a".into(),
+                namespace: "shop".into(),
+                name: n.to_string(),
+            };
             let r = a.get(&k).unwrap().clone();
             (k, r)
         })
@@ -247,9 +275,15 @@ fn scope_violation_and_own_entries_are_refused_whole() {
 
     // A peer echoing c's own entry back is refused too.
     c.export("x", "mine", svc(Scope::All)).unwrap();
-    let k = Key { origin: "c".into(), namespace: "x".into(), name: "mine".into() };
+    let k = Key {
+        origin: "c".into(),
+        namespace: "x".into(),
+        name: "mine".into(),
+    };
     let r = c.get(&k).unwrap().clone();
-    let err = c.apply_snapshot("a", a.position(), vec![(k, r)]).unwrap_err();
+    let err = c
+        .apply_snapshot("a", a.position(), vec![(k, r)])
+        .unwrap_err();
     assert!(matches!(err, Refusal::Protocol(_)), "{err}");
     assert_eq!(names(&c), ["x/mine@c"]);
 }
@@ -325,7 +359,11 @@ fn random_topologies_converge() {
         rng % n
     };
     for round in 0..100 {
-        let mut cats: Vec<Catalog> = sites_all.iter().enumerate().map(|(i, s)| cat(s, i as u64 + 1)).collect();
+        let mut cats: Vec<Catalog> = sites_all
+            .iter()
+            .enumerate()
+            .map(|(i, s)| cat(s, i as u64 + 1))
+            .collect();
         for _ in 0..200 {
             match next(4) {
                 0 | 1 => {
@@ -350,7 +388,11 @@ fn random_topologies_converge() {
                     let sent = sync(f, t);
                     for (k, r) in &sent.bodies {
                         if let Body::Live(s) = &r.body {
-                            assert!(s.scope.allows(t.site()), "round {round}: {k} sent to {}", t.site());
+                            assert!(
+                                s.scope.allows(t.site()),
+                                "round {round}: {k} sent to {}",
+                                t.site()
+                            );
                         }
                     }
                 }
@@ -371,7 +413,9 @@ fn random_topologies_converge() {
             for origin in &cats {
                 for (k, r) in origin.exports() {
                     let s = r.service().unwrap();
-                    if origin.site() == viewer.site() || reachable(viewer.site(), origin.site(), &s.scope) {
+                    if origin.site() == viewer.site()
+                        || reachable(viewer.site(), origin.site(), &s.scope)
+                    {
                         expected.push(k.to_string());
                     }
                 }
@@ -425,7 +469,10 @@ fn heads_and_lag() {
     a.set_own_beat(100);
     let heads: Vec<_> = a.heads().iter().map(|(s, h)| (s.clone(), *h)).collect();
     assert_eq!(b.observe_heads(&heads), vec![("a".to_string(), 100)]);
-    assert!(b.observe_heads(&heads).is_empty(), "same beat is not an advance");
+    assert!(
+        b.observe_heads(&heads).is_empty(),
+        "same beat is not an advance"
+    );
     assert_eq!(b.heads()["a"].stamp.version, 2);
     let mut behind = b.heads().clone();
     behind.get_mut("a").unwrap().stamp.version = 0;
@@ -438,20 +485,35 @@ fn liveness_and_stale_policy() {
     let t0 = Instant::now();
     let mut l = Liveness::new(t0, Duration::from_secs(3));
     assert_eq!(l.state("b", "b", t0), OriginState::Local);
-    assert_eq!(l.state("b", "a", t0 + Duration::from_secs(1)), OriginState::Unknown);
+    assert_eq!(
+        l.state("b", "a", t0 + Duration::from_secs(1)),
+        OriginState::Unknown
+    );
     assert_eq!(
         l.state("b", "a", t0 + Duration::from_secs(5)),
         OriginState::Stale(t0 + Duration::from_secs(3))
     );
     l.observe("a", t0 + Duration::from_secs(5));
-    assert_eq!(l.state("b", "a", t0 + Duration::from_secs(7)), OriginState::Live);
+    assert_eq!(
+        l.state("b", "a", t0 + Duration::from_secs(7)),
+        OriginState::Live
+    );
     let gone = l.state("b", "a", t0 + Duration::from_secs(10));
     assert_eq!(gone, OriginState::Stale(t0 + Duration::from_secs(8)));
     let mut s = svc(Scope::All);
-    s.stale = StalePolicy { ttl_seconds: 5, serve: false };
+    s.stale = StalePolicy {
+        ttl_seconds: 5,
+        serve: false,
+    };
     assert_eq!(
         Liveness::entry_state(gone, &s, t0 + Duration::from_secs(10)),
-        EntryState::Stale { served: false, expires_in: Duration::from_secs(3) }
+        EntryState::Stale {
+            served: false,
+            expires_in: Duration::from_secs(3)
+        }
     );
-    assert_eq!(Liveness::entry_state(gone, &s, t0 + Duration::from_secs(13)), EntryState::Expired);
+    assert_eq!(
+        Liveness::entry_state(gone, &s, t0 + Duration::from_secs(13)),
+        EntryState::Expired
+    );
 }

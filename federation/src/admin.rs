@@ -1,0 +1,346 @@
+//! The admin API of `federationd` on a Unix socket (mode 0600: only the daemon's user can use
+//! it), and the client `federationctl` uses.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper_util::rt::TokioIo;
+use multimesh_proto::admin::v1::{self as api, admin_client::AdminClient, admin_server};
+use multimesh_proto::catalog::v1 as wire;
+use tokio::net::UnixStream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::catalog::{EntryState, Liveness, OriginState};
+use crate::config::Config;
+use crate::error::AdminError;
+use crate::model::{self, Scope, Service, StalePolicy};
+use crate::names;
+use crate::sync::Node;
+
+/// The admin service of one daemon.
+pub struct AdminService {
+    node: Arc<Node>,
+    config: Arc<Config>,
+    config_path: String,
+}
+
+impl AdminService {
+    /// Serves admin requests for `node`, configured by `config` read from `config_path`.
+    pub fn new(
+        node: Arc<Node>,
+        config: Arc<Config>,
+        config_path: &Path,
+    ) -> admin_server::AdminServer<Self> {
+        admin_server::AdminServer::new(Self {
+            node,
+            config,
+            config_path: config_path.display().to_string(),
+        })
+    }
+
+    fn build_export(&self, r: &api::ExportRequest) -> Result<Service, AdminError> {
+        names::dns_label("name", &r.name)?;
+        names::dns_label("namespace", &r.namespace)?;
+        let configured = self.config.find_service(&r.namespace, &r.name);
+        let ports = if r.ports.is_empty() {
+            match configured {
+                Some(s) => s.ports.clone(),
+                None => {
+                    return Err(crate::error::InvalidField::new(
+                        "--port",
+                        "",
+                        &format!(
+                            "is required: {}/{} is not a service in the site config",
+                            r.namespace, r.name
+                        ),
+                    )
+                    .into());
+                }
+            }
+        } else {
+            model::ports_from_wire("--port", &r.ports)?
+        };
+        let scope = if r.to.is_empty() {
+            Scope::All
+        } else {
+            Scope::from_sites("--to", &r.to)?
+        };
+        let stale = match &r.stale {
+            Some(s) => StalePolicy {
+                ttl_seconds: s.ttl_seconds,
+                serve: s.serve,
+            },
+            None => configured.and_then(|c| c.stale).unwrap_or_default(),
+        };
+        let mut labels: BTreeMap<String, String> =
+            configured.map(|c| c.labels.clone()).unwrap_or_default();
+        labels.extend(r.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let svc = Service {
+            ports,
+            ingress: self.config.edge_ingress.clone(),
+            labels,
+            identity: configured
+                .and_then(|c| c.identity.clone())
+                .unwrap_or_else(|| self.config.default_identity(&r.namespace, &r.name)),
+            scope,
+            stale,
+        };
+        svc.validate().map_err(|e| {
+            if e.field.starts_with("stale") {
+                crate::error::InvalidField::new("--stale-ttl", &e.value, &e.reason)
+            } else if e.field.starts_with("labels") {
+                crate::error::InvalidField::new("--label", &e.value, &e.reason)
+            } else {
+                e
+            }
+        })?;
+        Ok(svc)
+    }
+
+    fn refuse_declared(&self, namespace: &str, name: &str) -> Result<(), AdminError> {
+        if self.node.store.read(|c| c.is_declared(namespace, name)) {
+            return Err(AdminError::DeclaredInConfig {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                path: self.config_path.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl admin_server::Admin for AdminService {
+    async fn export(
+        &self,
+        request: Request<api::ExportRequest>,
+    ) -> Result<Response<api::ExportResponse>, Status> {
+        let r = request.into_inner();
+        let svc = self.build_export(&r)?;
+        self.refuse_declared(&r.namespace, &r.name)?;
+        let stamp = self
+            .node
+            .store
+            .write(|c| c.export(&r.namespace, &r.name, svc.clone()))?;
+        info!(site = %self.node.site, service = %format!("{}/{}", r.namespace, r.name), version = stamp.version, scope = %svc.scope, "exported");
+        let key = model::Key {
+            origin: self.node.site.clone(),
+            namespace: r.namespace,
+            name: r.name,
+        };
+        Ok(Response::new(api::ExportResponse {
+            service: Some(model::service_to_wire(&key, stamp, &svc)),
+        }))
+    }
+
+    async fn unexport(
+        &self,
+        request: Request<api::UnexportRequest>,
+    ) -> Result<Response<api::UnexportResponse>, Status> {
+        let r = request.into_inner();
+        names::dns_label("name", &r.name).map_err(AdminError::from)?;
+        names::dns_label("namespace", &r.namespace).map_err(AdminError::from)?;
+        self.refuse_declared(&r.namespace, &r.name)?;
+        let stamp = self
+            .node
+            .store
+            .write(|c| c.unexport(&r.namespace, &r.name))?;
+        info!(site = %self.node.site, service = %format!("{}/{}", r.namespace, r.name), version = stamp.version, "unexported");
+        Ok(Response::new(api::UnexportResponse {
+            version: stamp.version,
+        }))
+    }
+
+    async fn catalog(
+        &self,
+        _: Request<api::CatalogRequest>,
+    ) -> Result<Response<api::CatalogResponse>, Status> {
+        Ok(Response::new(catalog_view(&self.node, Instant::now())))
+    }
+
+    async fn peers(
+        &self,
+        _: Request<api::PeersRequest>,
+    ) -> Result<Response<api::PeersResponse>, Status> {
+        let views = self.node.peers.views();
+        let peers = views
+            .into_iter()
+            .map(|v| {
+                let lag = if v.heads.is_empty() {
+                    0
+                } else {
+                    self.node.store.read(|c| c.lag_of(&v.heads))
+                };
+                let c = v.counters;
+                api::PeerView {
+                    site: v.site,
+                    address: v.address.unwrap_or_default(),
+                    state: v.state.to_string(),
+                    direction: v
+                        .direction
+                        .map(|d| d.as_str().to_string())
+                        .unwrap_or_default(),
+                    healthy: v.healthy,
+                    last_heartbeat_ms: v.since_heartbeat.map(|d| d.as_millis() as u64),
+                    last_ack_ms: v.since_ack.map(|d| d.as_millis() as u64),
+                    lag_versions: lag,
+                    counters: Some(api::PeerCounters {
+                        snapshots_sent: c.snapshots_sent,
+                        snapshots_received: c.snapshots_received,
+                        deltas_sent: c.deltas_sent,
+                        deltas_received: c.deltas_received,
+                        records_sent: c.records_sent,
+                        records_received: c.records_received,
+                        acks_received: c.acks_received,
+                        nacks_received: c.nacks_received,
+                        nacks_sent: c.nacks_sent,
+                        sessions: c.sessions,
+                    }),
+                    last_error: v.last_error,
+                }
+            })
+            .collect();
+        Ok(Response::new(api::PeersResponse { peers }))
+    }
+
+    async fn status(
+        &self,
+        _: Request<api::StatusRequest>,
+    ) -> Result<Response<api::StatusResponse>, Status> {
+        let views = self.node.peers.views();
+        let visible = catalog_view(&self.node, Instant::now())
+            .origins
+            .iter()
+            .map(|o| o.entries.len())
+            .sum::<usize>();
+        let (epoch, version, seq, exports) = self.node.store.read(|c| {
+            (
+                c.epoch(),
+                c.version(),
+                c.position().seq,
+                c.exports().count(),
+            )
+        });
+        Ok(Response::new(api::StatusResponse {
+            site: self.node.site.clone(),
+            trust_domain: self.node.trust_domain.clone(),
+            epoch,
+            version,
+            seq,
+            exports: exports as u32,
+            entries_visible: visible as u32,
+            peers: views.len() as u32,
+            peers_healthy: views.iter().filter(|v| v.healthy).count() as u32,
+            uptime_s: self.node.started.elapsed().as_secs(),
+            listen: self.config.listen.to_string(),
+        }))
+    }
+}
+
+/// What this site sees, per origin, with stale marks; entries whose stale TTL ran out are
+/// withdrawn (left out).
+pub fn catalog_view(node: &Node, now: Instant) -> api::CatalogResponse {
+    let mut origins: BTreeMap<String, api::OriginView> = BTreeMap::new();
+    node.store.read(|c| {
+        node.store.liveness(|live| {
+            for (origin, head) in c.heads() {
+                let state = live.state(&node.site, origin, now);
+                origins.insert(
+                    origin.clone(),
+                    api::OriginView {
+                        origin: origin.clone(),
+                        epoch: head.stamp.epoch,
+                        version: head.stamp.version,
+                        state: match state {
+                            OriginState::Local => "local",
+                            OriginState::Live => "live",
+                            OriginState::Unknown => "unknown",
+                            OriginState::Stale(_) => "stale",
+                        }
+                        .to_string(),
+                        last_heard_ms: live
+                            .last_heard(origin)
+                            .map(|t| now.saturating_duration_since(t).as_millis() as u64)
+                            .unwrap_or(0),
+                        entries: vec![],
+                    },
+                );
+            }
+            for (key, rec) in c.entries() {
+                let Some(svc) = rec.service() else { continue };
+                let state =
+                    Liveness::entry_state(live.state(&node.site, &key.origin, now), svc, now);
+                let (stale, served, expires) = match state {
+                    EntryState::Fresh => (false, true, 0),
+                    EntryState::Stale { served, expires_in } => {
+                        (true, served, expires_in.as_secs().max(1))
+                    }
+                    EntryState::Expired => continue,
+                };
+                let view = origins
+                    .entry(key.origin.clone())
+                    .or_insert_with(|| api::OriginView {
+                        origin: key.origin.clone(),
+                        ..Default::default()
+                    });
+                view.entries.push(api::CatalogEntry {
+                    service: Some(model::service_to_wire(key, rec.stamp, svc)),
+                    stale,
+                    served,
+                    expires_in_s: expires,
+                });
+            }
+        })
+    });
+    api::CatalogResponse {
+        site: node.site.clone(),
+        origins: origins.into_values().collect(),
+    }
+}
+
+/// Binds the admin socket with mode 0600 (replacing a stale socket file).
+pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let l = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Connects to a daemon's admin socket.
+pub async fn connect(path: &Path) -> Result<AdminClient<Channel>, String> {
+    let p: PathBuf = path.to_path_buf();
+    if !p.exists() {
+        return Err(format!(
+            "admin socket {} does not exist: is federationd running? (set --admin-socket or MULTIMESH_ADMIN_SOCKET)",
+            p.display()
+        ));
+    }
+    let channel = tonic::transport::Endpoint::from_static("http://admin.invalid")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let p = p.clone();
+            async move { UnixStream::connect(p).await.map(TokioIo::new) }
+        }))
+        .await
+        .map_err(|e| format!("cannot connect to admin socket {}: {e}", path.display()))?;
+    Ok(AdminClient::new(channel))
+}
+
+/// The wire form of a stale policy.
+pub fn stale_to_wire(s: StalePolicy) -> wire::StalePolicy {
+    wire::StalePolicy {
+        ttl_seconds: s.ttl_seconds,
+        serve: s.serve,
+    }
+}

@@ -1,0 +1,428 @@
+//! The site config file of `federationd` (TOML or YAML, by extension). Relative paths are
+//! resolved against the config file's folder. Every error names the offending field.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::InvalidField;
+use crate::model::{self, Port, Scope, Service, StalePolicy};
+use crate::names;
+
+/// Errors loading a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML/YAML for the config schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message (with the key path and position).
+        message: String,
+    },
+    /// A field failed validation.
+    #[error("{path}: {source}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The bad field.
+        source: InvalidField,
+    },
+}
+
+/// One site's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This site's name (a DNS label); must match its certificate's SPIFFE ID.
+    pub site: String,
+    /// The federation's SPIFFE trust domain.
+    pub trust_domain: String,
+    /// Address the peer listener binds (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// Unix socket of the admin API (created with mode 0600).
+    pub admin_socket: PathBuf,
+    /// File where exports and imports are persisted.
+    pub state_file: PathBuf,
+    /// This site's edge-agent ingress addresses, advertised with every export.
+    #[serde(default)]
+    pub edge_ingress: Vec<String>,
+    /// Certificate files.
+    pub tls: TlsFiles,
+    /// Sync protocol tuning.
+    #[serde(default)]
+    pub sync: SyncSettings,
+    /// Peer sites.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// The services this site runs.
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+    /// Where the daemon writes the address it actually bound (useful with port 0).
+    #[serde(default)]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Certificate files of a site.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The federation CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This site's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// This site's private key (PEM).
+    pub key: PathBuf,
+}
+
+/// Tuning of the sync protocol.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSettings {
+    /// Heartbeat period (ms).
+    pub heartbeat_ms: u64,
+    /// A peer or origin unheard for this long (ms) is unhealthy / unreachable; 0 means 3.5
+    /// heartbeats.
+    pub liveness_timeout_ms: u64,
+    /// First reconnect delay (ms); doubles up to `backoff_max_ms`, with full jitter.
+    pub backoff_min_ms: u64,
+    /// Longest reconnect delay (ms).
+    pub backoff_max_ms: u64,
+    /// Most records one peer may make this site hold.
+    pub max_records_per_link: usize,
+    /// Largest accepted gRPC message (bytes).
+    pub max_message_bytes: usize,
+    /// Records per snapshot chunk.
+    pub snapshot_chunk: usize,
+    /// Withdrawals kept to serve deltas.
+    pub max_tombstones: usize,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 1000,
+            liveness_timeout_ms: 0,
+            backoff_min_ms: 200,
+            backoff_max_ms: 5000,
+            max_records_per_link: 50_000,
+            max_message_bytes: 8 << 20,
+            snapshot_chunk: 500,
+            max_tombstones: 10_000,
+        }
+    }
+}
+
+impl SyncSettings {
+    /// The liveness timeout, defaulting to 3.5 heartbeats.
+    pub fn liveness_timeout(&self) -> std::time::Duration {
+        let ms = if self.liveness_timeout_ms == 0 {
+            self.heartbeat_ms * 7 / 2
+        } else {
+            self.liveness_timeout_ms
+        };
+        std::time::Duration::from_millis(ms)
+    }
+}
+
+/// A peer site.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The peer's site name (its certificate must carry `spiffe://<td>/site/<site>`).
+    pub site: String,
+    /// `host:port` to dial (host may be a DNS name, re-resolved on every reconnect). Without it,
+    /// this site waits for the peer to dial in (e.g. an edge node behind NAT).
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+/// A service this site runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Service name.
+    pub name: String,
+    /// Namespace (default `default`).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Ports.
+    pub ports: Vec<Port>,
+    /// Export it from the config (it cannot then be changed with `federationctl`).
+    #[serde(default)]
+    pub export: bool,
+    /// Sites that may see it (default: all).
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// SPIFFE identity of its workloads (default `spiffe://<td>/ns/<namespace>/sa/<name>`).
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// Stale policy.
+    #[serde(default)]
+    pub stale: Option<StalePolicy>,
+}
+
+fn default_namespace() -> String {
+    "default".to_string()
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        let mut cfg: Config = match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => {
+                serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            _ => toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: p.clone(),
+                message: e.to_string(),
+            })?,
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        for f in [
+            &mut cfg.admin_socket,
+            &mut cfg.state_file,
+            &mut cfg.tls.ca,
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+        ] {
+            if f.is_relative() {
+                *f = base.join(&*f);
+            }
+        }
+        if let Some(r) = cfg.ready_file.as_mut() {
+            if r.is_relative() {
+                *r = base.join(&*r);
+            }
+        }
+        cfg.validate()
+            .map_err(|source| ConfigError::Invalid { path: p, source })?;
+        Ok(cfg)
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        names::dns_label("site", &self.site)?;
+        names::trust_domain("trust_domain", &self.trust_domain)?;
+        for (i, a) in self.edge_ingress.iter().enumerate() {
+            names::host_port(&format!("edge_ingress[{i}]"), a)?;
+        }
+        let s = &self.sync;
+        if s.heartbeat_ms == 0 || s.heartbeat_ms > 60_000 {
+            return Err(InvalidField::new(
+                "sync.heartbeat_ms",
+                s.heartbeat_ms,
+                "must be in 1..=60000",
+            ));
+        }
+        if s.backoff_min_ms == 0 || s.backoff_min_ms > s.backoff_max_ms {
+            return Err(InvalidField::new(
+                "sync.backoff_min_ms",
+                s.backoff_min_ms,
+                "must be >= 1 and <= sync.backoff_max_ms",
+            ));
+        }
+        if s.snapshot_chunk == 0 {
+            return Err(InvalidField::new(
+                "sync.snapshot_chunk",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if s.max_message_bytes < 64 << 10 {
+            return Err(InvalidField::new(
+                "sync.max_message_bytes",
+                s.max_message_bytes,
+                "must be at least 65536",
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            let f = format!("peers[{i}]");
+            names::dns_label(&format!("{f}.site"), &p.site)?;
+            if p.site == self.site {
+                return Err(InvalidField::new(
+                    &format!("{f}.site"),
+                    &p.site,
+                    "is this site itself",
+                ));
+            }
+            if !seen.insert(&p.site) {
+                return Err(InvalidField::new(
+                    &format!("{f}.site"),
+                    &p.site,
+                    "is listed twice",
+                ));
+            }
+            if let Some(a) = &p.address {
+                names::host_port(&format!("{f}.address"), a)?;
+            }
+        }
+        let mut svcs = BTreeSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let f = format!("services[{i}]");
+            names::dns_label(&format!("{f}.name"), &s.name)?;
+            names::dns_label(&format!("{f}.namespace"), &s.namespace)?;
+            if !svcs.insert((&s.namespace, &s.name)) {
+                return Err(InvalidField::new(
+                    &format!("{f}.name"),
+                    &s.name,
+                    "is listed twice in this namespace",
+                ));
+            }
+            self.service(s).validate().map_err(|e| e.within(&f))?;
+            if !s.to.is_empty() {
+                Scope::from_sites(&format!("{f}.to"), &s.to)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured service named `namespace/name`.
+    pub fn find_service(&self, namespace: &str, name: &str) -> Option<&ServiceConfig> {
+        self.services
+            .iter()
+            .find(|s| s.namespace == namespace && s.name == name)
+    }
+
+    /// The default SPIFFE identity of a service's workloads.
+    pub fn default_identity(&self, namespace: &str, name: &str) -> String {
+        format!("spiffe://{}/ns/{namespace}/sa/{name}", self.trust_domain)
+    }
+
+    /// The catalog entry a configured service exports.
+    pub fn service(&self, s: &ServiceConfig) -> Service {
+        Service {
+            ports: s.ports.clone(),
+            ingress: self.edge_ingress.clone(),
+            labels: s.labels.clone(),
+            identity: s
+                .identity
+                .clone()
+                .unwrap_or_else(|| self.default_identity(&s.namespace, &s.name)),
+            scope: if s.to.is_empty() {
+                Scope::All
+            } else {
+                Scope::Sites(s.to.iter().cloned().collect())
+            },
+            stale: s.stale.unwrap_or_default(),
+        }
+    }
+
+    /// The configured peer names.
+    pub fn peer_names(&self) -> BTreeSet<String> {
+        self.peers.iter().map(|p| p.site.clone()).collect()
+    }
+}
+
+/// Re-exported for config authors' convenience.
+pub use model::Protocol;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const BASE: &str = r#"
+site = "a"
+trust_domain = "multimesh.test"
+listen = "127.0.0.1:0"
+admin_socket = "admin.sock"
+state_file = "state.json"
+edge_ingress = ["127.0.0.1:15443"]
+[tls]
+ca = "ca.pem"
+cert = "a.pem"
+key = "a-key.pem"
+[[peers]]
+site = "b"
+address = "localhost:7002"
+[[services]]
+name = "payment"
+namespace = "shop"
+ports = [{ name = "http", port = 8080, protocol = "http" }]
+export = true
+to = ["b"]
+"#;
+
+    #[test]
+    fn loads_toml_and_resolves_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Config::load(&write(d.path(), "a.toml", BASE)).unwrap();
+        assert_eq!(c.state_file, d.path().join("state.json"));
+        assert_eq!(c.services[0].ports[0].port, 8080);
+        assert_eq!(c.sync.liveness_timeout().as_millis(), 3500);
+    }
+
+    #[test]
+    fn loads_yaml() {
+        let d = tempfile::tempdir().unwrap();
+        let yaml = r#"
+site: node
+trust_domain: multimesh.test
+listen: 127.0.0.1:0
+admin_socket: admin.sock
+state_file: state.json
+tls: {ca: ca.pem, cert: n.pem, key: n-key.pem}
+peers: [{site: c, address: "127.0.0.1:7003"}]
+"#;
+        let c = Config::load(&write(d.path(), "n.yaml", yaml)).unwrap();
+        assert_eq!(c.peers[0].site, "c");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let d = tempfile::tempdir().unwrap();
+        let bad = BASE.replace("port = 8080", "port = 0");
+        let e = Config::load(&write(d.path(), "x.toml", &bad))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("services[0].ports[0].port"), "{e}");
+        let bad = BASE.replace("site = \"b\"", "site = \"a\"");
+        let e = Config::load(&write(d.path(), "x.toml", &bad))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("peers[0].site"), "{e}");
+        let bad = BASE.replace("address = \"localhost:7002\"", "address = \"localhost\"");
+        let e = Config::load(&write(d.path(), "x.toml", &bad))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("peers[0].address"), "{e}");
+        let bad = BASE.replace("trust_domain", "trust_domian");
+        let e = Config::load(&write(d.path(), "x.toml", &bad))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trust_domian"), "{e}");
+        let bad = BASE.replace("protocol = \"http\"", "protocol = \"udp\"");
+        let e = Config::load(&write(d.path(), "x.toml", &bad))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("udp"), "{e}");
+    }
+}

@@ -1,0 +1,272 @@
+//! Wires a running `federationd`: TLS material, the persisted catalog, config-declared exports,
+//! the peer listener, dialers, the admin socket, liveness beats and the persister.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::admin::{self, AdminService};
+use crate::catalog::{Limits, Liveness};
+use crate::config::Config;
+use crate::identity::{self, SiteId, site_id_of};
+use crate::store::{self, Store};
+use crate::sync::peers::PeerTable;
+use crate::sync::server::{SyncService, accept_loop};
+use crate::sync::{Node, dialer};
+use crate::tls::{self, SiteTls};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Certificates or keys are unusable.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// TLS configuration failed.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The state file is unusable.
+    #[error(transparent)]
+    State(#[from] store::StateError),
+    /// The certificate does not belong to this site.
+    #[error("certificate {path} is for {found}, but this site is {expected}")]
+    WrongCertificate {
+        /// The certificate file.
+        path: String,
+        /// The SPIFFE ID found.
+        found: String,
+        /// The SPIFFE ID expected.
+        expected: String,
+    },
+    /// A config-declared export is invalid.
+    #[error("config export {0}")]
+    Export(String),
+    /// A socket could not be bound.
+    #[error("{what} {addr}: {source}")]
+    Bind {
+        /// Which socket.
+        what: &'static str,
+        /// Its address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Loads the site's TLS material and checks its certificate names this site.
+fn load_tls(cfg: &Config) -> Result<SiteTls, DaemonError> {
+    let ca = identity::read_certs(&cfg.tls.ca)?;
+    let chain = identity::read_certs(&cfg.tls.cert)?;
+    let key = identity::read_key(&cfg.tls.key)?;
+    let expected = SiteId::new(&cfg.trust_domain, &cfg.site)?;
+    let found = site_id_of(&chain[0])?;
+    if found != expected {
+        return Err(DaemonError::WrongCertificate {
+            path: cfg.tls.cert.display().to_string(),
+            found: found.uri(),
+            expected: expected.uri(),
+        });
+    }
+    Ok(SiteTls::new(ca, chain, key)?)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A started daemon.
+pub struct Running {
+    /// The address the peer listener bound.
+    pub listen: SocketAddr,
+    /// The shared node.
+    pub node: Arc<Node>,
+    tasks: tokio::task::JoinSet<()>,
+    shutdown: CancellationToken,
+    persist_stop: tokio::sync::watch::Sender<bool>,
+    admin_socket: PathBuf,
+}
+
+impl Running {
+    /// Stops every task, saves the catalog and removes the admin socket.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let _ = self.persist_stop.send(true);
+        while let Some(r) = self.tasks.join_next().await {
+            if let Err(e) = r {
+                if e.is_panic() {
+                    error!(error = %e, "task panicked");
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&self.admin_socket);
+        info!(site = %self.node.site, "stopped");
+    }
+}
+
+/// Starts a daemon for `cfg` (read from `config_path`).
+pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonError> {
+    let tls_material = Arc::new(load_tls(&cfg)?);
+    let s = cfg.sync;
+    let limits = Limits {
+        max_records_per_link: s.max_records_per_link,
+        max_exports: Limits::default().max_exports,
+        max_tombstones: s.max_tombstones,
+    };
+    let (mut catalog, restored) = store::load(&cfg.state_file, &cfg.site, limits)?;
+    catalog.set_limits(limits);
+    // Exports declared by the config: (re-)export them; withdraw those the config dropped.
+    let mut declared = BTreeSet::new();
+    for svc in cfg.services.iter().filter(|s| s.export) {
+        catalog
+            .export(&svc.namespace, &svc.name, cfg.service(svc))
+            .map_err(|e| DaemonError::Export(format!("{}/{}: {e}", svc.namespace, svc.name)))?;
+        declared.insert((svc.namespace.clone(), svc.name.clone()));
+    }
+    let dropped: Vec<_> = catalog.declared().difference(&declared).cloned().collect();
+    for (ns, name) in dropped {
+        if catalog.unexport(&ns, &name).is_ok() {
+            info!(service = %format!("{ns}/{name}"), "withdrawn: no longer declared in the config");
+        }
+    }
+    catalog.set_declared(declared);
+    info!(
+        site = %cfg.site,
+        restored,
+        epoch = catalog.epoch(),
+        version = catalog.version(),
+        exports = catalog.exports().count(),
+        "catalog loaded"
+    );
+    let started = Instant::now();
+    let store = Arc::new(Store::new(
+        catalog,
+        Liveness::new(started, s.liveness_timeout()),
+    ));
+    let peer_list: Vec<_> = cfg
+        .peers
+        .iter()
+        .map(|p| (p.site.clone(), p.address.clone()))
+        .collect();
+    let node = Arc::new(Node {
+        site: cfg.site.clone(),
+        trust_domain: cfg.trust_domain.clone(),
+        store: store.clone(),
+        peers: PeerTable::new(&cfg.site, &peer_list, s.liveness_timeout()),
+        settings: s,
+        tls: tls_material.clone(),
+        started,
+    });
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+
+    // Persist now (a new epoch or config exports must survive a crash), then on every change.
+    store.mark_dirty();
+    let (persist_stop, persist_rx) = tokio::sync::watch::channel(false);
+    tasks.spawn(store::persist(
+        store.clone(),
+        cfg.state_file.clone(),
+        Duration::from_millis(200),
+        persist_rx,
+    ));
+
+    // Peer listener.
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| DaemonError::Bind {
+            what: "peer listener",
+            addr: cfg.listen.to_string(),
+            source,
+        })?;
+    let listen = listener.local_addr().map_err(|source| DaemonError::Bind {
+        what: "peer listener",
+        addr: cfg.listen.to_string(),
+        source,
+    })?;
+    let server_cfg = tls::server_config(&tls_material, &cfg.trust_domain, cfg.peer_names())?;
+    let incoming = accept_loop(listener, TlsAcceptor::from(server_cfg));
+    let sd = shutdown.clone();
+    let sync_service = SyncService::new(node.clone());
+    tasks.spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(sync_service)
+            .serve_with_incoming_shutdown(incoming, sd.cancelled())
+            .await;
+        if let Err(e) = r {
+            error!(error = %e, "peer server failed");
+        }
+    });
+
+    // Admin socket.
+    let uds = admin::bind(&cfg.admin_socket).map_err(|source| DaemonError::Bind {
+        what: "admin socket",
+        addr: cfg.admin_socket.display().to_string(),
+        source,
+    })?;
+    let admin_service = AdminService::new(node.clone(), Arc::new(cfg.clone()), config_path);
+    let sd = shutdown.clone();
+    tasks.spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .add_service(admin_service)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(uds), sd.cancelled())
+            .await;
+        if let Err(e) = r {
+            error!(error = %e, "admin server failed");
+        }
+    });
+
+    // Dialers.
+    for p in &cfg.peers {
+        if let Some(addr) = &p.address {
+            tasks.spawn(dialer::run(
+                node.clone(),
+                p.site.clone(),
+                addr.clone(),
+                shutdown.clone(),
+            ));
+        }
+    }
+
+    // Own liveness beat.
+    let sd = shutdown.clone();
+    let n = node.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(n.settings.heartbeat_ms));
+        let mut last = 0u64;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = sd.cancelled() => return,
+            }
+            last = unix_ms().max(last + 1);
+            n.store.touch(|c| c.set_own_beat(last));
+        }
+    });
+
+    if let Some(ready) = &cfg.ready_file {
+        let body = format!("{{\"site\":\"{}\",\"listen\":\"{listen}\"}}\n", cfg.site);
+        if let Err(e) = identity::write_file(ready, &body, false) {
+            warn!(error = %e, "cannot write the ready file");
+        }
+    }
+    info!(site = %cfg.site, listen = %listen, admin = %cfg.admin_socket.display(), peers = cfg.peers.len(), "federationd ready");
+    Ok(Running {
+        listen,
+        node,
+        tasks,
+        shutdown,
+        persist_stop,
+        admin_socket: cfg.admin_socket.clone(),
+    })
+}

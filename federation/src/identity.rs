@@ -1,0 +1,315 @@
+//! Site identities: a federation CA, site certificates carrying the SPIFFE ID
+//! `spiffe://<trust-domain>/site/<name>` as a URI SAN, and reading that ID back from a peer's
+//! certificate.
+
+use std::fmt;
+use std::path::Path;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use time::OffsetDateTime;
+
+use crate::names;
+
+/// Errors about certificates and keys.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A PEM file holds no usable certificate or key.
+    #[error("{path}: {what}")]
+    Pem {
+        /// The file.
+        path: String,
+        /// What is missing or wrong.
+        what: String,
+    },
+    /// Certificate generation failed.
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A certificate does not carry exactly one valid multimesh site SPIFFE ID.
+    #[error("certificate has no valid site SPIFFE ID: {0}")]
+    NoSpiffeId(String),
+    /// A name (site, trust domain) is invalid.
+    #[error(transparent)]
+    Invalid(#[from] crate::error::InvalidField),
+}
+
+/// The SPIFFE ID of a site: `spiffe://<trust_domain>/site/<site>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SiteId {
+    /// The federation's trust domain.
+    pub trust_domain: String,
+    /// The site name.
+    pub site: String,
+}
+
+impl SiteId {
+    /// Builds and validates a site ID.
+    pub fn new(trust_domain: &str, site: &str) -> Result<Self, IdentityError> {
+        names::trust_domain("trust domain", trust_domain)?;
+        names::dns_label("site", site)?;
+        Ok(Self {
+            trust_domain: trust_domain.to_string(),
+            site: site.to_string(),
+        })
+    }
+
+    /// Parses `spiffe://<td>/site/<name>`.
+    pub fn parse(uri: &str) -> Result<Self, IdentityError> {
+        let bad = || {
+            IdentityError::NoSpiffeId(format!(
+                "{uri:?} is not spiffe://<trust-domain>/site/<name>"
+            ))
+        };
+        let rest = uri.strip_prefix("spiffe://").ok_or_else(bad)?;
+        let (td, path) = rest.split_once('/').ok_or_else(bad)?;
+        let site = path.strip_prefix("site/").ok_or_else(bad)?;
+        Self::new(td, site).map_err(|_| bad())
+    }
+
+    /// The URI form.
+    pub fn uri(&self) -> String {
+        format!("spiffe://{}/site/{}", self.trust_domain, self.site)
+    }
+}
+
+impl fmt::Display for SiteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.uri())
+    }
+}
+
+/// A PEM certificate and its PEM private key.
+pub struct Pair {
+    /// Certificate, PEM.
+    pub cert_pem: String,
+    /// Private key, PEM (PKCS#8).
+    pub key_pem: String,
+}
+
+/// Creates a self-signed federation CA for `trust_domain`, valid from now for `days`.
+pub fn init_ca(trust_domain: &str, days: i64) -> Result<Pair, IdentityError> {
+    names::trust_domain("trust domain", trust_domain)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        format!("multimesh federation CA {trust_domain}"),
+    );
+    dn.push(DnType::OrganizationName, "multimesh");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.subject_alt_names = vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::days(days);
+    let cert = params.self_signed(&key)?;
+    Ok(Pair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Validity window of an issued certificate.
+#[derive(Clone, Copy, Debug)]
+pub struct Validity {
+    /// Not valid before.
+    pub not_before: OffsetDateTime,
+    /// Not valid after.
+    pub not_after: OffsetDateTime,
+}
+
+impl Validity {
+    /// From five minutes ago (clock skew) until `days` from now.
+    pub fn days(days: i64) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self {
+            not_before: now - time::Duration::minutes(5),
+            not_after: now + time::Duration::days(days),
+        }
+    }
+}
+
+/// Issues a site certificate (client and server auth) for `id`, signed by the CA.
+pub fn issue_site(ca: &Pair, id: &SiteId, validity: Validity) -> Result<Pair, IdentityError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("site {}", id.site));
+    dn.push(DnType::OrganizationName, "multimesh");
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::URI(id.uri().try_into()?)];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = validity.not_before;
+    params.not_after = validity.not_after;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(Pair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Reads the site SPIFFE ID from a DER certificate: it must carry exactly one `spiffe://` URI
+/// SAN, of the form `spiffe://<td>/site/<name>`.
+pub fn site_id_of(cert: &CertificateDer<'_>) -> Result<SiteId, IdentityError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| IdentityError::NoSpiffeId(format!("unparsable certificate: {e}")))?;
+    let san = parsed
+        .subject_alternative_name()
+        .map_err(|e| IdentityError::NoSpiffeId(format!("bad subjectAltName: {e}")))?
+        .ok_or_else(|| IdentityError::NoSpiffeId("no subjectAltName".into()))?;
+    let uris: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|g| match g {
+            x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => Some(*u),
+            _ => None,
+        })
+        .collect();
+    match uris.as_slice() {
+        [one] => SiteId::parse(one),
+        [] => Err(IdentityError::NoSpiffeId("no spiffe:// URI SAN".into())),
+        _ => Err(IdentityError::NoSpiffeId(format!(
+            "{} spiffe:// URI SANs, expected one",
+            uris.len()
+        ))),
+    }
+}
+
+/// Reads all certificates of a PEM file.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    let data = std::fs::read(path).map_err(|source| IdentityError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let certs = rustls_pemfile::certs(&mut data.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| IdentityError::Pem {
+            path: path.display().to_string(),
+            what: format!("unreadable PEM: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(IdentityError::Pem {
+            path: path.display().to_string(),
+            what: "no CERTIFICATE block".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Reads the private key of a PEM file.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, IdentityError> {
+    let data = std::fs::read(path).map_err(|source| IdentityError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    rustls_pemfile::private_key(&mut data.as_slice())
+        .map_err(|e| IdentityError::Pem {
+            path: path.display().to_string(),
+            what: format!("unreadable PEM: {e}"),
+        })?
+        .ok_or_else(|| IdentityError::Pem {
+            path: path.display().to_string(),
+            what: "no PRIVATE KEY block".into(),
+        })
+}
+
+/// Writes a file, creating parent folders; `secret` files get mode 0600.
+pub fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), IdentityError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| IdentityError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(path)
+        .map_err(io)?;
+    f.write_all(contents.as_bytes()).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificate_carries_the_site_id() {
+        let ca = init_ca("multimesh.test", 1).unwrap();
+        let id = SiteId::new("multimesh.test", "a").unwrap();
+        let site = issue_site(&ca, &id, Validity::days(1)).unwrap();
+        let der = rustls_pemfile::certs(&mut site.cert_pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(site_id_of(&der).unwrap(), id);
+        assert_eq!(id.uri(), "spiffe://multimesh.test/site/a");
+    }
+
+    #[test]
+    fn spiffe_ids_parse_strictly() {
+        assert!(SiteId::parse("spiffe://td.example/site/b").is_ok());
+        for bad in [
+            "spiffe://td/ns/x/sa/y",
+            "https://td/site/a",
+            "spiffe://td/site/",
+            "spiffe://td/site/A",
+            "spiffe://td/site/a/extra",
+        ] {
+            assert!(SiteId::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+/// Reads the trust domain from a federation CA certificate (its `spiffe://<td>` URI SAN).
+pub fn trust_domain_of_ca(cert: &CertificateDer<'_>) -> Result<String, IdentityError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| IdentityError::NoSpiffeId(format!("unparsable CA certificate: {e}")))?;
+    let san = parsed
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .ok_or_else(|| IdentityError::NoSpiffeId("CA certificate has no subjectAltName".into()))?;
+    san.value
+        .general_names
+        .iter()
+        .find_map(|g| match g {
+            x509_parser::extensions::GeneralName::URI(u) => u
+                .strip_prefix("spiffe://")
+                .map(|td| td.trim_end_matches('/').to_string()),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            IdentityError::NoSpiffeId("CA certificate has no spiffe://<trust-domain> URI".into())
+        })
+}

@@ -1,0 +1,38 @@
+//! Peer sync: one long-lived, symmetric, bidirectional gRPC stream per peer over mutual TLS.
+//!
+//! * [`peers`]: the table of peer links (state, health, counters) and the rule that keeps one
+//!   session per peer when both sides dial.
+//! * [`session`]: the protocol of one stream: hello, snapshot-or-delta replication of the
+//!   catalog, ACK/NACK per message, heartbeats carrying version vectors and liveness beats.
+//! * [`server`]: the TLS accept loop (refusals logged with their reason) and the gRPC service.
+//! * [`dialer`]: outbound links with DNS re-resolution, backoff and jitter.
+
+pub mod dialer;
+pub mod peers;
+pub mod server;
+pub mod session;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::SyncSettings;
+use crate::store::Store;
+use crate::tls::SiteTls;
+
+/// Everything a running daemon's sync tasks share.
+pub struct Node {
+    /// This site.
+    pub site: String,
+    /// The federation trust domain.
+    pub trust_domain: String,
+    /// The catalog.
+    pub store: Arc<Store>,
+    /// Peer links.
+    pub peers: peers::PeerTable,
+    /// Protocol tuning.
+    pub settings: SyncSettings,
+    /// This site's TLS material.
+    pub tls: Arc<SiteTls>,
+    /// When the daemon started.
+    pub started: Instant,
+}

@@ -1,0 +1,278 @@
+//! Mutual TLS between sites (rustls, ring provider, no OpenSSL).
+//!
+//! Both directions authorise the other side by its SPIFFE ID, not merely by the CA: the server
+//! accepts a client only if its certificate chains to the federation CA *and* carries
+//! `spiffe://<td>/site/<name>` for a configured peer; the client accepts a server only if it
+//! carries exactly the ID of the peer it meant to dial. Refusals are logged with the reason
+//! (foreign CA, expired, unlisted SPIFFE ID, no certificate) by [`describe_handshake_error`].
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
+};
+
+use crate::identity::{SiteId, site_id_of};
+
+/// The crypto provider used everywhere (one TLS stack, one provider).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Errors building TLS configurations.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The CA bundle holds no usable certificate.
+    #[error("CA bundle: {0}")]
+    Roots(String),
+    /// rustls refused the configuration.
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+    /// The client verifier could not be built.
+    #[error("client verifier: {0}")]
+    Verifier(String),
+}
+
+/// Material for one site's TLS: its CA roots, certificate chain and key.
+pub struct SiteTls {
+    /// The federation CA.
+    pub roots: Arc<RootCertStore>,
+    /// This site's certificate chain.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// This site's private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl SiteTls {
+    /// Builds the roots from CA certificates.
+    pub fn new(
+        ca: Vec<CertificateDer<'static>>,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for c in ca {
+            roots.add(c).map_err(|e| TlsError::Roots(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(TlsError::Roots("no CA certificate".into()));
+        }
+        Ok(Self {
+            roots: Arc::new(roots),
+            chain,
+            key,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct PeerRefused(String);
+
+impl fmt::Display for PeerRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PeerRefused {}
+
+fn refuse(msg: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(PeerRefused(
+        msg,
+    )))))
+}
+
+/// Accepts a client certificate that chains to the CA and names a configured peer site.
+#[derive(Debug)]
+struct PeerClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+    peers: BTreeSet<String>,
+}
+
+impl ClientCertVerifier for PeerClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let id = site_id_of(end_entity).map_err(|e| refuse(e.to_string()))?;
+        if id.trust_domain != self.trust_domain {
+            return Err(refuse(format!(
+                "SPIFFE ID {id} is outside trust domain {}",
+                self.trust_domain
+            )));
+        }
+        if !self.peers.contains(&id.site) {
+            return Err(refuse(format!("SPIFFE ID {id} is not a configured peer")));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Accepts a server certificate that chains to the CA and carries exactly `expected`.
+#[derive(Debug)]
+struct PeerServerVerifier {
+    roots: Arc<RootCertStore>,
+    algs: WebPkiSupportedAlgorithms,
+    expected: SiteId,
+}
+
+impl ServerCertVerifier for PeerServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algs.all,
+        )?;
+        let id = site_id_of(end_entity).map_err(|e| refuse(e.to_string()))?;
+        if id != self.expected {
+            return Err(refuse(format!(
+                "server presented SPIFFE ID {id}, expected {}",
+                self.expected
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// The server side of peer links: requires a client certificate from a configured peer.
+pub fn server_config(
+    tls: &SiteTls,
+    trust_domain: &str,
+    peers: BTreeSet<String>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let inner = WebPkiClientVerifier::builder_with_provider(tls.roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = Arc::new(PeerClientVerifier {
+        inner,
+        trust_domain: trust_domain.to_string(),
+        peers,
+    });
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(tls.chain.clone(), tls.key.clone_key())?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The client side of a link to `expected`.
+pub fn client_config(tls: &SiteTls, expected: SiteId) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(PeerServerVerifier {
+        roots: tls.roots.clone(),
+        algs: provider.signature_verification_algorithms,
+        expected,
+    });
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(tls.chain.clone(), tls.key.clone_key())?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Says in plain words why a TLS handshake failed (foreign CA, expired certificate, unlisted
+/// SPIFFE ID, no certificate, not TLS at all).
+pub fn describe_handshake_error(e: &std::io::Error) -> String {
+    let Some(err) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return format!("connection failed during the TLS handshake: {e}");
+    };
+    match err {
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer => {
+                "certificate is not signed by the federation CA (foreign CA)".to_string()
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "certificate has expired".to_string()
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "certificate is not valid yet".to_string()
+            }
+            CertificateError::BadSignature => "certificate signature is invalid".to_string(),
+            CertificateError::Other(o) => o.to_string(),
+            other => format!("invalid certificate: {other:?}"),
+        },
+        rustls::Error::NoCertificatesPresented => {
+            "no client certificate presented (anonymous TLS client)".to_string()
+        }
+        rustls::Error::InvalidMessage(_) => "not a TLS handshake (plaintext client?)".to_string(),
+        rustls::Error::AlertReceived(a) => {
+            format!("the other side refused our certificate ({a:?})")
+        }
+        other => format!("TLS error: {other}"),
+    }
+}
