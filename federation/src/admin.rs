@@ -101,6 +101,18 @@ impl AdminService {
         Ok(svc)
     }
 
+    /// Makes a change durable before it is acknowledged.
+    async fn save(&self) -> Result<(), Status> {
+        let (store, path) = (self.node.store.clone(), self.config.state_file.clone());
+        match tokio::task::spawn_blocking(move || store.save_now(&path)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Status::unavailable(format!(
+                "the change is applied but could not be saved: {e}"
+            ))),
+            Err(e) => Err(Status::internal(format!("save task failed: {e}"))),
+        }
+    }
+
     fn refuse_declared(&self, namespace: &str, name: &str) -> Result<(), AdminError> {
         if self.node.store.read(|c| c.is_declared(namespace, name)) {
             return Err(AdminError::DeclaredInConfig {
@@ -126,6 +138,7 @@ impl admin_server::Admin for AdminService {
             .node
             .store
             .write(|c| c.export(&r.namespace, &r.name, svc.clone()))?;
+        self.save().await?;
         info!(site = %self.node.site, service = %format!("{}/{}", r.namespace, r.name), version = stamp.version, scope = %svc.scope, "exported");
         let key = model::Key {
             origin: self.node.site.clone(),
@@ -149,6 +162,7 @@ impl admin_server::Admin for AdminService {
             .node
             .store
             .write(|c| c.unexport(&r.namespace, &r.name))?;
+        self.save().await?;
         info!(site = %self.node.site, service = %format!("{}/{}", r.namespace, r.name), version = stamp.version, "unexported");
         Ok(Response::new(api::UnexportResponse {
             version: stamp.version,

@@ -38,6 +38,8 @@ pub enum StateError {
 /// The shared catalog of one daemon.
 pub struct Store {
     catalog: Mutex<Catalog>,
+    /// Serialises writers of the state file (the persister and synchronous saves).
+    save_lock: Mutex<()>,
     liveness: Mutex<Liveness>,
     head: watch::Sender<u64>,
     dirty: watch::Sender<u64>,
@@ -49,6 +51,7 @@ impl Store {
         let seq = catalog.position().seq;
         Self {
             catalog: Mutex::new(catalog),
+            save_lock: Mutex::new(()),
             liveness: Mutex::new(liveness),
             head: watch::Sender::new(seq),
             dirty: watch::Sender::new(0),
@@ -88,6 +91,14 @@ impl Store {
     /// Asks the persister to save.
     pub fn mark_dirty(&self) {
         self.dirty.send_modify(|g| *g += 1);
+    }
+
+    /// Saves the catalog to `path` now (blocking: fsync and rename). Used before acknowledging
+    /// an export, so an acknowledged change survives a crash.
+    pub fn save_now(&self, path: &Path) -> Result<(), StateError> {
+        let _guard = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self.read(|c| c.to_state());
+        save(path, &state)
     }
 
     /// Reads liveness.
@@ -180,15 +191,14 @@ pub async fn persist(
             _ = shutdown.changed() => break,
         }
         let started = Instant::now();
-        // Copy under the lock, serialise and write outside it.
-        let state = store.read(|c| c.to_state());
-        if let Err(e) = save(&path, &state) {
+        let (s, p) = (store.clone(), path.clone());
+        let r = tokio::task::spawn_blocking(move || s.save_now(&p)).await;
+        if let Ok(Err(e)) = r {
             tracing::error!(error = %e, "cannot persist the catalog");
         }
         tokio::time::sleep(min_interval.saturating_sub(started.elapsed())).await;
     }
-    let state = store.read(|c| c.to_state());
-    if let Err(e) = save(&path, &state) {
+    if let Err(e) = store.save_now(&path) {
         tracing::error!(error = %e, "cannot persist the catalog at shutdown");
     }
 }
