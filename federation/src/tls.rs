@@ -262,7 +262,9 @@ pub fn describe_handshake_error(e: &std::io::Error) -> String {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 "certificate is not valid yet".to_string()
             }
-            CertificateError::BadSignature => "certificate signature is invalid".to_string(),
+            CertificateError::BadSignature => {
+                "certificate signature does not verify against the federation CA (foreign CA with the same name, or a tampered certificate)".to_string()
+            }
             CertificateError::Other(o) => o.to_string(),
             other => format!("invalid certificate: {other:?}"),
         },
