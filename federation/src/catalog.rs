@@ -201,13 +201,11 @@ impl Catalog {
         crate::names::dns_label("namespace", namespace)?;
         crate::names::dns_label("name", name)?;
         let key = self.own_key(namespace, name);
-        if let Some(m) = self.merged.get(&key) {
-            if let Body::Live(cur) = &m.record.body {
-                if **cur == svc {
+        if let Some(m) = self.merged.get(&key)
+            && let Body::Live(cur) = &m.record.body
+                && **cur == svc {
                     return Ok(m.record.stamp);
                 }
-            }
-        }
         if self.exports().count() >= self.limits.max_exports && !self.is_exported(&key) {
             return Err(AdminError::TooMany(self.limits.max_exports));
         }
@@ -463,14 +461,13 @@ impl Catalog {
                     "records[{i}]: {k} is this site's own entry; peers must not send it back"
                 )));
             }
-            if let Body::Live(s) = &r.body {
-                if !s.scope.allows(&self.site) {
+            if let Body::Live(s) = &r.body
+                && !s.scope.allows(&self.site) {
                     return Err(Refusal::ScopeViolation(format!(
                         "records[{i}]: {k} is scoped to [{}], which excludes {}",
                         s.scope, self.site
                     )));
                 }
-            }
         }
         let _ = peer;
         Ok(())

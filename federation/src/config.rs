@@ -211,11 +211,10 @@ impl Config {
                 *f = base.join(&*f);
             }
         }
-        if let Some(r) = cfg.ready_file.as_mut() {
-            if r.is_relative() {
+        if let Some(r) = cfg.ready_file.as_mut()
+            && r.is_relative() {
                 *r = base.join(&*r);
             }
-        }
         cfg.validate()
             .map_err(|source| ConfigError::Invalid { path: p, source })?;
         Ok(cfg)

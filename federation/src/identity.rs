@@ -259,6 +259,29 @@ pub fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), Ident
     f.write_all(contents.as_bytes()).map_err(io)
 }
 
+/// Reads the trust domain from a federation CA certificate (its `spiffe://<td>` URI SAN).
+pub fn trust_domain_of_ca(cert: &CertificateDer<'_>) -> Result<String, IdentityError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| IdentityError::NoSpiffeId(format!("unparsable CA certificate: {e}")))?;
+    let san = parsed
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .ok_or_else(|| IdentityError::NoSpiffeId("CA certificate has no subjectAltName".into()))?;
+    san.value
+        .general_names
+        .iter()
+        .find_map(|g| match g {
+            x509_parser::extensions::GeneralName::URI(u) => u
+                .strip_prefix("spiffe://")
+                .map(|td| td.trim_end_matches('/').to_string()),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            IdentityError::NoSpiffeId("CA certificate has no spiffe://<trust-domain> URI".into())
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,27 +312,4 @@ mod tests {
             assert!(SiteId::parse(bad).is_err(), "{bad}");
         }
     }
-}
-
-/// Reads the trust domain from a federation CA certificate (its `spiffe://<td>` URI SAN).
-pub fn trust_domain_of_ca(cert: &CertificateDer<'_>) -> Result<String, IdentityError> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
-        .map_err(|e| IdentityError::NoSpiffeId(format!("unparsable CA certificate: {e}")))?;
-    let san = parsed
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .ok_or_else(|| IdentityError::NoSpiffeId("CA certificate has no subjectAltName".into()))?;
-    san.value
-        .general_names
-        .iter()
-        .find_map(|g| match g {
-            x509_parser::extensions::GeneralName::URI(u) => u
-                .strip_prefix("spiffe://")
-                .map(|td| td.trim_end_matches('/').to_string()),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            IdentityError::NoSpiffeId("CA certificate has no spiffe://<trust-domain> URI".into())
-        })
 }

@@ -1,7 +1,7 @@
 //! Test support: a PKI made by the tests themselves, real `federationd` processes on loopback,
 //! admin clients, and a "tap" that speaks the peer protocol as a configured site (to see what
 //! crosses the wire and to send malformed messages).
-#![allow(dead_code, missing_docs)]
+#![allow(dead_code, missing_docs, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
