@@ -203,9 +203,10 @@ impl Catalog {
         let key = self.own_key(namespace, name);
         if let Some(m) = self.merged.get(&key)
             && let Body::Live(cur) = &m.record.body
-                && **cur == svc {
-                    return Ok(m.record.stamp);
-                }
+            && **cur == svc
+        {
+            return Ok(m.record.stamp);
+        }
         if self.exports().count() >= self.limits.max_exports && !self.is_exported(&key) {
             return Err(AdminError::TooMany(self.limits.max_exports));
         }
@@ -462,12 +463,13 @@ impl Catalog {
                 )));
             }
             if let Body::Live(s) = &r.body
-                && !s.scope.allows(&self.site) {
-                    return Err(Refusal::ScopeViolation(format!(
-                        "records[{i}]: {k} is scoped to [{}], which excludes {}",
-                        s.scope, self.site
-                    )));
-                }
+                && !s.scope.allows(&self.site)
+            {
+                return Err(Refusal::ScopeViolation(format!(
+                    "records[{i}]: {k} is scoped to [{}], which excludes {}",
+                    s.scope, self.site
+                )));
+            }
         }
         let _ = peer;
         Ok(())

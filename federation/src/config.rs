@@ -212,9 +212,10 @@ impl Config {
             }
         }
         if let Some(r) = cfg.ready_file.as_mut()
-            && r.is_relative() {
-                *r = base.join(&*r);
-            }
+            && r.is_relative()
+        {
+            *r = base.join(&*r);
+        }
         cfg.validate()
             .map_err(|source| ConfigError::Invalid { path: p, source })?;
         Ok(cfg)

@@ -103,9 +103,10 @@ impl Running {
         let _ = self.persist_stop.send(true);
         while let Some(r) = self.tasks.join_next().await {
             if let Err(e) = r
-                && e.is_panic() {
-                    error!(error = %e, "task panicked");
-                }
+                && e.is_panic()
+            {
+                error!(error = %e, "task panicked");
+            }
         }
         let _ = std::fs::remove_file(&self.admin_socket);
         info!(site = %self.node.site, "stopped");
