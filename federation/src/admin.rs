@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use hyper_util::rt::TokioIo;
 use multimesh_proto::admin::v1::{self as api, admin_client::AdminClient, admin_server};
-use multimesh_proto::catalog::v1 as wire;
 use tokio::net::UnixStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -349,12 +348,4 @@ pub async fn connect(path: &Path) -> Result<AdminClient<Channel>, String> {
         .await
         .map_err(|e| format!("cannot connect to admin socket {}: {e}", path.display()))?;
     Ok(AdminClient::new(channel))
-}
-
-/// The wire form of a stale policy.
-pub fn stale_to_wire(s: StalePolicy) -> wire::StalePolicy {
-    wire::StalePolicy {
-        ttl_seconds: s.ttl_seconds,
-        serve: s.serve,
-    }
 }

@@ -455,7 +455,7 @@ impl Catalog {
     }
 
     /// Checks records from `peer` before anything is applied: scope, and no entry of ours.
-    fn check_records(&self, peer: &str, records: &[(Key, Record)]) -> Result<(), Refusal> {
+    fn check_records(&self, records: &[(Key, Record)]) -> Result<(), Refusal> {
         for (i, (k, r)) in records.iter().enumerate() {
             if k.origin == self.site {
                 return Err(Refusal::Protocol(format!(
@@ -471,7 +471,6 @@ impl Catalog {
                 )));
             }
         }
-        let _ = peer;
         Ok(())
     }
 
@@ -503,7 +502,7 @@ impl Catalog {
                 )));
             }
         }
-        self.check_records(peer, &records)?;
+        self.check_records(&records)?;
         let link = self.links.entry(peer.to_string()).or_default();
         let new_keys = records
             .iter()
@@ -554,7 +553,7 @@ impl Catalog {
                 self.limits.max_records_per_link
             )));
         }
-        self.check_records(peer, &records)?;
+        self.check_records(&records)?;
         let mut fresh = BTreeMap::new();
         for (i, (k, r)) in records.into_iter().enumerate() {
             if fresh.insert(k.clone(), r).is_some() {

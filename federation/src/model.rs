@@ -229,7 +229,8 @@ impl Protocol {
         })
     }
 
-    fn to_wire(self) -> wire::Protocol {
+    /// The wire enum of this protocol.
+    pub fn to_wire(self) -> wire::Protocol {
         match self {
             Protocol::Tcp => wire::Protocol::Tcp,
             Protocol::Http => wire::Protocol::Http,

@@ -178,12 +178,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     .map(|p| wire::ServicePort {
                         name: p.name.clone(),
                         port: u32::from(p.port),
-                        protocol: match p.protocol {
-                            federation::model::Protocol::Tcp => wire::Protocol::Tcp,
-                            federation::model::Protocol::Http => wire::Protocol::Http,
-                            federation::model::Protocol::Http2 => wire::Protocol::Http2,
-                            federation::model::Protocol::Grpc => wire::Protocol::Grpc,
-                        } as i32,
+                        protocol: p.protocol.to_wire() as i32,
                     })
                     .collect(),
                 to,
