@@ -34,4 +34,10 @@ echo "==> local multi-site run (three sites and an edge node converge)"
 sites/local/run.sh --once --debug --dir "$(mktemp -d -t multimesh-ci.XXXXXX)" --port-base "${MULTIMESH_PORT_BASE:-27100}" > /tmp/multimesh-demo-check.log 2>&1 \
   || { cat /tmp/multimesh-demo-check.log; echo "local multi-site run FAILED" >&2; exit 1; }
 grep "converged in" /tmp/multimesh-demo-check.log
-echo "1 passed, 0 failed: local multi-site run"
+echo "==> control-plane benchmark harness, small smoke run (the real run: bench/control-plane.sh)"
+cargo build --locked -p multimesh-bench -p multimesh-federation --bins
+target=${CARGO_TARGET_DIR:-target}
+"$target/debug/control-plane" --federationd "$target/debug/federationd" --sites 3 --services 300 --changes 10 --runs 1 > /tmp/multimesh-bench-smoke.log 2>&1 \
+  || { cat /tmp/multimesh-bench-smoke.log; echo "benchmark smoke run FAILED" >&2; exit 1; }
+grep "full sync" /tmp/multimesh-bench-smoke.log | head -1
+echo "2 passed, 0 failed: local multi-site run, benchmark smoke run"

@@ -102,8 +102,8 @@ impl AdminService {
 
     /// Makes a change durable before it is acknowledged.
     async fn save(&self) -> Result<(), Status> {
-        let (store, path) = (self.node.store.clone(), self.config.state_file.clone());
-        match tokio::task::spawn_blocking(move || store.save_now(&path)).await {
+        let store = self.node.store.clone();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Status::unavailable(format!(
                 "the change is applied but could not be saved: {e}"
@@ -133,10 +133,7 @@ impl admin_server::Admin for AdminService {
         let r = request.into_inner();
         let svc = self.build_export(&r)?;
         self.refuse_declared(&r.namespace, &r.name)?;
-        let stamp = self
-            .node
-            .store
-            .write(|c| c.export(&r.namespace, &r.name, svc.clone()))?;
+        let stamp = self.node.store.export(&r.namespace, &r.name, svc.clone())?;
         self.save().await?;
         info!(site = %self.node.site, service = %format!("{}/{}", r.namespace, r.name), version = stamp.version, scope = %svc.scope, "exported");
         let key = model::Key {
@@ -157,10 +154,7 @@ impl admin_server::Admin for AdminService {
         names::dns_label("name", &r.name).map_err(AdminError::from)?;
         names::dns_label("namespace", &r.namespace).map_err(AdminError::from)?;
         self.refuse_declared(&r.namespace, &r.name)?;
-        let stamp = self
-            .node
-            .store
-            .write(|c| c.unexport(&r.namespace, &r.name))?;
+        let stamp = self.node.store.unexport(&r.namespace, &r.name)?;
         self.save().await?;
         info!(site = %self.node.site, service = %format!("{}/{}", r.namespace, r.name), version = stamp.version, "unexported");
         Ok(Response::new(api::UnexportResponse {
@@ -230,14 +224,10 @@ impl admin_server::Admin for AdminService {
             .iter()
             .map(|o| o.entries.len())
             .sum::<usize>();
-        let (epoch, version, seq, exports) = self.node.store.read(|c| {
-            (
-                c.epoch(),
-                c.version(),
-                c.position().seq,
-                c.exports().count(),
-            )
-        });
+        let (epoch, version, seq, exports) = self
+            .node
+            .store
+            .read(|c| (c.epoch(), c.version(), c.position().seq, c.export_count()));
         Ok(Response::new(api::StatusResponse {
             site: self.node.site.clone(),
             trust_domain: self.node.trust_domain.clone(),
@@ -252,6 +242,40 @@ impl admin_server::Admin for AdminService {
             listen: self.config.listen.to_string(),
         }))
     }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        _: Request<api::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let node = self.node.clone();
+        let mut head = node.store.subscribe();
+        head.mark_changed();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            // Ends when the watcher goes away (send fails) or the daemon stops (sender dropped).
+            while head.changed().await.is_ok() {
+                if tx.send(Ok(watch_event(&node))).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// The stream of [`api::WatchEvent`]s of one watcher.
+pub type WatchStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<api::WatchEvent, Status>> + Send>>;
+
+fn watch_event(node: &Node) -> api::WatchEvent {
+    node.store.read(|c| api::WatchEvent {
+        seq: c.position().seq,
+        entries: c.live_count() as u32,
+    })
 }
 
 /// What this site sees, per origin, with stale marks; entries whose stale TTL ran out are

@@ -130,6 +130,9 @@ pub struct Catalog {
     /// Exports declared by the site config (namespace, name).
     declared: BTreeSet<(String, String)>,
     limits: Limits,
+    /// Live entries in the merged view: all of them, and this site's own.
+    live: usize,
+    own_live: usize,
 }
 
 impl Catalog {
@@ -156,6 +159,8 @@ impl Catalog {
             heads,
             declared: BTreeSet::new(),
             limits,
+            live: 0,
+            own_live: 0,
         }
     }
 
@@ -207,7 +212,7 @@ impl Catalog {
         {
             return Ok(m.record.stamp);
         }
-        if self.exports().count() >= self.limits.max_exports && !self.is_exported(&key) {
+        if self.own_live >= self.limits.max_exports && !self.is_exported(&key) {
             return Err(AdminError::TooMany(self.limits.max_exports));
         }
         let stamp = self.next_version();
@@ -294,14 +299,24 @@ impl Catalog {
     fn set_merged(&mut self, key: Key, record: Record) {
         self.seq += 1;
         let seq = self.seq;
-        let audience = match self.merged.get(&key) {
+        let (audience, was_live) = match self.merged.get(&key) {
             Some(old) => {
                 self.by_seq.remove(&old.seq);
                 self.tombstones.remove(&old.seq);
-                old.audience.union(record.audience())
+                (
+                    old.audience.union(record.audience()),
+                    old.record.service().is_some(),
+                )
             }
-            None => record.audience().clone(),
+            None => (record.audience().clone(), false),
         };
+        let own = key.origin == self.site;
+        if was_live {
+            self.count_live(own, false);
+        }
+        if record.service().is_some() {
+            self.count_live(own, true);
+        }
         if matches!(record.body, Body::Withdrawn { .. }) {
             self.tombstones.insert(seq, key.clone());
         }
@@ -315,6 +330,27 @@ impl Catalog {
             },
         );
         self.compact();
+    }
+
+    /// Keeps the live counters right when a live entry enters (`add`) or leaves the merged view.
+    fn count_live(&mut self, own: bool, add: bool) {
+        if add {
+            self.live += 1;
+            self.own_live += usize::from(own);
+        } else {
+            self.live -= 1;
+            self.own_live -= usize::from(own);
+        }
+    }
+
+    /// Number of live entries this site sees (its own and remote).
+    pub fn live_count(&self) -> usize {
+        self.live
+    }
+
+    /// Number of this site's live exports.
+    pub fn export_count(&self) -> usize {
+        self.own_live
     }
 
     /// Drops the oldest tombstones beyond the limit. A peer whose position is older than the
@@ -688,6 +724,7 @@ impl Catalog {
                 .collect(),
             heads: self.heads.iter().map(|(s, h)| (s.clone(), *h)).collect(),
             declared: self.declared.iter().cloned().collect(),
+            journal: 0,
         }
     }
 
@@ -719,6 +756,9 @@ impl Catalog {
                 c.tombstones.insert(m.seq, k.clone());
             }
             c.by_seq.insert(m.seq, k.clone());
+            if m.record.service().is_some() {
+                c.count_live(k.origin == c.site, true);
+            }
             c.merged.insert(k, m);
         }
         for l in state.links {
@@ -761,12 +801,25 @@ pub struct State {
     heads: Vec<(Site, Head)>,
     #[serde(default)]
     declared: Vec<(String, String)>,
+    /// The generation of the journal that continues this snapshot (see `store`).
+    #[serde(default)]
+    journal: u64,
 }
 
 impl State {
     /// The site this state belongs to.
     pub fn site(&self) -> &str {
         &self.site
+    }
+
+    /// The generation of the journal that continues this snapshot.
+    pub fn journal(&self) -> u64 {
+        self.journal
+    }
+
+    /// Sets the generation of the journal that continues this snapshot.
+    pub fn set_journal(&mut self, generation: u64) {
+        self.journal = generation;
     }
 }
 

@@ -122,7 +122,8 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
         max_exports: Limits::default().max_exports,
         max_tombstones: s.max_tombstones,
     };
-    let (mut catalog, restored) = store::load(&cfg.state_file, &cfg.site, limits)?;
+    let (mut catalog, generation) = store::load(&cfg.state_file, &cfg.site, limits)?;
+    let restored = generation.is_some();
     catalog.set_limits(limits);
     // Exports declared by the config: (re-)export them; withdraw those the config dropped.
     let mut declared = BTreeSet::new();
@@ -144,14 +145,19 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
         restored,
         epoch = catalog.epoch(),
         version = catalog.version(),
-        exports = catalog.exports().count(),
+        exports = catalog.export_count(),
         "catalog loaded"
     );
     let started = Instant::now();
     let store = Arc::new(Store::new(
         catalog,
         Liveness::new(started, s.liveness_timeout()),
+        &cfg.state_file,
+        generation.unwrap_or(0),
     ));
+    // A new epoch or config exports must survive a crash: save a snapshot before serving.
+    // (Blocking, but nothing is served yet.)
+    store.compact()?;
     let peer_list: Vec<_> = cfg
         .peers
         .iter()
@@ -169,12 +175,11 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
 
-    // Persist now (a new epoch or config exports must survive a crash), then on every change.
-    store.mark_dirty();
+    // Persist every change (the journal is flushed at most every 200 ms, or at once for an
+    // export before it is acknowledged).
     let (persist_stop, persist_rx) = tokio::sync::watch::channel(false);
     tasks.spawn(store::persist(
         store.clone(),
-        cfg.state_file.clone(),
         Duration::from_millis(200),
         persist_rx,
     ));

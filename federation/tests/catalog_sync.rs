@@ -282,3 +282,42 @@ async fn restarting_a_daemon_keeps_its_runtime_exports() {
     assert_eq!(a.entries().await, strs(&["shop/late@a", "shop/payment@a"]));
     let _ = Body::Ack(Default::default());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federationctl_watch_streams_changes_and_stops_at_the_target_count() {
+    let tmp = test_dir();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let b = Site::start(&pki, tmp.path(), &SiteSpec::new("b").accept("a"), None);
+    let a = Site::start(
+        &pki,
+        tmp.path(),
+        &SiteSpec::new("a").dial("b", &b.listen),
+        None,
+    );
+    let watcher = std::process::Command::new(env!("CARGO_BIN_EXE_federationctl"))
+        .arg("--admin-socket")
+        .arg(b.socket())
+        .args(["-o", "json", "watch", "--until-entries", "2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first event comes at once; give the watcher time to subscribe before exporting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.export("payment", &[]).await;
+    a.export("booking", &[]).await;
+    let out = tokio::task::spawn_blocking(move || watcher.wait_with_output().unwrap());
+    let out = tokio::time::timeout(Duration::from_secs(15), out)
+        .await
+        .expect("watch did not stop at 2 entries")
+        .unwrap();
+    assert!(out.status.success(), "watch failed: {out:?}");
+    let events: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.first().unwrap()["entries"], 0, "{events:?}");
+    assert_eq!(events.last().unwrap()["entries"], 2, "{events:?}");
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}

@@ -81,6 +81,13 @@ enum Cmd {
     Peers,
     /// Show a summary of the daemon.
     Status,
+    /// Print the sequence number and entry count now and after every catalog change, one line
+    /// each (JSON lines with -o json), until interrupted or until --until-entries is reached.
+    Watch {
+        /// Exit (status 0) once this site sees at least this many entries.
+        #[arg(long)]
+        until_entries: Option<u32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -232,6 +239,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .into_inner();
             print(cli.output, &peers_json(&r), || peers_table(&r))
         }
+        Cmd::Watch { until_entries } => watch(&cli, until_entries).await,
         Cmd::Status => {
             let mut c = client(&cli.admin_socket).await?;
             let s = c
@@ -262,6 +270,31 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             })
         }
     }
+}
+
+async fn watch(cli: &Cli, until: Option<u32>) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut c = client(&cli.admin_socket).await?;
+    let mut events = c
+        .watch(api::WatchRequest {})
+        .await
+        .map_err(status)?
+        .into_inner();
+    while let Some(e) = events.message().await.map_err(status)? {
+        let line = match cli.output {
+            Output::Table => format!("seq {} entries {}\n", e.seq, e.entries),
+            Output::Json | Output::Yaml => {
+                format!("{}\n", json!({"seq": e.seq, "entries": e.entries}))
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        out.write_all(line.as_bytes())?;
+        out.flush()?;
+        if until.is_some_and(|n| e.entries >= n) {
+            return Ok(());
+        }
+    }
+    Err(Failure("the daemon closed the watch".into(), 1))
 }
 
 fn status(s: tonic::Status) -> Failure {

@@ -424,6 +424,12 @@ fn random_topologies_converge() {
             let mut got = names(viewer);
             got.sort();
             assert_eq!(got, expected, "round {round}, site {}", viewer.site());
+            assert_eq!(viewer.live_count(), got.len(), "round {round}");
+            assert_eq!(
+                viewer.export_count(),
+                viewer.exports().count(),
+                "round {round}"
+            );
         }
     }
 

@@ -386,9 +386,7 @@ where
                     observe_heads(node, peer, heads);
                     if let (true, Some(p)) = (clean, h.position.as_ref()) {
                         let p = pos_from_wire(p);
-                        if node.store.touch(|c| c.advance_link(peer, p)) {
-                            node.store.mark_dirty();
-                        }
+                        node.store.advance_link(peer, p);
                     }
                     Ok(())
                 }
@@ -409,7 +407,7 @@ where
                         seq: d.to_seq,
                     };
                     node.peers.count(peer, |c| c.records_received += n);
-                    let r = node.store.write(|c| c.apply_delta(peer, from, to, records));
+                    let r = node.store.apply_delta(peer, from, to, records);
                     r.map(|applied| {
                         node.peers.count(peer, |c| c.deltas_received += 1);
                         debug!(peer = %peer, records = n, changed = applied.changed, to = d.to_seq, "delta applied");
@@ -497,9 +495,7 @@ fn receive_chunk(
         return Ok(());
     };
     let n = done.records.len();
-    let applied = node
-        .store
-        .write(|c| c.apply_snapshot(peer, done.at, done.records))?;
+    let applied = node.store.apply_snapshot(peer, done.at, done.records)?;
     *clean = true;
     node.peers.count(peer, |c| c.snapshots_received += 1);
     info!(peer = %peer, records = n, changed = applied.changed, seq = done.at.seq, "snapshot applied");
