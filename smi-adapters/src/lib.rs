@@ -1,6 +1,80 @@
-//! `smi-adapters`: parse SMI `TrafficSplit`/`HTTPRouteGroup`/`TCPRoute`/`TrafficTarget` and
-//! Gateway API `HTTPRoute` into one model and render it into Istio, Linkerd, Consul, Gateway API
-//! and Kuma resources.
+//! `smi-adapters`: one traffic spec, rendered into every mesh. A pure library (no I/O).
 //!
-//! **Not implemented yet** (tracked by issue #3). This crate is an empty placeholder so the
-//! workspace has its final shape; it exports nothing and nothing depends on it.
+//! Inputs — SMI `TrafficSplit` v1alpha1-4 with `HTTPRouteGroup` v1alpha1-4 matches, Gateway API
+//! `HTTPRoute` with a `Service` parent (GAMMA), core `Service` manifests for ports, and the
+//! federation catalog for remote services — are parsed into one [`model::Model`]
+//! ([`input`]), then rendered by a mesh renderer ([`render`]). Every refusal and every inexact
+//! rendering is a structured [`diag::Diagnostic`] naming the object and field.
+//! [`schema`] validates rendered resources strictly against upstream CRD schemas.
+//!
+//! Rendered today: Istio and Gateway API (GAMMA). Not yet: Linkerd, Consul, Kuma,
+//! `TrafficTarget` and `TCPRoute` (issue #3 stays open for them).
+
+pub mod diag;
+pub mod input;
+pub mod model;
+pub mod render;
+pub mod schema;
+pub mod weights;
+pub mod yaml;
+
+use diag::{Diagnostic, Severity};
+use render::{Mesh, Options};
+use serde_json::Value;
+
+/// The result of one translation.
+#[derive(Debug, Default)]
+pub struct Translation {
+    /// Rendered resources, in a stable order.
+    pub resources: Vec<Value>,
+    /// Errors and warnings, sorted.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Translation {
+    /// Whether everything was rendered (no errors; warnings allowed).
+    pub fn complete(&self) -> bool {
+        self.diagnostics
+            .iter()
+            .all(|d| d.severity != Severity::Error)
+    }
+
+    /// The resources as multi-document YAML (strings a YAML 1.1 parser could misread are
+    /// quoted).
+    pub fn to_yaml(&self) -> String {
+        yaml::documents(&self.resources)
+    }
+}
+
+/// Translates input files (`(name, YAML text)`) for `mesh`, with the federation catalog (the
+/// JSON of `federationctl catalog -o json`) when remote services are involved.
+pub fn translate(
+    files: &[(String, String)],
+    catalog: Option<&str>,
+    mesh: Mesh,
+    opts: &Options,
+) -> Translation {
+    let mut diagnostics = Vec::new();
+    let remote = match catalog.map(input::parse_catalog) {
+        None => Default::default(),
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
+            diagnostics.push(Diagnostic::error("--catalog", "", e));
+            return Translation {
+                resources: vec![],
+                diagnostics,
+            };
+        }
+    };
+    let model = input::parse(files, remote, &mut diagnostics);
+    let resources = match mesh {
+        Mesh::Istio => render::istio::render(&model, opts, &mut diagnostics),
+        Mesh::GatewayApi => render::gateway::render(&model, &mut diagnostics),
+    };
+    diagnostics.sort();
+    diagnostics.dedup();
+    Translation {
+        resources,
+        diagnostics,
+    }
+}

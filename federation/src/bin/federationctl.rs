@@ -81,6 +81,29 @@ enum Cmd {
     Peers,
     /// Show a summary of the daemon.
     Status,
+    /// Translate SMI TrafficSplit/HTTPRouteGroup and Gateway API HTTPRoute specs into a mesh's
+    /// native resources, offline (no cluster, no daemon). Prints multi-document YAML on stdout
+    /// (or JSON with -o json) and diagnostics on stderr; exits 0 only when everything was
+    /// rendered, 1 otherwise.
+    Translate {
+        /// Target mesh: istio or gateway-api.
+        #[arg(long)]
+        mesh: String,
+        /// Input YAML file (TrafficSplit, HTTPRouteGroup, HTTPRoute, and the v1 Services whose
+        /// ports matter); repeatable; `-` reads standard input.
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+        /// The federation catalog, as printed by `federationctl catalog -o json`: backends it
+        /// lists from other sites are sent to the local edge agent.
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+        /// In-cluster host name of the local edge agent (for imported services).
+        #[arg(long, default_value = "multimesh-edge.multimesh.svc.cluster.local")]
+        edge_host: String,
+        /// The edge agent's HTTP egress port.
+        #[arg(long, default_value_t = 15080)]
+        edge_http_port: u16,
+    },
     /// Print the sequence number and entry count now and after every catalog change, one line
     /// each (JSON lines with -o json), until interrupted or until --until-entries is reached.
     Watch {
@@ -239,6 +262,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .into_inner();
             print(cli.output, &peers_json(&r), || peers_table(&r))
         }
+        Cmd::Translate {
+            mesh,
+            files,
+            catalog,
+            edge_host,
+            edge_http_port,
+        } => translate(
+            cli.output,
+            &mesh,
+            &files,
+            catalog.as_deref(),
+            smi_adapters::render::Options {
+                edge_host,
+                edge_http_port,
+            },
+        ),
         Cmd::Watch { until_entries } => watch(&cli, until_entries).await,
         Cmd::Status => {
             let mut c = client(&cli.admin_socket).await?;
@@ -269,6 +308,80 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 )
             })
         }
+    }
+}
+
+fn read_input(path: &Path) -> Result<String, Failure> {
+    if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| Failure(format!("standard input: {e}"), 2))?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(path).map_err(|e| Failure(format!("{}: {e}", path.display()), 2))
+}
+
+fn translate(
+    out: Output,
+    mesh: &str,
+    files: &[PathBuf],
+    catalog: Option<&Path>,
+    opts: smi_adapters::render::Options,
+) -> Result<(), Failure> {
+    use std::io::Write;
+    let Some(m) = smi_adapters::render::Mesh::parse(mesh) else {
+        return Err(usage(format!(
+            "--mesh {mesh:?}: expected istio or gateway-api (linkerd, consul and kuma are not rendered yet)"
+        )));
+    };
+    let inputs = files
+        .iter()
+        .map(|f| Ok((f.display().to_string(), read_input(f)?)))
+        .collect::<Result<Vec<_>, Failure>>()?;
+    let catalog = catalog.map(read_input).transpose()?;
+    let t = smi_adapters::translate(&inputs, catalog.as_deref(), m, &opts);
+    let text = match out {
+        Output::Json => {
+            let diags: Vec<Value> = t
+                .diagnostics
+                .iter()
+                .map(|d| {
+                    json!({
+                        "severity": match d.severity {
+                            smi_adapters::diag::Severity::Warning => "warning",
+                            smi_adapters::diag::Severity::Error => "error",
+                        },
+                        "object": d.object, "field": d.field, "message": d.message,
+                    })
+                })
+                .collect();
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(
+                    &json!({"resources": t.resources, "diagnostics": diags})
+                )?
+            )
+        }
+        Output::Table | Output::Yaml => t.to_yaml(),
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
+    if !matches!(out, Output::Json) {
+        for d in &t.diagnostics {
+            eprintln!("{d}");
+        }
+    }
+    if t.complete() {
+        Ok(())
+    } else {
+        let n = t
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == smi_adapters::diag::Severity::Error)
+            .count();
+        Err(Failure(
+            format!("{n} error(s): not everything was rendered"),
+            1,
+        ))
     }
 }
 

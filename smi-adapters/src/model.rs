@@ -1,0 +1,225 @@
+//! The one internal model every input is parsed into and every renderer reads.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Where a model object came from, for diagnostics: `FILE#DOC Kind namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Origin {
+    /// File name and document index, e.g. `split.yaml#2`.
+    pub doc: String,
+    /// `Kind apiVersion`.
+    pub kind: String,
+    /// `namespace/name`.
+    pub object: String,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.doc, self.kind, self.object)
+    }
+}
+
+/// Protocol of a service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Protocol {
+    /// HTTP/1.1.
+    Http,
+    /// HTTP/2.
+    Http2,
+    /// gRPC.
+    Grpc,
+    /// Opaque TCP.
+    Tcp,
+}
+
+impl Protocol {
+    /// Parses `http`, `http2`, `grpc`, `tcp` (also Kubernetes `appProtocol` spellings).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "http" | "http1" | "http/1.1" => Some(Protocol::Http),
+            "http2" | "h2c" | "kubernetes.io/h2c" => Some(Protocol::Http2),
+            "grpc" => Some(Protocol::Grpc),
+            "tcp" => Some(Protocol::Tcp),
+            _ => None,
+        }
+    }
+
+    /// Whether requests (not bytes) are routed on this port.
+    pub fn is_http(self) -> bool {
+        !matches!(self, Protocol::Tcp)
+    }
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Http2 => "http2",
+            Protocol::Grpc => "grpc",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// A port of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Port {
+    /// Port name (may be empty).
+    pub name: String,
+    /// Number.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+}
+
+/// A service exported by another site, known from the federation catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remote {
+    /// The origin site.
+    pub site: String,
+    /// The origin's edge ingress addresses.
+    pub ingress: Vec<String>,
+    /// SPIFFE identity of its workloads.
+    pub identity: String,
+}
+
+/// What is known of a service: its ports, and where it lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Ports.
+    pub ports: Vec<Port>,
+    /// `Some` for a service of another site.
+    pub remote: Option<Remote>,
+}
+
+impl ServiceInfo {
+    /// The host name callers use: `NAME.NAMESPACE.svc.cluster.local` for a local service,
+    /// `NAME.NAMESPACE.svc.clusterset.local` for an imported one.
+    pub fn host(&self) -> String {
+        host(&self.name, &self.namespace, self.remote.is_some())
+    }
+}
+
+/// The host name of a service.
+pub fn host(name: &str, namespace: &str, remote: bool) -> String {
+    let zone = if remote { "clusterset" } else { "cluster" };
+    format!("{name}.{namespace}.svc.{zone}.local")
+}
+
+/// Services known to the translation: local ones (from `Service` manifests) and remote ones
+/// (from the catalog). A local service shadows a remote one of the same name.
+#[derive(Clone, Debug, Default)]
+pub struct Services {
+    /// By (namespace, name).
+    pub local: BTreeMap<(String, String), ServiceInfo>,
+    /// By (namespace, name).
+    pub remote: BTreeMap<(String, String), ServiceInfo>,
+}
+
+impl Services {
+    /// Looks a service up, local first.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<&ServiceInfo> {
+        let k = (namespace.to_string(), name.to_string());
+        self.local.get(&k).or_else(|| self.remote.get(&k))
+    }
+}
+
+/// How a path is matched.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PathMatch {
+    /// The whole path.
+    Exact(String),
+    /// A path prefix (by segments, as Gateway API defines it).
+    Prefix(String),
+    /// An RE2 regular expression over the whole path.
+    Regex(String),
+}
+
+/// A header condition.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HeaderMatch {
+    /// Header name (lower case).
+    pub name: String,
+    /// Value or pattern.
+    pub value: String,
+    /// Whether `value` is a regular expression (SMI header values always are).
+    pub regex: bool,
+}
+
+/// One HTTP request condition; every present part must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HttpMatch {
+    /// The SMI match name (for diagnostics and route names).
+    pub name: String,
+    /// Path condition.
+    pub path: Option<PathMatch>,
+    /// Allowed methods (upper case); empty or `*` means any.
+    pub methods: Vec<String>,
+    /// Header conditions.
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// One weighted destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// Service name.
+    pub name: String,
+    /// Service namespace.
+    pub namespace: String,
+    /// Weight in milli-units (`1` = 1000).
+    pub weight: u64,
+    /// Port to send to (Gateway API backendRefs carry one; SMI uses the root's ports).
+    pub port: Option<u16>,
+    /// `Some` when the backend lives on another site.
+    pub remote: Option<Remote>,
+}
+
+impl Backend {
+    /// The host name to send to.
+    pub fn host(&self) -> String {
+        host(&self.name, &self.namespace, self.remote.is_some())
+    }
+}
+
+/// One rule of a route: requests matching any of `matches` (all requests when empty) are split
+/// between `backends` by weight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Conditions (any of them).
+    pub matches: Vec<HttpMatch>,
+    /// Weighted destinations, sorted by (namespace, name, port).
+    pub backends: Vec<Backend>,
+}
+
+/// All traffic rules for one root service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Where it came from.
+    pub origin: Origin,
+    /// Name of the source object.
+    pub name: String,
+    /// Namespace of the root service and of the route.
+    pub namespace: String,
+    /// The root (apex) service callers address.
+    pub root: String,
+    /// The root's port this route applies to, when restricted to one.
+    pub port: Option<u16>,
+    /// Rules in priority order; requests matching none go to the root service itself.
+    pub rules: Vec<Rule>,
+    /// Whether weights are relative (Gateway API) rather than shares to round (SMI); only
+    /// affects diagnostics.
+    pub relative: bool,
+}
+
+/// The parsed inputs of one translation.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    /// Traffic routes, sorted by (namespace, root, port).
+    pub routes: Vec<Route>,
+    /// Known services.
+    pub services: Services,
+}

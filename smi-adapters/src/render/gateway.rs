@@ -1,0 +1,157 @@
+//! Gateway API for service meshes (GAMMA): an HTTPRoute with the root Service as parent and
+//! relative weights kept exact. Remote backends are MCS `ServiceImport`s (the import the
+//! federation creates for them), which GAMMA implementations route to the local edge agent.
+
+use serde_json::{Value, json};
+
+use super::{metadata, route_ports};
+use crate::diag::Diagnostic;
+use crate::model::{HttpMatch, Model, PathMatch, Route};
+use crate::weights;
+
+const API: &str = "gateway.networking.k8s.io/v1";
+const MAX_WEIGHT: u64 = 1_000_000;
+
+fn matches(m: &HttpMatch) -> Vec<Value> {
+    let mut base = json!({});
+    match &m.path {
+        Some(PathMatch::Exact(p)) => base["path"] = json!({"type": "Exact", "value": p}),
+        Some(PathMatch::Prefix(p)) => base["path"] = json!({"type": "PathPrefix", "value": p}),
+        Some(PathMatch::Regex(p)) => {
+            base["path"] = json!({"type": "RegularExpression", "value": p})
+        }
+        None => {}
+    }
+    if !m.headers.is_empty() {
+        base["headers"] = m
+            .headers
+            .iter()
+            .map(|h| {
+                let t = if h.regex {
+                    "RegularExpression"
+                } else {
+                    "Exact"
+                };
+                json!({"type": t, "name": h.name, "value": h.value})
+            })
+            .collect();
+    }
+    if m.methods.is_empty() {
+        return vec![base];
+    }
+    m.methods
+        .iter()
+        .map(|meth| {
+            let mut x = base.clone();
+            x["method"] = json!(meth);
+            x
+        })
+        .collect()
+}
+
+fn http_route(
+    model: &Model,
+    r: &Route,
+    port: u16,
+    suffix: bool,
+    d: &mut Vec<Diagnostic>,
+) -> Option<Value> {
+    let mut rules = Vec::new();
+    for (i, rule) in r.rules.iter().enumerate() {
+        let field = if r.relative {
+            format!("spec.rules[{i}].backendRefs")
+        } else {
+            "spec.backends".into()
+        };
+        let w: Vec<u64> = rule.backends.iter().map(|b| b.weight).collect();
+        let rel = match weights::relative(&w, MAX_WEIGHT) {
+            Some(x) => x,
+            None => {
+                d.push(Diagnostic::warning(&r.origin, &field, "weights cannot be reduced to integers of at most 1,000,000: rounded to basis points"));
+                weights::shares(&w, 10_000)?
+                    .into_iter()
+                    .map(u64::from)
+                    .collect()
+            }
+        };
+        let refs: Vec<Value> = rule
+            .backends
+            .iter()
+            .zip(rel)
+            .filter(|(_, w)| *w > 0)
+            .map(|(b, w)| {
+                let mut x = if b.remote.is_some() {
+                    json!({"group": "multicluster.x-k8s.io", "kind": "ServiceImport", "name": b.name})
+                } else {
+                    json!({"group": "", "kind": "Service", "name": b.name})
+                };
+                if b.namespace != r.namespace {
+                    x["namespace"] = json!(b.namespace);
+                }
+                x["port"] = json!(b.port.unwrap_or(port));
+                x["weight"] = json!(w);
+                x
+            })
+            .collect();
+        let mut rule_v = json!({"backendRefs": refs});
+        if !rule.matches.is_empty() {
+            rule_v["matches"] = rule.matches.iter().flat_map(matches).collect();
+        }
+        rules.push(rule_v);
+    }
+    // Requests that match no rule still reach the root service (GAMMA answers 404 otherwise).
+    if r.rules.iter().all(|x| !x.matches.is_empty()) {
+        rules.push(json!({"backendRefs": [{"group": "", "kind": "Service", "name": r.root, "port": port}]}));
+    }
+    let name = if suffix {
+        format!("{}-{port}", r.name)
+    } else {
+        r.name.clone()
+    };
+    let _ = model;
+    Some(json!({
+        "apiVersion": API,
+        "kind": "HTTPRoute",
+        "metadata": metadata(&name, &r.namespace, Some(r)),
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": r.root, "port": port}],
+            "rules": rules,
+        },
+    }))
+}
+
+/// Renders the model as GAMMA HTTPRoutes.
+pub fn render(model: &Model, d: &mut Vec<Diagnostic>) -> Vec<Value> {
+    let mut out = Vec::new();
+    for r in &model.routes {
+        let ports: Vec<u16> = match (r.port, route_ports(model, r)) {
+            (Some(p), _) => vec![p],
+            (None, Some(ps)) => {
+                let http: Vec<u16> = ps
+                    .iter()
+                    .filter(|(_, p)| p.is_http())
+                    .map(|(n, _)| *n)
+                    .collect();
+                if http.len() < ps.len() {
+                    d.push(Diagnostic::warning(
+                        &r.origin,
+                        "",
+                        "TCP ports of the root are left out: an HTTPRoute only routes HTTP",
+                    ));
+                }
+                http
+            }
+            (None, None) => {
+                d.push(Diagnostic::error(&r.origin, "", format!("Gateway API backendRefs need a port, and the ports of {}/{} are unknown: pass its Service manifest with -f", r.namespace, r.root)));
+                continue;
+            }
+        };
+        let suffix = ports.len() > 1;
+        for p in ports {
+            if let Some(v) = http_route(model, r, p, suffix, d) {
+                out.push(v);
+            }
+        }
+    }
+    out
+}

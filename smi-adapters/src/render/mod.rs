@@ -1,0 +1,136 @@
+//! Renderers: the model into each mesh's native resources. Pure and deterministic: the same
+//! model gives byte-identical output, resources in a stable order.
+
+use serde_json::{Value, json};
+
+use crate::diag::Diagnostic;
+use crate::model::{Backend, Model, Protocol, Route, ServiceInfo};
+use crate::weights;
+
+pub mod gateway;
+pub mod istio;
+
+/// The target meshes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mesh {
+    /// Istio: VirtualService, DestinationRule, ServiceEntry.
+    Istio,
+    /// Gateway API for meshes (GAMMA): HTTPRoute with a Service parent.
+    GatewayApi,
+}
+
+impl Mesh {
+    /// Parses a `--mesh` value.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "istio" => Some(Mesh::Istio),
+            "gateway-api" | "gamma" => Some(Mesh::GatewayApi),
+            _ => None,
+        }
+    }
+}
+
+/// Where imported (remote) services are sent: the local edge agent's egress.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The in-cluster host name of the local edge agent.
+    pub edge_host: String,
+    /// The edge agent's egress port for HTTP, HTTP/2 and gRPC (routed by host name); TCP
+    /// services use their own port number on the edge agent.
+    pub edge_http_port: u16,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            edge_host: "multimesh-edge.multimesh.svc.cluster.local".into(),
+            edge_http_port: 15080,
+        }
+    }
+}
+
+/// Labels every rendered resource carries, so multimesh can find (and only touch) its own.
+pub fn metadata(name: &str, namespace: &str, source: Option<&Route>) -> Value {
+    let mut m = json!({
+        "name": name,
+        "namespace": namespace,
+        "labels": {"app.kubernetes.io/managed-by": "multimesh"},
+    });
+    if let Some(r) = source {
+        m["annotations"] =
+            json!({"multimesh.io/source": format!("{} {}", r.origin.kind, r.origin.object)});
+    }
+    m
+}
+
+/// The root's ports this route applies to, when the root is known.
+pub fn route_ports(model: &Model, r: &Route) -> Option<Vec<(u16, Protocol)>> {
+    let root = model.services.get(&r.namespace, &r.root)?;
+    Some(
+        root.ports
+            .iter()
+            .filter(|p| r.port.is_none_or(|x| x == p.port))
+            .map(|p| (p.port, p.protocol))
+            .collect(),
+    )
+}
+
+/// Integer percentages for backends (zero weights dropped), warning about non-zero weights that
+/// round to 0.
+pub fn percent_split<'a>(
+    r: &Route,
+    field: &str,
+    backends: &'a [Backend],
+    d: &mut Vec<Diagnostic>,
+) -> Vec<(&'a Backend, u32)> {
+    let w: Vec<u64> = backends.iter().map(|b| b.weight).collect();
+    let Some(p) = weights::percentages(&w) else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for (b, p) in backends.iter().zip(p) {
+        if p == 0 {
+            if b.weight > 0 {
+                d.push(Diagnostic::warning(
+                    &r.origin,
+                    field,
+                    format!(
+                        "backend {}/{} has a non-zero weight that rounds to 0%: it gets no traffic in this mesh",
+                        b.namespace, b.name
+                    ),
+                ));
+            }
+            continue;
+        }
+        out.push((b, p));
+    }
+    out
+}
+
+/// The remote services the routes send to, each once, sorted.
+pub fn imports(model: &Model) -> Vec<ServiceInfo> {
+    let mut keys = std::collections::BTreeSet::new();
+    for r in &model.routes {
+        if !model
+            .services
+            .local
+            .contains_key(&(r.namespace.clone(), r.root.clone()))
+            && model
+                .services
+                .remote
+                .contains_key(&(r.namespace.clone(), r.root.clone()))
+        {
+            keys.insert((r.namespace.clone(), r.root.clone()));
+        }
+        for rule in &r.rules {
+            for b in &rule.backends {
+                if b.remote.is_some() {
+                    keys.insert((b.namespace.clone(), b.name.clone()));
+                }
+            }
+        }
+    }
+    keys.into_iter()
+        .filter_map(|k| model.services.remote.get(&k).cloned())
+        .collect()
+}

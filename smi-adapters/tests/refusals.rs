@@ -1,0 +1,193 @@
+//! Bad input is refused with an error naming the object and the field, and the refused object
+//! renders nothing.
+
+use smi_adapters::diag::Severity;
+use smi_adapters::render::{Mesh, Options};
+
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {ports: [{name: http, port: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-v1, namespace: shop}
+spec: {ports: [{name: http, port: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-v2, namespace: shop}
+spec: {ports: [{name: http, port: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-admin, namespace: shop}
+spec: {ports: [{name: http, port: 9000}]}
+"#;
+
+fn split(version: &str, backends: &str) -> String {
+    format!(
+        "apiVersion: split.smi-spec.io/{version}\nkind: TrafficSplit\nmetadata: {{name: web-split, namespace: shop}}\nspec:\n  service: web\n  backends:\n{backends}"
+    )
+}
+
+/// Translates for every mesh; returns the errors as `field: message` (the same for all meshes)
+/// and asserts nothing was rendered.
+fn refused(input: &str) -> Vec<String> {
+    let files = vec![
+        ("services.yaml".to_string(), SERVICES.to_string()),
+        ("input.yaml".to_string(), input.to_string()),
+    ];
+    let mut first: Option<Vec<String>> = None;
+    for mesh in [Mesh::Istio, Mesh::GatewayApi] {
+        let t = smi_adapters::translate(&files, None, mesh, &Options::default());
+        assert!(!t.complete(), "{mesh:?}: accepted:\n{}", t.to_yaml());
+        assert!(
+            t.resources.is_empty(),
+            "{mesh:?}: rendered despite errors:\n{}",
+            t.to_yaml()
+        );
+        let errs: Vec<String> = t
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| format!("{}: {}", d.field, d.message))
+            .collect();
+        match &first {
+            None => first = Some(errs),
+            Some(f) => assert_eq!(f, &errs, "meshes disagree"),
+        }
+    }
+    first.unwrap_or_default()
+}
+
+fn has(errs: &[String], field: &str, words: &str) {
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with(&format!("{field}: ")) && e.contains(words)),
+        "no error on {field} containing {words:?}: {errs:#?}"
+    );
+}
+
+#[test]
+fn all_zero_weights() {
+    let e = refused(&split(
+        "v1alpha2",
+        "  - {service: web-v1, weight: 0}\n  - {service: web-v2, weight: 0}\n",
+    ));
+    has(&e, "spec.backends", "every weight is zero");
+}
+
+#[test]
+fn negative_weight() {
+    let e = refused(&split(
+        "v1alpha2",
+        "  - {service: web-v1, weight: -1}\n  - {service: web-v2, weight: 2}\n",
+    ));
+    has(&e, "spec.backends[0].weight", "negative");
+    let e = refused(&split(
+        "v1alpha1",
+        "  - {service: web-v1, weight: \"-500m\"}\n",
+    ));
+    has(&e, "spec.backends[0].weight", "negative");
+}
+
+#[test]
+fn fractional_weight_where_the_version_takes_integers() {
+    let e = refused(&split(
+        "v1alpha2",
+        "  - {service: web-v1, weight: 0.5}\n  - {service: web-v2, weight: 1}\n",
+    ));
+    has(&e, "spec.backends[0].weight", "fractional");
+    let e = refused(&split("v1alpha3", "  - {service: web-v1, weight: 500m}\n"));
+    has(&e, "spec.backends[0].weight", "integer weights");
+    // v1alpha1 takes quantities, but not below a milli-unit.
+    let e = refused(&split(
+        "v1alpha1",
+        "  - {service: web-v1, weight: \"0.5m\"}\n",
+    ));
+    has(&e, "spec.backends[0].weight", "finer than a milli-unit");
+}
+
+#[test]
+fn duplicate_backend() {
+    let e = refused(&split(
+        "v1alpha2",
+        "  - {service: web-v1, weight: 1}\n  - {service: web-v1, weight: 2}\n",
+    ));
+    has(&e, "spec.backends[1].service", "listed twice");
+}
+
+#[test]
+fn backend_without_the_roots_port() {
+    let e = refused(&split(
+        "v1alpha2",
+        "  - {service: web-v1, weight: 1}\n  - {service: web-admin, weight: 1}\n",
+    ));
+    has(&e, "spec.backends", "web-admin has no port 8080");
+}
+
+#[test]
+fn match_referencing_a_missing_route_group() {
+    let e = refused(
+        "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {name: s, namespace: shop}\nspec:\n  service: web\n  matches: [{kind: HTTPRouteGroup, name: nope}]\n  backends: [{service: web-v1, weight: 1}]\n",
+    );
+    has(
+        &e,
+        "spec.matches[0].name",
+        "HTTPRouteGroup shop/nope is not among the inputs",
+    );
+}
+
+#[test]
+fn two_splits_for_the_same_root() {
+    let one = split("v1alpha2", "  - {service: web-v1, weight: 1}\n");
+    let two = one.replace("name: web-split", "name: web-split-2");
+    let files = vec![
+        ("services.yaml".to_string(), SERVICES.to_string()),
+        ("input.yaml".to_string(), format!("{one}---\n{two}")),
+    ];
+    let t = smi_adapters::translate(&files, None, Mesh::Istio, &Options::default());
+    assert!(!t.complete());
+    let e: Vec<String> = t.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert!(
+        e.iter()
+            .any(|x| x.contains("web-split-2: spec.service: shop/web is already routed by")),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn matches_in_a_version_without_them_and_unknown_fields() {
+    let e = refused(
+        "apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata: {name: s, namespace: shop}\nspec:\n  service: web\n  matches: [{kind: HTTPRouteGroup, name: g}]\n  backends: [{service: web-v1, weight: 1, wieght: 2}]\n",
+    );
+    has(&e, "spec.matches", "unknown field");
+    has(&e, "spec.backends[0].wieght", "unknown field");
+}
+
+#[test]
+fn malformed_yaml_and_bad_names() {
+    let e =
+        refused("apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata: {name: s\n");
+    assert!(e.iter().any(|x| x.contains("not valid YAML")), "{e:#?}");
+    let e = refused(&split(
+        "v1alpha2",
+        "  - {service: web-v1.other.svc.cluster.local, weight: 1}\n",
+    ));
+    has(
+        &e,
+        "spec.backends[0].service",
+        "must be a short service name",
+    );
+}
+
+#[test]
+fn gateway_route_with_bad_weight_or_unsupported_filter() {
+    let e = refused(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: web, port: 8080}]\n  rules:\n  - backendRefs: [{name: web-v1, port: 8080, weight: -3}]\n  - filters: [{type: RequestHeaderModifier}]\n    backendRefs: [{name: web-v2, port: 8080}]\n",
+    );
+    has(&e, "spec.rules[0].backendRefs[0].weight", "negative");
+    has(&e, "spec.rules[1].filters", "not translated yet");
+}
