@@ -69,7 +69,10 @@ pub fn translate(
     let model = input::parse(files, remote, &mut diagnostics);
     let resources = match mesh {
         Mesh::Istio => render::istio::render(&model, opts, &mut diagnostics),
-        Mesh::GatewayApi => render::gateway::render(&model, &mut diagnostics),
+        Mesh::GatewayApi => {
+            render::gateway::render(&model, render::gateway::Flavor::Gamma, &mut diagnostics)
+        }
+        Mesh::Linkerd => render::linkerd::render(&model, opts, &mut diagnostics),
     };
     diagnostics.sort();
     diagnostics.dedup();

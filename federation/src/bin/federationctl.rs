@@ -86,7 +86,7 @@ enum Cmd {
     /// (or JSON with -o json) and diagnostics on stderr; exits 0 only when everything was
     /// rendered, 1 otherwise.
     Translate {
-        /// Target mesh: istio or gateway-api.
+        /// Target mesh: istio, linkerd or gateway-api.
         #[arg(long)]
         mesh: String,
         /// Input YAML file (TrafficSplit, HTTPRouteGroup, HTTPRoute, and the v1 Services whose
@@ -103,6 +103,9 @@ enum Cmd {
         /// The edge agent's HTTP egress port.
         #[arg(long, default_value_t = 15080)]
         edge_http_port: u16,
+        /// The edge agent's IP address (Linkerd mirror Endpoints); repeatable.
+        #[arg(long = "edge-ip")]
+        edge_ips: Vec<std::net::IpAddr>,
     },
     /// Print the sequence number and entry count now and after every catalog change, one line
     /// each (JSON lines with -o json), until interrupted or until --until-entries is reached.
@@ -268,6 +271,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             catalog,
             edge_host,
             edge_http_port,
+            edge_ips,
         } => translate(
             cli.output,
             &mesh,
@@ -276,6 +280,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             smi_adapters::render::Options {
                 edge_host,
                 edge_http_port,
+                edge_ips: edge_ips.iter().map(|ip| ip.to_string()).collect(),
             },
         ),
         Cmd::Watch { until_entries } => watch(&cli, until_entries).await,
@@ -331,7 +336,7 @@ fn translate(
     use std::io::Write;
     let Some(m) = smi_adapters::render::Mesh::parse(mesh) else {
         return Err(usage(format!(
-            "--mesh {mesh:?}: expected istio or gateway-api (linkerd, consul and kuma are not rendered yet)"
+            "--mesh {mesh:?}: expected istio, linkerd or gateway-api (consul and kuma are not rendered yet)"
         )));
     };
     let inputs = files

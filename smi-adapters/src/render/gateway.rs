@@ -1,16 +1,49 @@
-//! Gateway API for service meshes (GAMMA): an HTTPRoute with the root Service as parent and
-//! relative weights kept exact. Remote backends are MCS `ServiceImport`s (the import the
-//! federation creates for them), which GAMMA implementations route to the local edge agent.
+//! HTTPRoutes with the root Service as parent and relative weights kept exact, in two flavours:
+//!
+//! - **Gateway API for service meshes (GAMMA)**: `gateway.networking.k8s.io/v1`. Remote backends
+//!   are MCS `ServiceImport`s (the import the federation creates for them), which GAMMA
+//!   implementations route to the local edge agent.
+//! - **Linkerd**: `policy.linkerd.io/v1beta3` (same shape, `core` parent group). Remote
+//!   backends are the mirror Services `NAME-clusterset` rendered by the Linkerd renderer.
 
 use serde_json::{Value, json};
 
-use super::{metadata, route_ports};
+use super::{DESTINATION_HEADER, metadata, route_ports};
 use crate::diag::Diagnostic;
 use crate::model::{HttpMatch, Model, PathMatch, Route};
 use crate::weights;
 
-const API: &str = "gateway.networking.k8s.io/v1";
 const MAX_WEIGHT: u64 = 1_000_000;
+
+/// Which HTTPRoute API to render.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// `gateway.networking.k8s.io/v1`.
+    Gamma,
+    /// `policy.linkerd.io/v1beta3`.
+    Linkerd,
+}
+
+impl Flavor {
+    fn api(self) -> &'static str {
+        match self {
+            Flavor::Gamma => "gateway.networking.k8s.io/v1",
+            Flavor::Linkerd => "policy.linkerd.io/v1beta3",
+        }
+    }
+
+    fn parent_group(self) -> &'static str {
+        match self {
+            Flavor::Gamma => "",
+            Flavor::Linkerd => "core",
+        }
+    }
+}
+
+/// The name of the Linkerd mirror Service of an imported service.
+pub fn mirror_name(name: &str) -> String {
+    format!("{name}-clusterset")
+}
 
 fn matches(m: &HttpMatch) -> Vec<Value> {
     let mut base = json!({});
@@ -50,7 +83,7 @@ fn matches(m: &HttpMatch) -> Vec<Value> {
 }
 
 fn http_route(
-    model: &Model,
+    flavor: Flavor,
     r: &Route,
     port: u16,
     suffix: bool,
@@ -80,16 +113,22 @@ fn http_route(
             .zip(rel)
             .filter(|(_, w)| *w > 0)
             .map(|(b, w)| {
-                let mut x = if b.remote.is_some() {
-                    json!({"group": "multicluster.x-k8s.io", "kind": "ServiceImport", "name": b.name})
-                } else {
-                    json!({"group": "", "kind": "Service", "name": b.name})
+                let mut x = match (b.remote.is_some(), flavor) {
+                    (true, Flavor::Gamma) => json!({"group": "multicluster.x-k8s.io", "kind": "ServiceImport", "name": b.name}),
+                    (true, Flavor::Linkerd) => json!({"group": "", "kind": "Service", "name": mirror_name(&b.name)}),
+                    (false, _) => json!({"group": "", "kind": "Service", "name": b.name}),
                 };
                 if b.namespace != r.namespace {
                     x["namespace"] = json!(b.namespace);
                 }
                 x["port"] = json!(b.port.unwrap_or(port));
                 x["weight"] = json!(w);
+                if b.remote.is_some() {
+                    x["filters"] = json!([{
+                        "type": "RequestHeaderModifier",
+                        "requestHeaderModifier": {"set": [{"name": DESTINATION_HEADER, "value": b.host()}]},
+                    }]);
+                }
                 x
             })
             .collect();
@@ -108,20 +147,19 @@ fn http_route(
     } else {
         r.name.clone()
     };
-    let _ = model;
     Some(json!({
-        "apiVersion": API,
+        "apiVersion": flavor.api(),
         "kind": "HTTPRoute",
         "metadata": metadata(&name, &r.namespace, Some(r)),
         "spec": {
-            "parentRefs": [{"group": "", "kind": "Service", "name": r.root, "port": port}],
+            "parentRefs": [{"group": flavor.parent_group(), "kind": "Service", "name": r.root, "port": port}],
             "rules": rules,
         },
     }))
 }
 
-/// Renders the model as GAMMA HTTPRoutes.
-pub fn render(model: &Model, d: &mut Vec<Diagnostic>) -> Vec<Value> {
+/// Renders the model's routes as HTTPRoutes of `flavor`.
+pub fn render(model: &Model, flavor: Flavor, d: &mut Vec<Diagnostic>) -> Vec<Value> {
     let mut out = Vec::new();
     for r in &model.routes {
         let ports: Vec<u16> = match (r.port, route_ports(model, r)) {
@@ -148,7 +186,7 @@ pub fn render(model: &Model, d: &mut Vec<Diagnostic>) -> Vec<Value> {
         };
         let suffix = ports.len() > 1;
         for p in ports {
-            if let Some(v) = http_route(model, r, p, suffix, d) {
+            if let Some(v) = http_route(flavor, r, p, suffix, d) {
                 out.push(v);
             }
         }

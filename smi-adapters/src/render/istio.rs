@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Options, imports, metadata, percent_split, route_ports};
+use super::{DESTINATION_HEADER, Options, imports, metadata, percent_split, route_ports};
 use crate::diag::Diagnostic;
 use crate::model::{HttpMatch, Model, PathMatch, Protocol, Route, host};
 
@@ -77,7 +77,11 @@ fn virtual_service(model: &Model, r: &Route, d: &mut Vec<Diagnostic>) -> Option<
                     if let Some(p) = b.port.or(*port) {
                         dest["port"] = json!({"number": p});
                     }
-                    json!({"destination": dest, "weight": pct})
+                    let mut x = json!({"destination": dest, "weight": pct});
+                    if b.remote.is_some() && proto.is_http() {
+                        x["headers"] = json!({"request": {"set": {DESTINATION_HEADER: b.host()}}});
+                    }
+                    x
                 })
                 .collect();
             if !proto.is_http() {

@@ -9,6 +9,7 @@ use crate::weights;
 
 pub mod gateway;
 pub mod istio;
+pub mod linkerd;
 
 /// The target meshes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +18,8 @@ pub enum Mesh {
     Istio,
     /// Gateway API for meshes (GAMMA): HTTPRoute with a Service parent.
     GatewayApi,
+    /// Linkerd: policy.linkerd.io HTTPRoute, mirror Service + Endpoints for imports.
+    Linkerd,
 }
 
 impl Mesh {
@@ -25,6 +28,7 @@ impl Mesh {
         match s {
             "istio" => Some(Mesh::Istio),
             "gateway-api" | "gamma" => Some(Mesh::GatewayApi),
+            "linkerd" => Some(Mesh::Linkerd),
             _ => None,
         }
     }
@@ -38,6 +42,9 @@ pub struct Options {
     /// The edge agent's egress port for HTTP, HTTP/2 and gRPC (routed by host name); TCP
     /// services use their own port number on the edge agent.
     pub edge_http_port: u16,
+    /// The edge agent's IP addresses (meshes that need Endpoints, such as Linkerd's mirror
+    /// Services; the Kubernetes backend fills them in from the edge agent's Service).
+    pub edge_ips: Vec<String>,
 }
 
 impl Default for Options {
@@ -45,9 +52,17 @@ impl Default for Options {
         Self {
             edge_host: "multimesh-edge.multimesh.svc.cluster.local".into(),
             edge_http_port: 15080,
+            edge_ips: vec![],
         }
     }
 }
+
+/// The request header that tells the edge agent's egress which imported service a request is
+/// for. Meshes keep the caller's `Host` (the root service) when they send a split's share to
+/// the edge agent, so the share's destination travels in this header; a caller that addresses
+/// `NAME.NAMESPACE.svc.clusterset.local` directly needs none (the edge agent then routes by
+/// `Host`/`:authority`).
+pub const DESTINATION_HEADER: &str = "x-multimesh-destination";
 
 /// Labels every rendered resource carries, so multimesh can find (and only touch) its own.
 pub fn metadata(name: &str, namespace: &str, source: Option<&Route>) -> Value {

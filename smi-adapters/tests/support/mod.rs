@@ -39,3 +39,81 @@ pub fn schemas() -> Schemas {
     assert!(n > 50, "only {n} CRD versions found in {}", dir.display());
     s
 }
+
+/// A structural check of the core kinds renderers emit (v1 Service and Endpoints), which have no
+/// CRD schema: known fields only, names that are DNS labels, ports in range, IPs that parse.
+pub fn check_core(r: &serde_json::Value) -> Result<(), Vec<String>> {
+    use serde_json::Value;
+    let mut errs = Vec::new();
+    let keys = |v: &Value, allowed: &[&str], at: &str, errs: &mut Vec<String>| {
+        for k in v.as_object().into_iter().flat_map(|m| m.keys()) {
+            if !allowed.contains(&k.as_str()) {
+                errs.push(format!("{at}.{k}: unknown field"));
+            }
+        }
+    };
+    let port_ok = |v: &Value| v.as_u64().is_some_and(|p| (1..=65535).contains(&p));
+    let label = |v: &Value| smi_adapters::schema::is_dns_label(v.as_str().unwrap_or_default());
+    match r["kind"].as_str() {
+        Some("Service") => {
+            keys(
+                r,
+                &["apiVersion", "kind", "metadata", "spec"],
+                "",
+                &mut errs,
+            );
+            keys(
+                &r["spec"],
+                &["ports", "selector", "type", "clusterIP"],
+                "spec",
+                &mut errs,
+            );
+            for (i, p) in r["spec"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                keys(
+                    p,
+                    &["name", "port", "protocol", "targetPort", "appProtocol"],
+                    &format!("spec.ports[{i}]"),
+                    &mut errs,
+                );
+                if !label(&p["name"]) || !port_ok(&p["port"]) || !port_ok(&p["targetPort"]) {
+                    errs.push(format!("spec.ports[{i}]: bad name or port: {p}"));
+                }
+            }
+        }
+        Some("Endpoints") => {
+            keys(
+                r,
+                &["apiVersion", "kind", "metadata", "subsets"],
+                "",
+                &mut errs,
+            );
+            for s in r["subsets"].as_array().into_iter().flatten() {
+                for a in s["addresses"].as_array().into_iter().flatten() {
+                    if a["ip"]
+                        .as_str()
+                        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+                        .is_none()
+                    {
+                        errs.push(format!("subsets.addresses: bad ip {a}"));
+                    }
+                }
+                for p in s["ports"].as_array().into_iter().flatten() {
+                    if !label(&p["name"]) || !port_ok(&p["port"]) {
+                        errs.push(format!("subsets.ports: bad name or port: {p}"));
+                    }
+                }
+            }
+        }
+        other => errs.push(format!("unexpected core kind {other:?}")),
+    }
+    let name = r["metadata"]["name"].as_str().unwrap_or_default();
+    if !smi_adapters::schema::is_dns_label(name) {
+        errs.push(format!("metadata.name: {name:?} is not a DNS label"));
+    }
+    if errs.is_empty() { Ok(()) } else { Err(errs) }
+}
