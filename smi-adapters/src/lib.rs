@@ -73,6 +73,7 @@ pub fn translate(
             render::gateway::render(&model, render::gateway::Flavor::Gamma, &mut diagnostics)
         }
         Mesh::Linkerd => render::linkerd::render(&model, opts, &mut diagnostics),
+        Mesh::Consul => render::consul::render(&model, &mut diagnostics),
     };
     diagnostics.sort();
     diagnostics.dedup();

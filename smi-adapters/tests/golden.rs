@@ -10,10 +10,11 @@ use std::path::Path;
 
 use smi_adapters::render::{Mesh, Options};
 
-const MESHES: [(&str, Mesh); 3] = [
+const MESHES: [(&str, Mesh); 4] = [
     ("istio", Mesh::Istio),
     ("gateway-api", Mesh::GatewayApi),
     ("linkerd", Mesh::Linkerd),
+    ("consul", Mesh::Consul),
 ];
 
 fn options() -> Options {
@@ -123,7 +124,7 @@ fn every_case_matches_its_golden_output_and_validates_against_upstream_crds() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
-    assert!(validated >= 21, "only {validated} resources validated");
+    assert!(validated >= 28, "only {validated} resources validated");
 }
 
 #[test]

@@ -40,7 +40,7 @@ fn refused(input: &str) -> Vec<String> {
         ("input.yaml".to_string(), input.to_string()),
     ];
     let mut first: Option<Vec<String>> = None;
-    for mesh in [Mesh::Istio, Mesh::GatewayApi, Mesh::Linkerd] {
+    for mesh in [Mesh::Istio, Mesh::GatewayApi, Mesh::Linkerd, Mesh::Consul] {
         let t = smi_adapters::translate(&files, None, mesh, &Options::default());
         assert!(!t.complete(), "{mesh:?}: accepted:\n{}", t.to_yaml());
         assert!(
@@ -190,4 +190,26 @@ fn gateway_route_with_bad_weight_or_unsupported_filter() {
     );
     has(&e, "spec.rules[0].backendRefs[0].weight", "negative");
     has(&e, "spec.rules[1].filters", "not translated yet");
+}
+
+#[test]
+fn consul_refuses_to_split_tcp_and_says_why() {
+    let files = vec![(
+        "input.yaml".to_string(),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: shop}\nspec: {ports: [{name: tcp-pg, port: 5432}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: db-v2, namespace: shop}\nspec: {ports: [{name: tcp-pg, port: 5432}]}\n---\napiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata: {name: db, namespace: shop}\nspec:\n  service: db\n  backends: [{service: db, weight: 1}, {service: db-v2, weight: 1}]\n".to_string(),
+    )];
+    let t = smi_adapters::translate(&files, None, Mesh::Consul, &Options::default());
+    assert!(!t.complete());
+    assert!(t.resources.is_empty(), "{}", t.to_yaml());
+    assert!(
+        t.diagnostics.iter().any(|d| d
+            .message
+            .contains("Consul cannot split or route TCP traffic")),
+        "{:?}",
+        t.diagnostics
+    );
+    // Istio splits TCP (tcp routes), so the same input renders there.
+    let t = smi_adapters::translate(&files, None, Mesh::Istio, &Options::default());
+    assert!(t.complete(), "{:?}", t.diagnostics);
+    assert!(t.to_yaml().contains("tcp:"), "{}", t.to_yaml());
 }

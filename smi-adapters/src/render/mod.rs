@@ -7,6 +7,7 @@ use crate::diag::Diagnostic;
 use crate::model::{Backend, Model, Protocol, Route, ServiceInfo};
 use crate::weights;
 
+pub mod consul;
 pub mod gateway;
 pub mod istio;
 pub mod linkerd;
@@ -20,6 +21,8 @@ pub enum Mesh {
     GatewayApi,
     /// Linkerd: policy.linkerd.io HTTPRoute, mirror Service + Endpoints for imports.
     Linkerd,
+    /// Consul: ServiceDefaults, ServiceSplitter, ServiceRouter, ServiceResolver.
+    Consul,
 }
 
 impl Mesh {
@@ -29,6 +32,7 @@ impl Mesh {
             "istio" => Some(Mesh::Istio),
             "gateway-api" | "gamma" => Some(Mesh::GatewayApi),
             "linkerd" => Some(Mesh::Linkerd),
+            "consul" => Some(Mesh::Consul),
             _ => None,
         }
     }
