@@ -74,6 +74,7 @@ pub fn translate(
         }
         Mesh::Linkerd => render::linkerd::render(&model, opts, &mut diagnostics),
         Mesh::Consul => render::consul::render(&model, &mut diagnostics),
+        Mesh::Kuma => render::kuma::render(&model, opts, &mut diagnostics),
     };
     diagnostics.sort();
     diagnostics.dedup();

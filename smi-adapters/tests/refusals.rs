@@ -40,7 +40,13 @@ fn refused(input: &str) -> Vec<String> {
         ("input.yaml".to_string(), input.to_string()),
     ];
     let mut first: Option<Vec<String>> = None;
-    for mesh in [Mesh::Istio, Mesh::GatewayApi, Mesh::Linkerd, Mesh::Consul] {
+    for mesh in [
+        Mesh::Istio,
+        Mesh::GatewayApi,
+        Mesh::Linkerd,
+        Mesh::Consul,
+        Mesh::Kuma,
+    ] {
         let t = smi_adapters::translate(&files, None, mesh, &Options::default());
         assert!(!t.complete(), "{mesh:?}: accepted:\n{}", t.to_yaml());
         assert!(

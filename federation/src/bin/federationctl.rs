@@ -86,7 +86,7 @@ enum Cmd {
     /// (or JSON with -o json) and diagnostics on stderr; exits 0 only when everything was
     /// rendered, 1 otherwise.
     Translate {
-        /// Target mesh: istio, linkerd or gateway-api.
+        /// Target mesh: istio, linkerd, consul, gateway-api or kuma.
         #[arg(long)]
         mesh: String,
         /// Input YAML file (TrafficSplit, HTTPRouteGroup, HTTPRoute, and the v1 Services whose
@@ -336,7 +336,7 @@ fn translate(
     use std::io::Write;
     let Some(m) = smi_adapters::render::Mesh::parse(mesh) else {
         return Err(usage(format!(
-            "--mesh {mesh:?}: expected istio, linkerd or gateway-api (consul and kuma are not rendered yet)"
+            "--mesh {mesh:?}: expected istio, linkerd, consul, gateway-api or kuma"
         )));
     };
     let inputs = files

@@ -10,6 +10,7 @@ use crate::weights;
 pub mod consul;
 pub mod gateway;
 pub mod istio;
+pub mod kuma;
 pub mod linkerd;
 
 /// The target meshes.
@@ -23,6 +24,8 @@ pub enum Mesh {
     Linkerd,
     /// Consul: ServiceDefaults, ServiceSplitter, ServiceRouter, ServiceResolver.
     Consul,
+    /// Kuma: MeshHTTPRoute, MeshService for imports.
+    Kuma,
 }
 
 impl Mesh {
@@ -33,6 +36,7 @@ impl Mesh {
             "gateway-api" | "gamma" => Some(Mesh::GatewayApi),
             "linkerd" => Some(Mesh::Linkerd),
             "consul" => Some(Mesh::Consul),
+            "kuma" => Some(Mesh::Kuma),
             _ => None,
         }
     }
