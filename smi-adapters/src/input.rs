@@ -356,6 +356,244 @@ fn parse_route_group(doc: &Doc, d: &mut Vec<Diagnostic>) -> Option<Vec<HttpMatch
     (d.len() == before).then_some(out)
 }
 
+/// SMI TCPRoutes: the ports they allow (empty: any), by (namespace, name).
+type TcpRoutes = BTreeMap<(String, String), Vec<u16>>;
+
+fn parse_tcp_route(doc: &Doc, d: &mut Vec<Diagnostic>) -> Option<Vec<u16>> {
+    let o = &doc.origin;
+    let before = d.len();
+    only_keys(
+        &doc.body,
+        &["apiVersion", "kind", "metadata", "spec"],
+        "",
+        o,
+        d,
+    );
+    only_keys(&doc.body["spec"], &["matches"], "spec", o, d);
+    only_keys(
+        &doc.body["spec"]["matches"],
+        &["ports"],
+        "spec.matches",
+        o,
+        d,
+    );
+    let mut ports = Vec::new();
+    for (i, p) in doc.body["spec"]["matches"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        match p
+            .as_u64()
+            .and_then(|x| u16::try_from(x).ok())
+            .filter(|x| *x > 0)
+        {
+            Some(p) => ports.push(p),
+            None => d.push(Diagnostic::error(
+                o,
+                &format!("spec.matches.ports[{i}]"),
+                format!("{p} is not a port number"),
+            )),
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    (d.len() == before).then_some(ports)
+}
+
+fn account(
+    v: &Value,
+    field: &str,
+    default_ns: &str,
+    o: &Origin,
+    d: &mut Vec<Diagnostic>,
+) -> Option<Account> {
+    only_keys(v, &["kind", "name", "namespace", "port"], field, o, d);
+    if v["kind"].as_str() != Some("ServiceAccount") {
+        d.push(Diagnostic::error(
+            o,
+            &format!("{field}.kind"),
+            "must be ServiceAccount",
+        ));
+        return None;
+    }
+    let name = short_name(&v["name"], &format!("{field}.name"), o, d)?;
+    let namespace = v["namespace"].as_str().unwrap_or(default_ns).to_string();
+    if !is_dns_label(&namespace) {
+        d.push(Diagnostic::error(
+            o,
+            &format!("{field}.namespace"),
+            format!("{namespace:?} is not a DNS label"),
+        ));
+        return None;
+    }
+    Some(Account { namespace, name })
+}
+
+fn parse_traffic_target(
+    doc: &Doc,
+    groups: &Groups,
+    tcp: &TcpRoutes,
+    d: &mut Vec<Diagnostic>,
+) -> Option<Access> {
+    let o = &doc.origin;
+    let before = d.len();
+    let version = doc.api.rsplit('/').next().unwrap_or_default();
+    // v1alpha1 keeps everything at the top level and calls the rules `specs`.
+    let (root, prefix, rules_key) = if version == "v1alpha1" {
+        only_keys(
+            &doc.body,
+            &[
+                "apiVersion",
+                "kind",
+                "metadata",
+                "destination",
+                "specs",
+                "sources",
+            ],
+            "",
+            o,
+            d,
+        );
+        (&doc.body, String::new(), "specs")
+    } else {
+        only_keys(
+            &doc.body,
+            &["apiVersion", "kind", "metadata", "spec"],
+            "",
+            o,
+            d,
+        );
+        only_keys(
+            &doc.body["spec"],
+            &["destination", "rules", "sources"],
+            "spec",
+            o,
+            d,
+        );
+        (&doc.body["spec"], "spec.".to_string(), "rules")
+    };
+    let destination = account(
+        &root["destination"],
+        &format!("{prefix}destination"),
+        &doc.namespace,
+        o,
+        d,
+    );
+    let port = match &root["destination"]["port"] {
+        Value::Null => None,
+        p => match p
+            .as_u64()
+            .and_then(|x| u16::try_from(x).ok())
+            .filter(|x| *x > 0)
+        {
+            Some(p) if version != "v1alpha3" => Some(p),
+            _ => {
+                d.push(Diagnostic::error(
+                    o,
+                    &format!("{prefix}destination.port"),
+                    format!("{p} is not a port number (v1alpha3 has no port)"),
+                ));
+                None
+            }
+        },
+    };
+    let mut sources = Vec::new();
+    for (i, s) in root["sources"].as_array().into_iter().flatten().enumerate() {
+        if let Some(a) = account(s, &format!("{prefix}sources[{i}]"), &doc.namespace, o, d) {
+            sources.push(a);
+        }
+    }
+    if sources.is_empty() && d.len() == before {
+        d.push(Diagnostic::error(
+            o,
+            &format!("{prefix}sources"),
+            "is required (who may call)",
+        ));
+    }
+    let mut allowed = Vec::new();
+    for (i, r) in root[rules_key].as_array().into_iter().flatten().enumerate() {
+        let f = format!("{prefix}{rules_key}[{i}]");
+        only_keys(r, &["kind", "name", "matches"], &f, o, d);
+        let name = r["name"].as_str().unwrap_or_default().to_string();
+        let key = (doc.namespace.clone(), name.clone());
+        match r["kind"].as_str() {
+            Some("HTTPRouteGroup") => {
+                let Some(group) = groups.get(&key) else {
+                    d.push(Diagnostic::error(
+                        o,
+                        &format!("{f}.name"),
+                        format!(
+                            "HTTPRouteGroup {}/{name} is not among the inputs",
+                            doc.namespace
+                        ),
+                    ));
+                    continue;
+                };
+                // `matches` names a subset of the group's matches; absent means all of them.
+                let wanted: Option<Vec<&str>> = r["matches"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect());
+                let mut picked = Vec::new();
+                match wanted {
+                    None => picked.extend(group.iter().cloned()),
+                    Some(w) => {
+                        for (j, n) in w.iter().enumerate() {
+                            match group.iter().find(|m| m.name == *n) {
+                                Some(m) => picked.push(m.clone()),
+                                None => d.push(Diagnostic::error(
+                                    o,
+                                    &format!("{f}.matches[{j}]"),
+                                    format!(
+                                        "HTTPRouteGroup {}/{name} has no match named {n:?}",
+                                        doc.namespace
+                                    ),
+                                )),
+                            }
+                        }
+                    }
+                }
+                allowed.push(Allowed::Http(picked));
+            }
+            Some("TCPRoute") => match tcp.get(&key) {
+                Some(ports) => allowed.push(Allowed::Tcp(ports.clone())),
+                None => d.push(Diagnostic::error(
+                    o,
+                    &format!("{f}.name"),
+                    format!("TCPRoute {}/{name} is not among the inputs", doc.namespace),
+                )),
+            },
+            other => d.push(Diagnostic::error(
+                o,
+                &format!("{f}.kind"),
+                format!("{other:?} is not HTTPRouteGroup or TCPRoute"),
+            )),
+        }
+    }
+    if allowed.is_empty() && d.len() == before {
+        d.push(Diagnostic::error(
+            o,
+            &format!("{prefix}{rules_key}"),
+            "is required: a TrafficTarget without rules allows nothing",
+        ));
+    }
+    if d.len() != before {
+        return None;
+    }
+    sources.sort();
+    sources.dedup();
+    Some(Access {
+        origin: o.clone(),
+        name: doc.name.clone(),
+        namespace: doc.namespace.clone(),
+        destination: destination?,
+        port,
+        sources,
+        allowed,
+    })
+}
+
 fn parse_split(doc: &Doc, groups: &Groups, d: &mut Vec<Diagnostic>) -> Option<Route> {
     let o = &doc.origin;
     let version = doc.api.rsplit('/').next().unwrap_or_default().to_string();
@@ -763,10 +1001,17 @@ fn parse_service(doc: &Doc, d: &mut Vec<Diagnostic>) -> Option<ServiceInfo> {
             protocol,
         });
     }
+    let selector = doc.body["spec"]["selector"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect();
     Some(ServiceInfo {
         namespace: doc.namespace.clone(),
         name: doc.name.clone(),
         ports,
+        selector,
         remote: None,
     })
 }
@@ -817,6 +1062,7 @@ pub fn parse_catalog(json: &str) -> Result<BTreeMap<(String, String), ServiceInf
                     namespace,
                     name,
                     ports,
+                    selector: BTreeMap::new(),
                     remote: Some(Remote {
                         site: o.to_string(),
                         ingress: e["ingress"]
@@ -842,6 +1088,7 @@ pub fn parse(
 ) -> Model {
     let docs = documents(files, d);
     let mut groups: Groups = BTreeMap::new();
+    let mut tcp_routes: TcpRoutes = BTreeMap::new();
     let mut model = Model {
         services: Services {
             local: BTreeMap::new(),
@@ -861,6 +1108,11 @@ pub fn parse(
             ("specs.smi-spec.io", "HTTPRouteGroup") => {
                 if let Some(m) = parse_route_group(doc, d) {
                     groups.insert((doc.namespace.clone(), doc.name.clone()), m);
+                }
+            }
+            ("specs.smi-spec.io", "TCPRoute") => {
+                if let Some(p) = parse_tcp_route(doc, d) {
+                    tcp_routes.insert((doc.namespace.clone(), doc.name.clone()), p);
                 }
             }
             ("", "Service") if doc.api == "v1" => {
@@ -885,9 +1137,17 @@ pub fn parse(
             ("gateway.networking.k8s.io", "HTTPRoute") if matches!(version, "v1" | "v1beta1") => {
                 parse_http_route(doc, d)
             }
-            ("specs.smi-spec.io", "HTTPRouteGroup") | ("", "Service") => None,
+            ("access.smi-spec.io", "TrafficTarget")
+                if matches!(version, "v1alpha1" | "v1alpha2" | "v1alpha3") =>
+            {
+                if let Some(a) = parse_traffic_target(doc, &groups, &tcp_routes, d) {
+                    model.access.push(a);
+                }
+                None
+            }
+            ("specs.smi-spec.io", "HTTPRouteGroup" | "TCPRoute") | ("", "Service") => None,
             _ => {
-                d.push(Diagnostic::error(&doc.origin, "", "this apiVersion/kind is not translated (TrafficSplit v1alpha1-4, HTTPRouteGroup v1alpha1-4, Gateway API HTTPRoute v1/v1beta1, and v1 Service are)"));
+                d.push(Diagnostic::error(&doc.origin, "", "this apiVersion/kind is not translated (TrafficSplit v1alpha1-4, HTTPRouteGroup and TCPRoute v1alpha1-4, TrafficTarget v1alpha1-3, Gateway API HTTPRoute v1/v1beta1, and v1 Service are)"));
                 None
             }
         };

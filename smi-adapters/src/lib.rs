@@ -7,8 +7,9 @@
 //! rendering is a structured [`diag::Diagnostic`] naming the object and field.
 //! [`schema`] validates rendered resources strictly against upstream CRD schemas.
 //!
-//! Rendered today: Istio and Gateway API (GAMMA). Not yet: Linkerd, Consul, Kuma,
-//! `TrafficTarget` and `TCPRoute` (issue #3 stays open for them).
+//! Rendered today: routes for Istio, Linkerd, Consul, Gateway API (GAMMA) and Kuma; access
+//! (`TrafficTarget` with `HTTPRouteGroup`/`TCPRoute` rules) for Istio and Consul. Not yet:
+//! access for Linkerd and Kuma (refused with an error), TCP routes for Kuma.
 
 pub mod diag;
 pub mod input;
@@ -70,11 +71,22 @@ pub fn translate(
     let resources = match mesh {
         Mesh::Istio => render::istio::render(&model, opts, &mut diagnostics),
         Mesh::GatewayApi => {
+            render::access_unsupported(
+                &model,
+                "gateway-api (it has no authorization resource)",
+                &mut diagnostics,
+            );
             render::gateway::render(&model, render::gateway::Flavor::Gamma, &mut diagnostics)
         }
-        Mesh::Linkerd => render::linkerd::render(&model, opts, &mut diagnostics),
+        Mesh::Linkerd => {
+            render::access_unsupported(&model, "linkerd", &mut diagnostics);
+            render::linkerd::render(&model, opts, &mut diagnostics)
+        }
         Mesh::Consul => render::consul::render(&model, &mut diagnostics),
-        Mesh::Kuma => render::kuma::render(&model, opts, &mut diagnostics),
+        Mesh::Kuma => {
+            render::access_unsupported(&model, "kuma", &mut diagnostics);
+            render::kuma::render(&model, opts, &mut diagnostics)
+        }
     };
     diagnostics.sort();
     diagnostics.dedup();

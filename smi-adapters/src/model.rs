@@ -92,6 +92,8 @@ pub struct ServiceInfo {
     pub name: String,
     /// Ports.
     pub ports: Vec<Port>,
+    /// The pod selector of a local Service (empty when unknown or remote).
+    pub selector: BTreeMap<String, String>,
     /// `Some` for a service of another site.
     pub remote: Option<Remote>,
 }
@@ -215,11 +217,51 @@ pub struct Route {
     pub relative: bool,
 }
 
+/// A Kubernetes service account, the identity SMI access policies speak of.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Account {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// What an access rule allows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Allowed {
+    /// HTTP requests matching any of these (from HTTPRouteGroup matches).
+    Http(Vec<HttpMatch>),
+    /// TCP connections to these ports (empty: any port), from a TCPRoute.
+    Tcp(Vec<u16>),
+}
+
+/// An SMI `TrafficTarget`: `sources` may reach the workloads of `destination` as `allowed`
+/// says; everything else to those workloads is denied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// Where it came from.
+    pub origin: Origin,
+    /// Object name.
+    pub name: String,
+    /// Namespace of the object.
+    pub namespace: String,
+    /// The destination workloads' service account.
+    pub destination: Account,
+    /// The destination port (v1alpha1/2), if restricted.
+    pub port: Option<u16>,
+    /// Who may call.
+    pub sources: Vec<Account>,
+    /// What they may do (one entry per rule).
+    pub allowed: Vec<Allowed>,
+}
+
 /// The parsed inputs of one translation.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
     /// Traffic routes, sorted by (namespace, root, port).
     pub routes: Vec<Route>,
+    /// Access policies, in input order.
+    pub access: Vec<Access>,
     /// Known services.
     pub services: Services,
 }

@@ -219,3 +219,63 @@ fn consul_refuses_to_split_tcp_and_says_why() {
     assert!(t.complete(), "{:?}", t.diagnostics);
     assert!(t.to_yaml().contains("tcp:"), "{}", t.to_yaml());
 }
+
+fn target(rules: &str, sources: &str) -> String {
+    format!(
+        "apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {{name: g, namespace: shop}}\nspec:\n  matches: [{{name: reads, methods: [GET]}}]\n---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {{name: t, namespace: shop}}\nspec:\n  destination: {{kind: ServiceAccount, name: web, namespace: shop}}\n  rules: {rules}\n  sources: {sources}\n"
+    )
+}
+
+fn access_errors(input: &str) -> Vec<String> {
+    let files = vec![("input.yaml".to_string(), input.to_string())];
+    let t = smi_adapters::translate(&files, None, Mesh::Istio, &Options::default());
+    assert!(t.resources.is_empty(), "{}", t.to_yaml());
+    t.diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| format!("{}: {}", d.field, d.message))
+        .collect()
+}
+
+#[test]
+fn traffic_target_refusals_name_the_field() {
+    let src = "[{kind: ServiceAccount, name: client}]";
+    has(
+        &access_errors(&target("[{kind: HTTPRouteGroup, name: missing}]", src)),
+        "spec.rules[0].name",
+        "HTTPRouteGroup shop/missing is not among the inputs",
+    );
+    has(
+        &access_errors(&target(
+            "[{kind: HTTPRouteGroup, name: g, matches: [writes]}]",
+            src,
+        )),
+        "spec.rules[0].matches[0]",
+        "no match named \"writes\"",
+    );
+    has(
+        &access_errors(&target("[{kind: HTTPRouteGroup, name: g}]", "[]")),
+        "spec.sources",
+        "is required",
+    );
+    has(
+        &access_errors(&target(
+            "[{kind: HTTPRouteGroup, name: g}]",
+            "[{kind: User, name: bob}]",
+        )),
+        "spec.sources[0].kind",
+        "must be ServiceAccount",
+    );
+    has(
+        &access_errors(&target("[]", src)),
+        "spec.rules",
+        "allows nothing",
+    );
+    // Without the destination Service, Istio cannot select the workloads: refused, not
+    // rendered namespace-wide.
+    has(
+        &access_errors(&target("[{kind: HTTPRouteGroup, name: g}]", src)),
+        "destination",
+        "pass the manifest of the Service of the same name",
+    );
+}

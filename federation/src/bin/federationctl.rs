@@ -81,16 +81,17 @@ enum Cmd {
     Peers,
     /// Show a summary of the daemon.
     Status,
-    /// Translate SMI TrafficSplit/HTTPRouteGroup and Gateway API HTTPRoute specs into a mesh's
-    /// native resources, offline (no cluster, no daemon). Prints multi-document YAML on stdout
+    /// Translate SMI TrafficSplit/HTTPRouteGroup/TCPRoute/TrafficTarget and Gateway API
+    /// HTTPRoute specs into a mesh's native resources, offline (no cluster, no daemon). Prints multi-document YAML on stdout
     /// (or JSON with -o json) and diagnostics on stderr; exits 0 only when everything was
     /// rendered, 1 otherwise.
     Translate {
         /// Target mesh: istio, linkerd, consul, gateway-api or kuma.
         #[arg(long)]
         mesh: String,
-        /// Input YAML file (TrafficSplit, HTTPRouteGroup, HTTPRoute, and the v1 Services whose
-        /// ports matter); repeatable; `-` reads standard input.
+        /// Input YAML file (TrafficSplit, HTTPRouteGroup, TCPRoute, TrafficTarget, HTTPRoute,
+        /// and the v1 Services whose ports and selectors matter); repeatable; `-` reads
+        /// standard input.
         #[arg(short = 'f', long = "file", required = true)]
         files: Vec<PathBuf>,
         /// The federation catalog, as printed by `federationctl catalog -o json`: backends it
@@ -106,6 +107,9 @@ enum Cmd {
         /// The edge agent's IP address (Linkerd mirror Endpoints); repeatable.
         #[arg(long = "edge-ip")]
         edge_ips: Vec<std::net::IpAddr>,
+        /// The mesh's trust domain, for the principals of service accounts in access policies.
+        #[arg(long, default_value = "cluster.local")]
+        mesh_trust_domain: String,
     },
     /// Print the sequence number and entry count now and after every catalog change, one line
     /// each (JSON lines with -o json), until interrupted or until --until-entries is reached.
@@ -272,6 +276,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             edge_host,
             edge_http_port,
             edge_ips,
+            mesh_trust_domain,
         } => translate(
             cli.output,
             &mesh,
@@ -281,6 +286,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 edge_host,
                 edge_http_port,
                 edge_ips: edge_ips.iter().map(|ip| ip.to_string()).collect(),
+                trust_domain: mesh_trust_domain,
             },
         ),
         Cmd::Watch { until_entries } => watch(&cli, until_entries).await,

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::{metadata, route_ports};
 use crate::diag::Diagnostic;
-use crate::model::{Backend, HttpMatch, Model, PathMatch, Protocol, Route};
+use crate::model::{Access, Allowed, Backend, HttpMatch, Model, PathMatch, Protocol, Route};
 use crate::weights;
 
 const API: &str = "consul.hashicorp.com/v1alpha1";
@@ -197,11 +197,88 @@ fn route(model: &Model, r: &Route, d: &mut Vec<Diagnostic>, out: &mut Vec<Value>
     }
 }
 
+/// `ServiceIntentions` for an access policy. Consul names workloads by service, and consul-k8s
+/// requires a service's account to carry the service's name, so service accounts map to
+/// services one to one. Intentions cannot restrict ports: a port-restricted policy is refused
+/// unless the destination's Service has only that port.
+fn intentions(model: &Model, a: &Access, d: &mut Vec<Diagnostic>) -> Option<Value> {
+    let dest = &a.destination;
+    let only_port = |p: u16| {
+        model
+            .services
+            .local
+            .get(&(dest.namespace.clone(), dest.name.clone()))
+            .is_some_and(|s| s.ports.iter().all(|x| x.port == p))
+    };
+    if let Some(p) = a.port
+        && !only_port(p)
+    {
+        d.push(Diagnostic::error(&a.origin, "destination.port", format!("Consul intentions cannot restrict access to port {p}: pass the destination Service if it has no other port")));
+        return None;
+    }
+    for al in &a.allowed {
+        if let Allowed::Tcp(ports) = al
+            && !ports.is_empty()
+            && !ports.iter().any(|p| only_port(*p))
+        {
+            d.push(Diagnostic::error(
+                &a.origin,
+                "rules",
+                format!("Consul intentions cannot restrict TCP access to ports {ports:?}"),
+            ));
+            return None;
+        }
+    }
+    let any_tcp = a.allowed.iter().any(|x| matches!(x, Allowed::Tcp(_)));
+    let permissions: Vec<Value> = a
+        .allowed
+        .iter()
+        .filter_map(|x| match x {
+            Allowed::Http(m) => Some(m),
+            Allowed::Tcp(_) => None,
+        })
+        .flatten()
+        .map(|m| json!({"action": "allow", "http": router_match(m)["http"].clone()}))
+        .collect();
+    let sources: Vec<Value> = a
+        .sources
+        .iter()
+        .map(|s| {
+            let mut x = json!({"name": s.name});
+            if s.namespace != dest.namespace {
+                x["namespace"] = json!(s.namespace);
+            }
+            if any_tcp || permissions.is_empty() {
+                // A TCPRoute allows whole connections; HTTP permissions would only narrow it.
+                x["action"] = json!(if any_tcp { "allow" } else { "deny" });
+            } else {
+                x["permissions"] = json!(permissions);
+            }
+            x
+        })
+        .collect();
+    let mut spec = json!({"destination": {"name": dest.name}, "sources": sources});
+    if dest.namespace != a.namespace {
+        spec["destination"]["namespace"] = json!(dest.namespace);
+    }
+    Some(json!({
+        "apiVersion": API,
+        "kind": "ServiceIntentions",
+        "metadata": super::access_metadata(a),
+        "spec": spec,
+    }))
+}
+
 /// Renders the model for Consul.
 pub fn render(model: &Model, d: &mut Vec<Diagnostic>) -> Vec<Value> {
     let mut out = Vec::new();
     for r in &model.routes {
         route(model, r, d, &mut out);
+    }
+    for a in &model.access {
+        if let Some(x) = intentions(model, a, d) {
+            out.push(x);
+        }
     }
     for s in super::imports(model) {
         let Some(remote) = &s.remote else { continue };

@@ -5,9 +5,12 @@
 
 use serde_json::{Value, json};
 
-use super::{DESTINATION_HEADER, Options, imports, metadata, percent_split, route_ports};
+use super::{
+    DESTINATION_HEADER, Options, Simple, access_metadata, destination_selector, imports, metadata,
+    percent_split, route_ports, simplify_regex,
+};
 use crate::diag::Diagnostic;
-use crate::model::{HttpMatch, Model, PathMatch, Protocol, Route, host};
+use crate::model::{Access, Allowed, HttpMatch, Model, PathMatch, Protocol, Route, host};
 
 const API: &str = "networking.istio.io/v1";
 
@@ -148,6 +151,125 @@ fn virtual_service(model: &Model, r: &Route, d: &mut Vec<Diagnostic>) -> Option<
     }))
 }
 
+/// One AuthorizationPolicy rule per allowed HTTP match (headers need their own `when`), or per
+/// TCP rule. Patterns Istio cannot express exactly are left out (narrowing), with a warning.
+fn authorization(
+    model: &Model,
+    a: &Access,
+    opts: &Options,
+    d: &mut Vec<Diagnostic>,
+) -> Option<Value> {
+    let selector = destination_selector(model, a, d)?;
+    let principals: Vec<String> = a
+        .sources
+        .iter()
+        .map(|s| format!("{}/ns/{}/sa/{}", opts.trust_domain, s.namespace, s.name))
+        .collect();
+    let from = json!([{"source": {"principals": principals}}]);
+    let port_list = |ports: &[u16]| -> Vec<String> {
+        let mut p: Vec<u16> = match a.port {
+            Some(dp) if ports.is_empty() || ports.contains(&dp) => vec![dp],
+            Some(_) => vec![],
+            None => ports.to_vec(),
+        };
+        p.sort_unstable();
+        p.iter().map(|x| x.to_string()).collect()
+    };
+    let mut rules = Vec::new();
+    for allowed in &a.allowed {
+        match allowed {
+            Allowed::Tcp(ports) => {
+                let p = port_list(ports);
+                if a.port.is_some() && p.is_empty() {
+                    continue; // the TCPRoute's ports exclude the destination port
+                }
+                let mut rule = json!({"from": from});
+                if !p.is_empty() {
+                    rule["to"] = json!([{"operation": {"ports": p}}]);
+                }
+                rules.push(rule);
+            }
+            Allowed::Http(matches) => {
+                for m in matches {
+                    let mut op = json!({});
+                    if !m.methods.is_empty() {
+                        op["methods"] = json!(m.methods);
+                    }
+                    let p = port_list(&[]);
+                    if !p.is_empty() {
+                        op["ports"] = json!(p);
+                    }
+                    let path = match &m.path {
+                        None => Some(None),
+                        Some(PathMatch::Exact(x)) => Some(Some(x.clone())),
+                        Some(PathMatch::Prefix(x)) => Some(Some(format!("{x}*"))),
+                        Some(PathMatch::Regex(re)) => match simplify_regex(re) {
+                            Some(Simple::Any) => Some(None),
+                            Some(Simple::Exact(x)) => Some(Some(x)),
+                            Some(Simple::Prefix(x)) => Some(Some(format!("{x}*"))),
+                            None => None,
+                        },
+                    };
+                    let Some(path) = path else {
+                        d.push(Diagnostic::warning(&a.origin, "rules", format!("match {:?}: Istio authorization paths have no regular expressions; pathRegex {:?} has no exact Istio form, so the match is left out (access narrowed, never widened)", m.name, match &m.path { Some(PathMatch::Regex(re)) => re.as_str(), _ => "" })));
+                        continue;
+                    };
+                    if let Some(p) = path {
+                        op["paths"] = json!([p]);
+                    }
+                    let mut when = Vec::new();
+                    let mut ok = true;
+                    for h in &m.headers {
+                        let value = if h.regex {
+                            match simplify_regex(&h.value) {
+                                Some(Simple::Any) => "*".to_string(),
+                                Some(Simple::Exact(x)) => x,
+                                Some(Simple::Prefix(x)) => format!("{x}*"),
+                                None => {
+                                    ok = false;
+                                    break;
+                                }
+                            }
+                        } else {
+                            h.value.clone()
+                        };
+                        when.push(json!({"key": format!("request.headers[{}]", h.name), "values": [value]}));
+                    }
+                    if !ok {
+                        d.push(Diagnostic::warning(&a.origin, "rules", format!("match {:?}: a header pattern has no exact Istio form; the match is left out (access narrowed, never widened)", m.name)));
+                        continue;
+                    }
+                    let mut rule = json!({"from": from});
+                    if op.as_object().is_some_and(|o| !o.is_empty()) {
+                        rule["to"] = json!([{"operation": op}]);
+                    }
+                    if !when.is_empty() {
+                        rule["when"] = json!(when);
+                    }
+                    rules.push(rule);
+                }
+            }
+        }
+    }
+    if rules.is_empty() {
+        d.push(Diagnostic::warning(
+            &a.origin,
+            "rules",
+            "nothing expressible is allowed: the policy denies every request to the destination",
+        ));
+    }
+    let mut spec = json!({"selector": {"matchLabels": selector}, "action": "ALLOW"});
+    if !rules.is_empty() {
+        spec["rules"] = json!(rules);
+    }
+    Some(json!({
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": access_metadata(a),
+        "spec": spec,
+    }))
+}
+
 fn istio_protocol(p: Protocol) -> &'static str {
     match p {
         Protocol::Http => "HTTP",
@@ -163,6 +285,11 @@ pub fn render(model: &Model, opts: &Options, d: &mut Vec<Diagnostic>) -> Vec<Val
     for r in &model.routes {
         if let Some(vs) = virtual_service(model, r, d) {
             out.push(vs);
+        }
+    }
+    for a in &model.access {
+        if let Some(p) = authorization(model, a, opts, d) {
+            out.push(p);
         }
     }
     for s in imports(model) {

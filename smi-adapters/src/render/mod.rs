@@ -53,6 +53,8 @@ pub struct Options {
     /// The edge agent's IP addresses (meshes that need Endpoints, such as Linkerd's mirror
     /// Services; the Kubernetes backend fills them in from the edge agent's Service).
     pub edge_ips: Vec<String>,
+    /// The mesh's SPIFFE trust domain, for principals of service accounts.
+    pub trust_domain: String,
 }
 
 impl Default for Options {
@@ -61,6 +63,7 @@ impl Default for Options {
             edge_host: "multimesh-edge.multimesh.svc.cluster.local".into(),
             edge_http_port: 15080,
             edge_ips: vec![],
+            trust_domain: "cluster.local".into(),
         }
     }
 }
@@ -84,6 +87,27 @@ pub fn metadata(name: &str, namespace: &str, source: Option<&Route>) -> Value {
             json!({"multimesh.io/source": format!("{} {}", r.origin.kind, r.origin.object)});
     }
     m
+}
+
+/// Metadata of a resource rendered from an access policy, in the destination's namespace.
+pub fn access_metadata(a: &crate::model::Access) -> Value {
+    json!({
+        "name": a.name,
+        "namespace": a.destination.namespace,
+        "labels": {"app.kubernetes.io/managed-by": "multimesh"},
+        "annotations": {"multimesh.io/source": format!("{} {}", a.origin.kind, a.origin.object)},
+    })
+}
+
+/// An error for each access policy a renderer cannot render.
+pub fn access_unsupported(model: &Model, mesh: &str, d: &mut Vec<Diagnostic>) {
+    for a in &model.access {
+        d.push(Diagnostic::error(
+            &a.origin,
+            "",
+            format!("TrafficTarget is not rendered for {mesh} yet (istio and consul render it)"),
+        ));
+    }
 }
 
 /// The root's ports this route applies to, when the root is known.
@@ -130,6 +154,30 @@ pub fn percent_split<'a>(
     out
 }
 
+/// The pod selector of an access policy's destination: the selector of the local Service named
+/// like its service account (the SMI convention), or an error naming what to pass.
+pub fn destination_selector(
+    model: &Model,
+    a: &crate::model::Access,
+    d: &mut Vec<Diagnostic>,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let key = (a.destination.namespace.clone(), a.destination.name.clone());
+    match model.services.local.get(&key) {
+        Some(s) if !s.selector.is_empty() => Some(s.selector.clone()),
+        _ => {
+            d.push(Diagnostic::error(
+                &a.origin,
+                "destination",
+                format!(
+                    "cannot select the workloads of service account {}/{}: pass the manifest of the Service of the same name (its selector is used)",
+                    a.destination.namespace, a.destination.name
+                ),
+            ));
+            None
+        }
+    }
+}
+
 /// The remote services the routes send to, each once, sorted.
 pub fn imports(model: &Model) -> Vec<ServiceInfo> {
     let mut keys = std::collections::BTreeSet::new();
@@ -156,4 +204,80 @@ pub fn imports(model: &Model) -> Vec<ServiceInfo> {
     keys.into_iter()
         .filter_map(|k| model.services.remote.get(&k).cloned())
         .collect()
+}
+
+/// The closest form of an RE2 pattern that meshes without regular expressions in authorization
+/// rules can take: `Exact("/a")` for a literal, `Prefix("/a/")` for `/a/.*`, `Any` for `.*`.
+/// `None` when no such form is exactly equivalent (the caller must then narrow, never widen).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Simple {
+    /// Any value.
+    Any,
+    /// Exactly this value.
+    Exact(String),
+    /// Values starting with this.
+    Prefix(String),
+}
+
+/// See [`Simple`].
+pub fn simplify_regex(re: &str) -> Option<Simple> {
+    let re = re.strip_prefix('^').unwrap_or(re);
+    let re = re.strip_suffix('$').unwrap_or(re);
+    if re == ".*" {
+        return Some(Simple::Any);
+    }
+    let (body, prefix) = match re.strip_suffix(".*") {
+        Some(b) => (b, true),
+        None => (re, false),
+    };
+    // Only plain characters (escaped metacharacters allowed) in the literal part.
+    let mut lit = String::new();
+    let mut chars = body.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(n) if !n.is_alphanumeric() => lit.push(n),
+                _ => return None,
+            },
+            '.' | '*' | '+' | '?' | '(' | ')' | '[' | ']' | '{' | '}' | '|' | '^' | '$' => {
+                return None;
+            }
+            c => lit.push(c),
+        }
+    }
+    Some(if prefix {
+        if lit.is_empty() {
+            Simple::Any
+        } else {
+            Simple::Prefix(lit)
+        }
+    } else {
+        Simple::Exact(lit)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regexes_simplify_only_when_exactly_equivalent() {
+        assert_eq!(simplify_regex(".*"), Some(Simple::Any));
+        assert_eq!(
+            simplify_regex("/api/.*"),
+            Some(Simple::Prefix("/api/".into()))
+        );
+        assert_eq!(
+            simplify_regex("^/health$"),
+            Some(Simple::Exact("/health".into()))
+        );
+        assert_eq!(
+            simplify_regex(r"/v1\.2/.*"),
+            Some(Simple::Prefix("/v1.2/".into()))
+        );
+        assert_eq!(simplify_regex("/api/[0-9]+"), None);
+        assert_eq!(simplify_regex("/a.c"), None);
+        assert_eq!(simplify_regex(r"\d+"), None);
+        assert_eq!(simplify_regex(".*Firefox.*"), None);
+    }
 }
