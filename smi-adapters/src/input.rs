@@ -995,10 +995,19 @@ fn parse_service(doc: &Doc, d: &mut Vec<Diagnostic>) -> Option<ServiceInfo> {
             .and_then(Protocol::parse)
             .or_else(|| Protocol::parse(name.split('-').next().unwrap_or_default()))
             .unwrap_or(Protocol::Tcp);
+        let target = match &p["targetPort"] {
+            Value::String(n) => TargetPort::Name(n.clone()),
+            t => TargetPort::Number(
+                t.as_u64()
+                    .and_then(|x| u16::try_from(x).ok())
+                    .unwrap_or(port),
+            ),
+        };
         ports.push(Port {
             name,
             port,
             protocol,
+            target,
         });
     }
     let selector = doc.body["spec"]["selector"]
@@ -1054,6 +1063,7 @@ pub fn parse_catalog(json: &str) -> Result<BTreeMap<(String, String), ServiceInf
                         .as_str()
                         .and_then(Protocol::parse)
                         .unwrap_or(Protocol::Tcp),
+                    target: TargetPort::Number(port),
                 });
             }
             out.insert(

@@ -8,8 +8,8 @@
 //! [`schema`] validates rendered resources strictly against upstream CRD schemas.
 //!
 //! Rendered today: routes for Istio, Linkerd, Consul, Gateway API (GAMMA) and Kuma; access
-//! (`TrafficTarget` with `HTTPRouteGroup`/`TCPRoute` rules) for Istio and Consul. Not yet:
-//! access for Linkerd and Kuma (refused with an error), TCP routes for Kuma.
+//! (`TrafficTarget` with `HTTPRouteGroup`/`TCPRoute` rules) for Istio, Linkerd and Consul. Not
+//! yet: access for Kuma (refused with an error), TCP routes for Kuma.
 
 pub mod diag;
 pub mod input;
@@ -78,10 +78,7 @@ pub fn translate(
             );
             render::gateway::render(&model, render::gateway::Flavor::Gamma, &mut diagnostics)
         }
-        Mesh::Linkerd => {
-            render::access_unsupported(&model, "linkerd", &mut diagnostics);
-            render::linkerd::render(&model, opts, &mut diagnostics)
-        }
+        Mesh::Linkerd => render::linkerd::render(&model, opts, &mut diagnostics),
         Mesh::Consul => render::consul::render(&model, &mut diagnostics),
         Mesh::Kuma => {
             render::access_unsupported(&model, "kuma", &mut diagnostics);

@@ -70,6 +70,17 @@ pub struct Port {
     pub port: u16,
     /// Protocol.
     pub protocol: Protocol,
+    /// The pod port it forwards to (a Service's `targetPort`): a number or a port name.
+    pub target: TargetPort,
+}
+
+/// A Service's `targetPort`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetPort {
+    /// A pod port number.
+    Number(u16),
+    /// A named container port.
+    Name(String),
 }
 
 /// A service exported by another site, known from the federation catalog.

@@ -19,16 +19,14 @@ const MESHES: [(&str, Mesh); 5] = [
 ];
 
 /// (case, mesh) pairs that must be refused, and why; their golden files hold the errors.
-const REFUSED: [(&str, &str); 7] = [
+const REFUSED: [(&str, &str); 5] = [
     // MeshHTTPRoute has no per-backend filter to tell the edge agent where a remote share goes.
     ("split-v1alpha2-remote", "kuma"),
-    // Access policies: Gateway API has no authorization resource; Linkerd and Kuma access
-    // rendering is not written yet.
+    // Access policies: Gateway API has no authorization resource; Kuma access rendering is not
+    // written yet.
     ("access-v1alpha3-http", "gateway-api"),
-    ("access-v1alpha3-http", "linkerd"),
     ("access-v1alpha3-http", "kuma"),
     ("access-v1alpha1-tcp", "gateway-api"),
-    ("access-v1alpha1-tcp", "linkerd"),
     ("access-v1alpha1-tcp", "kuma"),
 ];
 

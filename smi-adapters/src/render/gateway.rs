@@ -45,7 +45,8 @@ pub fn mirror_name(name: &str) -> String {
     format!("{name}-clusterset")
 }
 
-fn matches(m: &HttpMatch) -> Vec<Value> {
+/// Gateway-API-style match objects for one model match (one per method).
+pub fn matches(m: &HttpMatch) -> Vec<Value> {
     let mut base = json!({});
     match &m.path {
         Some(PathMatch::Exact(p)) => base["path"] = json!({"type": "Exact", "value": p}),

@@ -91,8 +91,13 @@ pub fn metadata(name: &str, namespace: &str, source: Option<&Route>) -> Value {
 
 /// Metadata of a resource rendered from an access policy, in the destination's namespace.
 pub fn access_metadata(a: &crate::model::Access) -> Value {
+    access_metadata_named(a, &a.name)
+}
+
+/// [`access_metadata`] with another name.
+pub fn access_metadata_named(a: &crate::model::Access, name: &str) -> Value {
     json!({
-        "name": a.name,
+        "name": name,
         "namespace": a.destination.namespace,
         "labels": {"app.kubernetes.io/managed-by": "multimesh"},
         "annotations": {"multimesh.io/source": format!("{} {}", a.origin.kind, a.origin.object)},
@@ -105,7 +110,9 @@ pub fn access_unsupported(model: &Model, mesh: &str, d: &mut Vec<Diagnostic>) {
         d.push(Diagnostic::error(
             &a.origin,
             "",
-            format!("TrafficTarget is not rendered for {mesh} yet (istio and consul render it)"),
+            format!(
+                "TrafficTarget is not rendered for {mesh} yet (istio, linkerd and consul render it)"
+            ),
         ));
     }
 }
