@@ -17,7 +17,7 @@ if [ ${#need[@]} -gt 0 ]; then
   else sudo apt-get update -qq && sudo apt-get install -y -qq "${need[@]}"; fi
 fi
 if [ ! -d ../shared/schemas ]; then
-  echo "NOTE: ../shared/schemas is missing (no test reads it yet; smi-adapters will)" >&2
+  echo "ERROR: ../shared/schemas is missing: the smi-adapters tests validate every rendered resource against those upstream CRDs and will fail" >&2
 fi
 
 echo "==> cargo fmt --check"
