@@ -594,6 +594,23 @@ pub fn service_from_wire(s: &wire::ExportedService) -> Result<(Key, Stamp, Servi
     Ok((key, stamp, svc))
 }
 
+/// A plain HTTP service for tests.
+#[cfg(test)]
+pub(crate) fn test_service(port: u16, scope: Scope) -> Service {
+    Service {
+        ports: vec![Port {
+            name: "http".into(),
+            port,
+            protocol: Protocol::Http,
+        }],
+        ingress: vec!["127.0.0.1:15443".into()],
+        labels: std::collections::BTreeMap::new(),
+        identity: String::new(),
+        scope,
+        stale: StalePolicy::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

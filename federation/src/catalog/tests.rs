@@ -2,21 +2,10 @@
 //! refusals that change nothing, compaction, persistence and liveness.
 
 use super::*;
-use crate::model::{Port, Protocol, StalePolicy};
+use crate::model::StalePolicy;
 
 fn svc(scope: Scope) -> Service {
-    Service {
-        ports: vec![Port {
-            name: "http".into(),
-            port: 8080,
-            protocol: Protocol::Http,
-        }],
-        ingress: vec!["127.0.0.1:15443".into()],
-        labels: BTreeMap::new(),
-        identity: String::new(),
-        scope,
-        stale: StalePolicy::default(),
-    }
+    crate::model::test_service(8080, scope)
 }
 
 fn sites(s: &[&str]) -> Scope {

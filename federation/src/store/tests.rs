@@ -1,25 +1,12 @@
 //! Tests of the snapshot + journal persistence: what was flushed comes back exactly, through
 //! compactions, a crash in the middle of a compaction, and a torn last line.
 
-use std::collections::BTreeMap;
-
 use super::*;
 use crate::catalog::Outgoing;
-use crate::model::{Port, Protocol, Scope, StalePolicy};
+use crate::model::Scope;
 
 fn svc(port: u16, scope: Scope) -> Service {
-    Service {
-        ports: vec![Port {
-            name: "http".into(),
-            port,
-            protocol: Protocol::Http,
-        }],
-        ingress: vec!["127.0.0.1:15443".into()],
-        labels: BTreeMap::new(),
-        identity: String::new(),
-        scope,
-        stale: StalePolicy::default(),
-    }
+    crate::model::test_service(port, scope)
 }
 
 fn liveness() -> Liveness {

@@ -70,17 +70,7 @@ pub fn matches(m: &HttpMatch) -> Vec<Value> {
             })
             .collect();
     }
-    if m.methods.is_empty() {
-        return vec![base];
-    }
-    m.methods
-        .iter()
-        .map(|meth| {
-            let mut x = base.clone();
-            x["method"] = json!(meth);
-            x
-        })
-        .collect()
+    super::per_method(base, &m.methods, |meth| json!(meth))
 }
 
 fn http_route(

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{
     DESTINATION_HEADER, Options, Simple, access_metadata, destination_selector, imports, metadata,
-    percent_split, route_ports, simplify_regex,
+    per_method, percent_split, route_ports, simplify_regex,
 };
 use crate::diag::Diagnostic;
 use crate::model::{Access, Allowed, HttpMatch, Model, PathMatch, Protocol, Route, host};
@@ -37,17 +37,7 @@ fn match_requests(m: &HttpMatch, port: Option<u16>) -> Vec<Value> {
         base["port"] = json!(p);
     }
     // Istio matches one method per request match: one per method, same other conditions.
-    if m.methods.is_empty() {
-        return vec![base];
-    }
-    m.methods
-        .iter()
-        .map(|meth| {
-            let mut x = base.clone();
-            x["method"] = json!({"exact": meth});
-            x
-        })
-        .collect()
+    per_method(base, &m.methods, |meth| json!({"exact": meth}))
 }
 
 fn virtual_service(model: &Model, r: &Route, d: &mut Vec<Diagnostic>) -> Option<Value> {

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{DESTINATION_HEADER, Options, imports, metadata, route_ports};
 use crate::diag::Diagnostic;
-use crate::model::{Backend, HttpMatch, Model, PathMatch, Route};
+use crate::model::{Backend, HttpMatch, Model, Route};
 use crate::weights;
 
 const API: &str = "kuma.io/v1alpha1";
@@ -26,39 +26,15 @@ fn backend_name(b: &Backend) -> String {
     }
 }
 
+/// Gateway-API-style matches; Kuma wants the path even when it is everything.
 fn matches(m: &HttpMatch) -> Vec<Value> {
-    let mut base = json!({});
-    base["path"] = match &m.path {
-        Some(PathMatch::Exact(p)) => json!({"type": "Exact", "value": p}),
-        Some(PathMatch::Prefix(p)) => json!({"type": "PathPrefix", "value": p}),
-        Some(PathMatch::Regex(p)) => json!({"type": "RegularExpression", "value": p}),
-        None => json!({"type": "PathPrefix", "value": "/"}),
-    };
-    if !m.headers.is_empty() {
-        base["headers"] = m
-            .headers
-            .iter()
-            .map(|h| {
-                let t = if h.regex {
-                    "RegularExpression"
-                } else {
-                    "Exact"
-                };
-                json!({"type": t, "name": h.name, "value": h.value})
-            })
-            .collect();
+    let mut out = super::gateway::matches(m);
+    for x in &mut out {
+        if x.get("path").is_none() {
+            x["path"] = json!({"type": "PathPrefix", "value": "/"});
+        }
     }
-    if m.methods.is_empty() {
-        return vec![base];
-    }
-    m.methods
-        .iter()
-        .map(|meth| {
-            let mut x = base.clone();
-            x["method"] = json!(meth);
-            x
-        })
-        .collect()
+    out
 }
 
 fn mesh_http_route(model: &Model, r: &Route, d: &mut Vec<Diagnostic>) -> Option<Value> {

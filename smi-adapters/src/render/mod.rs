@@ -75,6 +75,22 @@ impl Default for Options {
 /// `Host`/`:authority`).
 pub const DESTINATION_HEADER: &str = "x-multimesh-destination";
 
+/// One copy of `base` per method, with `method` set in it (meshes match one method per match
+/// object); just `base` when any method matches.
+pub fn per_method(base: Value, methods: &[String], method: impl Fn(&str) -> Value) -> Vec<Value> {
+    if methods.is_empty() {
+        return vec![base];
+    }
+    methods
+        .iter()
+        .map(|m| {
+            let mut x = base.clone();
+            x["method"] = method(m);
+            x
+        })
+        .collect()
+}
+
 /// Labels every rendered resource carries, so multimesh can find (and only touch) its own.
 pub fn metadata(name: &str, namespace: &str, source: Option<&Route>) -> Value {
     let mut m = json!({
