@@ -266,6 +266,15 @@ pub struct Port {
 }
 
 impl Port {
+    /// The wire form.
+    pub fn to_wire(&self) -> wire::ServicePort {
+        wire::ServicePort {
+            name: self.name.clone(),
+            port: u32::from(self.port),
+            protocol: self.protocol.to_wire() as i32,
+        }
+    }
+
     /// Parses the command-line form `NAME:PORT[/PROTOCOL]` or `PORT[/PROTOCOL]` (name defaults
     /// to the protocol name, protocol to `http`).
     pub fn parse_cli(field: &str, s: &str) -> Result<Self, InvalidField> {
@@ -527,15 +536,7 @@ pub fn service_to_wire(key: &Key, stamp: Stamp, s: &Service) -> wire::ExportedSe
         name: key.name.clone(),
         origin_epoch: stamp.epoch,
         version: stamp.version,
-        ports: s
-            .ports
-            .iter()
-            .map(|p| wire::ServicePort {
-                name: p.name.clone(),
-                port: u32::from(p.port),
-                protocol: p.protocol.to_wire() as i32,
-            })
-            .collect(),
+        ports: s.ports.iter().map(Port::to_wire).collect(),
         ingress: s.ingress.clone(),
         labels: s.labels.clone().into_iter().collect(),
         identity: s.identity.clone(),

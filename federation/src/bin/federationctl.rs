@@ -210,14 +210,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let req = api::ExportRequest {
                 name: service,
                 namespace,
-                ports: ports
-                    .iter()
-                    .map(|p| wire::ServicePort {
-                        name: p.name.clone(),
-                        port: u32::from(p.port),
-                        protocol: p.protocol.to_wire() as i32,
-                    })
-                    .collect(),
+                ports: ports.iter().map(federation::model::Port::to_wire).collect(),
                 to,
                 labels: label_map.into_iter().collect(),
                 stale,

@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 use super::{DESTINATION_HEADER, metadata, route_ports};
 use crate::diag::Diagnostic;
 use crate::model::{HttpMatch, Model, PathMatch, Route};
-use crate::weights;
 
 const MAX_WEIGHT: u64 = 1_000_000;
 
@@ -87,17 +86,7 @@ fn http_route(
         } else {
             "spec.backends".into()
         };
-        let w: Vec<u64> = rule.backends.iter().map(|b| b.weight).collect();
-        let rel = match weights::relative(&w, MAX_WEIGHT) {
-            Some(x) => x,
-            None => {
-                d.push(Diagnostic::warning(&r.origin, &field, "weights cannot be reduced to integers of at most 1,000,000: rounded to basis points"));
-                weights::shares(&w, 10_000)?
-                    .into_iter()
-                    .map(u64::from)
-                    .collect()
-            }
-        };
+        let rel = super::relative_weights(r, &field, &rule.backends, MAX_WEIGHT, d)?;
         let refs: Vec<Value> = rule
             .backends
             .iter()

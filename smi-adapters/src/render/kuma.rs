@@ -8,7 +8,6 @@ use serde_json::{Value, json};
 use super::{DESTINATION_HEADER, Options, imports, metadata, route_ports};
 use crate::diag::Diagnostic;
 use crate::model::{Backend, HttpMatch, Model, Route};
-use crate::weights;
 
 const API: &str = "kuma.io/v1alpha1";
 /// The pod label of the edge agent that imported services select.
@@ -53,21 +52,7 @@ fn mesh_http_route(model: &Model, r: &Route, d: &mut Vec<Diagnostic>) -> Option<
         } else {
             "spec.backends".into()
         };
-        let w: Vec<u64> = rule.backends.iter().map(|b| b.weight).collect();
-        let rel = match weights::relative(&w, u64::from(u32::MAX)) {
-            Some(x) => x,
-            None => {
-                d.push(Diagnostic::warning(
-                    &r.origin,
-                    &field,
-                    "weights rounded to basis points",
-                ));
-                weights::shares(&w, 10_000)?
-                    .into_iter()
-                    .map(u64::from)
-                    .collect()
-            }
-        };
+        let rel = super::relative_weights(r, &field, &rule.backends, u64::from(u32::MAX), d)?;
         let refs: Vec<Value> = rule
             .backends
             .iter()

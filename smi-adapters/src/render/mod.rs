@@ -201,6 +201,32 @@ pub fn destination_selector(
     }
 }
 
+/// Relative weights for a rule's backends, exact when they reduce to integers of at most `max`,
+/// else basis points with a warning. `None` when every weight is zero.
+pub fn relative_weights(
+    r: &Route,
+    field: &str,
+    backends: &[Backend],
+    max: u64,
+    d: &mut Vec<Diagnostic>,
+) -> Option<Vec<u64>> {
+    let w: Vec<u64> = backends.iter().map(|b| b.weight).collect();
+    if let Some(x) = weights::relative(&w, max) {
+        return Some(x);
+    }
+    d.push(Diagnostic::warning(
+        &r.origin,
+        field,
+        format!("weights cannot be reduced to integers of at most {max}: rounded to basis points"),
+    ));
+    Some(
+        weights::shares(&w, 10_000)?
+            .into_iter()
+            .map(u64::from)
+            .collect(),
+    )
+}
+
 /// The remote services the routes send to, each once, sorted.
 pub fn imports(model: &Model) -> Vec<ServiceInfo> {
     let mut keys = std::collections::BTreeSet::new();
