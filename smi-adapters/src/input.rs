@@ -1209,15 +1209,11 @@ fn resolve(model: &mut Model, d: &mut Vec<Diagnostic>) {
         if root.is_none() {
             d.push(Diagnostic::warning(&r.origin, "", format!("root service {}/{} is not among the inputs (no Service manifest) nor in the catalog: ports are not checked", r.namespace, r.root)));
         }
-        for (ri, rule) in r.rules.iter_mut().enumerate() {
+        let fields: Vec<String> = (0..r.rules.len()).map(|i| r.backends_field(i)).collect();
+        for (rule, field) in r.rules.iter_mut().zip(&fields) {
             for b in rule.backends.iter_mut() {
                 let info = services.get(&b.namespace, &b.name);
                 b.remote = info.and_then(|s| s.remote.clone());
-                let field = if r.relative {
-                    format!("spec.rules[{ri}].backendRefs")
-                } else {
-                    "spec.backends".to_string()
-                };
                 match (info, &root_ports) {
                     (Some(info), Some(root_ports)) => {
                         let have: Vec<u16> = info.ports.iter().map(|p| p.port).collect();
@@ -1227,11 +1223,11 @@ fn resolve(model: &mut Model, d: &mut Vec<Diagnostic>) {
                         };
                         for p in wanted {
                             if !have.contains(&p) {
-                                d.push(Diagnostic::error(&r.origin, &field, format!("backend {}/{} has no port {p} (the root's port); it has {have:?}", b.namespace, b.name)));
+                                d.push(Diagnostic::error(&r.origin, field, format!("backend {}/{} has no port {p} (the root's port); it has {have:?}", b.namespace, b.name)));
                             }
                         }
                     }
-                    (None, _) => d.push(Diagnostic::warning(&r.origin, &field, format!("backend {}/{} is neither among the inputs nor in the catalog: treated as local, ports not checked", b.namespace, b.name))),
+                    (None, _) => d.push(Diagnostic::warning(&r.origin, field, format!("backend {}/{} is neither among the inputs nor in the catalog: treated as local, ports not checked", b.namespace, b.name))),
                     _ => {}
                 }
             }

@@ -266,6 +266,17 @@ pub struct Access {
     pub allowed: Vec<Allowed>,
 }
 
+impl Route {
+    /// The input field holding rule `i`'s backends, for diagnostics.
+    pub fn backends_field(&self, i: usize) -> String {
+        if self.relative {
+            format!("spec.rules[{i}].backendRefs")
+        } else {
+            "spec.backends".to_string()
+        }
+    }
+}
+
 /// The parsed inputs of one translation.
 #[derive(Clone, Debug, Default)]
 pub struct Model {

@@ -136,11 +136,7 @@ fn route(model: &Model, r: &Route, d: &mut Vec<Diagnostic>, out: &mut Vec<Value>
     services.insert((r.root.clone(), r.namespace.clone()));
     let mut routes = Vec::new();
     for (i, rule) in r.rules.iter().enumerate() {
-        let field = if r.relative {
-            format!("spec.rules[{i}].backendRefs")
-        } else {
-            "spec.backends".into()
-        };
+        let field = r.backends_field(i);
         for b in &rule.backends {
             services.insert((target(b), b.namespace.clone()));
         }

@@ -8,7 +8,7 @@
 
 use serde_json::{Value, json};
 
-use super::{DESTINATION_HEADER, metadata, route_ports};
+use super::{metadata, route_ports};
 use crate::diag::Diagnostic;
 use crate::model::{HttpMatch, Model, PathMatch, Route};
 
@@ -81,11 +81,7 @@ fn http_route(
 ) -> Option<Value> {
     let mut rules = Vec::new();
     for (i, rule) in r.rules.iter().enumerate() {
-        let field = if r.relative {
-            format!("spec.rules[{i}].backendRefs")
-        } else {
-            "spec.backends".into()
-        };
+        let field = r.backends_field(i);
         let rel = super::relative_weights(r, &field, &rule.backends, MAX_WEIGHT, d)?;
         let refs: Vec<Value> = rule
             .backends
@@ -104,10 +100,7 @@ fn http_route(
                 x["port"] = json!(b.port.unwrap_or(port));
                 x["weight"] = json!(w);
                 if b.remote.is_some() {
-                    x["filters"] = json!([{
-                        "type": "RequestHeaderModifier",
-                        "requestHeaderModifier": {"set": [{"name": DESTINATION_HEADER, "value": b.host()}]},
-                    }]);
+                    x["filters"] = super::destination_filters(&b.host());
                 }
                 x
             })

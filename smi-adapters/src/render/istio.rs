@@ -57,11 +57,7 @@ fn virtual_service(model: &Model, r: &Route, d: &mut Vec<Diagnostic>) -> Option<
     for (port, proto) in &ports {
         let port_match = if multi { *port } else { r.port };
         for (i, rule) in r.rules.iter().enumerate() {
-            let field = if r.relative {
-                format!("spec.rules[{i}].backendRefs")
-            } else {
-                "spec.backends".into()
-            };
+            let field = r.backends_field(i);
             let split = percent_split(r, &field, &rule.backends, d);
             let route: Vec<Value> = split
                 .iter()

@@ -47,11 +47,7 @@ fn mesh_http_route(model: &Model, r: &Route, d: &mut Vec<Diagnostic>) -> Option<
     }
     let mut rules = Vec::new();
     for (i, rule) in r.rules.iter().enumerate() {
-        let field = if r.relative {
-            format!("spec.rules[{i}].backendRefs")
-        } else {
-            "spec.backends".into()
-        };
+        let field = r.backends_field(i);
         let rel = super::relative_weights(r, &field, &rule.backends, u64::from(u32::MAX), d)?;
         let refs: Vec<Value> = rule
             .backends
@@ -74,7 +70,7 @@ fn mesh_http_route(model: &Model, r: &Route, d: &mut Vec<Diagnostic>) -> Option<
             .collect();
         let mut default = json!({"backendRefs": refs});
         if remote.len() == 1 && rule.backends.iter().filter(|b| b.weight > 0).count() == 1 {
-            default["filters"] = json!([{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": DESTINATION_HEADER, "value": remote[0].host()}]}}]);
+            default["filters"] = super::destination_filters(&remote[0].host());
         } else if !remote.is_empty() {
             // Kuma's filters apply to the whole rule, not to one weighted backend, and without
             // the header the edge agent would only see the root's Host: refuse rather than

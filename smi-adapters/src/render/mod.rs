@@ -91,6 +91,14 @@ pub fn per_method(base: Value, methods: &[String], method: impl Fn(&str) -> Valu
         .collect()
 }
 
+/// A Gateway-API-style filter list setting [`DESTINATION_HEADER`] to `host`.
+pub fn destination_filters(host: &str) -> Value {
+    json!([{
+        "type": "RequestHeaderModifier",
+        "requestHeaderModifier": {"set": [{"name": DESTINATION_HEADER, "value": host}]},
+    }])
+}
+
 /// Labels every rendered resource carries, so multimesh can find (and only touch) its own.
 pub fn metadata(name: &str, namespace: &str, source: Option<&Route>) -> Value {
     let mut m = json!({
