@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/multimesh/catalog/v1/catalog.proto",
         "proto/multimesh/admin/v1/admin.proto",
+        "proto/multimesh/routes/v1/routes.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

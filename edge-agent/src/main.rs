@@ -1,10 +1,86 @@
-//! `edge-agent`: the data plane at a site's edge (mTLS ingress from peer sites, egress for local
-//! callers, weighted and failover routing).
-//!
-//! **Not implemented yet** (tracked by issue #4): the binary says so and exits with status 2
-//! instead of pretending to proxy anything.
+//! `edge-agent`: the data plane at a site's edge. Parses arguments, sets up logging, starts
+//! the agent and stops it cleanly on SIGINT/SIGTERM; `check-routes` validates a route file.
 
-fn main() {
-    eprintln!("edge-agent: not implemented yet (issue #4); no traffic is proxied");
-    std::process::exit(2);
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use edge_agent::config::AgentConfig;
+use edge_agent::{feed, serve};
+
+/// The multimesh edge agent of one site: carries cross-site calls over mutual TLS.
+///
+/// Ingress admits peer sites by their SPIFFE ID and each service's consumer scope, and forwards
+/// to local workloads. Egress takes local callers' HTTP/1.1, h2c/gRPC (routed by
+/// `x-multimesh-destination`, then Host) and TCP (per-service ports), picks a site by weight,
+/// ejects failing sites for a back-off period and retries idempotent calls elsewhere. On an edge
+/// node (`parent` in the config) it only dials out, and is reached back through that link.
+///
+/// Logs go to stderr; set RUST_LOG (e.g. `RUST_LOG=edge_agent=debug`) for more detail.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent.
+    Run {
+        /// Agent config file (TOML, or YAML with a .yaml/.yml extension).
+        #[arg(short, long, env = "MULTIMESH_EDGE_CONFIG")]
+        config: PathBuf,
+        /// Log format.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+    },
+    /// Validate a route file and print a summary (exit 1 when it is invalid).
+    CheckRoutes {
+        /// Route file (YAML, JSON or TOML by extension).
+        file: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Command::CheckRoutes { file } => {
+            let t = feed::load_file(&file).map_err(|e| anyhow::anyhow!(e))?;
+            eprintln!(
+                "{}: {} services, {} splits",
+                file.display(),
+                t.len(),
+                t.split_list().len()
+            );
+            Ok(())
+        }
+        Command::Run { config, log_format } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr);
+            if log_format == "json" {
+                builder.json().init();
+            } else {
+                builder.init();
+            }
+            let cfg = AgentConfig::load(&config)?;
+            let site = cfg.site.clone();
+            let running = serve::start(cfg)
+                .await
+                .map_err(|e| anyhow::anyhow!("site {site}: {e}"))?;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!(site = %site, "shutting down");
+            running.stop().await;
+            Ok(())
+        }
+    }
 }

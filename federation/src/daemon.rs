@@ -16,12 +16,12 @@ use tracing::{error, info, warn};
 use crate::admin::{self, AdminService};
 use crate::catalog::{Limits, Liveness};
 use crate::config::Config;
-use crate::identity::{self, SiteId, site_id_of};
+use crate::identity;
 use crate::store::{self, Store};
 use crate::sync::peers::PeerTable;
 use crate::sync::server::{SyncService, accept_loop};
 use crate::sync::{Node, dialer};
-use crate::tls::{self, SiteTls};
+use crate::tls;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,16 +35,6 @@ pub enum DaemonError {
     /// The state file is unusable.
     #[error(transparent)]
     State(#[from] store::StateError),
-    /// The certificate does not belong to this site.
-    #[error("certificate {path} is for {found}, but this site is {expected}")]
-    WrongCertificate {
-        /// The certificate file.
-        path: String,
-        /// The SPIFFE ID found.
-        found: String,
-        /// The SPIFFE ID expected.
-        expected: String,
-    },
     /// A config-declared export is invalid.
     #[error("config export {0}")]
     Export(String),
@@ -58,23 +48,6 @@ pub enum DaemonError {
         /// Why.
         source: std::io::Error,
     },
-}
-
-/// Loads the site's TLS material and checks its certificate names this site.
-fn load_tls(cfg: &Config) -> Result<SiteTls, DaemonError> {
-    let ca = identity::read_certs(&cfg.tls.ca)?;
-    let chain = identity::read_certs(&cfg.tls.cert)?;
-    let key = identity::read_key(&cfg.tls.key)?;
-    let expected = SiteId::new(&cfg.trust_domain, &cfg.site)?;
-    let found = site_id_of(&chain[0])?;
-    if found != expected {
-        return Err(DaemonError::WrongCertificate {
-            path: cfg.tls.cert.display().to_string(),
-            found: found.uri(),
-            expected: expected.uri(),
-        });
-    }
-    Ok(SiteTls::new(ca, chain, key)?)
 }
 
 fn unix_ms() -> u64 {
@@ -115,7 +88,7 @@ impl Running {
 
 /// Starts a daemon for `cfg` (read from `config_path`).
 pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonError> {
-    let tls_material = Arc::new(load_tls(&cfg)?);
+    let tls_material = Arc::new(tls::load_site(&cfg.tls, &cfg.trust_domain, &cfg.site)?);
     let s = cfg.sync;
     let limits = Limits {
         max_records_per_link: s.max_records_per_link,

@@ -39,6 +39,42 @@ pub enum TlsError {
     /// The client verifier could not be built.
     #[error("client verifier: {0}")]
     Verifier(String),
+    /// A certificate or key file is unusable.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// The certificate does not belong to this site.
+    #[error("certificate {path} is for {found}, but this site is {expected}")]
+    WrongCertificate {
+        /// The certificate file.
+        path: String,
+        /// The SPIFFE ID found.
+        found: String,
+        /// The SPIFFE ID expected.
+        expected: String,
+    },
+}
+
+/// Loads a site's TLS material from PEM files (CA bundle, certificate chain, key) and checks
+/// that the certificate carries `spiffe://<trust_domain>/site/<site>`.
+pub fn load_site(
+    files: &crate::config::TlsFiles,
+    trust_domain: &str,
+    site: &str,
+) -> Result<SiteTls, TlsError> {
+    use crate::identity::{read_certs, read_key};
+    let ca = read_certs(&files.ca)?;
+    let chain = read_certs(&files.cert)?;
+    let key = read_key(&files.key)?;
+    let expected = SiteId::new(trust_domain, site)?;
+    let found = site_id_of(&chain[0])?;
+    if found != expected {
+        return Err(TlsError::WrongCertificate {
+            path: files.cert.display().to_string(),
+            found: found.uri(),
+            expected: expected.uri(),
+        });
+    }
+    SiteTls::new(ca, chain, key)
 }
 
 /// Material for one site's TLS: its CA roots, certificate chain and key.
@@ -95,7 +131,9 @@ fn refuse(msg: String) -> rustls::Error {
 struct PeerClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust_domain: String,
-    peers: BTreeSet<String>,
+    /// The sites accepted; `None` accepts every site of the trust domain (authorisation is then
+    /// the caller's business, e.g. the edge agent's per-service consumer scope).
+    peers: Option<BTreeSet<String>>,
 }
 
 impl ClientCertVerifier for PeerClientVerifier {
@@ -118,7 +156,9 @@ impl ClientCertVerifier for PeerClientVerifier {
                 self.trust_domain
             )));
         }
-        if !self.peers.contains(&id.site) {
+        if let Some(peers) = &self.peers
+            && !peers.contains(&id.site)
+        {
             return Err(refuse(format!("SPIFFE ID {id} is not a configured peer")));
         }
         Ok(ClientCertVerified::assertion())
@@ -211,6 +251,25 @@ pub fn server_config(
     trust_domain: &str,
     peers: BTreeSet<String>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    build_server_config(tls, trust_domain, Some(peers), vec![b"h2".to_vec()])
+}
+
+/// The server side of edge-agent ingress: requires a client certificate of any site of the
+/// trust domain (per-service consumer scopes are checked per request), offering `alpn`.
+pub fn any_site_server_config(
+    tls: &SiteTls,
+    trust_domain: &str,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    build_server_config(tls, trust_domain, None, alpn)
+}
+
+fn build_server_config(
+    tls: &SiteTls,
+    trust_domain: &str,
+    peers: Option<BTreeSet<String>>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let inner = WebPkiClientVerifier::builder_with_provider(tls.roots.clone(), provider.clone())
         .build()
@@ -224,12 +283,21 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(tls.chain.clone(), tls.key.clone_key())?;
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    cfg.alpn_protocols = alpn;
     Ok(Arc::new(cfg))
 }
 
 /// The client side of a link to `expected`.
 pub fn client_config(tls: &SiteTls, expected: SiteId) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_alpn(tls, expected, vec![b"h2".to_vec()])
+}
+
+/// The client side of a connection to `expected`, offering `alpn`.
+pub fn client_config_alpn(
+    tls: &SiteTls,
+    expected: SiteId,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
     let verifier = Arc::new(PeerServerVerifier {
         roots: tls.roots.clone(),
@@ -241,7 +309,7 @@ pub fn client_config(tls: &SiteTls, expected: SiteId) -> Result<Arc<ClientConfig
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(tls.chain.clone(), tls.key.clone_key())?;
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    cfg.alpn_protocols = alpn;
     Ok(Arc::new(cfg))
 }
 
@@ -276,5 +344,29 @@ pub fn describe_handshake_error(e: &std::io::Error) -> String {
             format!("the other side refused our certificate ({a:?})")
         }
         other => format!("TLS error: {other}"),
+    }
+}
+
+/// A short, bounded label for why a TLS handshake failed (for metrics): `foreign-ca`,
+/// `expired`, `not-yet-valid`, `unauthorised-id`, `no-client-cert`, `not-tls`, `peer-refused`,
+/// `io` or `other`.
+pub fn handshake_failure_kind(e: &std::io::Error) -> &'static str {
+    let Some(err) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return "io";
+    };
+    match err {
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => "foreign-ca",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not-yet-valid"
+            }
+            CertificateError::Other(_) => "unauthorised-id",
+            _ => "other",
+        },
+        rustls::Error::NoCertificatesPresented => "no-client-cert",
+        rustls::Error::InvalidMessage(_) => "not-tls",
+        rustls::Error::AlertReceived(_) => "peer-refused",
+        _ => "other",
     }
 }

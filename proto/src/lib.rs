@@ -20,3 +20,11 @@ pub mod admin {
         tonic::include_proto!("multimesh.admin.v1");
     }
 }
+
+/// The route feed from `federationd` to the site's edge agent.
+pub mod routes {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("multimesh.routes.v1");
+    }
+}

@@ -100,15 +100,34 @@ async fn connect_tls(
     peer: &str,
     address: &str,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    let addrs = resolve(resolver, address).await?;
     let expected = SiteId::new(&node.trust_domain, peer).map_err(|e| e.to_string())?;
     let cfg = client_config(&node.tls, expected).map_err(|e| e.to_string())?;
-    let connector = TlsConnector::from(cfg);
+    connect_site(
+        resolver,
+        &TlsConnector::from(cfg),
+        peer,
+        address,
+        Duration::from_secs(5),
+    )
+    .await
+}
+
+/// Resolves `address` and opens a TLS connection to site `peer` there with `connector` (whose
+/// verifier checks the peer's SPIFFE ID), trying each resolved address in turn. Errors say
+/// which address failed and why, in plain words.
+pub async fn connect_site(
+    resolver: &TokioResolver,
+    connector: &TlsConnector,
+    peer: &str,
+    address: &str,
+    connect_timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let addrs = resolve(resolver, address).await?;
     let name = ServerName::try_from(format!("{peer}.site.multimesh.invalid"))
         .map_err(|e| e.to_string())?;
     let mut last = String::new();
     for a in addrs {
-        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(a)).await {
+        match tokio::time::timeout(connect_timeout, TcpStream::connect(a)).await {
             Ok(Ok(tcp)) => {
                 let _ = tcp.set_nodelay(true);
                 return match tokio::time::timeout(
@@ -132,7 +151,8 @@ async fn connect_tls(
     Err(last)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its causes, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -141,6 +161,26 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// A gRPC channel over one already-open TLS connection. It is never redialled: when the
+/// connection breaks, the channel fails and the caller dials again (re-resolving, re-verifying).
+pub async fn channel_over(
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+) -> Result<tonic::transport::Channel, String> {
+    let slot = Arc::new(std::sync::Mutex::new(Some(tls)));
+    tonic::transport::Endpoint::from_static("http://peer.invalid")
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .connect_with_connector(tower::service_fn(move |_| {
+            let s = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            async move {
+                s.map(TokioIo::new)
+                    .ok_or_else(|| std::io::Error::other("connection already used; redial"))
+            }
+        }))
+        .await
+        .map_err(|e| error_chain(&e))
 }
 
 /// Opens one session with `peer` over a fresh connection and runs it to its end.
@@ -153,19 +193,7 @@ async fn dial_once(
     let tls = connect_tls(node, resolver, peer, address).await?;
     // The connector hands over the one connection made above; tonic would only call it again
     // to reconnect, which this dialer does itself.
-    let slot = Arc::new(std::sync::Mutex::new(Some(tls)));
-    let channel = tonic::transport::Endpoint::from_static("http://peer.invalid")
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .connect_with_connector(tower::service_fn(move |_| {
-            let s = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-            async move {
-                s.map(TokioIo::new)
-                    .ok_or_else(|| std::io::Error::other("connection already used; redial"))
-            }
-        }))
-        .await
-        .map_err(|e| error_chain(&e))?;
+    let channel = channel_over(tls).await?;
     let max = node.settings.max_message_bytes;
     let mut client = CatalogSyncClient::new(channel)
         .max_decoding_message_size(max)

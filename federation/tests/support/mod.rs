@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use federation::identity::{self, Pair, SiteId, Validity};
+use federation::identity::SiteId;
 use federation::tls::{SiteTls, client_config};
 use hyper_util::rt::TokioIo;
 use multimesh_proto::admin::v1 as api;
@@ -20,70 +20,9 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
-pub const TD: &str = "multimesh.test";
-
-/// A fresh folder for one test; kept (and its path printed) when MULTIMESH_KEEP_TEST_DIRS is
-/// set, to read the daemons' logs after a failure.
-pub fn test_dir() -> tempfile::TempDir {
-    let mut d = tempfile::Builder::new()
-        .prefix("multimesh-test-")
-        .tempdir()
-        .unwrap();
-    if std::env::var_os("MULTIMESH_KEEP_TEST_DIRS").is_some() {
-        eprintln!("test folder kept: {}", d.path().display());
-        d.disable_cleanup(true);
-    }
-    d
-}
-
-/// A federation CA and the site certificates issued from it.
-pub struct Pki {
-    pub dir: PathBuf,
-    pub ca: Pair,
-}
-
-impl Pki {
-    pub fn new(dir: &Path) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let ca = identity::init_ca(TD, 1).unwrap();
-        identity::write_file(&dir.join("ca.pem"), &ca.cert_pem, false).unwrap();
-        Self {
-            dir: dir.to_path_buf(),
-            ca,
-        }
-    }
-
-    /// Issues `site`'s certificate with the given validity; returns (cert, key) paths.
-    pub fn issue_with(&self, site: &str, validity: Validity) -> (PathBuf, PathBuf) {
-        let id = SiteId::new(TD, site).unwrap();
-        let pair = identity::issue_site(&self.ca, &id, validity).unwrap();
-        let (c, k) = (
-            self.dir.join(format!("{site}.pem")),
-            self.dir.join(format!("{site}-key.pem")),
-        );
-        identity::write_file(&c, &pair.cert_pem, false).unwrap();
-        identity::write_file(&k, &pair.key_pem, true).unwrap();
-        (c, k)
-    }
-
-    pub fn issue(&self, site: &str) -> (PathBuf, PathBuf) {
-        self.issue_with(site, Validity::days(1))
-    }
-
-    pub fn site_tls(&self, site: &str) -> SiteTls {
-        let (c, k) = self.issue(site);
-        self.tls_from(&c, &k)
-    }
-
-    pub fn tls_from(&self, cert: &Path, key: &Path) -> SiteTls {
-        SiteTls::new(
-            identity::read_certs(&self.dir.join("ca.pem")).unwrap(),
-            identity::read_certs(cert).unwrap(),
-            identity::read_key(key).unwrap(),
-        )
-        .unwrap()
-    }
-}
+#[path = "common.rs"]
+mod common;
+pub use common::*;
 
 /// How one site is set up.
 #[derive(Clone, Default)]
@@ -321,22 +260,6 @@ impl Site {
 impl Drop for Site {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// Polls `f` until it returns true or `secs` pass.
-pub async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if f().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

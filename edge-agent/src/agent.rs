@@ -1,0 +1,335 @@
+//! The agent's shared state, and the two ways a call leaves it: to a local workload, or to
+//! another site's edge agent over the pooled mTLS HTTP/2 link.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use federation::model::Protocol;
+use federation::tls::SiteTls;
+use http::header::HeaderValue;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tracing::{info, warn};
+
+use crate::balance::{Candidate, Change, Health};
+use crate::config::AgentConfig;
+use crate::http::{self as h, Body};
+use crate::metrics::Metrics;
+use crate::peers::PeerPool;
+use crate::routes::{Destination, RouteTable, ServiceKey, ServiceRoute};
+
+/// Why a call could not be sent (the request was not consumed unless `sent`).
+#[derive(Debug)]
+pub struct SendError {
+    /// Plain-words reason.
+    pub reason: String,
+    /// The error response to give the caller.
+    pub status: StatusCode,
+    /// Short machine-readable reason.
+    pub code: &'static str,
+}
+
+/// A running agent's shared state.
+pub struct Agent {
+    /// The config.
+    pub config: AgentConfig,
+    routes: RwLock<Arc<RouteTable>>,
+    routes_loaded: AtomicBool,
+    /// Outlier detection state.
+    pub health: Health,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Links to other sites.
+    pub pool: PeerPool,
+    h1: Client<HttpConnector, Body>,
+    h2c: Client<HttpConnector, Body>,
+    /// Whether an edge node's link to its parent is up.
+    pub parent_up: AtomicBool,
+}
+
+impl Agent {
+    /// Builds the state; routes start empty until [`Agent::set_routes`].
+    pub fn new(config: AgentConfig, tls: Arc<SiteTls>) -> Self {
+        let connect_timeout = Duration::from_millis(config.limits.connect_timeout_ms);
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(connect_timeout));
+        let h1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(conn.clone());
+        let h2c = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .http2_initial_stream_window_size(1 << 20)
+            .http2_initial_connection_window_size(8 << 20)
+            .build(conn);
+        let pool = PeerPool::new(tls, &config.trust_domain, connect_timeout);
+        Self {
+            health: Health::new(config.outlier),
+            config,
+            routes: RwLock::new(Arc::new(RouteTable::default())),
+            routes_loaded: AtomicBool::new(false),
+            metrics: Metrics::default(),
+            pool,
+            h1,
+            h2c,
+            parent_up: AtomicBool::new(false),
+        }
+    }
+
+    /// This site's name.
+    pub fn site(&self) -> &str {
+        &self.config.site
+    }
+
+    /// The current route table (calls keep the table they started with).
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Swaps in a new route table.
+    pub fn set_routes(&self, table: RouteTable) {
+        info!(
+            version = %table.version,
+            services = table.len(),
+            "route table applied"
+        );
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        self.routes_loaded.store(true, Ordering::Release);
+        self.metrics
+            .route_updates
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Ready to serve: routes loaded, and (on an edge node) the parent link up.
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if !self.routes_loaded.load(Ordering::Acquire) {
+            return Err("no route table yet");
+        }
+        if self.config.parent.is_some() && !self.parent_up.load(Ordering::Acquire) {
+            return Err("parent link down");
+        }
+        Ok(())
+    }
+
+    /// Resolves a split on `key` (weighted by `roll`) to the service actually called.
+    pub fn resolve<'t>(
+        &self,
+        table: &'t RouteTable,
+        key: &ServiceKey,
+        roll: u64,
+    ) -> Option<&'t ServiceRoute> {
+        if let Some(backends) = table.split(key) {
+            let total: u64 = backends.iter().map(|(_, w)| u64::from(*w)).sum();
+            let mut x = roll % total.max(1);
+            for (b, w) in backends {
+                let w = u64::from(*w);
+                if x < w {
+                    return table.service(b);
+                }
+                x -= w;
+            }
+        }
+        table.service(key)
+    }
+
+    /// Picks the destination site for a call to `route`, skipping `tried` sites.
+    pub fn pick<'r>(
+        &self,
+        route: &'r ServiceRoute,
+        service: &str,
+        tried: &[&str],
+        roll: u64,
+    ) -> Option<&'r Destination> {
+        let now = Instant::now();
+        let own = self.site();
+        if route.prefer_local
+            && !tried.contains(&own)
+            && let Some(local) = route.destinations.iter().find(|d| d.site == own)
+            && !self.health.is_ejected(service, own, now)
+        {
+            return Some(local);
+        }
+        let cands: Vec<Candidate<'_>> = route
+            .destinations
+            .iter()
+            .map(|d| Candidate {
+                site: &d.site,
+                weight: d.weight,
+            })
+            .collect();
+        let site = self.health.pick(service, &cands, tried, now, roll)?;
+        route.destinations.iter().find(|d| d.site == site)
+    }
+
+    /// Records a call's outcome for outlier detection, logging ejections and recoveries.
+    pub fn record(&self, service: &str, site: &str, ok: bool) {
+        match self.health.record(service, site, ok, Instant::now()) {
+            Change::None => {}
+            Change::Ejected(d) => {
+                warn!(
+                    service,
+                    destination = site,
+                    ejected_for_ms = d.as_millis() as u64,
+                    "destination ejected after consecutive failures"
+                );
+                self.metrics.ejection(service, site);
+            }
+            Change::Recovered => info!(service, destination = site, "destination healthy again"),
+        }
+    }
+
+    /// The site whose link carries calls to `d`, and that link's addresses: the parent on an
+    /// edge node, the relay for a destination behind one, else the destination itself.
+    pub fn link_for<'a>(&'a self, d: &'a Destination) -> (&'a str, Vec<String>) {
+        if let Some(p) = &self.config.parent {
+            return (&p.site, vec![p.address.clone()]);
+        }
+        match &d.via {
+            Some(v) => (v, d.addresses.clone()),
+            None => (&d.site, d.addresses.clone()),
+        }
+    }
+
+    /// Sends a call to another site's edge agent for `authority` (the service host and port).
+    pub async fn send_remote(
+        &self,
+        d: &Destination,
+        authority: &Authority,
+        head: &Head,
+        body: &mut Option<Body>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let (link, addresses) = self.link_for(d);
+        let mut send = self
+            .pool
+            .get(link, &addresses)
+            .await
+            .map_err(|reason| SendError {
+                reason,
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "site-unreachable",
+            })?;
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTPS)
+            .authority(authority.clone())
+            .path_and_query(head.path.clone())
+            .build()
+            .map_err(|e| SendError {
+                reason: e.to_string(),
+                status: StatusCode::BAD_REQUEST,
+                code: "bad-request",
+            })?;
+        let mut req = Request::new(body.take().unwrap_or_else(h::empty));
+        *req.method_mut() = head.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_2;
+        *req.headers_mut() = head.headers.clone();
+        if let Ok(v) = HeaderValue::from_str(&d.site) {
+            req.headers_mut().insert(h::SITE, v);
+        }
+        self.timed(send.send_request(req)).await
+    }
+
+    /// Sends a call to a workload of this site at `upstream` (`host:port`).
+    pub async fn send_local(
+        &self,
+        upstream: &str,
+        protocol: Protocol,
+        authority: &Authority,
+        head: &Head,
+        body: Body,
+    ) -> Result<Response<Incoming>, SendError> {
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(upstream)
+            .path_and_query(head.path.clone())
+            .build()
+            .map_err(|e| SendError {
+                reason: e.to_string(),
+                status: StatusCode::BAD_GATEWAY,
+                code: "bad-upstream",
+            })?;
+        let mut req = Request::new(body);
+        *req.method_mut() = head.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = head.headers.clone();
+        let client = match protocol {
+            Protocol::Http => {
+                *req.version_mut() = Version::HTTP_11;
+                if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                    req.headers_mut().insert(http::header::HOST, v);
+                }
+                &self.h1
+            }
+            _ => {
+                *req.version_mut() = Version::HTTP_2;
+                &self.h2c
+            }
+        };
+        self.timed(client.request(req)).await
+    }
+
+    async fn timed<F, E>(&self, f: F) -> Result<Response<Incoming>, SendError>
+    where
+        F: Future<Output = Result<Response<Incoming>, E>>,
+        E: std::error::Error,
+    {
+        let limit = Duration::from_millis(self.config.limits.request_timeout_ms);
+        match tokio::time::timeout(limit, f).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(SendError {
+                reason: error_chain(&e),
+                status: StatusCode::BAD_GATEWAY,
+                code: "upstream-failed",
+            }),
+            Err(_) => Err(SendError {
+                reason: format!("no response within {} ms", limit.as_millis()),
+                status: StatusCode::GATEWAY_TIMEOUT,
+                code: "timeout",
+            }),
+        }
+    }
+}
+
+/// The parts of a request needed to send it (again).
+pub struct Head {
+    /// Method.
+    pub method: Method,
+    /// Path and query.
+    pub path: PathAndQuery,
+    /// Headers, hop-by-hop ones removed.
+    pub headers: HeaderMap,
+}
+
+/// A response from upstream, with hop-by-hop headers removed and `served_by` added.
+pub fn relay_response(resp: Response<Incoming>, served_by: Option<&str>) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    h::strip_hop_by_hop(&mut parts.headers);
+    if let Some(site) = served_by
+        && let Ok(v) = HeaderValue::from_str(site)
+    {
+        parts.headers.insert(h::SERVED_BY, v);
+    }
+    Response::from_parts(parts, body.boxed())
+}
+
+/// An error with its causes, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,281 @@
+//! The edge agent's config file (TOML or YAML, by extension). Relative paths are resolved
+//! against the file's folder; every error names the offending field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use federation::config::TlsFiles;
+use federation::error::InvalidField;
+use federation::names;
+use serde::Deserialize;
+
+use crate::balance::OutlierSettings;
+
+/// One edge agent's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This site's name; the certificate must carry `spiffe://<trust_domain>/site/<site>`.
+    pub site: String,
+    /// The federation's trust domain.
+    pub trust_domain: String,
+    /// Certificate files (the site's identity).
+    pub tls: TlsFiles,
+    /// mTLS listener for peer sites' edge agents. Absent on an edge node (no inbound port).
+    #[serde(default)]
+    pub ingress: Option<SocketAddr>,
+    /// Plain HTTP listener for local callers (HTTP/1.1 and h2c, routed by
+    /// `x-multimesh-destination`, then `Host` / `:authority`).
+    #[serde(default)]
+    pub egress_http: Option<SocketAddr>,
+    /// Raw TCP listeners for local callers, one per remote service port.
+    #[serde(default)]
+    pub egress_tcp: Vec<TcpEgress>,
+    /// HTTP listener for `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
+    /// Where this site's own services listen.
+    #[serde(default)]
+    pub local: Vec<LocalService>,
+    /// Where routes come from.
+    pub routes: RouteSource,
+    /// Edge-node mode: dial out to this parent site only, and be reached back through that link.
+    #[serde(default)]
+    pub parent: Option<Parent>,
+    /// Outlier detection.
+    #[serde(default)]
+    pub outlier: OutlierSettings,
+    /// Timeouts, retries and limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Where the agent writes the addresses it bound (JSON), once it is serving.
+    #[serde(default)]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// A raw TCP egress listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpEgress {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Service name.
+    pub service: String,
+    /// Namespace.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// The service port to reach.
+    pub port: u16,
+}
+
+/// A service running on this site.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalService {
+    /// Service name.
+    pub name: String,
+    /// Namespace.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Ports: the service port and the `host:port` its workload listens on.
+    pub ports: Vec<LocalPort>,
+}
+
+/// One port of a local service.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalPort {
+    /// The service port (as callers name it).
+    pub port: u16,
+    /// Where the workload listens (`host:port`).
+    pub upstream: String,
+}
+
+/// Where routes come from: exactly one of a file (re-read when it changes) or the site's
+/// `federationd` (RouteDiscovery over mTLS).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSource {
+    /// A route file (YAML, JSON or TOML by extension).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// `host:port` of this site's federationd peer listener.
+    #[serde(default)]
+    pub federation: Option<String>,
+}
+
+/// The parent site of an edge node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Parent {
+    /// The parent's site name.
+    pub site: String,
+    /// Its edge agent's ingress `host:port`.
+    pub address: String,
+}
+
+/// Timeouts, retries and limits.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connecting to a peer edge or a local workload (ms).
+    pub connect_timeout_ms: u64,
+    /// Waiting for a response's headers (ms).
+    pub request_timeout_ms: u64,
+    /// Extra attempts on another site for idempotent requests without a body.
+    pub retries: u32,
+    /// Connections each listener serves at once; further callers wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 2_000,
+            request_timeout_ms: 15_000,
+            retries: 2,
+            max_connections: 4_096,
+            max_streams: 1_024,
+        }
+    }
+}
+
+fn default_namespace() -> String {
+    "default".to_string()
+}
+
+/// Errors loading the config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unreadable file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML/YAML for the schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A field failed validation.
+    #[error("{path}: {source}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The bad field.
+        source: InvalidField,
+    },
+}
+
+impl AgentConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        let parse = |message: String| ConfigError::Parse {
+            path: p.clone(),
+            message,
+        };
+        let mut cfg: AgentConfig = match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => {
+                serde_yaml::from_str(&text).map_err(|e| parse(e.to_string()))?
+            }
+            _ => toml::from_str(&text).map_err(|e| parse(e.to_string()))?,
+        };
+        cfg.validate().map_err(|source| ConfigError::Invalid {
+            path: p.clone(),
+            source,
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let abs = |f: &mut PathBuf| {
+            if f.is_relative() {
+                *f = dir.join(&*f);
+            }
+        };
+        abs(&mut cfg.tls.ca);
+        abs(&mut cfg.tls.cert);
+        abs(&mut cfg.tls.key);
+        if let Some(f) = cfg.routes.file.as_mut() {
+            abs(f);
+        }
+        if let Some(f) = cfg.ready_file.as_mut() {
+            abs(f);
+        }
+        Ok(cfg)
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        names::dns_label("site", &self.site)?;
+        names::trust_domain("trust_domain", &self.trust_domain)?;
+        match (&self.routes.file, &self.routes.federation) {
+            (Some(_), None) => {}
+            (None, Some(a)) => names::host_port("routes.federation", a)?,
+            _ => {
+                return Err(InvalidField::new(
+                    "routes",
+                    "",
+                    "must set exactly one of `file` and `federation`",
+                ));
+            }
+        }
+        for (i, l) in self.local.iter().enumerate() {
+            let at = |e: InvalidField| e.within(&format!("local[{i}]"));
+            names::dns_label("name", &l.name).map_err(at)?;
+            names::dns_label("namespace", &l.namespace).map_err(at)?;
+            if l.ports.is_empty() {
+                return Err(at(InvalidField::new("ports", "[]", "must list a port")));
+            }
+            for (j, p) in l.ports.iter().enumerate() {
+                names::host_port(&format!("ports[{j}].upstream"), &p.upstream).map_err(at)?;
+            }
+        }
+        for (i, t) in self.egress_tcp.iter().enumerate() {
+            let at = |e: InvalidField| e.within(&format!("egress_tcp[{i}]"));
+            names::dns_label("service", &t.service).map_err(at)?;
+            names::dns_label("namespace", &t.namespace).map_err(at)?;
+        }
+        if let Some(p) = &self.parent {
+            names::dns_label("parent.site", &p.site)?;
+            names::host_port("parent.address", &p.address)?;
+            if self.ingress.is_some() {
+                return Err(InvalidField::new(
+                    "ingress",
+                    "",
+                    "must be absent on an edge node (`parent` is set): it is reached through its \
+                     outbound link",
+                ));
+            }
+        }
+        if self.limits.max_connections == 0 || self.limits.max_streams == 0 {
+            return Err(InvalidField::new(
+                "limits",
+                "0",
+                "max_connections and max_streams must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The upstream address of a local service port.
+    pub fn upstream(&self, namespace: &str, name: &str, port: u16) -> Option<&str> {
+        self.local
+            .iter()
+            .find(|l| l.name == name && l.namespace == namespace)?
+            .ports
+            .iter()
+            .find(|p| p.port == port)
+            .map(|p| p.upstream.as_str())
+    }
+}

@@ -1,0 +1,236 @@
+//! Egress: calls from this site's workloads to services elsewhere. HTTP calls are routed by
+//! `x-multimesh-destination`, else `Host` / `:authority`; TCP by the listener's service port.
+//! A site is chosen by weight among healthy ones; failures count toward ejection, and
+//! idempotent calls without a body are retried on another site.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use http::uri::{Authority, PathAndQuery};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use crate::agent::{Agent, Head, SendError, relay_response};
+use crate::http::{self as h, Body, error_response};
+use crate::metrics::Direction;
+use crate::routes::{ServiceKey, parse_host};
+use crate::tunnel;
+
+/// The host a local caller asked for.
+fn destination_of<B>(req: &Request<B>) -> Option<&str> {
+    if let Some(v) = req.headers().get(h::DESTINATION) {
+        return v.to_str().ok();
+    }
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str());
+    }
+    req.headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Handles one call from a local workload.
+pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let Some(raw) = destination_of(&req) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "no-destination",
+            "the call names no service: set Host or x-multimesh-destination".into(),
+        );
+    };
+    let Some(target) = parse_host(raw) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "bad-destination",
+            format!("destination {raw:?} is not NAME.NAMESPACE.svc.clusterset.local[:PORT]"),
+        );
+    };
+    let table = agent.table();
+    let Some(route) = agent.resolve(&table, &target.service, rand::random()) else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "unknown-service",
+            format!("no route for {}", target.service),
+        );
+    };
+    let key = route.key();
+    let service = key.to_string();
+    let Some(port) = route.port(target.port) else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "unknown-port",
+            format!("{service} has no port {:?}", target.port),
+        );
+    };
+    if req.method() == Method::CONNECT {
+        return error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "connect-refused",
+            "CONNECT is not offered to local callers; use a TCP egress port".into(),
+        );
+    }
+    let authority = match Authority::try_from(format!("{}:{}", key.host(), port.port)) {
+        Ok(a) => a,
+        Err(e) => {
+            return error_response(StatusCode::BAD_REQUEST, "bad-destination", e.to_string());
+        }
+    };
+    let (mut parts, body) = req.into_parts();
+    h::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(h::DESTINATION);
+    let retryable = h::idempotent(&parts.method) && body.is_end_stream();
+    let head = Head {
+        method: parts.method,
+        path: parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        headers: parts.headers,
+    };
+    let mut body: Option<Body> = Some(body.boxed());
+    let mut tried: Vec<String> = Vec::new();
+    let max_sent = 1 + if retryable {
+        agent.config.limits.retries
+    } else {
+        0
+    };
+    let mut sent = 0;
+    let mut last_error: Option<SendError> = None;
+    let mut last_failed: Option<Response<Incoming>> = None;
+    loop {
+        let tried_refs: Vec<&str> = tried.iter().map(String::as_str).collect();
+        let Some(dest) = agent.pick(route, &service, &tried_refs, rand::random()) else {
+            break;
+        };
+        let site = dest.site.clone();
+        tried.push(site.clone());
+        let result = if site == agent.site() {
+            match agent.config.upstream(&key.namespace, &key.name, port.port) {
+                Some(up) => {
+                    sent += 1;
+                    let b = body.take().unwrap_or_else(h::empty);
+                    agent
+                        .send_local(up, port.protocol, &authority, &head, b)
+                        .await
+                }
+                None => Err(SendError {
+                    reason: format!("{service} port {} has no local upstream", port.port),
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "no-local-endpoint",
+                }),
+            }
+        } else {
+            let had_body = body.is_some();
+            let r = agent.send_remote(dest, &authority, &head, &mut body).await;
+            if had_body && body.is_none() {
+                sent += 1;
+            }
+            r
+        };
+        // Another site may be tried when nothing was sent (connect failure), or when the call
+        // may be repeated and the retry budget allows.
+        let may_retry = body.is_some() || (retryable && sent < max_sent);
+        match result {
+            Ok(resp) => {
+                let status = resp.status();
+                let failed = h::is_failure(status);
+                agent.record(&service, &site, !failed);
+                agent.metrics.call(
+                    Direction::Egress,
+                    &service,
+                    &site,
+                    Some(status.as_u16()),
+                    start.elapsed(),
+                );
+                if failed && retryable && sent < max_sent {
+                    debug!(service = %service, destination = %site, %status, "retrying on another site");
+                    agent.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    last_failed = Some(resp);
+                    continue;
+                }
+                return relay_response(resp, None);
+            }
+            Err(e) => {
+                agent.record(&service, &site, false);
+                warn!(service = %service, destination = %site, error = %e.reason, "call failed");
+                last_error = Some(e);
+                if !may_retry {
+                    break;
+                }
+                if sent > 0 {
+                    agent.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    if let Some(resp) = last_failed {
+        return relay_response(resp, None);
+    }
+    let (status, code, reason) = match last_error {
+        Some(e) => (e.status, e.code, e.reason),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-destination-site",
+            format!("no site serves {service}"),
+        ),
+    };
+    agent.metrics.call(
+        Direction::Egress,
+        &service,
+        tried.last().map_or("none", String::as_str),
+        None,
+        start.elapsed(),
+    );
+    error_response(status, code, format!("{service}: {reason}"))
+}
+
+/// Carries one local TCP connection to `key`:`port`, choosing a site as for HTTP; a site that
+/// cannot be reached is skipped (nothing has been sent yet), later failures end the connection.
+pub async fn tcp(agent: Arc<Agent>, mut client: TcpStream, key: ServiceKey, port: u16) {
+    let table = agent.table();
+    let Some(route) = agent.resolve(&table, &key, rand::random()) else {
+        warn!(service = %key, "TCP egress: no route");
+        return;
+    };
+    let key = route.key();
+    let service = key.to_string();
+    let mut tried: Vec<String> = Vec::new();
+    loop {
+        let tried_refs: Vec<&str> = tried.iter().map(String::as_str).collect();
+        let Some(dest) = agent.pick(route, &service, &tried_refs, rand::random()) else {
+            warn!(service = %service, tried = ?tried, "TCP egress: no reachable site");
+            return;
+        };
+        tried.push(dest.site.clone());
+        let start = Instant::now();
+        let opened = if dest.site == agent.site() {
+            tunnel::open_local(&agent, &key, port).await
+        } else {
+            tunnel::open_remote(&agent, dest, &key, port).await
+        };
+        match opened {
+            Ok(mut upstream) => {
+                agent.record(&service, &dest.site, true);
+                agent.metrics.call(
+                    Direction::Egress,
+                    &service,
+                    &dest.site,
+                    Some(200),
+                    start.elapsed(),
+                );
+                tunnel::splice(&agent, &mut client, &mut upstream).await;
+                return;
+            }
+            Err(e) => {
+                agent.record(&service, &dest.site, false);
+                warn!(service = %service, destination = %dest.site, error = %e, "TCP egress: cannot open tunnel");
+            }
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! Ingress: calls from other sites. The mTLS handshake proves the calling site (SPIFFE ID
+//! under the federation CA); each call is then admitted by the service's consumer scope and
+//! forwarded to the local workload, or relayed to/from an edge node this site parents.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use federation::identity::site_id_of;
+use federation::tls::{
+    SiteTls, any_site_server_config, describe_handshake_error, handshake_failure_kind,
+};
+use http::header::HeaderValue;
+use http::uri::{Authority, PathAndQuery};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::agent::{Agent, Head, relay_response};
+use crate::http::{self as h, Body, error_response};
+use crate::metrics::Direction;
+use crate::peers::{ALPN_H2, ALPN_REVERSE};
+use crate::routes::parse_host;
+use crate::tunnel;
+
+/// On calls relayed by a parent to its edge node: the site that made the call.
+pub const SOURCE: http::header::HeaderName =
+    http::header::HeaderName::from_static("x-multimesh-source-site");
+
+/// Who is calling, as proven by the connection.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The calling site (from its certificate).
+    pub site: String,
+    /// The connection is this edge node's link from its parent (calls may carry the original
+    /// caller in `x-multimesh-source-site`).
+    pub from_parent: bool,
+}
+
+/// HTTP/2 server settings for edge links.
+pub fn h2_server(agent: &Agent) -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_concurrent_streams(agent.config.limits.max_streams)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(8 << 20)
+        .max_frame_size(64 << 10)
+        .enable_connect_protocol()
+        .keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5));
+    b
+}
+
+/// Accepts peer connections until `shutdown`.
+pub async fn serve(
+    agent: Arc<Agent>,
+    tls: Arc<SiteTls>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let cfg = any_site_server_config(
+        &tls,
+        &agent.config.trust_domain,
+        vec![ALPN_H2.to_vec(), ALPN_REVERSE.to_vec()],
+    )
+    .map_err(|e| e.to_string())?;
+    let acceptor = TlsAcceptor::from(cfg);
+    let slots = Arc::new(Semaphore::new(agent.config.limits.max_connections));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return Ok(()) },
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        let (tcp, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { warn!(error = %e, "ingress accept failed"); continue; }
+            },
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        let agent = agent.clone();
+        let acceptor = acceptor.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tcp.set_nodelay(true);
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    let kind = handshake_failure_kind(&e);
+                    agent.metrics.tls_failure("ingress", kind);
+                    warn!(peer_addr = %addr, reason = %describe_handshake_error(&e), "ingress refused a connection");
+                    return;
+                }
+                Err(_) => {
+                    agent.metrics.tls_failure("ingress", "timeout");
+                    warn!(peer_addr = %addr, "ingress TLS handshake timed out");
+                    return;
+                }
+            };
+            let (_, conn) = tls.get_ref();
+            let site = match conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(site_id_of)
+            {
+                Some(Ok(id)) => id.site,
+                _ => {
+                    warn!(peer_addr = %addr, "ingress: peer certificate without a site ID");
+                    return;
+                }
+            };
+            if conn.alpn_protocol() == Some(ALPN_REVERSE) {
+                if let Err(e) = agent.pool.adopt_child(&site, tls).await {
+                    warn!(peer = %site, error = %e, "edge node link refused");
+                }
+                return;
+            }
+            let caller = Caller {
+                site: site.clone(),
+                from_parent: false,
+            };
+            debug!(peer = %site, peer_addr = %addr, "ingress connection");
+            serve_link(agent, tls, caller, shutdown)
+                .instrument(info_span!("ingress", peer = %site))
+                .await;
+        });
+    }
+}
+
+/// Serves calls arriving on one authenticated link until it closes or `shutdown`.
+pub async fn serve_link<S>(agent: Arc<Agent>, io: S, caller: Caller, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    agent.metrics.active_ingress.fetch_add(1, Ordering::Relaxed);
+    let svc_agent = agent.clone();
+    let service = service_fn(move |req| {
+        let agent = svc_agent.clone();
+        let caller = caller.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(agent, caller, req).await) }
+    });
+    let conn = h2_server(&agent).serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "ingress link ended") },
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
+    agent.metrics.active_ingress.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Handles one call from another site.
+pub async fn handle(
+    agent: Arc<Agent>,
+    caller: Caller,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let start = Instant::now();
+    // The original caller: only a parent may speak for another site.
+    let source = match req.headers().get(SOURCE).and_then(|v| v.to_str().ok()) {
+        Some(s) if caller.from_parent => s.to_string(),
+        _ => caller.site.clone(),
+    };
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(h::DESTINATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        });
+    let Some(target) = raw.as_deref().and_then(parse_host) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "bad-destination",
+            format!("destination {raw:?} is not NAME.NAMESPACE.svc.clusterset.local:PORT"),
+        );
+    };
+    let for_site = req
+        .headers()
+        .get(h::SITE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(site) = for_site.filter(|s| s != agent.site()) {
+        return relay(agent, &caller, &source, &site, req).await;
+    }
+    let table = agent.table();
+    let key = target.service.clone();
+    let service = key.to_string();
+    let Some(route) = table.service(&key) else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "not-exported",
+            format!("{service} is not served by site {}", agent.site()),
+        );
+    };
+    if !route.admits(&source) {
+        warn!(service = %service, caller = %source, "ingress: caller outside the service's consumer scope");
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "scope",
+            format!("site {source} may not call {service}"),
+        );
+    }
+    let Some(port) = route.port(target.port) else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "unknown-port",
+            format!("{service} has no port {:?}", target.port),
+        );
+    };
+    let port_no = port.port;
+    let protocol = port.protocol;
+    if req.method() == Method::CONNECT {
+        let upstream = match tunnel::open_local(&agent, &key, port_no).await {
+            Ok(u) => u,
+            Err(e) => {
+                warn!(service = %service, error = %e, "ingress: tunnel upstream unreachable");
+                return error_response(StatusCode::BAD_GATEWAY, "upstream-failed", e);
+            }
+        };
+        return accept_tunnel(agent, req, upstream, service, start);
+    }
+    let Some(upstream) = agent.config.upstream(&key.namespace, &key.name, port_no) else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-local-endpoint",
+            format!(
+                "{service} port {port_no} has no local upstream at site {}",
+                agent.site()
+            ),
+        );
+    };
+    let authority = match Authority::try_from(format!("{}:{port_no}", key.host())) {
+        Ok(a) => a,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad-destination", e.to_string()),
+    };
+    let head = take_head(&mut req);
+    let body = req.into_body().boxed();
+    let result = agent
+        .send_local(upstream, protocol, &authority, &head, body)
+        .await;
+    let status = result.as_ref().ok().map(|r| r.status().as_u16());
+    agent.metrics.call(
+        Direction::Ingress,
+        &service,
+        &source,
+        status,
+        start.elapsed(),
+    );
+    match result {
+        Ok(resp) => relay_response(resp, Some(agent.site())),
+        Err(e) => {
+            warn!(service = %service, caller = %source, error = %e.reason, "ingress: upstream failed");
+            error_response(e.status, e.code, format!("{service}: {}", e.reason))
+        }
+    }
+}
+
+fn take_head(req: &mut Request<Incoming>) -> Head {
+    let mut headers = std::mem::take(req.headers_mut());
+    h::strip_hop_by_hop(&mut headers);
+    headers.remove(h::SITE);
+    headers.remove(SOURCE);
+    Head {
+        method: req.method().clone(),
+        path: req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        headers,
+    }
+}
+
+/// Answers a CONNECT with 200 and splices the tunnel to `upstream` once upgraded.
+fn accept_tunnel(
+    agent: Arc<Agent>,
+    mut req: Request<Incoming>,
+    mut upstream: Box<dyn tunnel::Io>,
+    service: String,
+    start: Instant,
+) -> Response<Body> {
+    let upgrade = hyper::upgrade::on(&mut req);
+    let a = agent.clone();
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(up) => {
+                let mut io = TokioIo::new(up);
+                tunnel::splice(&a, &mut io, &mut upstream).await;
+            }
+            Err(e) => debug!(service = %service, error = %e, "tunnel upgrade failed"),
+        }
+    });
+    agent.metrics.call(
+        Direction::Ingress,
+        &req_service(&req),
+        "tunnel",
+        Some(200),
+        start.elapsed(),
+    );
+    let mut r = Response::new(h::empty());
+    if let Ok(v) = HeaderValue::from_str(agent.site()) {
+        r.headers_mut().insert(h::SERVED_BY, v);
+    }
+    r
+}
+
+fn req_service<B>(req: &Request<B>) -> String {
+    req.uri()
+        .authority()
+        .and_then(|a| parse_host(a.as_str()))
+        .map_or_else(|| "unknown".to_string(), |t| t.service.to_string())
+}
+
+/// Relays a call meant for another site: from a parent into its edge node, or from an edge
+/// node out to the rest of the federation. Anything else is refused (no open relay).
+async fn relay(
+    agent: Arc<Agent>,
+    caller: &Caller,
+    source: &str,
+    site: &str,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let start = Instant::now();
+    let into_child = agent.pool.has_child(site);
+    let from_child = agent.pool.has_child(&caller.site);
+    if !into_child && !from_child {
+        warn!(caller = %caller.site, target_site = site, "ingress: relay refused");
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "relay-refused",
+            format!(
+                "site {} does not relay calls from {} to {site}",
+                agent.site(),
+                caller.site
+            ),
+        );
+    }
+    let service = req_service(&req);
+    // The link to use: the child's own, or the destination site's as the route table says.
+    let (link, addresses) = if into_child {
+        (site.to_string(), Vec::new())
+    } else {
+        let table = agent.table();
+        let dest = req
+            .uri()
+            .authority()
+            .and_then(|a| parse_host(a.as_str()))
+            .and_then(|t| table.service(&t.service).cloned())
+            .and_then(|r| r.destinations.into_iter().find(|d| d.site == site));
+        match dest {
+            Some(d) => {
+                let (l, a) = agent.link_for(&d);
+                (l.to_string(), a)
+            }
+            None => {
+                return error_response(
+                    StatusCode::NOT_FOUND,
+                    "unknown-service",
+                    format!("no route to {service} at site {site}"),
+                );
+            }
+        }
+    };
+    let mut send = match agent.pool.get(&link, &addresses).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(service = %service, target_site = site, error = %e, "relay: link down");
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, "site-unreachable", e);
+        }
+    };
+    if req.method() == Method::CONNECT {
+        let authority = req.uri().to_string();
+        let upstream = match tunnel::connect_over(&agent, send, site, &authority).await {
+            Ok(u) => u,
+            Err(e) => return error_response(StatusCode::BAD_GATEWAY, "upstream-failed", e),
+        };
+        return accept_tunnel(agent, req, upstream, service, start);
+    }
+    if let Ok(v) = HeaderValue::from_str(source) {
+        req.headers_mut().insert(SOURCE, v);
+    }
+    let (mut parts, body) = req.into_parts();
+    h::strip_hop_by_hop(&mut parts.headers);
+    let fwd = Request::from_parts(parts, body.boxed());
+    let limit = Duration::from_millis(agent.config.limits.request_timeout_ms);
+    let result = tokio::time::timeout(limit, send.send_request(fwd)).await;
+    let status = match &result {
+        Ok(Ok(r)) => Some(r.status().as_u16()),
+        _ => None,
+    };
+    agent
+        .metrics
+        .call(Direction::Ingress, &service, site, status, start.elapsed());
+    match result {
+        Ok(Ok(resp)) => {
+            info!(service = %service, caller = %source, target_site = site, "relayed");
+            relay_response(resp, None)
+        }
+        Ok(Err(e)) => error_response(
+            StatusCode::BAD_GATEWAY,
+            "relay-failed",
+            crate::agent::error_chain(&e),
+        ),
+        Err(_) => error_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "relay timed out".into(),
+        ),
+    }
+}

@@ -1,0 +1,19 @@
+//! The multimesh edge agent: the cross-site data plane.
+//!
+//! Pure core: [`routes`] (the route table and host parsing) and [`balance`] (weighted choice
+//! and outlier detection). I/O at the edges: [`peers`] (one HTTP/2-over-mTLS link per site),
+//! [`egress`] and [`ingress`] (the two proxy directions), [`tunnel`] (TCP over HTTP/2
+//! CONNECT), [`feed`] (route file or federationd watch), [`serve`] (listeners and wiring).
+
+pub mod agent;
+pub mod balance;
+pub mod config;
+pub mod egress;
+pub mod feed;
+pub mod http;
+pub mod ingress;
+pub mod metrics;
+pub mod peers;
+pub mod routes;
+pub mod serve;
+pub mod tunnel;

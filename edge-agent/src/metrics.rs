@@ -1,0 +1,248 @@
+//! Prometheus metrics of the agent, rendered in the text exposition format on `/metrics`.
+//!
+//! Hand-rolled rather than a registry crate: a handful of families, one short lock per
+//! request, no allocation on the hot path once a (direction, service, site) series exists.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Latency buckets (seconds).
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Which side of the agent handled a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    /// A local caller's call leaving the site.
+    Egress,
+    /// A peer site's call arriving.
+    Ingress,
+}
+
+impl Direction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::Egress => "egress",
+            Direction::Ingress => "ingress",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Series {
+    /// Responses by status class (index 1..=5); index 0 counts calls that got no response.
+    by_class: [u64; 6],
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// The agent's metrics.
+#[derive(Default)]
+pub struct Metrics {
+    calls: Mutex<BTreeMap<(Direction, String, String), Series>>,
+    tls_failures: Mutex<BTreeMap<(&'static str, String), u64>>,
+    ejections: Mutex<BTreeMap<(String, String), u64>>,
+    /// Open connections per listener: egress, ingress, tcp.
+    pub active_egress: AtomicI64,
+    /// Open peer connections accepted by ingress.
+    pub active_ingress: AtomicI64,
+    /// Open TCP tunnels.
+    pub active_tunnels: AtomicI64,
+    /// Retries sent to another site.
+    pub retries: AtomicU64,
+    /// Route tables applied.
+    pub route_updates: AtomicU64,
+    /// Route tables refused.
+    pub route_rejects: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Metrics {
+    /// Records one call: `status` is `None` when no response came back.
+    pub fn call(
+        &self,
+        dir: Direction,
+        service: &str,
+        site: &str,
+        status: Option<u16>,
+        took: Duration,
+    ) {
+        let secs = took.as_secs_f64();
+        let mut calls = lock(&self.calls);
+        let key = (dir, service.to_string(), site.to_string());
+        let s = calls.entry(key).or_default();
+        let class = status.map_or(0, |c| usize::from(c / 100).clamp(1, 5));
+        s.by_class[class] += 1;
+        s.count += 1;
+        s.sum += secs;
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            s.buckets[i] += 1;
+        }
+    }
+
+    /// Records a failed TLS handshake on `listener`.
+    pub fn tls_failure(&self, listener: &'static str, reason: &str) {
+        *lock(&self.tls_failures)
+            .entry((listener, reason.to_string()))
+            .or_default() += 1;
+    }
+
+    /// Records an ejection.
+    pub fn ejection(&self, service: &str, site: &str) {
+        *lock(&self.ejections)
+            .entry((service.to_string(), site.to_string()))
+            .or_default() += 1;
+    }
+
+    /// Calls recorded for (direction, service, site) that got a response, by site — for tests
+    /// and the status page.
+    pub fn calls_by_site(&self, dir: Direction, service: &str) -> BTreeMap<String, u64> {
+        lock(&self.calls)
+            .iter()
+            .filter(|((d, s, _), _)| *d == dir && s == service)
+            .map(|((_, _, site), v)| (site.clone(), v.count))
+            .collect()
+    }
+
+    /// The text exposition. `ejected` lists the currently ejected (service, site) pairs.
+    pub fn render(&self, site: &str, ejected: &[(String, String)], routes: usize) -> String {
+        let mut o = String::new();
+        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(
+            o,
+            "# HELP multimesh_edge_requests_total Calls handled, by direction, service, destination site and status class.\n# TYPE multimesh_edge_requests_total counter"
+        );
+        let calls = lock(&self.calls);
+        for ((d, svc, dst), s) in calls.iter() {
+            for (i, n) in s.by_class.iter().enumerate() {
+                if *n == 0 {
+                    continue;
+                }
+                let class = if i == 0 {
+                    "none".to_string()
+                } else {
+                    format!("{i}xx")
+                };
+                let _ = writeln!(
+                    o,
+                    "multimesh_edge_requests_total{{site=\"{site}\",direction=\"{}\",service=\"{}\",destination=\"{}\",code=\"{class}\"}} {n}",
+                    d.as_str(),
+                    esc(svc),
+                    esc(dst)
+                );
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP multimesh_edge_request_duration_seconds Time to the response headers.\n# TYPE multimesh_edge_request_duration_seconds histogram"
+        );
+        for ((d, svc, dst), s) in calls.iter() {
+            let labels = format!(
+                "site=\"{site}\",direction=\"{}\",service=\"{}\",destination=\"{}\"",
+                d.as_str(),
+                esc(svc),
+                esc(dst)
+            );
+            let mut acc = 0;
+            for (b, n) in BUCKETS.iter().zip(s.buckets.iter()) {
+                acc += n;
+                let _ = writeln!(
+                    o,
+                    "multimesh_edge_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {acc}"
+                );
+            }
+            let _ = writeln!(
+                o,
+                "multimesh_edge_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}\nmultimesh_edge_request_duration_seconds_sum{{{labels}}} {}\nmultimesh_edge_request_duration_seconds_count{{{labels}}} {}",
+                s.count, s.sum, s.count
+            );
+        }
+        drop(calls);
+        let _ = writeln!(
+            o,
+            "# HELP multimesh_edge_active_connections Open connections by listener.\n# TYPE multimesh_edge_active_connections gauge"
+        );
+        for (name, v) in [
+            ("egress", &self.active_egress),
+            ("ingress", &self.active_ingress),
+            ("tunnel", &self.active_tunnels),
+        ] {
+            let _ = writeln!(
+                o,
+                "multimesh_edge_active_connections{{site=\"{site}\",listener=\"{name}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP multimesh_edge_tls_failures_total Refused or failed TLS handshakes.\n# TYPE multimesh_edge_tls_failures_total counter"
+        );
+        for ((l, reason), n) in lock(&self.tls_failures).iter() {
+            let _ = writeln!(
+                o,
+                "multimesh_edge_tls_failures_total{{site=\"{site}\",listener=\"{l}\",reason=\"{}\"}} {n}",
+                esc(reason)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP multimesh_edge_ejections_total Destinations ejected by outlier detection.\n# TYPE multimesh_edge_ejections_total counter"
+        );
+        for ((svc, dst), n) in lock(&self.ejections).iter() {
+            let _ = writeln!(
+                o,
+                "multimesh_edge_ejections_total{{site=\"{site}\",service=\"{}\",destination=\"{}\"}} {n}",
+                esc(svc),
+                esc(dst)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP multimesh_edge_ejected Destinations ejected now.\n# TYPE multimesh_edge_ejected gauge"
+        );
+        for (svc, dst) in ejected {
+            let _ = writeln!(
+                o,
+                "multimesh_edge_ejected{{site=\"{site}\",service=\"{}\",destination=\"{}\"}} 1",
+                esc(svc),
+                esc(dst)
+            );
+        }
+        for (name, help, v) in [
+            (
+                "multimesh_edge_retries_total",
+                "Calls retried on another site.",
+                &self.retries,
+            ),
+            (
+                "multimesh_edge_route_updates_total",
+                "Route tables applied.",
+                &self.route_updates,
+            ),
+            (
+                "multimesh_edge_route_rejects_total",
+                "Route tables refused as invalid.",
+                &self.route_rejects,
+            ),
+        ] {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{site=\"{site}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP multimesh_edge_routes Services in the route table.\n# TYPE multimesh_edge_routes gauge\nmultimesh_edge_routes{{site=\"{site}\"}} {routes}"
+        );
+        o
+    }
+}

@@ -1,0 +1,211 @@
+//! Connections to other sites' edge agents: one multiplexed HTTP/2-over-mTLS connection per
+//! site, opened on first use, reused by every call, and re-opened when it closes. An edge
+//! node's link is adopted here too: the node dials in, and this side then uses that same
+//! connection as the HTTP/2 *client* (the node has no listening port).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use federation::identity::SiteId;
+use federation::sync::dialer::{connect_site, system_resolver};
+use federation::tls::{SiteTls, client_config_alpn};
+use hickory_resolver::TokioResolver;
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsConnector;
+use tracing::{info, warn};
+
+use crate::http::Body;
+
+/// ALPN protocol of ordinary edge-to-edge connections.
+pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN protocol an edge node offers on its outbound link: after the handshake the roles swap,
+/// and the node serves HTTP/2 on it.
+pub const ALPN_REVERSE: &[u8] = b"multimesh-reverse";
+
+#[derive(Default)]
+struct Slot {
+    conn: Mutex<Option<SendRequest<Body>>>,
+    connecting: tokio::sync::Mutex<()>,
+    connector: Mutex<Option<TlsConnector>>,
+    /// The connection is an edge node's inbound link (never dialled from here).
+    reverse: Mutex<bool>,
+}
+
+/// The pool.
+pub struct PeerPool {
+    tls: Arc<SiteTls>,
+    trust_domain: String,
+    resolver: TokioResolver,
+    connect_timeout: Duration,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// HTTP/2 client settings for edge-to-edge connections: large windows so one connection
+/// carries many concurrent calls at full speed, and pings to notice a dead peer.
+pub fn h2_client() -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(8 << 20)
+        .max_frame_size(64 << 10)
+        .keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    b
+}
+
+impl PeerPool {
+    /// A pool dialling with `tls` as this site's identity.
+    pub fn new(tls: Arc<SiteTls>, trust_domain: &str, connect_timeout: Duration) -> Self {
+        Self {
+            tls,
+            trust_domain: trust_domain.to_string(),
+            resolver: system_resolver(),
+            connect_timeout,
+            slots: Mutex::default(),
+        }
+    }
+
+    fn slot(&self, site: &str) -> Arc<Slot> {
+        lock(&self.slots)
+            .entry(site.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Whether an edge node's link from `site` is up.
+    pub fn has_child(&self, site: &str) -> bool {
+        let Some(slot) = lock(&self.slots).get(site).cloned() else {
+            return false;
+        };
+        *lock(&slot.reverse) && lock(&slot.conn).as_ref().is_some_and(|c| !c.is_closed())
+    }
+
+    /// A ready connection to `site`, dialling one of `addresses` if there is none. Errors say
+    /// why in plain words (refused, TLS failure with reason, no link to an edge node).
+    pub async fn get(&self, site: &str, addresses: &[String]) -> Result<SendRequest<Body>, String> {
+        let slot = self.slot(site);
+        if let Some(c) = lock(&slot.conn).as_ref()
+            && !c.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        let _one_dialler = slot.connecting.lock().await;
+        if let Some(c) = lock(&slot.conn).as_ref()
+            && !c.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        if *lock(&slot.reverse) {
+            return Err(format!("edge node {site} is not connected"));
+        }
+        if addresses.is_empty() {
+            return Err(format!("site {site} has no edge address"));
+        }
+        let connector = self.connector(&slot, site, ALPN_H2)?;
+        let mut last = String::new();
+        for address in addresses {
+            match connect_site(
+                &self.resolver,
+                &connector,
+                site,
+                address,
+                self.connect_timeout,
+            )
+            .await
+            {
+                Ok(tls) => {
+                    let send = handshake(tls, site).await?;
+                    info!(peer = site, %address, "edge link up");
+                    *lock(&slot.conn) = Some(send.clone());
+                    return Ok(send);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn connector(&self, slot: &Slot, site: &str, alpn: &[u8]) -> Result<TlsConnector, String> {
+        let mut c = lock(&slot.connector);
+        if let Some(c) = c.as_ref() {
+            return Ok(c.clone());
+        }
+        let expected = SiteId::new(&self.trust_domain, site).map_err(|e| e.to_string())?;
+        let cfg = client_config_alpn(&self.tls, expected, vec![alpn.to_vec()])
+            .map_err(|e| e.to_string())?;
+        let made = TlsConnector::from(cfg);
+        *c = Some(made.clone());
+        Ok(made)
+    }
+
+    /// Opens an edge node's outbound link to its parent (offering [`ALPN_REVERSE`]).
+    pub async fn dial_parent(
+        &self,
+        parent: &str,
+        address: &str,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+        let expected = SiteId::new(&self.trust_domain, parent).map_err(|e| e.to_string())?;
+        let cfg = client_config_alpn(&self.tls, expected, vec![ALPN_REVERSE.to_vec()])
+            .map_err(|e| e.to_string())?;
+        connect_site(
+            &self.resolver,
+            &TlsConnector::from(cfg),
+            parent,
+            address,
+            self.connect_timeout,
+        )
+        .await
+    }
+
+    /// Adopts an edge node's inbound link: this side becomes its HTTP/2 client. Returns when
+    /// the link closes.
+    pub async fn adopt_child<S>(&self, site: &str, io: S) -> Result<(), String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, conn) = h2_client()
+            .handshake::<_, Body>(TokioIo::new(io))
+            .await
+            .map_err(|e| format!("HTTP/2 handshake with edge node {site}: {e}"))?;
+        let slot = self.slot(site);
+        *lock(&slot.reverse) = true;
+        *lock(&slot.conn) = Some(send);
+        info!(peer = site, "edge node link up");
+        let r = conn.await;
+        if let Some(c) = lock(&slot.conn).as_ref()
+            && c.is_closed()
+        {
+            *lock(&slot.conn) = None;
+        }
+        match r {
+            Ok(()) => info!(peer = site, "edge node link closed"),
+            Err(e) => warn!(peer = site, error = %e, "edge node link failed"),
+        }
+        Ok(())
+    }
+}
+
+async fn handshake<S>(io: S, site: &str) -> Result<SendRequest<Body>, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = h2_client()
+        .handshake::<_, Body>(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("HTTP/2 handshake with {site}: {e}"))?;
+    let peer = site.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            warn!(peer = %peer, error = %e, "edge link closed with an error");
+        }
+    });
+    Ok(send)
+}

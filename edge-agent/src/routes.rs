@@ -1,0 +1,444 @@
+//! The route table of an edge agent (pure): which sites serve each service, with what weight,
+//! which sites may call this site's services, and traffic splits between services.
+//!
+//! The table arrives whole (from a file or from `federationd`'s RouteDiscovery watch) and is
+//! swapped atomically; requests in flight keep the table they started with.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use federation::error::InvalidField;
+use federation::model::Protocol;
+use federation::names;
+use serde::{Deserialize, Serialize};
+
+/// The suffix of imported host names.
+pub const CLUSTERSET_SUFFIX: &str = "svc.clusterset.local";
+
+/// A service, by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ServiceKey {
+    /// Builds a key.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// The imported host name, `NAME.NAMESPACE.svc.clusterset.local`.
+    pub fn host(&self) -> String {
+        format!("{}.{}.{CLUSTERSET_SUFFIX}", self.name, self.namespace)
+    }
+}
+
+impl std::fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A host as a caller names it: the service and, when given, the port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The service.
+    pub service: ServiceKey,
+    /// The port, when the caller named one.
+    pub port: Option<u16>,
+}
+
+/// Parses `NAME.NAMESPACE.svc.clusterset.local[:PORT]` (also `NAME.NAMESPACE[.svc][:PORT]`).
+pub fn parse_host(host: &str) -> Option<Target> {
+    let (name_part, port) = match host.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p.parse::<u16>().ok()?)),
+        None => (host, None),
+    };
+    let lower = name_part.trim_end_matches('.').to_ascii_lowercase();
+    let base = lower
+        .strip_suffix(&format!(".{CLUSTERSET_SUFFIX}"))
+        .or_else(|| lower.strip_suffix(".svc"))
+        .unwrap_or(&lower);
+    let (name, namespace) = base.split_once('.')?;
+    if names::dns_label("name", name).is_err() || names::dns_label("namespace", namespace).is_err()
+    {
+        return None;
+    }
+    Some(Target {
+        service: ServiceKey::new(namespace, name),
+        port,
+    })
+}
+
+/// One port of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// Port name.
+    #[serde(default)]
+    pub name: String,
+    /// Port number.
+    pub port: u16,
+    /// Application protocol.
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Http
+}
+
+/// A site that serves a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// The site.
+    pub site: String,
+    /// Its edge agent's ingress addresses (`host:port`, host may be a DNS name). Empty for this
+    /// site itself, and for an edge node reached through its outbound link.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Relative weight; 0 takes no new traffic.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Reach the site through this site's edge agent (an edge node behind its parent);
+    /// `addresses` are then the relay's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Where a service runs and who may call it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRoute {
+    /// Service name.
+    pub name: String,
+    /// Namespace.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Ports.
+    pub ports: Vec<PortSpec>,
+    /// The sites serving it (this site included when it runs here).
+    #[serde(default)]
+    pub destinations: Vec<Destination>,
+    /// Sites whose callers this site's ingress admits for it (empty: every site).
+    #[serde(default)]
+    pub consumers: Vec<String>,
+    /// When the service also runs on this site, send every call here while it is healthy
+    /// (weights then only matter for failover).
+    #[serde(default)]
+    pub prefer_local: bool,
+}
+
+fn default_namespace() -> String {
+    "default".to_string()
+}
+
+/// One backend of a split.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitBackend {
+    /// Backend service name (same namespace as the split).
+    pub service: String,
+    /// Relative weight.
+    pub weight: u32,
+}
+
+/// A traffic split: calls to the root service go to the backends by weight.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Split {
+    /// Root service name.
+    pub service: String,
+    /// Namespace.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Backends.
+    pub backends: Vec<SplitBackend>,
+}
+
+/// The route file / feed document.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteDocument {
+    /// Services.
+    #[serde(default)]
+    pub services: Vec<ServiceRoute>,
+    /// Splits.
+    #[serde(default)]
+    pub splits: Vec<Split>,
+}
+
+/// A validated, indexed route table.
+#[derive(Clone, Debug, Default)]
+pub struct RouteTable {
+    /// Where the table came from and its version, for logs and `/readyz`.
+    pub version: String,
+    services: BTreeMap<ServiceKey, ServiceRoute>,
+    splits: BTreeMap<ServiceKey, Vec<(ServiceKey, u32)>>,
+    split_docs: Vec<Split>,
+}
+
+/// The most services one table may hold.
+pub const MAX_SERVICES: usize = 100_000;
+
+impl RouteTable {
+    /// Validates a document; the error names the first bad field.
+    pub fn build(doc: RouteDocument, version: String) -> Result<Self, InvalidField> {
+        if doc.services.len() > MAX_SERVICES {
+            return Err(InvalidField::new(
+                "services",
+                doc.services.len(),
+                "lists too many services (max 100000)",
+            ));
+        }
+        let mut services = BTreeMap::new();
+        for (i, s) in doc.services.into_iter().enumerate() {
+            let at = |e: InvalidField| e.within(&format!("services[{i}]"));
+            names::dns_label("name", &s.name).map_err(at)?;
+            names::dns_label("namespace", &s.namespace).map_err(at)?;
+            if s.ports.is_empty() {
+                return Err(at(InvalidField::new("ports", "[]", "must list a port")));
+            }
+            let mut seen = BTreeSet::new();
+            for (j, p) in s.ports.iter().enumerate() {
+                if p.port == 0 {
+                    return Err(at(InvalidField::new(
+                        &format!("ports[{j}].port"),
+                        0,
+                        "must be 1..=65535",
+                    )));
+                }
+                if !seen.insert(p.port) {
+                    return Err(at(InvalidField::new(
+                        &format!("ports[{j}].port"),
+                        p.port,
+                        "is listed twice",
+                    )));
+                }
+            }
+            let mut sites = BTreeSet::new();
+            for (j, d) in s.destinations.iter().enumerate() {
+                names::dns_label(&format!("destinations[{j}].site"), &d.site).map_err(at)?;
+                if !sites.insert(d.site.as_str()) {
+                    return Err(at(InvalidField::new(
+                        &format!("destinations[{j}].site"),
+                        &d.site,
+                        "is listed twice",
+                    )));
+                }
+                if let Some(v) = &d.via {
+                    names::dns_label(&format!("destinations[{j}].via"), v).map_err(at)?;
+                }
+                for (k, a) in d.addresses.iter().enumerate() {
+                    names::host_port(&format!("destinations[{j}].addresses[{k}]"), a)
+                        .map_err(at)?;
+                }
+            }
+            for (j, c) in s.consumers.iter().enumerate() {
+                names::dns_label(&format!("consumers[{j}]"), c).map_err(at)?;
+            }
+            let key = ServiceKey::new(&s.namespace, &s.name);
+            if services.contains_key(&key) {
+                return Err(InvalidField::new(
+                    &format!("services[{i}]"),
+                    &key,
+                    "is listed twice",
+                ));
+            }
+            services.insert(key, s);
+        }
+        let mut splits = BTreeMap::new();
+        let split_docs = doc.splits.clone();
+        for (i, sp) in doc.splits.into_iter().enumerate() {
+            let at = |e: InvalidField| e.within(&format!("splits[{i}]"));
+            names::dns_label("service", &sp.service).map_err(at)?;
+            names::dns_label("namespace", &sp.namespace).map_err(at)?;
+            if sp.backends.is_empty() {
+                return Err(at(InvalidField::new(
+                    "backends",
+                    "[]",
+                    "must list a backend",
+                )));
+            }
+            if sp.backends.iter().all(|b| b.weight == 0) {
+                return Err(at(InvalidField::new(
+                    "backends",
+                    "all weights 0",
+                    "must give some backend a non-zero weight",
+                )));
+            }
+            let mut backends = Vec::new();
+            let mut seen = BTreeSet::new();
+            for (j, b) in sp.backends.iter().enumerate() {
+                let field = format!("backends[{j}].service");
+                names::dns_label(&field, &b.service).map_err(at)?;
+                if !seen.insert(b.service.as_str()) {
+                    return Err(at(InvalidField::new(&field, &b.service, "is listed twice")));
+                }
+                let key = ServiceKey::new(&sp.namespace, &b.service);
+                if !services.contains_key(&key) {
+                    return Err(at(InvalidField::new(
+                        &field,
+                        &b.service,
+                        "is not a service of the route table",
+                    )));
+                }
+                backends.push((key, b.weight));
+            }
+            let root = ServiceKey::new(&sp.namespace, &sp.service);
+            if splits.insert(root.clone(), backends).is_some() {
+                return Err(InvalidField::new(
+                    &format!("splits[{i}]"),
+                    &root,
+                    "is split twice",
+                ));
+            }
+        }
+        Ok(Self {
+            version,
+            services,
+            splits,
+            split_docs,
+        })
+    }
+
+    /// Parses a route document from YAML, JSON or TOML text (by `format`: a file extension).
+    pub fn parse(text: &str, format: &str, version: String) -> Result<Self, String> {
+        let doc: RouteDocument = match format {
+            "toml" => toml::from_str(text).map_err(|e| e.to_string())?,
+            "json" => serde_json::from_str(text).map_err(|e| e.to_string())?,
+            _ => serde_yaml::from_str(text).map_err(|e| e.to_string())?,
+        };
+        Self::build(doc, version).map_err(|e| e.to_string())
+    }
+
+    /// The route of a service.
+    pub fn service(&self, key: &ServiceKey) -> Option<&ServiceRoute> {
+        self.services.get(key)
+    }
+
+    /// The split of a root service, if any.
+    pub fn split(&self, key: &ServiceKey) -> Option<&[(ServiceKey, u32)]> {
+        self.splits.get(key).map(Vec::as_slice)
+    }
+
+    /// The splits as written.
+    pub fn split_list(&self) -> Vec<Split> {
+        self.split_docs.clone()
+    }
+
+    /// Number of services.
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// All services.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceRoute> {
+        self.services.values()
+    }
+}
+
+impl ServiceRoute {
+    /// The key.
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey::new(&self.namespace, &self.name)
+    }
+
+    /// The port a call uses: the named one, or the only / first HTTP-like port.
+    pub fn port(&self, asked: Option<u16>) -> Option<&PortSpec> {
+        match asked {
+            Some(p) => self.ports.iter().find(|s| s.port == p),
+            None => self
+                .ports
+                .iter()
+                .find(|s| s.protocol != Protocol::Tcp)
+                .or_else(|| self.ports.first()),
+        }
+    }
+
+    /// Whether `site`'s callers may call this service here.
+    pub fn admits(&self, site: &str) -> bool {
+        self.consumers.is_empty() || self.consumers.iter().any(|c| c == site)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(yaml: &str) -> Result<RouteTable, String> {
+        RouteTable::parse(yaml, "yaml", "test".into())
+    }
+
+    #[test]
+    fn hosts_parse_in_every_form() {
+        let t = parse_host("payment.shop.svc.clusterset.local:8080").unwrap();
+        assert_eq!(t.service, ServiceKey::new("shop", "payment"));
+        assert_eq!(t.port, Some(8080));
+        assert_eq!(
+            parse_host("Payment.Shop.svc.clusterset.local.")
+                .unwrap()
+                .port,
+            None
+        );
+        assert_eq!(
+            parse_host("payment.shop").unwrap().service,
+            ServiceKey::new("shop", "payment")
+        );
+        assert_eq!(parse_host("payment.shop.svc:80").unwrap().port, Some(80));
+        assert!(parse_host("payment").is_none());
+        assert!(parse_host("payment.shop:http").is_none());
+        assert!(parse_host("a.b.c.example.com").is_none());
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let e =
+            doc("services: [{name: p, ports: [{port: 80}], destinations: [{site: a}, {site: a}]}]")
+                .unwrap_err();
+        assert!(e.contains("services[0].destinations[1].site"), "{e}");
+        let e = doc("services: [{name: p, ports: []}]").unwrap_err();
+        assert!(e.contains("services[0].ports"), "{e}");
+        let e = doc("services: [{name: p, ports: [{port: 80}], destinations: [{site: a, addresses: ['no-port']}]}]")
+            .unwrap_err();
+        assert!(
+            e.contains("services[0].destinations[0].addresses[0]"),
+            "{e}"
+        );
+        let e = doc("services: [{name: p, ports: [{port: 80}]}]\nsplits: [{service: p, backends: [{service: q, weight: 1}]}]")
+            .unwrap_err();
+        assert!(e.contains("splits[0].backends[0].service"), "{e}");
+        let e = doc("services: [{name: p, ports: [{port: 80}]}]\nsplits: [{service: r, backends: [{service: p, weight: 0}]}]")
+            .unwrap_err();
+        assert!(e.contains("splits[0].backends"), "{e}");
+        let e = doc("services: [{name: p, ports: [{port: 80}], colour: red}]").unwrap_err();
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn port_choice_and_admission() {
+        let t = doc("services: [{name: p, namespace: shop, ports: [{port: 5432, protocol: tcp}, {port: 8080}], consumers: [b]}]")
+            .unwrap();
+        let s = t.service(&ServiceKey::new("shop", "p")).unwrap();
+        assert_eq!(s.port(None).unwrap().port, 8080);
+        assert_eq!(s.port(Some(5432)).unwrap().protocol, Protocol::Tcp);
+        assert!(s.port(Some(1)).is_none());
+        assert!(s.admits("b"));
+        assert!(!s.admits("c"));
+    }
+}

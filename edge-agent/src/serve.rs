@@ -1,0 +1,388 @@
+//! Wiring of a running agent: listeners (ingress, egress HTTP and TCP, admin), the route feed,
+//! and an edge node's link to its parent.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use federation::tls;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::agent::Agent;
+use crate::config::AgentConfig;
+use crate::http::{self as h, Body};
+use crate::ingress::{self, Caller};
+use crate::{egress, feed};
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Certificates unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// A socket could not be bound.
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: String,
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The first route table could not be loaded.
+    #[error("routes: {0}")]
+    Routes(String),
+    /// The ready file could not be written.
+    #[error("ready file: {0}")]
+    ReadyFile(String),
+}
+
+/// The addresses the agent bound (written to the ready file as JSON).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Bound {
+    /// Peer ingress.
+    pub ingress: Option<SocketAddr>,
+    /// Local HTTP egress.
+    pub egress_http: Option<SocketAddr>,
+    /// Local TCP egress listeners, in config order.
+    pub egress_tcp: Vec<SocketAddr>,
+    /// Admin (metrics, health).
+    pub admin: Option<SocketAddr>,
+}
+
+/// A started agent.
+pub struct Running {
+    /// Where it listens.
+    pub bound: Bound,
+    /// Its state.
+    pub agent: Arc<Agent>,
+    tasks: JoinSet<()>,
+    shutdown: CancellationToken,
+}
+
+impl Running {
+    /// Stops accepting, lets open links finish (up to 5 s), and returns.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(6), drain)
+            .await
+            .is_err()
+        {
+            self.tasks.abort_all();
+        }
+        info!(site = %self.agent.site(), "edge agent stopped");
+    }
+}
+
+async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: what.to_string(),
+            addr,
+            source,
+        })
+}
+
+/// Starts an agent: loads identity and routes (refusing to start on a bad route file), binds
+/// every listener, then serves until [`Running::stop`].
+pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
+    let site_tls = Arc::new(tls::load_site(
+        &config.tls,
+        &config.trust_domain,
+        &config.site,
+    )?);
+    let agent = Arc::new(Agent::new(config.clone(), site_tls.clone()));
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let mut bound = Bound::default();
+
+    if let Some(path) = &config.routes.file {
+        let table = feed::load_file(path).map_err(StartError::Routes)?;
+        agent.set_routes(table);
+        tasks.spawn(feed::watch_file(
+            agent.clone(),
+            path.clone(),
+            shutdown.clone(),
+        ));
+    } else if let Some(addr) = &config.routes.federation {
+        tasks.spawn(feed::watch_federation(
+            agent.clone(),
+            addr.clone(),
+            site_tls.clone(),
+            shutdown.clone(),
+        ));
+    }
+
+    if let Some(addr) = config.ingress {
+        let l = bind("ingress", addr).await?;
+        bound.ingress = l.local_addr().ok();
+        let (a, t, s) = (agent.clone(), site_tls.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = ingress::serve(a, t, l, s).await {
+                error!(error = %e, "ingress stopped");
+            }
+        });
+    }
+    if let Some(addr) = config.egress_http {
+        let l = bind("egress_http", addr).await?;
+        bound.egress_http = l.local_addr().ok();
+        tasks.spawn(serve_http(
+            agent.clone(),
+            l,
+            shutdown.clone(),
+            Listener::Egress,
+        ));
+    }
+    for (i, t) in config.egress_tcp.iter().enumerate() {
+        let l = bind(&format!("egress_tcp[{i}]"), t.listen).await?;
+        bound
+            .egress_tcp
+            .push(l.local_addr().map_err(|source| StartError::Bind {
+                what: format!("egress_tcp[{i}]"),
+                addr: t.listen,
+                source,
+            })?);
+        let key = crate::routes::ServiceKey::new(&t.namespace, &t.service);
+        tasks.spawn(serve_tcp(agent.clone(), l, key, t.port, shutdown.clone()));
+    }
+    if let Some(addr) = config.admin {
+        let l = bind("admin", addr).await?;
+        bound.admin = l.local_addr().ok();
+        tasks.spawn(serve_http(
+            agent.clone(),
+            l,
+            shutdown.clone(),
+            Listener::Admin,
+        ));
+    }
+    if config.parent.is_some() {
+        tasks.spawn(parent_link(agent.clone(), shutdown.clone()));
+    }
+    if let Some(path) = &config.ready_file {
+        let body = serde_json::to_string_pretty(&bound).unwrap_or_default();
+        federation::identity::write_file(path, &body, false)
+            .map_err(|e| StartError::ReadyFile(e.to_string()))?;
+    }
+    info!(
+        site = %config.site,
+        ingress = ?bound.ingress,
+        egress_http = ?bound.egress_http,
+        admin = ?bound.admin,
+        "edge agent serving"
+    );
+    Ok(Running {
+        bound,
+        agent,
+        tasks,
+        shutdown,
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Listener {
+    Egress,
+    Admin,
+}
+
+/// Serves plain HTTP/1.1 and h2c (prior knowledge) on `l`.
+async fn serve_http(
+    agent: Arc<Agent>,
+    l: TcpListener,
+    shutdown: CancellationToken,
+    kind: Listener,
+) {
+    let slots = Arc::new(Semaphore::new(agent.config.limits.max_connections));
+    let mut conns = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = shutdown.cancelled() => break,
+        };
+        let (tcp, _) = tokio::select! {
+            r = l.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { warn!(error = %e, "accept failed"); continue; }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let agent = agent.clone();
+        let stop = shutdown.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let a = agent.clone();
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let a = a.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(match kind {
+                        Listener::Egress => egress::handle(a, req).await,
+                        Listener::Admin => admin(&a, &req),
+                    })
+                }
+            });
+            let mut b = auto::Builder::new(TokioExecutor::new());
+            b.http1().timer(TokioTimer::new()).keep_alive(true);
+            b.http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(agent.config.limits.max_streams);
+            if matches!(kind, Listener::Egress) {
+                agent.metrics.active_egress.fetch_add(1, Ordering::Relaxed);
+            }
+            let conn = b.serve_connection(TokioIo::new(tcp), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+            if matches!(kind, Listener::Egress) {
+                agent.metrics.active_egress.fetch_sub(1, Ordering::Relaxed);
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    while conns.join_next().await.is_some() {}
+}
+
+async fn serve_tcp(
+    agent: Arc<Agent>,
+    l: TcpListener,
+    key: crate::routes::ServiceKey,
+    port: u16,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(agent.config.limits.max_connections));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            () = shutdown.cancelled() => return,
+        };
+        let tcp = tokio::select! {
+            r = l.accept() => match r {
+                Ok((t, _)) => t,
+                Err(e) => { warn!(error = %e, "TCP egress accept failed"); continue; }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (a, k) = (agent.clone(), key.clone());
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                egress::tcp(a, tcp, k, port).await;
+            }
+            .instrument(info_span!("tcp-egress", service = %key)),
+        );
+    }
+}
+
+/// `/metrics`, `/healthz`, `/readyz`, `/routes`.
+fn admin(agent: &Agent, req: &Request<Incoming>) -> Response<Body> {
+    let text = |status: StatusCode, body: String, ctype: &'static str| {
+        let mut r = Response::new(h::full(body));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(ctype),
+        );
+        r
+    };
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        "/readyz" => match agent.ready() {
+            Ok(()) => text(StatusCode::OK, "ready\n".into(), "text/plain"),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+                "text/plain",
+            ),
+        },
+        "/metrics" => {
+            let table = agent.table();
+            let ejected = agent.health.ejected(std::time::Instant::now());
+            text(
+                StatusCode::OK,
+                agent.metrics.render(agent.site(), &ejected, table.len()),
+                "text/plain; version=0.0.4",
+            )
+        }
+        "/routes" => {
+            let table = agent.table();
+            let doc = crate::routes::RouteDocument {
+                services: table.services().cloned().collect(),
+                splits: table.split_list(),
+            };
+            text(
+                StatusCode::OK,
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "version": table.version,
+                    "routes": doc,
+                }))
+                .unwrap_or_default(),
+                "application/json",
+            )
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "try /metrics, /healthz, /readyz or /routes\n".into(),
+            "text/plain",
+        ),
+    }
+}
+
+/// An edge node's outbound link: dial the parent, serve calls on the link, redial on loss.
+async fn parent_link(agent: Arc<Agent>, shutdown: CancellationToken) {
+    let Some(parent) = agent.config.parent.clone() else {
+        return;
+    };
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let dialled = tokio::select! {
+            r = agent.pool.dial_parent(&parent.site, &parent.address) => r,
+            () = shutdown.cancelled() => return,
+        };
+        match dialled {
+            Ok(tls) => {
+                info!(parent = %parent.site, address = %parent.address, "parent link up");
+                backoff = Duration::from_millis(200);
+                agent.parent_up.store(true, Ordering::Release);
+                let caller = Caller {
+                    site: parent.site.clone(),
+                    from_parent: true,
+                };
+                ingress::serve_link(agent.clone(), tls, caller, shutdown.clone())
+                    .instrument(info_span!("parent-link", parent = %parent.site))
+                    .await;
+                agent.parent_up.store(false, Ordering::Release);
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                warn!(parent = %parent.site, "parent link lost; redialling");
+            }
+            Err(e) => warn!(parent = %parent.site, error = %e, "cannot reach parent"),
+        }
+        let jitter =
+            Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 + 1));
+        tokio::select! {
+            () = tokio::time::sleep(jitter) => {}
+            () = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,689 @@
+//! End-to-end tests of the data plane: real `edge-agent` processes on loopback, real mTLS
+//! between them, real backends. Each test builds its own sites.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use federation::identity;
+use federation::identity::SiteId;
+use federation::tls::{SiteTls, client_config};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PAY: &str = "payment.shop.svc.clusterset.local:8080";
+
+fn agent_toml(extra: &str) -> String {
+    format!("admin = \"127.0.0.1:0\"\n{extra}\n[routes]\nfile = \"routes.yaml\"\n")
+}
+
+fn local(name: &str, port: u16, upstream: std::net::SocketAddr) -> String {
+    format!(
+        "[[local]]\nname = \"{name}\"\nnamespace = \"shop\"\nports = [{{ port = {port}, upstream = \"{upstream}\" }}]\n"
+    )
+}
+
+/// A site serving `payment` (HTTP on 8080) from `backend`, admitting `consumers`.
+fn payment_site(
+    pki: &Pki,
+    root: &std::path::Path,
+    site: &str,
+    backend: &Backend,
+    consumers: &str,
+) -> Agent {
+    Agent::write_routes(
+        root,
+        site,
+        &format!(
+            "services:\n- {{name: payment, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: {site}}}], consumers: [{consumers}]}}\n"
+        ),
+    );
+    Agent::start(
+        pki,
+        root,
+        site,
+        &agent_toml(&format!(
+            "ingress = \"127.0.0.1:0\"\n{}",
+            local("payment", 8080, backend.addr)
+        )),
+    )
+}
+
+/// Routes for a caller site: `payment` served by the given (site, weight, ingress) list.
+fn payment_routes(dests: &[(&str, u32, String)]) -> String {
+    let d: Vec<String> = dests
+        .iter()
+        .map(|(s, w, a)| format!("{{site: {s}, weight: {w}, addresses: ['{a}']}}"))
+        .collect();
+    format!(
+        "services:\n- {{name: payment, namespace: shop, ports: [{{port: 8080}}], destinations: [{}]}}\n",
+        d.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_on_b_reaches_a_over_http1_h2_grpc_and_tcp() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let pay = http_backend("a").await;
+    let ledger = http_backend("a").await;
+    let grpc = grpc_backend().await;
+    let db = tcp_echo("a").await;
+    Agent::write_routes(
+        root,
+        "a",
+        "services:
+- {name: payment, namespace: shop, ports: [{port: 8080, protocol: http}], destinations: [{site: a}], consumers: [b]}
+- {name: ledger, namespace: shop, ports: [{port: 9090, protocol: http2}], destinations: [{site: a}]}
+- {name: health, namespace: shop, ports: [{port: 50051, protocol: grpc}], destinations: [{site: a}]}
+- {name: db, namespace: shop, ports: [{port: 5432, protocol: tcp}], destinations: [{site: a}]}
+",
+    );
+    let a = Agent::start(
+        &pki,
+        root,
+        "a",
+        &agent_toml(&format!(
+            "ingress = \"127.0.0.1:0\"\n{}{}{}{}",
+            local("payment", 8080, pay.addr),
+            local("ledger", 9090, ledger.addr),
+            local("health", 50051, grpc.addr),
+            local("db", 5432, db.addr)
+        )),
+    );
+    let ai = a.ingress();
+    let remote = |site: &str| {
+        format!(
+            "services:
+- {{name: payment, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: a, addresses: ['{ai}']}}]}}
+- {{name: ledger, namespace: shop, ports: [{{port: 9090, protocol: http2}}], destinations: [{{site: a, addresses: ['{ai}']}}]}}
+- {{name: health, namespace: shop, ports: [{{port: 50051, protocol: grpc}}], destinations: [{{site: a, addresses: ['{ai}']}}]}}
+- {{name: db, namespace: shop, ports: [{{port: 5432, protocol: tcp}}], destinations: [{{site: a, addresses: ['{ai}']}}]}}
+# {site}
+"
+        )
+    };
+    Agent::write_routes(root, "b", &remote("b"));
+    let b = Agent::start(
+        &pki,
+        root,
+        "b",
+        &agent_toml(
+            "egress_http = \"127.0.0.1:0\"\n[[egress_tcp]]\nlisten = \"127.0.0.1:0\"\nservice = \"db\"\nnamespace = \"shop\"\nport = 5432\n",
+        ),
+    );
+    let egress = b.egress();
+    let h1 = client_h1();
+
+    // HTTP/1.1, routed by Host; the trace context and the body cross both agents.
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (s, h, body) = request(
+        &h1,
+        "POST",
+        &format!("http://{egress}/pay?x=1"),
+        &[("host", PAY), ("traceparent", tp)],
+        "card=4242",
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 200, "{body}\n{}\n{}", b.log(), a.log());
+    assert_eq!(served_site(&body), "a");
+    assert!(body.contains("version=HTTP/1.1 path=/pay"), "{body}");
+    assert!(body.contains(&format!("traceparent={tp}")), "{body}");
+    assert!(body.contains("body=card=4242"), "{body}");
+    assert!(body.contains(&format!("host={PAY}")), "{body}");
+    assert_eq!(
+        h.get("x-multimesh-served-by").map(String::as_str),
+        Some("a")
+    );
+
+    // x-multimesh-destination wins over Host (what the meshes set for a remote share).
+    let (s, _, body) = get(
+        &h1,
+        &format!("http://{egress}/"),
+        &[
+            ("host", "payment.shop.svc.cluster.local"),
+            (
+                "x-multimesh-destination",
+                "payment.shop.svc.clusterset.local",
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!((s, served_site(&body)), (200, "a"), "{body}");
+
+    // HTTP/2 (h2c from the caller, h2c to the workload).
+    let (s, _, body) = get(
+        &client_h2c(),
+        &format!("http://{egress}/ledger"),
+        &[(
+            "x-multimesh-destination",
+            "ledger.shop.svc.clusterset.local:9090",
+        )],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 200, "{body}");
+    assert!(
+        body.contains("site=a version=HTTP/2.0 path=/ledger"),
+        "{body}"
+    );
+
+    // gRPC, trailers and all.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{egress}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::with_interceptor(
+        channel,
+        |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert(
+                "x-multimesh-destination",
+                "health.shop.svc.clusterset.local:50051".parse().unwrap(),
+            );
+            Ok(req)
+        },
+    );
+    let r = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "multimesh.demo".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().status, 1, "SERVING");
+    let missing = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "no.such.service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "gRPC status crosses");
+
+    // Raw TCP through an HTTP/2 CONNECT tunnel.
+    let mut tcp = tokio::net::TcpStream::connect(b.bound.egress_tcp[0])
+        .await
+        .unwrap();
+    tcp.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"a:ping");
+    tcp.write_all(b"again").await.unwrap();
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"a:again");
+    drop(tcp);
+
+    // Unknown services and bad hosts get clear errors from the agent itself.
+    let (s, h, body) = get(
+        &h1,
+        &format!("http://{egress}/"),
+        &[("host", "nope.shop.svc.clusterset.local")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 404);
+    assert_eq!(h["x-multimesh-error"], "unknown-service", "{body}");
+    let (s, h, _) = get(&h1, &format!("http://{egress}/"), &[("host", "localhost")])
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, h["x-multimesh-error"].as_str()),
+        (400, "bad-destination")
+    );
+
+    // All of it over one multiplexed link from b to a.
+    assert_eq!(
+        a.metric(
+            "multimesh_edge_active_connections",
+            &["listener=\"ingress\""]
+        )
+        .await,
+        1.0
+    );
+    assert!(
+        a.metric(
+            "multimesh_edge_requests_total",
+            &[
+                "direction=\"ingress\"",
+                "service=\"shop/payment\"",
+                "destination=\"b\""
+            ]
+        )
+        .await
+            >= 2.0
+    );
+
+    // Site c is outside payment's consumer scope: refused at a's ingress.
+    Agent::write_routes(root, "c", &remote("c"));
+    let c = Agent::start(
+        &pki,
+        root,
+        "c",
+        &agent_toml("egress_http = \"127.0.0.1:0\""),
+    );
+    let (s, h, body) = get(&h1, &format!("http://{}/", c.egress()), &[("host", PAY)])
+        .await
+        .unwrap();
+    assert_eq!(s, 403, "{body}");
+    assert_eq!(h["x-multimesh-error"], "scope");
+    assert!(body.contains("site c may not call shop/payment"), "{body}");
+    assert_eq!(
+        pay.calls.load(Ordering::Relaxed),
+        2,
+        "the refused call never reached the workload"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_refuses_plaintext_foreign_ca_and_unknown_sites_calls() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let pay = http_backend("a").await;
+    let a = payment_site(&pki, root, "a", &pay, "");
+    let addr = a.bound.ingress.unwrap();
+
+    // Plaintext HTTP: no answer but a TLS alert, and the connection closes.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: payment.shop\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("HTTP/1.1"),
+        "{buf:?}"
+    );
+
+    // A client certificate from a foreign CA (claiming to be site b), trusting the real CA.
+    let foreign = Pki::new(&root.join("foreign"));
+    let (fc, fk) = foreign.issue("b");
+    let tls = SiteTls::new(
+        identity::read_certs(&pki.dir.join("ca.pem")).unwrap(),
+        identity::read_certs(&fc).unwrap(),
+        identity::read_key(&fk).unwrap(),
+    )
+    .unwrap();
+    let cfg = client_config(&tls, SiteId::new(TD, "a").unwrap()).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("a.site.multimesh.invalid").unwrap();
+    let refused = async {
+        let mut s = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await?;
+        // TLS 1.3: the server's verdict on our certificate arrives with the first read.
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+        let mut b = [0u8; 16];
+        s.read(&mut b).await
+    }
+    .await;
+    assert!(
+        refused.is_err(),
+        "foreign-CA client was served: {refused:?}"
+    );
+
+    eventually(5, "both refusals counted", || async {
+        a.metric("multimesh_edge_tls_failures_total", &["reason=\"not-tls\""])
+            .await
+            >= 1.0
+            && a.metric(
+                "multimesh_edge_tls_failures_total",
+                &["reason=\"foreign-ca\""],
+            )
+            .await
+                >= 1.0
+    })
+    .await;
+    let log = a.log();
+    assert!(log.contains("foreign CA"), "refusal reason logged:\n{log}");
+    assert_eq!(pay.calls.load(Ordering::Relaxed), 0);
+}
+
+/// Sends `n` GETs for payment through `egress` with `parallel` callers; returns calls per
+/// serving site ("error" for failures).
+async fn load(egress: std::net::SocketAddr, n: usize, parallel: usize) -> BTreeMap<String, u64> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..parallel {
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = client_h1();
+            let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+            while (next.fetch_add(1, Ordering::Relaxed) as usize) < n {
+                let key = match get(&c, &format!("http://{egress}/"), &[("host", PAY)]).await {
+                    Ok((200, _, body)) => served_site(&body).to_string(),
+                    Ok((s, _, body)) => format!("error {s} {}", body.trim()),
+                    Err(e) => format!("error {e}"),
+                };
+                *seen.entry(key).or_default() += 1;
+            }
+            seen
+        }));
+    }
+    let mut all = BTreeMap::new();
+    for t in tasks {
+        for (k, v) in t.await.unwrap() {
+            *all.entry(k).or_default() += v;
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_90_10_split_between_sites_lands_within_2_points_over_10000_calls() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let (pa, pc) = (http_backend("a").await, http_backend("c").await);
+    let a = payment_site(&pki, root, "a", &pa, "");
+    let c = payment_site(&pki, root, "c", &pc, "");
+    Agent::write_routes(
+        root,
+        "b",
+        &payment_routes(&[("a", 90, a.ingress()), ("c", 10, c.ingress())]),
+    );
+    let b = Agent::start(
+        &pki,
+        root,
+        "b",
+        &agent_toml("egress_http = \"127.0.0.1:0\""),
+    );
+    let seen = load(b.egress(), 10_000, 16).await;
+    let total: u64 = seen.values().sum();
+    assert_eq!(total, 10_000);
+    assert_eq!(seen.len(), 2, "only sites a and c, no errors: {seen:?}");
+    let share_a = seen["a"] as f64 * 100.0 / total as f64;
+    eprintln!("90/10 split: {seen:?} -> a {share_a:.2}%");
+    assert!(
+        (share_a - 90.0).abs() <= 2.0,
+        "a got {share_a:.2}%: {seen:?}"
+    );
+    // The agent's own metrics agree with what the callers saw.
+    let from_metrics = b
+        .metric(
+            "multimesh_edge_requests_total",
+            &["direction=\"egress\"", "destination=\"a\""],
+        )
+        .await;
+    assert_eq!(from_metrics as u64, seen["a"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_sites_edge_fails_over_to_c_and_a_is_used_again_when_back() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let (pa, pc) = (http_backend("a").await, http_backend("c").await);
+    let mut a = payment_site(&pki, root, "a", &pa, "");
+    let a_addr = a.ingress();
+    let c = payment_site(&pki, root, "c", &pc, "");
+    Agent::write_routes(
+        root,
+        "b",
+        &payment_routes(&[("a", 3, a_addr.clone()), ("c", 1, c.ingress())]),
+    );
+    let b = Agent::start(
+        &pki,
+        root,
+        "b",
+        &agent_toml(
+            "egress_http = \"127.0.0.1:0\"\n[outlier]\nconsecutive_failures = 3\nbase_ejection_ms = 500\nmax_ejection_ms = 1000\n",
+        ),
+    );
+    let egress = b.egress();
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts: Arc<std::sync::Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let mut callers = Vec::new();
+    for _ in 0..8 {
+        let (stop, counts) = (stop.clone(), counts.clone());
+        callers.push(tokio::spawn(async move {
+            let c = client_h1();
+            while !stop.load(Ordering::Relaxed) {
+                let key = match get(&c, &format!("http://{egress}/"), &[("host", PAY)]).await {
+                    Ok((200, _, body)) => served_site(&body).to_string(),
+                    Ok((s, _, _)) => format!("error-{s}"),
+                    Err(_) => "error-io".to_string(),
+                };
+                *counts.lock().unwrap().entry(key).or_default() += 1;
+            }
+        }));
+    }
+    let snapshot = || counts.lock().unwrap().clone();
+    let n = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+    eventually(10, "a and c both serve", || async {
+        let s = snapshot();
+        n(&s, "a") > 200 && n(&s, "c") > 50
+    })
+    .await;
+
+    a.kill();
+    let at_kill = snapshot();
+    // c takes everything: wait for 1000 more calls on c.
+    let c_before = n(&at_kill, "c");
+    eventually(20, "c takes over", || async {
+        n(&snapshot(), "c") > c_before + 1000
+    })
+    .await;
+    let during = snapshot();
+    let a_after_kill = n(&during, "a") - n(&at_kill, "a");
+    assert!(
+        a_after_kill < 50,
+        "a kept serving after its death: {during:?}"
+    );
+
+    // a comes back on the same address and gets calls again.
+    let a_again = payment_site_at(&pki, root, &pa, &a_addr);
+    let a_before = n(&snapshot(), "a");
+    eventually(20, "a is used again", || async {
+        n(&snapshot(), "a") > a_before + 200
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in callers {
+        t.await.unwrap();
+    }
+    let end = snapshot();
+    let errors: u64 = end
+        .iter()
+        .filter(|(k, _)| k.starts_with("error"))
+        .map(|(_, v)| v)
+        .sum();
+    let total: u64 = end.values().sum();
+    eprintln!("failover: {end:?}");
+    // Idempotent calls are retried on c, so the switch should cost (almost) nothing; bound it.
+    assert!(
+        errors * 1000 <= total,
+        "{errors} errors of {total}: {end:?}\n{}",
+        b.log()
+    );
+    assert!(
+        b.metric("multimesh_edge_ejections_total", &["destination=\"a\""])
+            .await
+            >= 1.0,
+        "a was ejected"
+    );
+    drop(a_again);
+}
+
+fn payment_site_at(pki: &Pki, root: &std::path::Path, backend: &Backend, addr: &str) -> Agent {
+    Agent::start(
+        pki,
+        root,
+        "a",
+        &agent_toml(&format!(
+            "ingress = \"{addr}\"\n{}",
+            local("payment", 8080, backend.addr)
+        )),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_changes_apply_under_load_without_failing_a_call_and_bad_edits_change_nothing() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let (pa, pc) = (http_backend("a").await, http_backend("c").await);
+    let a = payment_site(&pki, root, "a", &pa, "");
+    let c = payment_site(&pki, root, "c", &pc, "");
+    let only_a = payment_routes(&[("a", 1, a.ingress())]);
+    Agent::write_routes(root, "b", &only_a);
+    let b = Agent::start(
+        &pki,
+        root,
+        "b",
+        &agent_toml("egress_http = \"127.0.0.1:0\""),
+    );
+    let egress = b.egress();
+    let background = tokio::spawn(load(egress, 6_000, 8));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Agent::write_routes(
+        root,
+        "b",
+        &payment_routes(&[("a", 1, a.ingress()), ("c", 1, c.ingress())]),
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    Agent::write_routes(root, "b", &payment_routes(&[("c", 1, c.ingress())]));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A bad edit: refused, previous table kept.
+    Agent::write_routes(root, "b", "services: [{name: payment, ports: []}]\n");
+    let seen = background.await.unwrap();
+    eprintln!("route changes under load: {seen:?}");
+    assert!(
+        seen.keys().all(|k| k == "a" || k == "c"),
+        "failed calls: {seen:?}"
+    );
+    assert_eq!(seen.values().sum::<u64>(), 6_000);
+    assert!(seen.get("c").copied().unwrap_or(0) > 0, "{seen:?}");
+    eventually(5, "bad edit counted", || async {
+        b.metric("multimesh_edge_route_rejects_total", &[]).await >= 1.0
+    })
+    .await;
+    let (s, _, body) = get(&client_h1(), &format!("http://{egress}/"), &[("host", PAY)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, served_site(&body)),
+        (200, "c"),
+        "still on the last good table"
+    );
+    assert!(
+        b.log().contains("services[0].ports"),
+        "the refusal names the field"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_node_without_a_listening_port_is_reached_through_its_outbound_link() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let pay = http_backend("a").await;
+    let notify = http_backend("e").await;
+    // a serves payment; c is the edge node's parent; e (edge node) serves notification.
+    Agent::write_routes(root, "a", "services: []\n");
+    let a = Agent::start(
+        &pki,
+        root,
+        "a",
+        &agent_toml(&format!(
+            "ingress = \"127.0.0.1:0\"\negress_http = \"127.0.0.1:0\"\n{}",
+            local("payment", 8080, pay.addr)
+        )),
+    );
+    Agent::write_routes(root, "c", "services: []\n");
+    let c = Agent::start(&pki, root, "c", &agent_toml("ingress = \"127.0.0.1:0\""));
+    let (ai, ci) = (a.ingress(), c.ingress());
+    Agent::write_routes(
+        root,
+        "a",
+        &format!(
+            "services:
+- {{name: payment, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: a}}]}}
+- {{name: notification, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: e, via: c, addresses: ['{ci}']}}]}}
+- {{name: ghost, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: x, via: c, addresses: ['{ci}']}}]}}
+"
+        ),
+    );
+    Agent::write_routes(
+        root,
+        "c",
+        &format!(
+            "services:
+- {{name: payment, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: a, addresses: ['{ai}']}}]}}
+- {{name: notification, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: e}}]}}
+"
+        ),
+    );
+    Agent::write_routes(
+        root,
+        "e",
+        "services:
+- {name: payment, namespace: shop, ports: [{port: 8080}], destinations: [{site: a}]}
+- {name: notification, namespace: shop, ports: [{port: 8080}], destinations: [{site: e}]}
+",
+    );
+    let e = Agent::start(
+        &pki,
+        root,
+        "e",
+        &agent_toml(&format!(
+            "egress_http = \"127.0.0.1:0\"\n{}\n[parent]\nsite = \"c\"\naddress = \"{ci}\"\n",
+            local("notification", 8080, notify.addr)
+        )),
+    );
+    assert!(
+        e.bound.ingress.is_none(),
+        "an edge node listens for no peer"
+    );
+    eventually(10, "edge node ready (parent link up)", || async {
+        e.admin_get("/readyz").await.0 == 200
+    })
+    .await;
+    let h1 = client_h1();
+    eventually(10, "a reaches e through c", || async {
+        matches!(
+            get(&h1, &format!("http://{}/notify", a.egress()), &[("host", "notification.shop.svc.clusterset.local")]).await,
+            Ok((200, _, ref body)) if served_site(body) == "e"
+        )
+    })
+    .await;
+    let (s, h, body) = get(
+        &h1,
+        &format!("http://{}/notify", a.egress()),
+        &[("host", "notification.shop.svc.clusterset.local")],
+    )
+    .await
+    .unwrap();
+    assert_eq!((s, served_site(&body)), (200, "e"), "{body}");
+    assert_eq!(h["x-multimesh-served-by"], "e");
+    // And the node calls out through the same parent.
+    let (s, _, body) = get(&h1, &format!("http://{}/pay", e.egress()), &[("host", PAY)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, served_site(&body)),
+        (200, "a"),
+        "{body}\n{}\n{}",
+        e.log(),
+        c.log()
+    );
+    // c relays only to and from its own edge nodes: not an open relay.
+    let (s, h, body) = get(
+        &h1,
+        &format!("http://{}/", a.egress()),
+        &[("host", "ghost.shop.svc.clusterset.local")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (s, h["x-multimesh-error"].as_str()),
+        (403, "relay-refused"),
+        "{body}"
+    );
+}
