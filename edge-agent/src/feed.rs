@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use federation::identity::SiteId;
 use federation::model;
+use federation::routes::fingerprint;
 use federation::sync::dialer::{channel_over, connect_site, system_resolver};
 use federation::tls::{SiteTls, client_config};
 use multimesh_proto::routes::v1 as wire;
@@ -25,14 +26,12 @@ use crate::routes::{
 pub fn load_file(path: &Path) -> Result<RouteTable, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let format = path.extension().and_then(|e| e.to_str()).unwrap_or("yaml");
-    let version = format!("file:{}@{:016x}", path.display(), fnv(text.as_bytes()));
+    let version = format!(
+        "file:{}@{:016x}",
+        path.display(),
+        fingerprint(text.as_bytes())
+    );
     RouteTable::parse(&text, format, version).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {

@@ -81,6 +81,7 @@ impl AdminService {
         let svc = Service {
             ports,
             ingress: self.config.edge_ingress.clone(),
+            via: self.config.edge_via.clone(),
             labels,
             identity: configured
                 .and_then(|c| c.identity.clone())

@@ -57,6 +57,10 @@ pub struct Config {
     /// This site's edge-agent ingress addresses, advertised with every export.
     #[serde(default)]
     pub edge_ingress: Vec<String>,
+    /// On an edge node: the parent site whose edge agent relays calls to this node
+    /// (`edge_ingress` then lists the parent's ingress addresses).
+    #[serde(default)]
+    pub edge_via: Option<String>,
     /// Certificate files.
     pub tls: TlsFiles,
     /// Sync protocol tuning.
@@ -228,6 +232,9 @@ impl Config {
         for (i, a) in self.edge_ingress.iter().enumerate() {
             names::host_port(&format!("edge_ingress[{i}]"), a)?;
         }
+        if let Some(v) = &self.edge_via {
+            names::dns_label("edge_via", v)?;
+        }
         let s = &self.sync;
         if s.heartbeat_ms == 0 || s.heartbeat_ms > 60_000 {
             return Err(InvalidField::new(
@@ -316,6 +323,7 @@ impl Config {
         Service {
             ports: s.ports.clone(),
             ingress: self.edge_ingress.clone(),
+            via: self.edge_via.clone(),
             labels: s.labels.clone(),
             identity: s
                 .identity

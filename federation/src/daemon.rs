@@ -17,6 +17,7 @@ use crate::admin::{self, AdminService};
 use crate::catalog::{Limits, Liveness};
 use crate::config::Config;
 use crate::identity;
+use crate::routes::RouteService;
 use crate::store::{self, Store};
 use crate::sync::peers::PeerTable;
 use crate::sync::server::{SyncService, accept_loop};
@@ -170,15 +171,20 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
         addr: cfg.listen.to_string(),
         source,
     })?;
-    let server_cfg = tls::server_config(&tls_material, &cfg.trust_domain, cfg.peer_names())?;
+    // Peers sync the catalog; the site's own identity (its edge agent) watches routes.
+    let mut admitted = cfg.peer_names();
+    admitted.insert(cfg.site.clone());
+    let server_cfg = tls::server_config(&tls_material, &cfg.trust_domain, admitted)?;
     let incoming = accept_loop(listener, TlsAcceptor::from(server_cfg));
     let sd = shutdown.clone();
     let sync_service = SyncService::new(node.clone());
+    let route_node = node.clone();
     tasks.spawn(async move {
         let r = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(sync_service)
+            .add_service(RouteService::new(route_node))
             .serve_with_incoming_shutdown(incoming, sd.cancelled())
             .await;
         if let Err(e) = r {

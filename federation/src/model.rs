@@ -358,6 +358,9 @@ pub struct Service {
     pub ports: Vec<Port>,
     /// The origin's edge-agent ingress addresses.
     pub ingress: Vec<String>,
+    /// The site whose edge agent relays to the origin (an edge node); `ingress` are its.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// Free-form labels.
     pub labels: BTreeMap<String, String>,
     /// SPIFFE identity of the service's workloads.
@@ -381,6 +384,9 @@ impl Service {
         }
         for (i, a) in self.ingress.iter().enumerate() {
             names::host_port(&format!("ingress[{i}]"), a)?;
+        }
+        if let Some(v) = &self.via {
+            names::dns_label("ingress_via", v)?;
         }
         if self.labels.len() > MAX_LABELS {
             return Err(InvalidField::new(
@@ -538,6 +544,7 @@ pub fn service_to_wire(key: &Key, stamp: Stamp, s: &Service) -> wire::ExportedSe
         version: stamp.version,
         ports: s.ports.iter().map(Port::to_wire).collect(),
         ingress: s.ingress.clone(),
+        ingress_via: s.via.clone().unwrap_or_default(),
         labels: s.labels.clone().into_iter().collect(),
         identity: s.identity.clone(),
         scope: Some(s.scope.to_wire()),
@@ -582,6 +589,7 @@ pub fn service_from_wire(s: &wire::ExportedService) -> Result<(Key, Stamp, Servi
     let svc = Service {
         ports: ports_from_wire("ports", &s.ports)?,
         ingress: s.ingress.clone(),
+        via: (!s.ingress_via.is_empty()).then(|| s.ingress_via.clone()),
         labels: s
             .labels
             .iter()
@@ -605,6 +613,7 @@ pub(crate) fn test_service(port: u16, scope: Scope) -> Service {
             protocol: Protocol::Http,
         }],
         ingress: vec!["127.0.0.1:15443".into()],
+        via: None,
         labels: std::collections::BTreeMap::new(),
         identity: String::new(),
         scope,
@@ -624,6 +633,7 @@ mod tests {
                 protocol: Protocol::Http,
             }],
             ingress: vec!["127.0.0.1:15443".into()],
+            via: None,
             labels: [("app".to_string(), "payment".to_string())].into(),
             identity: "spiffe://multimesh.test/ns/shop/sa/payment".into(),
             scope: Scope::Sites(["b".to_string()].into()),

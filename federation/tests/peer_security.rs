@@ -152,6 +152,7 @@ fn svc_record(origin: &str, name: &str, version: u64) -> wire::Record {
                 protocol: wire::Protocol::Http as i32,
             }],
             ingress: vec![],
+            ingress_via: String::new(),
             labels: Default::default(),
             identity: String::new(),
             scope: Some(wire::ConsumerScope {

@@ -169,6 +169,11 @@ impl catalog_sync_server::CatalogSync for SyncService {
                 "no authenticated peer on this connection",
             ));
         };
+        if info.site == self.node.site {
+            return Err(tonic::Status::permission_denied(
+                "this site's own identity (its edge agent) may watch routes, not sync the catalog",
+            ));
+        }
         let peer = info.site.clone();
         let (id, cancel) = self
             .node

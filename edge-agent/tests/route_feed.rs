@@ -1,0 +1,203 @@
+//! Routes from federationd: real `federationd` and `edge-agent` processes per site. An export on
+//! site a reaches b's edge agent as a route over the RouteDiscovery watch, calls flow, and a
+//! withdrawal takes the route away. Only a site's own identity may watch its routes.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use federation::identity::SiteId;
+use federation::sync::dialer::{channel_over, connect_site, system_resolver};
+use federation::tls::client_config;
+use multimesh_proto::routes::v1 as wire;
+use multimesh_proto::routes::v1::route_discovery_client::RouteDiscoveryClient;
+use support::*;
+
+/// A binary of the workspace, built beside this test (nextest and `cargo test --workspace`
+/// build every binary of the workspace).
+fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Daemon {
+    dir: PathBuf,
+    listen: String,
+    child: Child,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn start(pki: &Pki, root: &Path, site: &str, body: &str) -> Daemon {
+        let dir = root.join(format!("fed-{site}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = format!(
+            "site = \"{site}\"\ntrust_domain = \"{TD}\"\nlisten = \"127.0.0.1:0\"\nadmin_socket = \"admin.sock\"\nstate_file = \"state.json\"\nready_file = \"ready.json\"\n{body}\n[sync]\nheartbeat_ms = 200\nbackoff_min_ms = 50\nbackoff_max_ms = 400\n{}",
+            tls_toml(pki, site)
+        );
+        std::fs::write(dir.join("federationd.toml"), cfg).unwrap();
+        let log = std::fs::File::create(dir.join("federationd.log")).unwrap();
+        let child = Command::new(workspace_bin("federationd"))
+            .arg("--config")
+            .arg(dir.join("federationd.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let ready = dir.join("ready.json");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ready.exists() {
+            assert!(Instant::now() < deadline, "federationd {site} not ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
+        Daemon {
+            listen: v["listen"].as_str().unwrap().to_string(),
+            dir,
+            child,
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        let out = Command::new(workspace_bin("federationctl"))
+            .arg("--admin-socket")
+            .arg(self.dir.join("admin.sock"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "federationctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+async fn call(egress: std::net::SocketAddr, host: &str) -> (u16, String) {
+    match get(
+        &client_h1(),
+        &format!("http://{egress}/"),
+        &[("host", host)],
+    )
+    .await
+    {
+        Ok((s, _, b)) => (s, b),
+        Err(e) => (0, e),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_become_routes_at_peer_edges_and_withdrawals_remove_them() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let pay = http_backend("a").await;
+    let a_edge_port = free_port();
+    let fed_b = Daemon::start(&pki, root, "b", "[[peers]]\nsite = \"a\"\n");
+    let fed_a = Daemon::start(
+        &pki,
+        root,
+        "a",
+        &format!(
+            "edge_ingress = [\"127.0.0.1:{a_edge_port}\"]\n[[peers]]\nsite = \"b\"\naddress = \"{}\"\n[[services]]\nname = \"payment\"\nnamespace = \"shop\"\nexport = true\nto = [\"b\"]\nports = [{{ name = \"http\", port = 8080, protocol = \"http\" }}]\n[[services]]\nname = \"ledger\"\nnamespace = \"shop\"\nports = [{{ name = \"http\", port = 9090, protocol = \"http\" }}]\n",
+            fed_b.listen
+        ),
+    );
+    let a = Agent::start(
+        &pki,
+        root,
+        "a",
+        &format!(
+            "ingress = \"127.0.0.1:{a_edge_port}\"\nadmin = \"127.0.0.1:0\"\n[[local]]\nname = \"payment\"\nnamespace = \"shop\"\nports = [{{ port = 8080, upstream = \"{}\" }}]\n[[local]]\nname = \"ledger\"\nnamespace = \"shop\"\nports = [{{ port = 9090, upstream = \"{}\" }}]\n[routes]\nfederation = \"{}\"\n",
+            pay.addr, pay.addr, fed_a.listen
+        ),
+    );
+    let b = Agent::start(
+        &pki,
+        root,
+        "b",
+        &format!(
+            "egress_http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[routes]\nfederation = \"{}\"\n",
+            fed_b.listen
+        ),
+    );
+    let pay_host = "payment.shop.svc.clusterset.local";
+    eventually(15, "b's edge routes payment to a", || async {
+        let (s, body) = call(b.egress(), pay_host).await;
+        s == 200 && served_site(&body) == "a"
+    })
+    .await;
+    // a's agent learned the consumer scope of its own export from federationd.
+    let (_, routes) = a.admin_get("/routes").await;
+    assert!(
+        routes.contains("\"consumers\": [\n          \"b\""),
+        "{routes}"
+    );
+
+    // A runtime export appears, and its withdrawal removes the route.
+    let ledger = "ledger.shop.svc.clusterset.local";
+    assert_eq!(call(b.egress(), ledger).await.0, 404);
+    fed_a.ctl(&["export", "ledger", "-n", "shop"]);
+    eventually(15, "ledger routed", || async {
+        call(b.egress(), ledger).await.0 == 200
+    })
+    .await;
+    fed_a.ctl(&["unexport", "ledger", "-n", "shop"]);
+    eventually(15, "ledger withdrawn", || async {
+        call(b.egress(), ledger).await.0 == 404
+    })
+    .await;
+    assert_eq!(call(b.egress(), pay_host).await.0, 200);
+    assert!(b.metric("multimesh_edge_route_updates_total", &[]).await >= 3.0);
+
+    // Only the site's own identity may watch its routes: b's certificate is refused by a.
+    let tls = pki.site_tls("b");
+    let connector = tokio_rustls::TlsConnector::from(
+        client_config(&tls, SiteId::new(TD, "a").unwrap()).unwrap(),
+    );
+    let stream = connect_site(
+        &system_resolver(),
+        &connector,
+        "a",
+        &fed_a.listen,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let mut client = RouteDiscoveryClient::new(channel_over(stream).await.unwrap());
+    let err = client
+        .watch(wire::WatchRoutesRequest {})
+        .await
+        .expect_err("a peer must not watch another site's routes");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+
+    // The route feed survives its federationd restarting: the last table stays in use.
+    drop(fed_b);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(call(b.egress(), pay_host).await.0, 200, "last table kept");
+}

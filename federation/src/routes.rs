@@ -1,0 +1,148 @@
+//! RouteDiscovery: the route table this site's edge agent follows, derived from the catalog.
+//!
+//! Served on the peer listener to the site's *own* identity only (the edge agent presents the
+//! site certificate); peer sites are refused. Each served entry becomes a destination: the
+//! origin site with its advertised ingress (or its relay, for an edge node), weight 1. The
+//! site's own exports carry their consumer scope, which the agent's ingress enforces.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use multimesh_proto::routes::v1::{self as wire, route_discovery_server};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::catalog::{EntryState, Liveness};
+use crate::model::{Port, Scope};
+use crate::sync::Node;
+use crate::sync::server::PeerInfo;
+
+/// The route table for `node`'s edge agent at `now`: every entry served here, grouped by
+/// service. Deterministic (sorted), so equal catalogs give equal tables and versions.
+pub fn route_table(node: &Node, now: Instant) -> wire::RouteTable {
+    let mut services: BTreeMap<(String, String), wire::ServiceRoute> = BTreeMap::new();
+    node.store.read(|c| {
+        node.store.liveness(|live| {
+            for (key, rec) in c.entries() {
+                let Some(svc) = rec.service() else { continue };
+                let state =
+                    Liveness::entry_state(live.state(&node.site, &key.origin, now), svc, now);
+                let served = match state {
+                    EntryState::Fresh => true,
+                    EntryState::Stale { served, .. } => served,
+                    EntryState::Expired => false,
+                };
+                if !served {
+                    continue;
+                }
+                let local = key.origin == node.site;
+                let route = services
+                    .entry((key.namespace.clone(), key.name.clone()))
+                    .or_insert_with(|| wire::ServiceRoute {
+                        name: key.name.clone(),
+                        namespace: key.namespace.clone(),
+                        ports: svc.ports.iter().map(Port::to_wire).collect(),
+                        ..Default::default()
+                    });
+                if local {
+                    // This site's own export is authoritative for ports and admission.
+                    route.ports = svc.ports.iter().map(Port::to_wire).collect();
+                    route.consumers = match &svc.scope {
+                        Scope::All => vec![],
+                        Scope::Sites(s) => s.iter().cloned().collect(),
+                    };
+                }
+                route.destinations.push(wire::Destination {
+                    site: key.origin.clone(),
+                    addresses: if local { vec![] } else { svc.ingress.clone() },
+                    weight: 1,
+                    via: svc.via.clone().unwrap_or_default(),
+                });
+            }
+        })
+    });
+    let mut table = wire::RouteTable {
+        version: String::new(),
+        services: services.into_values().collect(),
+        splits: vec![],
+    };
+    for s in &mut table.services {
+        s.destinations.sort_by(|a, b| a.site.cmp(&b.site));
+    }
+    table.version = format!("{}:{:016x}", node.site, fingerprint(&table.encode_to_vec()));
+    table
+}
+
+/// A stable 64-bit FNV-1a fingerprint of `bytes` (table versions; not cryptographic).
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The RouteDiscovery service.
+pub struct RouteService {
+    node: Arc<Node>,
+}
+
+impl RouteService {
+    /// Serves route tables of `node` to its edge agent.
+    pub fn new(node: Arc<Node>) -> route_discovery_server::RouteDiscoveryServer<Self> {
+        route_discovery_server::RouteDiscoveryServer::new(Self { node })
+            .max_encoding_message_size(64 << 20)
+    }
+}
+
+/// The stream of route tables of one watcher.
+pub type RouteStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<wire::RouteTable, Status>> + Send>>;
+
+/// How often tables are recomputed without a catalog change (stale marks change with time).
+const RECHECK: Duration = Duration::from_millis(500);
+
+#[tonic::async_trait]
+impl route_discovery_server::RouteDiscovery for RouteService {
+    type WatchStream = RouteStream;
+
+    async fn watch(
+        &self,
+        request: Request<wire::WatchRoutesRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let Some(info) = request.extensions().get::<PeerInfo>().cloned() else {
+            return Err(Status::unauthenticated("no authenticated caller"));
+        };
+        if info.site != self.node.site {
+            tracing::warn!(caller = %info.site, "route feed refused: only this site's own edge agent may watch its routes");
+            return Err(Status::permission_denied(format!(
+                "site {} may not watch the routes of site {}",
+                info.site, self.node.site
+            )));
+        }
+        let node = self.node.clone();
+        let mut head = node.store.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut last = String::new();
+            loop {
+                let table = route_table(&node, Instant::now());
+                if table.version != last {
+                    last = table.version.clone();
+                    tracing::debug!(version = %last, services = table.services.len(), "route table sent");
+                    if tx.send(Ok(table)).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    r = head.changed() => if r.is_err() { return },
+                    () = tokio::time::sleep(RECHECK) => {}
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        tracing::info!(caller = %info.addr, "edge agent watching routes");
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
