@@ -90,6 +90,26 @@ impl Health {
         roll: u64,
     ) -> Option<&'a str> {
         let sites = self.lock();
+        if sites.is_empty() {
+            // Nothing has failed lately (the common case): a plain weighted choice.
+            drop(sites);
+            let open = candidates
+                .iter()
+                .filter(|c| c.weight > 0 && !tried.contains(&c.site));
+            let total: u64 = open.clone().map(|c| u64::from(c.weight)).sum();
+            if total == 0 {
+                return None;
+            }
+            let mut x = roll % total;
+            for c in open {
+                let w = u64::from(c.weight);
+                if x < w {
+                    return Some(c.site);
+                }
+                x -= w;
+            }
+            return None;
+        }
         let ejected_until = |site: &str| {
             sites
                 .get(&(service.to_string(), site.to_string()))
@@ -124,7 +144,11 @@ impl Health {
 
     /// Whether `site` is ejected for `service` at `now`.
     pub fn is_ejected(&self, service: &str, site: &str, now: Instant) -> bool {
-        self.lock()
+        let sites = self.lock();
+        if sites.is_empty() {
+            return false;
+        }
+        sites
             .get(&(service.to_string(), site.to_string()))
             .and_then(|h| h.ejected_until)
             .is_some_and(|t| t > now)
@@ -133,6 +157,9 @@ impl Health {
     /// Records a call's outcome.
     pub fn record(&self, service: &str, site: &str, ok: bool, now: Instant) -> Change {
         let mut sites = self.lock();
+        if ok && sites.is_empty() {
+            return Change::None;
+        }
         let key = (service.to_string(), site.to_string());
         if ok {
             // Keep the map small: a healthy pair needs no entry.

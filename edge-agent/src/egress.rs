@@ -58,8 +58,7 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body>
             format!("no route for {}", target.service),
         );
     };
-    let key = route.key();
-    let service = key.to_string();
+    let service = route.id.as_str();
     let Some(port) = route.port(target.port) else {
         return error_response(
             StatusCode::NOT_FOUND,
@@ -74,7 +73,7 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body>
             "CONNECT is not offered to local callers; use a TCP egress port".into(),
         );
     }
-    let authority = match Authority::try_from(format!("{}:{}", key.host(), port.port)) {
+    let authority = match Authority::try_from(format!("{}:{}", route.host, port.port)) {
         Ok(a) => a,
         Err(e) => {
             return error_response(StatusCode::BAD_REQUEST, "bad-destination", e.to_string());
@@ -105,13 +104,16 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body>
     let mut last_failed: Option<Response<Incoming>> = None;
     loop {
         let tried_refs: Vec<&str> = tried.iter().map(String::as_str).collect();
-        let Some(dest) = agent.pick(route, &service, &tried_refs, rand::random()) else {
+        let Some(dest) = agent.pick(route, service, &tried_refs, rand::random()) else {
             break;
         };
         let site = dest.site.clone();
         tried.push(site.clone());
         let result = if site == agent.site() {
-            match agent.config.upstream(&key.namespace, &key.name, port.port) {
+            match agent
+                .config
+                .upstream(&route.namespace, &route.name, port.port)
+            {
                 Some(up) => {
                     sent += 1;
                     let b = body.take().unwrap_or_else(h::empty);
@@ -140,10 +142,10 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body>
             Ok(resp) => {
                 let status = resp.status();
                 let failed = h::is_failure(status);
-                agent.record(&service, &site, !failed);
+                agent.record(service, &site, !failed);
                 agent.metrics.call(
                     Direction::Egress,
-                    &service,
+                    service,
                     &site,
                     Some(status.as_u16()),
                     start.elapsed(),
@@ -157,7 +159,7 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body>
                 return relay_response(resp, None);
             }
             Err(e) => {
-                agent.record(&service, &site, false);
+                agent.record(service, &site, false);
                 warn!(service = %service, destination = %site, error = %e.reason, "call failed");
                 last_error = Some(e);
                 if !may_retry {
@@ -182,7 +184,7 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body>
     };
     agent.metrics.call(
         Direction::Egress,
-        &service,
+        service,
         tried.last().map_or("none", String::as_str),
         None,
         start.elapsed(),

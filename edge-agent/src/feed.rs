@@ -92,6 +92,8 @@ pub fn from_wire(t: wire::RouteTable) -> Result<RouteDocument, String> {
                 .collect(),
             consumers: s.consumers,
             prefer_local: s.prefer_local,
+            id: String::new(),
+            host: String::new(),
         });
     }
     let splits = t

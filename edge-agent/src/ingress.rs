@@ -201,15 +201,16 @@ pub async fn handle(
         return relay(agent, &caller, &source, &site, req).await;
     }
     let table = agent.table();
-    let key = target.service.clone();
-    let service = key.to_string();
-    let Some(route) = table.service(&key) else {
+    let key = &target.service;
+    let Some(route) = table.service(key) else {
+        let service = key.to_string();
         return error_response(
             StatusCode::NOT_FOUND,
             "not-exported",
             format!("{service} is not served by site {}", agent.site()),
         );
     };
+    let service = route.id.as_str();
     if !route.admits(&source) {
         warn!(service = %service, caller = %source, "ingress: caller outside the service's consumer scope");
         return error_response(
@@ -235,7 +236,7 @@ pub async fn handle(
                 return error_response(StatusCode::BAD_GATEWAY, "upstream-failed", e);
             }
         };
-        return accept_tunnel(agent, req, upstream, service, start);
+        return accept_tunnel(agent, req, upstream, service.to_string(), start);
     }
     let Some(upstream) = agent.config.upstream(&key.namespace, &key.name, port_no) else {
         return error_response(
@@ -247,7 +248,7 @@ pub async fn handle(
             ),
         );
     };
-    let authority = match Authority::try_from(format!("{}:{port_no}", key.host())) {
+    let authority = match Authority::try_from(format!("{}:{port_no}", route.host)) {
         Ok(a) => a,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad-destination", e.to_string()),
     };

@@ -7,6 +7,11 @@ use clap::{Parser, Subcommand};
 use edge_agent::config::AgentConfig;
 use edge_agent::{feed, serve};
 
+/// mimalloc: a proxy allocates and frees many small buffers across threads; glibc's malloc
+/// costs measurably more CPU per request here (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The multimesh edge agent of one site: carries cross-site calls over mutual TLS.
 ///
 /// Ingress admits peer sites by their SPIFFE ID and each service's consumer scope, and forwards

@@ -32,7 +32,7 @@ impl Direction {
     }
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Series {
     /// Responses by status class (index 1..=5); index 0 counts calls that got no response.
     by_class: [u64; 6],
@@ -44,7 +44,8 @@ struct Series {
 /// The agent's metrics.
 #[derive(Default)]
 pub struct Metrics {
-    calls: Mutex<BTreeMap<(Direction, String, String), Series>>,
+    /// Per direction (egress, ingress): service -> destination site -> series.
+    calls: [Mutex<BTreeMap<String, BTreeMap<String, Series>>>; 2],
     tls_failures: Mutex<BTreeMap<(&'static str, String), u64>>,
     ejections: Mutex<BTreeMap<(String, String), u64>>,
     /// Open connections per listener: egress, ingress, tcp.
@@ -76,9 +77,17 @@ impl Metrics {
         took: Duration,
     ) {
         let secs = took.as_secs_f64();
-        let mut calls = lock(&self.calls);
-        let key = (dir, service.to_string(), site.to_string());
-        let s = calls.entry(key).or_default();
+        let mut calls = lock(&self.calls[dir as usize]);
+        // Look up by reference first: no allocation once a series exists.
+        if !calls.get(service).is_some_and(|m| m.contains_key(site)) {
+            calls
+                .entry(service.to_string())
+                .or_default()
+                .insert(site.to_string(), Series::default());
+        }
+        let Some(s) = calls.get_mut(service).and_then(|m| m.get_mut(site)) else {
+            return;
+        };
         let class = status.map_or(0, |c| usize::from(c / 100).clamp(1, 5));
         s.by_class[class] += 1;
         s.count += 1;
@@ -105,11 +114,22 @@ impl Metrics {
     /// Calls recorded for (direction, service, site) that got a response, by site — for tests
     /// and the status page.
     pub fn calls_by_site(&self, dir: Direction, service: &str) -> BTreeMap<String, u64> {
-        lock(&self.calls)
-            .iter()
-            .filter(|((d, s, _), _)| *d == dir && s == service)
-            .map(|((_, _, site), v)| (site.clone(), v.count))
-            .collect()
+        lock(&self.calls[dir as usize])
+            .get(service)
+            .map(|m| m.iter().map(|(site, v)| (site.clone(), v.count)).collect())
+            .unwrap_or_default()
+    }
+
+    fn series(&self) -> Vec<(Direction, String, String, Series)> {
+        let mut out = Vec::new();
+        for dir in [Direction::Egress, Direction::Ingress] {
+            for (svc, sites) in lock(&self.calls[dir as usize]).iter() {
+                for (site, s) in sites {
+                    out.push((dir, svc.clone(), site.clone(), s.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// The text exposition. `ejected` lists the currently ejected (service, site) pairs.
@@ -120,8 +140,8 @@ impl Metrics {
             o,
             "# HELP multimesh_edge_requests_total Calls handled, by direction, service, destination site and status class.\n# TYPE multimesh_edge_requests_total counter"
         );
-        let calls = lock(&self.calls);
-        for ((d, svc, dst), s) in calls.iter() {
+        let calls = self.series();
+        for (d, svc, dst, s) in calls.iter() {
             for (i, n) in s.by_class.iter().enumerate() {
                 if *n == 0 {
                     continue;
@@ -144,7 +164,7 @@ impl Metrics {
             o,
             "# HELP multimesh_edge_request_duration_seconds Time to the response headers.\n# TYPE multimesh_edge_request_duration_seconds histogram"
         );
-        for ((d, svc, dst), s) in calls.iter() {
+        for (d, svc, dst, s) in calls.iter() {
             let labels = format!(
                 "site=\"{site}\",direction=\"{}\",service=\"{}\",destination=\"{}\"",
                 d.as_str(),
@@ -165,7 +185,6 @@ impl Metrics {
                 s.count, s.sum, s.count
             );
         }
-        drop(calls);
         let _ = writeln!(
             o,
             "# HELP multimesh_edge_active_connections Open connections by listener.\n# TYPE multimesh_edge_active_connections gauge"

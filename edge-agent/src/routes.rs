@@ -137,6 +137,12 @@ pub struct ServiceRoute {
     /// (weights then only matter for failover).
     #[serde(default)]
     pub prefer_local: bool,
+    /// `NAMESPACE/NAME`, computed once when the table is built (logs, metrics, health keys).
+    #[serde(skip)]
+    pub id: String,
+    /// `NAME.NAMESPACE.svc.clusterset.local`, computed once when the table is built.
+    #[serde(skip)]
+    pub host: String,
 }
 
 fn default_namespace() -> String {
@@ -202,7 +208,7 @@ impl RouteTable {
             ));
         }
         let mut services = BTreeMap::new();
-        for (i, s) in doc.services.into_iter().enumerate() {
+        for (i, mut s) in doc.services.into_iter().enumerate() {
             let at = |e: InvalidField| e.within(&format!("services[{i}]"));
             names::dns_label("name", &s.name).map_err(at)?;
             names::dns_label("namespace", &s.namespace).map_err(at)?;
@@ -248,6 +254,8 @@ impl RouteTable {
                 names::dns_label(&format!("consumers[{j}]"), c).map_err(at)?;
             }
             let key = ServiceKey::new(&s.namespace, &s.name);
+            s.id = key.to_string();
+            s.host = key.host();
             if services.contains_key(&key) {
                 return Err(InvalidField::new(
                     &format!("services[{i}]"),

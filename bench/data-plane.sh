@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# Data-plane benchmark: the same topology built four ways, in one run, on loopback:
+#
+#   client -> egress proxy -> (mTLS) -> ingress proxy -> backend (nginx, "ok")
+#
+#   direct   client -> backend (no proxies: the floor)
+#   edge     edge-agent pair (site b egress, site a ingress; one HTTP/2 mTLS link)
+#   haproxy  HAProxy pair (HTTP/2 over mTLS between them, connection reuse always)
+#   nginx    nginx pair (HTTP/1.1 keep-alive over mTLS between them: nginx cannot speak
+#            HTTP/2 to an upstream)
+#
+# For each: max throughput with wrk (HTTP/1.1) and h2load (h2c), latency percentiles at a
+# fixed rate below saturation with bench's `loadgen` (open loop, no coordinated omission),
+# CPU seconds of the proxy processes per 10k requests (from /proc during the throughput runs),
+# and their peak RSS (VmHWM). Writes bench/results/data-plane.json and prints a Markdown table.
+#
+#   bash bench/data-plane.sh [--runs N] [--seconds S] [--rate R] [--quick]
+#
+# Needs: wrk, h2load (nghttp2-client), haproxy, nginx (installed with apt-get when missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=3 seconds=10 rate=2000 quick=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) runs=$2; shift 2 ;;
+    --seconds) seconds=$2; shift 2 ;;
+    --rate) rate=$2; shift 2 ;;
+    --quick) quick=1; runs=1; seconds=2; rate=500; shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+target=${CARGO_TARGET_DIR:-target}
+need=()
+for t in wrk:wrk h2load:nghttp2-client haproxy:haproxy nginx:nginx-light; do
+  command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "==> installing ${need[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
+fi
+echo "==> building release binaries" >&2
+cargo build --release --locked -p edge-agent -p multimesh-federation -p multimesh-bench >&2
+
+work=$(mktemp -d /tmp/multimesh-dp.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Ports.
+BACKEND=28080 EDGE_OUT=28101 EDGE_IN=28102 HA_OUT=28201 HA_IN=28202 NG_OUT=28301 NG_OUT_H2=28303 NG_IN=28302
+DEST="x-multimesh-destination: payment.shop.svc.clusterset.local:8080"
+
+# Identities: one CA, sites a (ingress side) and b (egress side).
+"$target/release/federationctl" certs init --trust-domain bench.multimesh --out "$work/pki" >/dev/null
+for s in a b; do
+  "$target/release/federationctl" certs issue --site "$s" --ca-dir "$work/pki" --out "$work/pki" >/dev/null
+  cat "$work/pki/$s.pem" "$work/pki/$s-key.pem" > "$work/pki/$s-bundle.pem"
+done
+
+nginx_conf() { # name body
+  mkdir -p "$work/$1"
+  cat > "$work/$1/nginx.conf" <<EOF
+worker_processes $3;
+pid $work/$1/nginx.pid;
+error_log $work/$1/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path $work/$1/tmp; proxy_temp_path $work/$1/tmp;
+  fastcgi_temp_path $work/$1/tmp; uwsgi_temp_path $work/$1/tmp; scgi_temp_path $work/$1/tmp;
+  keepalive_requests 1000000;
+$2
+}
+EOF
+}
+start() { # name command...
+  local name=$1; shift
+  "$@" >"$work/$name.out" 2>&1 &
+  pids+=("$!")
+  eval "pid_$name=$!"
+}
+wait_port() {
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "port $1 never opened" >&2; return 1
+}
+
+# Backend: nginx answering "ok" (1 worker; the same for every topology).
+nginx_conf backend "  server { listen 127.0.0.1:$BACKEND; location / { return 200 \"ok\\n\"; } }" 1
+start backend nginx -p "$work/backend" -c "$work/backend/nginx.conf" -g 'daemon off;'
+
+# edge-agent pair.
+mkdir -p "$work/edge-a" "$work/edge-b"
+cat > "$work/edge-a/routes.yaml" <<EOF
+services:
+- {name: payment, namespace: shop, ports: [{port: 8080}], destinations: [{site: a}]}
+EOF
+cat > "$work/edge-b/routes.yaml" <<EOF
+services:
+- {name: payment, namespace: shop, ports: [{port: 8080}], destinations: [{site: a, addresses: ['127.0.0.1:$EDGE_IN']}]}
+EOF
+for s in a b; do
+  cat > "$work/edge-$s/edge.toml" <<EOF
+site = "$s"
+trust_domain = "bench.multimesh"
+[tls]
+ca = "$work/pki/ca.pem"
+cert = "$work/pki/$s.pem"
+key = "$work/pki/$s-key.pem"
+[routes]
+file = "routes.yaml"
+EOF
+done
+sed -i "1i ingress = \"127.0.0.1:$EDGE_IN\"" "$work/edge-a/edge.toml"
+cat >> "$work/edge-a/edge.toml" <<EOF
+[[local]]
+name = "payment"
+namespace = "shop"
+ports = [{ port = 8080, upstream = "127.0.0.1:$BACKEND" }]
+EOF
+sed -i "1i egress_http = \"127.0.0.1:$EDGE_OUT\"" "$work/edge-b/edge.toml"
+RUST_LOG=warn start edge_a "$target/release/edge-agent" run --config "$work/edge-a/edge.toml"
+RUST_LOG=warn start edge_b "$target/release/edge-agent" run --config "$work/edge-b/edge.toml"
+
+# HAProxy pair: HTTP/2 over mTLS between them.
+cat > "$work/haproxy-b.cfg" <<EOF
+global
+  nbthread 2
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend egress
+  bind 127.0.0.1:$HA_OUT
+  default_backend peer
+backend peer
+  server a 127.0.0.1:$HA_IN ssl crt $work/pki/b-bundle.pem ca-file $work/pki/ca.pem verify required alpn h2
+EOF
+cat > "$work/haproxy-a.cfg" <<EOF
+global
+  nbthread 2
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend ingress
+  bind 127.0.0.1:$HA_IN ssl crt $work/pki/a-bundle.pem ca-file $work/pki/ca.pem verify required alpn h2
+  default_backend app
+backend app
+  server app 127.0.0.1:$BACKEND
+EOF
+start haproxy_a haproxy -f "$work/haproxy-a.cfg" -db
+start haproxy_b haproxy -f "$work/haproxy-b.cfg" -db
+
+# nginx pair: HTTP/1.1 keep-alive over mTLS (the client side cannot verify a URI-SAN-only
+# certificate's name, so it checks nothing; the ingress side verifies the client chain).
+nginx_conf nginx-b "  upstream peer { server 127.0.0.1:$NG_IN; keepalive 256; }
+  server {
+    listen 127.0.0.1:$NG_OUT; listen 127.0.0.1:$NG_OUT_H2 http2;
+    location / {
+      proxy_pass https://peer; proxy_http_version 1.1; proxy_set_header Connection \"\";
+      proxy_ssl_certificate $work/pki/b.pem; proxy_ssl_certificate_key $work/pki/b-key.pem;
+      proxy_ssl_session_reuse on; proxy_ssl_protocols TLSv1.3;
+    }
+  }" 2
+nginx_conf nginx-a "  upstream app { server 127.0.0.1:$BACKEND; keepalive 256; }
+  server {
+    listen 127.0.0.1:$NG_IN ssl;
+    ssl_certificate $work/pki/a.pem; ssl_certificate_key $work/pki/a-key.pem;
+    ssl_client_certificate $work/pki/ca.pem; ssl_verify_client on; ssl_protocols TLSv1.3;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+  }" 2
+start nginx_a nginx -p "$work/nginx-a" -c "$work/nginx-a/nginx.conf" -g 'daemon off;'
+start nginx_b nginx -p "$work/nginx-b" -c "$work/nginx-b/nginx.conf" -g 'daemon off;'
+
+for p in $BACKEND $EDGE_OUT $EDGE_IN $HA_OUT $HA_IN $NG_OUT $NG_OUT_H2 $NG_IN; do wait_port "$p"; done
+# Every path answers before anything is measured.
+for p in $BACKEND $EDGE_OUT $HA_OUT $NG_OUT; do
+  out=$(curl -s --max-time 5 -H "$DEST" "http://127.0.0.1:$p/") || true
+  [ "$out" = "ok" ] || { echo "path via port $p does not answer: '$out'" >&2; cat "$work"/*.out >&2; exit 1; }
+done
+
+# All PIDs of a topology's proxies (nginx: master and workers).
+proc_tree() { echo "$1"; pgrep -P "$1" || true; }
+proxy_pids() {
+  case $1 in
+    direct) ;;
+    edge) proc_tree "$pid_edge_a"; proc_tree "$pid_edge_b" ;;
+    haproxy) proc_tree "$pid_haproxy_a"; proc_tree "$pid_haproxy_b" ;;
+    nginx) proc_tree "$pid_nginx_a"; proc_tree "$pid_nginx_b" ;;
+  esac
+}
+cpu_ticks() { # sum of utime+stime over pids
+  local t=0
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] || continue
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+peak_rss_kb() {
+  local t=0
+  for p in "$@"; do
+    [ -r "/proc/$p/status" ] || continue
+    t=$((t + $(awk '/VmHWM/ {print $2}' "/proc/$p/status")))
+  done
+  echo "$t"
+}
+port_h1() { case $1 in direct) echo $BACKEND ;; edge) echo $EDGE_OUT ;; haproxy) echo $HA_OUT ;; nginx) echo $NG_OUT ;; esac; }
+port_h2() { case $1 in direct) echo none ;; edge) echo $EDGE_OUT ;; haproxy) echo $HA_OUT ;; nginx) echo $NG_OUT_H2 ;; esac; }
+hz=$(getconf CLK_TCK)
+
+results="$work/results.jsonl"
+: > "$results"
+echo "==> machine: $(nproc) cores, $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ); $runs runs of ${seconds}s; fixed rate $rate/s" >&2
+for run in $(seq 1 "$runs"); do
+  for topo in direct edge haproxy nginx; do
+    mapfile -t pp < <(proxy_pids "$topo")
+    # HTTP/1.1 max throughput (wrk).
+    c0=$(cpu_ticks "${pp[@]}")
+    wrk_out=$(wrk -t1 -c64 -d"${seconds}s" --latency -H "$DEST" "http://127.0.0.1:$(port_h1 "$topo")/")
+    c1=$(cpu_ticks "${pp[@]}")
+    h1_rps=$(awk '/Requests\/sec/ {print $2}' <<<"$wrk_out")
+    h1_reqs=$(awk '/requests in/ {print $1}' <<<"$wrk_out")
+    h1_errors=$(awk '/Non-2xx|Socket errors/ {n++} END {print n+0}' <<<"$wrk_out")
+    # h2c max throughput (h2load). The direct backend has no h2c listener.
+    h2_rps=null h2_reqs=0 c2=$c1 c3=$c1
+    if [ "$(port_h2 "$topo")" != none ]; then
+      c2=$(cpu_ticks "${pp[@]}")
+      h2_out=$(h2load -c16 -m32 -t1 -D"$seconds" -H "$DEST" "http://127.0.0.1:$(port_h2 "$topo")/" 2>&1)
+      c3=$(cpu_ticks "${pp[@]}")
+      h2_rps=$(awk '/^finished in/ {gsub(",","",$4); print $4}' <<<"$h2_out")
+      h2_reqs=$(awk '/^requests:/ {print $8}' <<<"$h2_out")
+    fi
+    # Latency at a fixed rate (HTTP/1.1 and h2c).
+    lat_h1=$("$target/release/loadgen" --target "127.0.0.1:$(port_h1 "$topo")" --header "$DEST" --rate "$rate" --duration "$seconds" --connections 64)
+    lat_h2=null
+    if [ "$(port_h2 "$topo")" != none ]; then
+      lat_h2=$("$target/release/loadgen" --h2 --target "127.0.0.1:$(port_h2 "$topo")" --header "$DEST" --rate "$rate" --duration "$seconds" --connections 4)
+    fi
+    rss=$(peak_rss_kb "${pp[@]}")
+    printf '{"run":%s,"topology":"%s","h1_rps":%s,"h1_requests":%s,"h1_error_lines":%s,"h1_cpu_s":%s,"h2_rps":%s,"h2_requests":%s,"h2_cpu_s":%s,"lat_h1":%s,"lat_h2":%s,"peak_rss_kb":%s}\n' \
+      "$run" "$topo" "$h1_rps" "${h1_reqs:-0}" "$h1_errors" "$(awk "BEGIN {print ($c1-$c0)/$hz}")" \
+      "$h2_rps" "${h2_reqs:-0}" "$(awk "BEGIN {print ($c3-$c2)/$hz}")" "$lat_h1" "$lat_h2" "$rss" >> "$results"
+    echo "    run $run $topo: h1 ${h1_rps} rps, h2 ${h2_rps} rps" >&2
+  done
+done
+mkdir -p bench/results
+python3 bench/data_plane_report.py "$results" bench/results/data-plane.json "$quick"
