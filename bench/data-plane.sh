@@ -31,12 +31,14 @@ while [ $# -gt 0 ]; do
 done
 target=${CARGO_TARGET_DIR:-target}
 need=()
-for t in wrk:wrk h2load:nghttp2-client haproxy:haproxy nginx:nginx-light; do
+for t in wrk:wrk h2load:nghttp2-client haproxy:haproxy nginx:nginx-light curl:curl; do
   command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
+  $sudo_ apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq "${need[@]}" >&2
 fi
 echo "==> building release binaries" >&2
 cargo build --release --locked -p edge-agent -p multimesh-federation -p multimesh-bench >&2

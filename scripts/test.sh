@@ -40,4 +40,8 @@ target=${CARGO_TARGET_DIR:-target}
 "$target/debug/control-plane" --federationd "$target/debug/federationd" --sites 3 --services 300 --changes 10 --runs 1 > /tmp/multimesh-bench-smoke.log 2>&1 \
   || { cat /tmp/multimesh-bench-smoke.log; echo "benchmark smoke run FAILED" >&2; exit 1; }
 grep "full sync" /tmp/multimesh-bench-smoke.log | head -1
-echo "2 passed, 0 failed: local multi-site run, benchmark smoke run"
+echo "==> data-plane benchmark, quick smoke run: all four paths answer (the real run: bench/data-plane.sh)"
+bash bench/data-plane.sh --quick > /tmp/multimesh-dp-smoke.log 2>&1 \
+  || { cat /tmp/multimesh-dp-smoke.log; echo "data-plane benchmark smoke run FAILED" >&2; exit 1; }
+grep "^| edge" /tmp/multimesh-dp-smoke.log
+echo "3 passed, 0 failed: local multi-site run, control-plane and data-plane benchmark smoke runs"
