@@ -229,7 +229,7 @@ pub async fn handle(
     let port_no = port.port;
     let protocol = port.protocol;
     if req.method() == Method::CONNECT {
-        let upstream = match tunnel::open_local(&agent, &key, port_no).await {
+        let upstream = match tunnel::open_local(&agent, key, port_no).await {
             Ok(u) => u,
             Err(e) => {
                 warn!(service = %service, error = %e, "ingress: tunnel upstream unreachable");
@@ -260,7 +260,7 @@ pub async fn handle(
     let status = result.as_ref().ok().map(|r| r.status().as_u16());
     agent.metrics.call(
         Direction::Ingress,
-        &service,
+        service,
         &source,
         status,
         start.elapsed(),

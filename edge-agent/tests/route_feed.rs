@@ -30,12 +30,23 @@ fn workspace_bin(name: &str) -> PathBuf {
     p
 }
 
+/// A free port below the kernel's ephemeral range, so that no other test binding port 0 can be
+/// handed the same port between this check and the agent binding it.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    loop {
+        let p = 20_000 + (rand_u16() % 7_000);
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+fn rand_u16() -> u16 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        .subsec_nanos();
+    (t ^ std::process::id()) as u16
 }
 
 struct Daemon {
