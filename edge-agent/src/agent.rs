@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use federation::model::Protocol;
+pub use federation::sync::dialer::error_chain;
 use federation::tls::SiteTls;
 use http::header::HeaderValue;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -320,16 +321,4 @@ pub fn relay_response(resp: Response<Incoming>, served_by: Option<&str>) -> Resp
         parts.headers.insert(h::SERVED_BY, v);
     }
     Response::from_parts(parts, body.boxed())
-}
-
-/// An error with its causes, on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use federation::config::TlsFiles;
+use federation::config::{ConfigError, TlsFiles};
 use federation::error::InvalidField;
 use federation::names;
 use serde::Deserialize;
@@ -144,35 +144,6 @@ impl Default for Limits {
 
 fn default_namespace() -> String {
     "default".to_string()
-}
-
-/// Errors loading the config.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// Unreadable file.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Not valid TOML/YAML for the schema.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// The parser's message.
-        message: String,
-    },
-    /// A field failed validation.
-    #[error("{path}: {source}")]
-    Invalid {
-        /// The file.
-        path: String,
-        /// The bad field.
-        source: InvalidField,
-    },
 }
 
 impl AgentConfig {
