@@ -300,6 +300,13 @@ fn accept_tunnel(
 ) -> Response<Body> {
     let upgrade = hyper::upgrade::on(&mut req);
     let a = agent.clone();
+    agent.metrics.call(
+        Direction::Ingress,
+        &service,
+        "tunnel",
+        Some(200),
+        start.elapsed(),
+    );
     tokio::spawn(async move {
         match upgrade.await {
             Ok(up) => {
@@ -309,13 +316,6 @@ fn accept_tunnel(
             Err(e) => debug!(service = %service, error = %e, "tunnel upgrade failed"),
         }
     });
-    agent.metrics.call(
-        Direction::Ingress,
-        &req_service(&req),
-        "tunnel",
-        Some(200),
-        start.elapsed(),
-    );
     let mut r = Response::new(h::empty());
     if let Ok(v) = HeaderValue::from_str(agent.site()) {
         r.headers_mut().insert(h::SERVED_BY, v);

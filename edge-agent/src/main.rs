@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use edge_agent::config::AgentConfig;
 use edge_agent::{feed, serve};
+use federation::process;
 
 /// mimalloc: a proxy allocates and frees many small buffers across threads; glibc's malloc
 /// costs measurably more CPU per request here (see BENCHMARKS.md).
@@ -61,28 +62,13 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { config, log_format } => {
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            let builder = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_writer(std::io::stderr);
-            if log_format == "json" {
-                builder.json().init();
-            } else {
-                builder.init();
-            }
+            process::init_logging(&log_format);
             let cfg = AgentConfig::load(&config)?;
             let site = cfg.site.clone();
             let running = serve::start(cfg)
                 .await
                 .map_err(|e| anyhow::anyhow!("site {site}: {e}"))?;
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+            process::shutdown_signal().await?;
             tracing::info!(site = %site, "shutting down");
             running.stop().await;
             Ok(())

@@ -13,6 +13,7 @@ pub mod error;
 pub mod identity;
 pub mod model;
 pub mod names;
+pub mod process;
 pub mod routes;
 pub mod store;
 pub mod sync;

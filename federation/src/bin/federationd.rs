@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use federation::config::Config;
-use federation::daemon;
+use federation::{daemon, process};
 
 /// The multimesh federation daemon of one site: discovers this site's exported services,
 /// exchanges catalogs with peer sites over mutual-TLS gRPC, and persists exports and imports.
@@ -25,27 +25,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if args.log_format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    process::init_logging(&args.log_format);
     let cfg = Config::load(&args.config)?;
     let site = cfg.site.clone();
     let running = daemon::start(cfg, &args.config)
         .await
         .map_err(|e| anyhow::anyhow!("site {site}: {e}"))?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    process::shutdown_signal().await?;
     tracing::info!(site = %site, "shutting down");
     running.stop().await;
     Ok(())
