@@ -75,6 +75,24 @@ pub struct Config {
     /// Where the daemon writes the address it actually bound (useful with port 0).
     #[serde(default)]
     pub ready_file: Option<PathBuf>,
+    /// Where this site's services come from: `static` (this file and `federationctl export`)
+    /// or `kubernetes` (ServiceExports in a cluster; see `[kubernetes]`).
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// Settings of the `kubernetes` backend.
+    #[serde(default)]
+    pub kubernetes: Option<crate::kubernetes::KubeSettings>,
+}
+
+/// The site backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Services from the config file and `federationctl export`, persisted in the state file.
+    #[default]
+    Static,
+    /// A Kubernetes cluster: MCS ServiceExport/ServiceImport and mesh-native resources.
+    Kubernetes,
 }
 
 /// Certificate files of a site.
@@ -220,6 +238,11 @@ impl Config {
         {
             *r = base.join(&*r);
         }
+        if let Some(k) = cfg.kubernetes.as_mut().and_then(|k| k.kubeconfig.as_mut())
+            && k.is_relative()
+        {
+            *k = base.join(&*k);
+        }
         cfg.validate()
             .map_err(|source| ConfigError::Invalid { path: p, source })?;
         Ok(cfg)
@@ -286,6 +309,16 @@ impl Config {
                 names::host_port(&format!("{f}.address"), a)?;
             }
         }
+        if let Some(k) = &self.kubernetes {
+            if self.backend != BackendKind::Kubernetes {
+                return Err(InvalidField::new(
+                    "kubernetes",
+                    "<table>",
+                    "is set but backend is not \"kubernetes\"",
+                ));
+            }
+            k.validate()?;
+        }
         let mut svcs = BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let f = format!("services[{i}]");
@@ -299,6 +332,13 @@ impl Config {
                 ));
             }
             self.service(s).validate().map_err(|e| e.within(&f))?;
+            if s.export && self.backend == BackendKind::Kubernetes {
+                return Err(InvalidField::new(
+                    &format!("{f}.export"),
+                    true,
+                    "cannot be set with backend \"kubernetes\": ServiceExport objects export services",
+                ));
+            }
             if !s.to.is_empty() {
                 Scope::from_sites(&format!("{f}.to"), &s.to)?;
             }

@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminService};
 use crate::catalog::{Limits, Liveness};
-use crate::config::Config;
+use crate::config::{BackendKind, Config};
 use crate::identity;
 use crate::routes::RouteService;
 use crate::store::{self, Store};
@@ -107,13 +107,17 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
             .map_err(|e| DaemonError::Export(format!("{}/{}: {e}", svc.namespace, svc.name)))?;
         declared.insert((svc.namespace.clone(), svc.name.clone()));
     }
-    let dropped: Vec<_> = catalog.declared().difference(&declared).cloned().collect();
-    for (ns, name) in dropped {
-        if catalog.unexport(&ns, &name).is_ok() {
-            info!(service = %format!("{ns}/{name}"), "withdrawn: no longer declared in the config");
+    // With the kubernetes backend, ServiceExport objects declare the exports: the backend
+    // reconciles them once it has read the cluster (withdrawing nothing before that).
+    if cfg.backend == BackendKind::Static {
+        let dropped: Vec<_> = catalog.declared().difference(&declared).cloned().collect();
+        for (ns, name) in dropped {
+            if catalog.unexport(&ns, &name).is_ok() {
+                info!(service = %format!("{ns}/{name}"), "withdrawn: no longer declared in the config");
+            }
         }
+        catalog.set_declared(declared);
     }
-    catalog.set_declared(declared);
     info!(
         site = %cfg.site,
         restored,
@@ -237,6 +241,21 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
             n.store.touch(|c| c.set_own_beat(last));
         }
     });
+
+    if cfg.backend == BackendKind::Kubernetes {
+        let settings = cfg.kubernetes.clone().unwrap_or_default();
+        let base = crate::kubernetes::desired::ExportBase {
+            trust_domain: cfg.trust_domain.clone(),
+            ingress: cfg.edge_ingress.clone(),
+        };
+        info!(site = %cfg.site, mesh = %settings.mesh, "kubernetes backend starting");
+        tasks.spawn(crate::kubernetes::controller::run(
+            node.clone(),
+            settings,
+            base,
+            shutdown.clone(),
+        ));
+    }
 
     if let Some(ready) = &cfg.ready_file {
         let body = format!("{{\"site\":\"{}\",\"listen\":\"{listen}\"}}\n", cfg.site);

@@ -3,7 +3,8 @@
 //! Pure core: [`names`] and [`model`] (validated domain types), [`catalog`] (the per-site
 //! catalog store, replication and liveness). I/O at the edges: [`identity`] and [`tls`]
 //! (SPIFFE site identities over rustls), [`config`] and [`state`] (files), [`sync`] (the peer
-//! protocol over gRPC), [`admin`] (the local admin API), [`daemon`] (wiring).
+//! protocol over gRPC), [`admin`] (the local admin API), [`kubernetes`] (the Kubernetes site
+//! backend), [`daemon`] (wiring).
 
 pub mod admin;
 pub mod catalog;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod identity;
+pub mod kubernetes;
 pub mod model;
 pub mod names;
 pub mod process;

@@ -79,7 +79,7 @@ pub fn translate(
             render::gateway::render(&model, render::gateway::Flavor::Gamma, &mut diagnostics)
         }
         Mesh::Linkerd => render::linkerd::render(&model, opts, &mut diagnostics),
-        Mesh::Consul => render::consul::render(&model, &mut diagnostics),
+        Mesh::Consul => render::consul::render(&model, opts, &mut diagnostics),
         Mesh::Kuma => {
             render::access_unsupported(&model, "kuma", &mut diagnostics);
             render::kuma::render(&model, opts, &mut diagnostics)

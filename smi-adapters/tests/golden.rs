@@ -97,6 +97,15 @@ fn every_case_matches_its_golden_output_and_validates_against_upstream_crds() {
                 "{label}: a ServiceProfile would override the HTTPRoute"
             );
             for r in &t.resources {
+                let kind = (
+                    r["apiVersion"].as_str().unwrap_or_default(),
+                    r["kind"].as_str().unwrap_or_default(),
+                );
+                if !mesh.kinds().contains(&kind) {
+                    failures.push(format!(
+                        "{label}: {kind:?} is not in Mesh::kinds(), so the Kubernetes backend would never garbage-collect it"
+                    ));
+                }
                 let checked = if r["apiVersion"] == "v1" {
                     // Core kinds have no CRD schema: a structural check here, the real API
                     // server in the Kubernetes tests.

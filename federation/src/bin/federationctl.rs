@@ -111,6 +111,22 @@ enum Cmd {
         #[arg(long, default_value = "cluster.local")]
         mesh_trust_domain: String,
     },
+    /// Print the CustomResourceDefinitions multimesh needs in a cluster (MCS ServiceExport and
+    /// ServiceImport, generated from its Rust types) as YAML, for `kubectl apply -f -`.
+    Crds,
+    /// Show what the kubernetes backend of a site would create, change or delete in its cluster
+    /// (imports and rendered mesh resources), without applying anything. Reads the site's
+    /// federationd config for the cluster and mesh, and the catalog from its running daemon
+    /// (or from --catalog).
+    Plan {
+        /// The site's federationd config (backend = "kubernetes").
+        #[arg(long)]
+        config: PathBuf,
+        /// The catalog as printed by `federationctl catalog -o json`, instead of asking the
+        /// daemon.
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
     /// Print the sequence number and entry count now and after every catalog change, one line
     /// each (JSON lines with -o json), until interrupted or until --until-entries is reached.
     Watch {
@@ -280,9 +296,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 edge_http_port,
                 edge_ips: edge_ips.iter().map(|ip| ip.to_string()).collect(),
                 trust_domain: mesh_trust_domain,
+                import_all: false,
             },
         ),
         Cmd::Watch { until_entries } => watch(&cli, until_entries).await,
+        Cmd::Crds => {
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{}", federation::kubernetes::types::crds_yaml());
+            }
+            Ok(())
+        }
+        Cmd::Plan {
+            ref config,
+            ref catalog,
+        } => plan(&cli, config, catalog.as_deref()).await,
         Cmd::Status => {
             let mut c = client(&cli.admin_socket).await?;
             let s = c
@@ -527,6 +555,78 @@ fn service_json(s: &wire::ExportedService) -> Value {
         "ingress": s.ingress, "labels": s.labels.iter().collect::<BTreeMap<_, _>>(), "identity": s.identity,
         "scope": scope_text(s.scope.as_ref()),
         "stale": s.stale.map(|p| json!({"ttl_seconds": p.ttl_seconds, "serve": p.serve})),
+    })
+}
+
+/// `federationctl plan`: the changes the kubernetes backend would make now.
+async fn plan(cli: &Cli, config: &Path, catalog: Option<&Path>) -> Result<(), Failure> {
+    use federation::kubernetes::{controller::Cluster, desired, plan};
+    let cfg = federation::config::Config::load(config)?;
+    if cfg.backend != federation::config::BackendKind::Kubernetes {
+        return Err(usage(format!(
+            "{}: backend is not \"kubernetes\": there is no cluster to plan for",
+            config.display()
+        )));
+    }
+    let settings = cfg.kubernetes.clone().unwrap_or_default();
+    let catalog_text = match catalog {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| Failure(format!("{}: {e}", path.display()), 1))?,
+        None => {
+            let mut c = client(&cfg.admin_socket).await?;
+            let r = c
+                .catalog(api::CatalogRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            catalog_json(&r).to_string()
+        }
+    };
+    let remote = smi_adapters::input::parse_catalog(&catalog_text).map_err(|e| Failure(e, 1))?;
+    let cluster = Cluster::connect(&settings).await?;
+    let (want, existing) = cluster.desired_and_existing(&cfg.site, &remote).await?;
+    let (changes, unchanged) = plan::plan(&want.objects, &existing);
+    let diagnostics: Vec<String> = want
+        .diagnostics
+        .values()
+        .flatten()
+        .map(|d| d.to_string())
+        .collect();
+    let out = json!({
+        "site": cfg.site,
+        "mesh": settings.mesh,
+        "unchanged": unchanged,
+        "changes": changes.iter().map(|c| json!({
+            "action": c.verb(),
+            "object": desired::object_key(c.object()),
+            "resource": c.object(),
+        })).collect::<Vec<_>>(),
+        "diagnostics": diagnostics,
+    });
+    print(cli.output, &out, || {
+        let mut t = String::new();
+        for c in &changes {
+            let o = c.object();
+            t.push_str(&format!(
+                "{:<9} {} {} {}/{}\n",
+                c.verb(),
+                o["apiVersion"].as_str().unwrap_or_default(),
+                o["kind"].as_str().unwrap_or_default(),
+                o["metadata"]["namespace"].as_str().unwrap_or_default(),
+                o["metadata"]["name"].as_str().unwrap_or_default()
+            ));
+        }
+        for d in &diagnostics {
+            t.push_str(&format!("{d}\n"));
+        }
+        t.push_str(&format!(
+            "{} to change, {} unchanged (site {}, mesh {})\n",
+            changes.len(),
+            unchanged,
+            cfg.site,
+            settings.mesh
+        ));
+        t
     })
 }
 

@@ -23,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 #[path = "common.rs"]
 mod common;
 pub use common::*;
+pub mod kubeenv;
 
 /// How one site is set up.
 #[derive(Clone, Default)]
@@ -32,6 +33,8 @@ pub struct SiteSpec {
     pub peers: Vec<(String, Option<String>)>,
     /// Extra TOML appended to the config (services, [sync] overrides).
     pub extra: String,
+    /// Top-level TOML keys (before any table), e.g. `backend = "kubernetes"`.
+    pub top: String,
 }
 
 impl SiteSpec {
@@ -51,6 +54,10 @@ impl SiteSpec {
     }
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
+        self
+    }
+    pub fn top(mut self, toml: &str) -> Self {
+        self.top.push_str(toml);
         self
     }
 }
@@ -84,6 +91,7 @@ impl Site {
             spec.name,
             listen.unwrap_or("127.0.0.1:0")
         );
+        cfg.push_str(&spec.top);
         let extra_has_sync = spec.extra.contains("[sync]");
         let mut body = String::new();
         body.push_str(&format!(

@@ -266,7 +266,7 @@ fn intentions(model: &Model, a: &Access, d: &mut Vec<Diagnostic>) -> Option<Valu
 }
 
 /// Renders the model for Consul.
-pub fn render(model: &Model, d: &mut Vec<Diagnostic>) -> Vec<Value> {
+pub fn render(model: &Model, opts: &super::Options, d: &mut Vec<Diagnostic>) -> Vec<Value> {
     let mut out = Vec::new();
     for r in &model.routes {
         route(model, r, d, &mut out);
@@ -276,7 +276,7 @@ pub fn render(model: &Model, d: &mut Vec<Diagnostic>) -> Vec<Value> {
             out.push(x);
         }
     }
-    for s in super::imports(model) {
+    for s in super::imports(model, opts) {
         let Some(remote) = &s.remote else { continue };
         let name = format!("{}-clusterset", s.name);
         let mut res = resource(

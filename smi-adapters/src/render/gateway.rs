@@ -89,10 +89,12 @@ fn http_route(
             .zip(rel)
             .filter(|(_, w)| *w > 0)
             .map(|(b, w)| {
+                // A core Service is named without `group` (it defaults to the core group): a
+                // v1.20 API server, whose CRDs cannot carry `default: ""`, refuses `group: ""`.
                 let mut x = match (b.remote.is_some(), flavor) {
                     (true, Flavor::Gamma) => json!({"group": "multicluster.x-k8s.io", "kind": "ServiceImport", "name": b.name}),
-                    (true, Flavor::Linkerd) => json!({"group": "", "kind": "Service", "name": mirror_name(&b.name)}),
-                    (false, _) => json!({"group": "", "kind": "Service", "name": b.name}),
+                    (true, Flavor::Linkerd) => json!({"kind": "Service", "name": mirror_name(&b.name)}),
+                    (false, _) => json!({"kind": "Service", "name": b.name}),
                 };
                 if b.namespace != r.namespace {
                     x["namespace"] = json!(b.namespace);
@@ -113,7 +115,7 @@ fn http_route(
     }
     // Requests that match no rule still reach the root service (GAMMA answers 404 otherwise).
     if r.rules.iter().all(|x| !x.matches.is_empty()) {
-        rules.push(json!({"backendRefs": [{"group": "", "kind": "Service", "name": r.root, "port": port}]}));
+        rules.push(json!({"backendRefs": [{"kind": "Service", "name": r.root, "port": port}]}));
     }
     let name = if suffix {
         format!("{}-{port}", r.name)

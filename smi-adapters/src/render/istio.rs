@@ -278,7 +278,7 @@ pub fn render(model: &Model, opts: &Options, d: &mut Vec<Diagnostic>) -> Vec<Val
             out.push(p);
         }
     }
-    for s in imports(model) {
+    for s in imports(model, opts) {
         let name = format!("{}-clusterset", s.name);
         let ports: Vec<Value> = s
             .ports

@@ -109,7 +109,7 @@ pub fn render(model: &Model, opts: &Options, d: &mut Vec<Diagnostic>) -> Vec<Val
         .iter()
         .filter_map(|r| mesh_http_route(model, r, d))
         .collect();
-    for s in imports(model) {
+    for s in imports(model, opts) {
         let name = format!("{}-clusterset", s.name);
         let mut meta = metadata(&name, &s.namespace, None);
         meta["labels"]["multimesh.io/imported-service"] = json!(s.name);

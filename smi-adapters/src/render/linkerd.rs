@@ -28,7 +28,7 @@ pub fn render(model: &Model, opts: &Options, d: &mut Vec<Diagnostic>) -> Vec<Val
             }
         }
     }
-    for s in imports(model) {
+    for s in imports(model, opts) {
         let name = mirror_name(&s.name);
         if name.len() > 63 {
             d.push(Diagnostic::error(

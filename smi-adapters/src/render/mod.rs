@@ -42,6 +42,42 @@ impl Mesh {
     }
 }
 
+impl Mesh {
+    /// Every `(apiVersion, kind)` the renderer for this mesh may produce. The Kubernetes backend
+    /// lists these to find (and garbage-collect) what it wrote; a test checks the renderers
+    /// never produce anything else.
+    pub fn kinds(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Mesh::Istio => &[
+                ("networking.istio.io/v1", "VirtualService"),
+                ("networking.istio.io/v1", "DestinationRule"),
+                ("networking.istio.io/v1", "ServiceEntry"),
+                ("security.istio.io/v1", "AuthorizationPolicy"),
+            ],
+            Mesh::GatewayApi => &[("gateway.networking.k8s.io/v1", "HTTPRoute")],
+            Mesh::Linkerd => &[
+                ("v1", "Service"),
+                ("v1", "Endpoints"),
+                ("policy.linkerd.io/v1beta3", "HTTPRoute"),
+                ("policy.linkerd.io/v1beta3", "Server"),
+                ("policy.linkerd.io/v1alpha1", "AuthorizationPolicy"),
+                ("policy.linkerd.io/v1alpha1", "MeshTLSAuthentication"),
+            ],
+            Mesh::Consul => &[
+                ("consul.hashicorp.com/v1alpha1", "ServiceDefaults"),
+                ("consul.hashicorp.com/v1alpha1", "ServiceSplitter"),
+                ("consul.hashicorp.com/v1alpha1", "ServiceRouter"),
+                ("consul.hashicorp.com/v1alpha1", "ServiceResolver"),
+                ("consul.hashicorp.com/v1alpha1", "ServiceIntentions"),
+            ],
+            Mesh::Kuma => &[
+                ("kuma.io/v1alpha1", "MeshHTTPRoute"),
+                ("kuma.io/v1alpha1", "MeshService"),
+            ],
+        }
+    }
+}
+
 /// Where imported (remote) services are sent: the local edge agent's egress.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -55,6 +91,9 @@ pub struct Options {
     pub edge_ips: Vec<String>,
     /// The mesh's SPIFFE trust domain, for principals of service accounts.
     pub trust_domain: String,
+    /// Import every remote service of the catalog into the mesh (the Kubernetes backend), not
+    /// only those the translated routes send to (`federationctl translate`).
+    pub import_all: bool,
 }
 
 impl Default for Options {
@@ -64,6 +103,7 @@ impl Default for Options {
             edge_http_port: 15080,
             edge_ips: vec![],
             trust_domain: "cluster.local".into(),
+            import_all: false,
         }
     }
 }
@@ -235,8 +275,12 @@ pub fn relative_weights(
     )
 }
 
-/// The remote services the routes send to, each once, sorted.
-pub fn imports(model: &Model) -> Vec<ServiceInfo> {
+/// The remote services to import, each once, sorted: those the routes send to, or every
+/// remote service known when [`Options::import_all`] is set.
+pub fn imports(model: &Model, opts: &Options) -> Vec<ServiceInfo> {
+    if opts.import_all {
+        return model.services.remote.values().cloned().collect();
+    }
     let mut keys = std::collections::BTreeSet::new();
     for r in &model.routes {
         if !model

@@ -1,0 +1,913 @@
+//! The Kubernetes backend's I/O: watches the cluster and the catalog, and reconciles both ways
+//! with the pure functions of [`super::desired`] and [`super::plan`].
+//!
+//! Level-triggered: any watch event, catalog change or the resync timer schedules one full
+//! reconciliation (debounced), which *lists* what it needs. Watches are only triggers, so a
+//! lost event, an expired watch (410 Gone, relisted by the watcher) or an API-server restart
+//! cannot leave state behind: the next pass sees the truth. At the scale of a site's exports
+//! and imports (hundreds of objects) a pass costs a handful of LIST calls.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ObjectReference, Service as KService};
+use kube::Client;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::discovery::{ApiCapabilities, Scope as KScope};
+use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::{Value, json};
+use smi_adapters::model::ServiceInfo;
+use smi_adapters::render::{Mesh, Options};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::desired::{
+    self, Desired, ExportBase, ExportObject, LocalService, ServicePort, SiteMesh, SpecObject,
+};
+use super::plan::{self, Change, Existing};
+use super::types::Condition;
+use super::{FIELD_MANAGER, KubeSettings, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::catalog::{EntryState, Liveness};
+use crate::sync::Node;
+
+/// Errors of one reconciliation pass; the pass is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// The kubeconfig could not be read or used.
+    #[error("kubeconfig: {0}")]
+    Config(String),
+    /// An API call failed.
+    #[error("{what}: {source}")]
+    Api {
+        /// What was being done.
+        what: String,
+        /// The client error.
+        source: kube::Error,
+    },
+    /// A required API is not served (a CRD is not installed).
+    #[error("{0} is not served by the API server (install its CRD: `federationctl crds`)")]
+    Missing(String),
+    /// The catalog could not be saved.
+    #[error("saving the catalog: {0}")]
+    Store(String),
+}
+
+fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> KubeError {
+    let what = what.into();
+    move |source| KubeError::Api { what, source }
+}
+
+/// Builds a client from the settings (kubeconfig file, else in-cluster / `$KUBECONFIG`).
+pub async fn client(settings: &KubeSettings) -> Result<Client, KubeError> {
+    let config = match &settings.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| KubeError::Config(e.to_string()))?,
+    };
+    Client::try_from(config).map_err(|e| KubeError::Config(e.to_string()))
+}
+
+/// The API resources the backend uses, found by discovery.
+#[derive(Clone, Default)]
+struct Kinds {
+    service_export: Option<ApiResource>,
+    /// EndpointSlices: `discovery.k8s.io/v1`, or `v1beta1` on old servers (v1.20).
+    endpoint_slice: Option<ApiResource>,
+    /// Traffic specs found in the cluster (TrafficSplit, HTTPRouteGroup, ...).
+    specs: Vec<ApiResource>,
+    /// Every `(apiVersion, kind)` multimesh may write, when served.
+    owned: BTreeMap<(String, String), (ApiResource, bool)>,
+}
+
+/// Traffic spec kinds read from the cluster: (group, kind).
+const SPEC_KINDS: [(&str, &str); 5] = [
+    ("split.smi-spec.io", "TrafficSplit"),
+    ("specs.smi-spec.io", "HTTPRouteGroup"),
+    ("specs.smi-spec.io", "TCPRoute"),
+    ("access.smi-spec.io", "TrafficTarget"),
+    ("gateway.networking.k8s.io", "HTTPRoute"),
+];
+
+/// Every `(apiVersion, kind)` multimesh may write on a site: ServiceImports and what any mesh
+/// renderer produces (listed for all meshes, so a site that changes mesh cleans up).
+pub fn owned_kinds() -> BTreeSet<(&'static str, &'static str)> {
+    let mut out = BTreeSet::from([("multicluster.x-k8s.io/v1alpha1", "ServiceImport")]);
+    for m in [
+        Mesh::Istio,
+        Mesh::Linkerd,
+        Mesh::Consul,
+        Mesh::Kuma,
+        Mesh::GatewayApi,
+    ] {
+        out.extend(m.kinds().iter().copied());
+    }
+    out
+}
+
+fn split_api_version(api_version: &str) -> (&str, &str) {
+    api_version.rsplit_once('/').unwrap_or(("", api_version))
+}
+
+async fn discover(client: &Client) -> Kinds {
+    let pinned = |api_version: &str, kind: &str| {
+        let (g, v) = split_api_version(api_version);
+        let gvk = GroupVersionKind::gvk(g, v, kind);
+        let client = client.clone();
+        async move { kube::discovery::pinned_kind(&client, &gvk).await.ok() }
+    };
+    let mut k = Kinds {
+        service_export: pinned("multicluster.x-k8s.io/v1alpha1", "ServiceExport")
+            .await
+            .map(|x| x.0),
+        ..Default::default()
+    };
+    k.endpoint_slice = match pinned("discovery.k8s.io/v1", "EndpointSlice").await {
+        Some(x) => Some(x.0),
+        None => pinned("discovery.k8s.io/v1beta1", "EndpointSlice")
+            .await
+            .map(|x| x.0),
+    };
+    let mut groups = BTreeMap::new();
+    for (g, kind) in SPEC_KINDS {
+        if !groups.contains_key(g) {
+            groups.insert(g, kube::discovery::group(client, g).await.ok());
+        }
+        if let Some(Some(group)) = groups.get(g)
+            && let Some((ar, _)) = group.recommended_kind(kind)
+        {
+            k.specs.push(ar);
+        }
+    }
+    for (api_version, kind) in owned_kinds() {
+        if let Some((ar, caps)) = pinned(api_version, kind).await {
+            let namespaced = matches!(
+                caps,
+                ApiCapabilities {
+                    scope: KScope::Namespaced,
+                    ..
+                }
+            );
+            k.owned
+                .insert((api_version.into(), kind.into()), (ar, namespaced));
+        }
+    }
+    k
+}
+
+/// A cluster as the backend sees it: a client and the kinds its API server serves.
+#[derive(Clone)]
+pub struct Cluster {
+    client: Client,
+    settings: KubeSettings,
+    kinds: Kinds,
+}
+
+impl Cluster {
+    /// Connects (builds the client) and discovers the served kinds.
+    pub async fn connect(settings: &KubeSettings) -> Result<Self, KubeError> {
+        let client = client(settings).await?;
+        let kinds = discover(&client).await;
+        Ok(Self {
+            client,
+            settings: settings.clone(),
+            kinds,
+        })
+    }
+
+    /// Discovers the served kinds again (CRDs come and go).
+    pub async fn rediscover(&mut self) {
+        self.kinds = discover(&self.client).await;
+    }
+
+    /// What the import side wants, and the objects multimesh owns now.
+    pub async fn desired_and_existing(
+        &self,
+        site: &str,
+        remote: &BTreeMap<(String, String), ServiceInfo>,
+    ) -> Result<(Desired, Vec<Existing>), KubeError> {
+        let mut specs = Vec::new();
+        let mut spec_namespaces = BTreeSet::new();
+        for ar in &self.kinds.specs {
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), ar);
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .map_err(api_err(format!("listing {}", ar.kind)))?;
+            for o in list.items {
+                let ns = o.metadata.namespace.clone().unwrap_or_default();
+                let name = o.metadata.name.clone().unwrap_or_default();
+                spec_namespaces.insert(ns.clone());
+                let mut v = serde_json::to_value(&o).unwrap_or(Value::Null);
+                v["apiVersion"] = json!(ar.api_version);
+                v["kind"] = json!(ar.kind);
+                specs.push(SpecObject {
+                    key: format!("{}/{ns}/{name}", ar.kind),
+                    object: v,
+                });
+            }
+        }
+        // Local Services of the namespaces holding specs: their ports.
+        for ns in &spec_namespaces {
+            let api: Api<KService> = Api::namespaced(self.client.clone(), ns);
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .map_err(api_err(format!("listing Services in {ns}")))?;
+            for s in list.items {
+                if is_owned(&s.metadata.labels) {
+                    continue; // our own mirrors are not local services
+                }
+                let name = s.metadata.name.clone().unwrap_or_default();
+                let mut v = serde_json::to_value(&s).unwrap_or(Value::Null);
+                v["apiVersion"] = json!("v1");
+                v["kind"] = json!("Service");
+                specs.push(SpecObject {
+                    key: format!("Service/{ns}/{name}"),
+                    object: v,
+                });
+            }
+        }
+        let mesh = SiteMesh::parse(&self.settings.mesh).unwrap_or(SiteMesh::None);
+        let opts = self.options().await?;
+        let desired = desired::imports(site, mesh, remote, &specs, &opts);
+        // What multimesh owns now, over every kind it may write.
+        let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
+        let mut existing = Vec::new();
+        for (ar, _) in self.kinds.owned.values() {
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), ar);
+            let list = api
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(api_err(format!("listing {} {}", ar.api_version, ar.kind)))?;
+            for o in list.items {
+                let mut v = serde_json::to_value(&o).unwrap_or(Value::Null);
+                v["apiVersion"] = json!(ar.api_version);
+                v["kind"] = json!(ar.kind);
+                existing.push(Existing {
+                    object: v,
+                    owned: true,
+                });
+            }
+        }
+        // A desired object that exists without our label belongs to someone else.
+        let owned: BTreeSet<String> = existing
+            .iter()
+            .map(|e| desired::object_key(&e.object))
+            .collect();
+        for d in &desired.objects {
+            if owned.contains(&desired::object_key(d)) {
+                continue;
+            }
+            let Some(api) = self.api_for(d) else { continue };
+            let name = d["metadata"]["name"].as_str().unwrap_or_default();
+            if let Some(o) = api
+                .get_opt(name)
+                .await
+                .map_err(api_err(format!("reading {}", desired::object_key(d))))?
+            {
+                existing.push(Existing {
+                    object: with_type(serde_json::to_value(&o).unwrap_or(Value::Null), d),
+                    owned: false,
+                });
+            }
+        }
+        Ok((desired, existing))
+    }
+
+    /// Where imported services are sent (the edge agent's Service).
+    pub async fn options(&self) -> Result<Options, KubeError> {
+        let (ns, name) = self.settings.edge();
+        let api: Api<KService> = Api::namespaced(self.client.clone(), ns);
+        let edge = api.get_opt(name).await.map_err(api_err(format!(
+            "reading the edge agent Service {ns}/{name}"
+        )))?;
+        let edge_ips = edge
+            .and_then(|s| s.spec)
+            .and_then(|s| s.cluster_ip)
+            .filter(|ip| !ip.is_empty() && ip != "None")
+            .into_iter()
+            .collect();
+        Ok(Options {
+            edge_host: format!("{name}.{ns}.svc.cluster.local"),
+            edge_http_port: self.settings.edge_http_port,
+            edge_ips,
+            trust_domain: self.settings.mesh_trust_domain.clone(),
+            import_all: true,
+        })
+    }
+
+    /// The API of an object's kind, when served.
+    pub fn api_for(&self, obj: &Value) -> Option<Api<DynamicObject>> {
+        let key = (
+            obj["apiVersion"].as_str()?.to_string(),
+            obj["kind"].as_str()?.to_string(),
+        );
+        let (ar, namespaced) = self.kinds.owned.get(&key)?;
+        let client = self.client.clone();
+        Some(if *namespaced {
+            Api::namespaced_with(client, obj["metadata"]["namespace"].as_str()?, ar)
+        } else {
+            Api::all_with(client, ar)
+        })
+    }
+}
+
+/// Runs the backend until `shutdown`: connects (retrying with back-off), then reconciles on
+/// every change.
+pub async fn run(
+    node: Arc<Node>,
+    settings: KubeSettings,
+    base: ExportBase,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match client(&settings).await {
+            Ok(client) => {
+                let mut c = Controller::new(node.clone(), settings.clone(), base.clone(), client);
+                c.run(shutdown.clone()).await;
+                return;
+            }
+            Err(e) => warn!(error = %e, "kubernetes backend: cannot build a client; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// The reconciler of one site.
+pub struct Controller {
+    node: Arc<Node>,
+    settings: KubeSettings,
+    base: ExportBase,
+    client: Client,
+    cluster: Cluster,
+    recorder: Recorder,
+    /// What was last reported on each spec object (to emit an Event only on a change).
+    reported: BTreeMap<String, String>,
+    /// Exports this backend put in the catalog.
+    exported: BTreeSet<(String, String)>,
+}
+
+impl Controller {
+    /// A controller over `client`.
+    pub fn new(node: Arc<Node>, settings: KubeSettings, base: ExportBase, client: Client) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "multimesh-federationd".into(),
+                instance: Some(node.site.clone()),
+            },
+        );
+        let exported = node.store.read(|c| c.declared().clone());
+        Self {
+            node,
+            cluster: Cluster {
+                client: client.clone(),
+                settings: settings.clone(),
+                kinds: Kinds::default(),
+            },
+            settings,
+            base,
+            client,
+            recorder,
+            reported: BTreeMap::new(),
+            exported,
+        }
+    }
+
+    async fn run(&mut self, shutdown: CancellationToken) {
+        let site = self.node.site.clone();
+        let wake = Arc::new(Notify::new());
+        let mut watchers = tokio::task::JoinSet::new();
+        let mut catalog = self.node.store.subscribe();
+        let resync = Duration::from_secs(self.settings.resync_seconds);
+        let mut next_discovery = Instant::now();
+        let mut failures = 0u32;
+        loop {
+            if Instant::now() >= next_discovery {
+                let before: BTreeSet<String> = self.watched().into_iter().map(|a| a.0).collect();
+                self.cluster.rediscover().await;
+                let now: Vec<(String, ApiResource)> = self.watched();
+                if before != now.iter().map(|a| a.0.clone()).collect() {
+                    watchers.abort_all();
+                    self.watch_all(&mut watchers, &wake);
+                    self.watch_services(&mut watchers, &wake);
+                    info!(site = %site, watching = %now.iter().map(|a| a.0.as_str()).collect::<Vec<_>>().join(","), "kubernetes backend: watching");
+                }
+                next_discovery = Instant::now() + resync;
+            }
+            match self.reconcile().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    warn!(site = %site, error = %e, failures, "kubernetes reconciliation failed; retrying");
+                    next_discovery = Instant::now();
+                }
+            }
+            let retry = if failures > 0 {
+                Duration::from_millis(250 << failures.min(5))
+            } else {
+                resync
+            };
+            tokio::select! {
+                _ = wake.notified() => {}
+                r = catalog.changed() => { if r.is_err() { return; } }
+                _ = tokio::time::sleep(retry) => {}
+                _ = shutdown.cancelled() => { watchers.abort_all(); return; }
+            }
+            // Debounce: one pass for a burst of events.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn watched(&self) -> Vec<(String, ApiResource)> {
+        let k = &self.cluster.kinds;
+        let mut out: Vec<ApiResource> = Vec::new();
+        out.extend(k.service_export.clone());
+        out.extend(k.endpoint_slice.clone());
+        out.extend(k.specs.iter().cloned());
+        out.extend(k.owned.values().map(|(a, _)| a.clone()));
+        let mut v: Vec<(String, ApiResource)> = out
+            .into_iter()
+            .map(|a| (format!("{}/{}", a.api_version, a.kind), a))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.dedup_by(|a, b| a.0 == b.0);
+        v
+    }
+
+    fn watch_all(&self, set: &mut tokio::task::JoinSet<()>, wake: &Arc<Notify>) {
+        for (_, ar) in self.watched() {
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+            let wake = wake.clone();
+            set.spawn(async move {
+                let mut s = watcher(api, watcher::Config::default())
+                    .default_backoff()
+                    .boxed();
+                while let Some(ev) = s.next().await {
+                    match ev {
+                        Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))
+                        | Ok(watcher::Event::InitDone) => wake.notify_one(),
+                        Ok(_) => {}
+                        Err(e) => {
+                            debug!(kind = %ar.kind, error = %e, "watch interrupted; resuming")
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    fn watch_services(&self, set: &mut tokio::task::JoinSet<()>, wake: &Arc<Notify>) {
+        let api: Api<KService> = Api::all(self.client.clone());
+        let wake = wake.clone();
+        set.spawn(async move {
+            let mut s = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            while let Some(ev) = s.next().await {
+                if matches!(ev, Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))) {
+                    wake.notify_one();
+                }
+            }
+        });
+    }
+
+    /// One full pass: exports, then imports.
+    pub async fn reconcile(&mut self) -> Result<(), KubeError> {
+        self.reconcile_exports().await?;
+        self.reconcile_imports().await
+    }
+
+    async fn reconcile_exports(&mut self) -> Result<(), KubeError> {
+        let Some(se) = self.cluster.kinds.service_export.clone() else {
+            return Err(KubeError::Missing(
+                "multicluster.x-k8s.io/v1alpha1 ServiceExport".into(),
+            ));
+        };
+        let exports_api: Api<DynamicObject> = Api::all_with(self.client.clone(), &se);
+        let exports = exports_api
+            .list(&ListParams::default())
+            .await
+            .map_err(api_err("listing ServiceExports"))?;
+        let services: Api<KService> = Api::all(self.client.clone());
+        let services = services
+            .list(&ListParams::default())
+            .await
+            .map_err(api_err("listing Services"))?;
+        let mut ready: BTreeMap<(String, String), usize> = BTreeMap::new();
+        if let Some(es) = &self.cluster.kinds.endpoint_slice {
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), es);
+            let slices = api
+                .list(&ListParams::default())
+                .await
+                .map_err(api_err("listing EndpointSlices"))?;
+            for s in slices.items {
+                let ns = s.metadata.namespace.clone().unwrap_or_default();
+                let Some(svc) = s
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("kubernetes.io/service-name"))
+                else {
+                    continue;
+                };
+                *ready.entry((ns, svc.clone())).or_default() += ready_endpoints(&s.data);
+            }
+        }
+        let local: BTreeMap<(String, String), LocalService> = services
+            .items
+            .iter()
+            .map(|s| {
+                let key = (
+                    s.metadata.namespace.clone().unwrap_or_default(),
+                    s.metadata.name.clone().unwrap_or_default(),
+                );
+                let ports = s
+                    .spec
+                    .as_ref()
+                    .and_then(|sp| sp.ports.as_ref())
+                    .map(|ps| {
+                        ps.iter()
+                            .map(|p| ServicePort {
+                                name: p.name.clone().unwrap_or_default(),
+                                port: p.port,
+                                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                                app_protocol: p.app_protocol.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let n = ready.get(&key).copied().unwrap_or(0);
+                (
+                    key,
+                    LocalService {
+                        ports,
+                        ready_endpoints: n,
+                    },
+                )
+            })
+            .collect();
+        let site = self.node.site.clone();
+        let mut wanted = BTreeSet::new();
+        let mut changed = false;
+        for obj in &exports.items {
+            let eo = ExportObject {
+                namespace: obj.metadata.namespace.clone().unwrap_or_default(),
+                name: obj.metadata.name.clone().unwrap_or_default(),
+                annotations: obj.metadata.annotations.clone().unwrap_or_default(),
+                labels: serde_json::from_value(obj.data["spec"]["exportedLabels"].clone())
+                    .unwrap_or_default(),
+            };
+            let key = (eo.namespace.clone(), eo.name.clone());
+            let outcome = desired::export(&eo, local.get(&key), &self.base);
+            let conflict = outcome.as_ref().ok().and_then(|svc| {
+                let others = self.node.store.read(|c| {
+                    c.entries()
+                        .filter(|(k, r)| {
+                            k.origin != site
+                                && k.namespace == eo.namespace
+                                && k.name == eo.name
+                                && r.service().is_some()
+                        })
+                        .filter_map(|(k, r)| {
+                            r.service().map(|s| (k.origin.clone(), s.ports.clone()))
+                        })
+                        .collect::<Vec<_>>()
+                });
+                desired::conflict(svc, &others)
+            });
+            if let Ok(svc) = &outcome {
+                wanted.insert(key.clone());
+                let same = self.node.store.read(|c| {
+                    c.exports().any(|(k, r)| {
+                        k.namespace == key.0
+                            && k.name == key.1
+                            && r.service().is_some_and(|s| **s == *svc)
+                    })
+                });
+                if !same {
+                    self.node
+                        .store
+                        .export(&key.0, &key.1, svc.clone())
+                        .map_err(|e| KubeError::Store(e.to_string()))?;
+                    changed = true;
+                    info!(site = %site, service = %format!("{}/{}", key.0, key.1), scope = %svc.scope, "exported from ServiceExport");
+                }
+            }
+            self.write_export_status(&exports_api, obj, &outcome, conflict)
+                .await?;
+        }
+        let gone: Vec<_> = self.exported.difference(&wanted).cloned().collect();
+        for (ns, name) in gone {
+            if self.node.store.unexport(&ns, &name).is_ok() {
+                changed = true;
+                info!(site = %site, service = %format!("{ns}/{name}"), "withdrawn: ServiceExport deleted or not ready");
+            }
+        }
+        self.node.store.touch(|c| c.set_declared(wanted.clone()));
+        self.exported = wanted;
+        if changed {
+            let store = self.node.store.clone();
+            tokio::task::spawn_blocking(move || store.flush())
+                .await
+                .map_err(|e| KubeError::Store(e.to_string()))?
+                .map_err(|e| KubeError::Store(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    async fn write_export_status(
+        &self,
+        api: &Api<DynamicObject>,
+        obj: &DynamicObject,
+        outcome: &Result<crate::model::Service, desired::NotExported>,
+        conflict: Option<String>,
+    ) -> Result<(), KubeError> {
+        let previous: Vec<Condition> =
+            serde_json::from_value(obj.data["status"]["conditions"].clone()).unwrap_or_default();
+        let now = now_rfc3339();
+        let conditions =
+            desired::export_conditions(outcome, conflict, obj.metadata.generation, &previous, &now);
+        if conditions == previous {
+            return Ok(());
+        }
+        let ns = obj.metadata.namespace.clone().unwrap_or_default();
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(api.clone().into_client(), &ns, &self.export_resource());
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": conditions}})),
+        )
+        .await
+        .map_err(api_err(format!(
+            "writing the status of ServiceExport {ns}/{name}"
+        )))?;
+        Ok(())
+    }
+
+    fn export_resource(&self) -> ApiResource {
+        self.cluster
+            .kinds
+            .service_export
+            .clone()
+            .unwrap_or_else(|| {
+                ApiResource::from_gvk(&GroupVersionKind::gvk(
+                    "multicluster.x-k8s.io",
+                    "v1alpha1",
+                    "ServiceExport",
+                ))
+            })
+    }
+
+    /// The remote services this site may see and route to now.
+    fn remote(&self) -> BTreeMap<(String, String), ServiceInfo> {
+        let now = Instant::now();
+        let site = &self.node.site;
+        self.node.store.read(|c| {
+            self.node.store.liveness(|live| {
+                c.entries()
+                    .filter(|(k, _)| &k.origin != site)
+                    .filter_map(|(k, r)| {
+                        let svc = r.service()?;
+                        let state =
+                            Liveness::entry_state(live.state(site, &k.origin, now), svc, now);
+                        let served = match state {
+                            EntryState::Fresh => true,
+                            EntryState::Stale { served, .. } => served,
+                            EntryState::Expired => false,
+                        };
+                        if served {
+                            desired::remote_info(k, svc)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect()
+            })
+        })
+    }
+
+    async fn reconcile_imports(&mut self) -> Result<(), KubeError> {
+        let remote = self.remote();
+        let (desired, existing) = self
+            .cluster
+            .desired_and_existing(&self.node.site, &remote)
+            .await?;
+        let (changes, unchanged) = plan::plan(&desired.objects, &existing);
+        let site = self.node.site.clone();
+        let mut applied = 0;
+        let mut refused: Vec<(Value, String)> = Vec::new();
+        let mut missing = BTreeSet::new();
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        for change in &changes {
+            let obj = change.object();
+            let key = desired::object_key(obj);
+            let Some(api) = self.cluster.api_for(obj) else {
+                missing.insert(format!(
+                    "{} {}",
+                    obj["apiVersion"].as_str().unwrap_or_default(),
+                    obj["kind"].as_str().unwrap_or_default()
+                ));
+                continue;
+            };
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+            match change {
+                Change::Create(o) | Change::Update(o) => {
+                    match api.patch(name, &params, &Patch::Apply(o)).await {
+                        Ok(_) => {
+                            applied += 1;
+                            info!(site = %site, object = %key, change = change.verb(), "applied");
+                        }
+                        // The server refused this object (invalid for its CRD, say): retrying
+                        // will not help. Report it and go on with the others.
+                        Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
+                            warn!(site = %site, object = %key, error = %e.message, "refused by the API server");
+                            refused.push((o.clone(), e.message.clone()));
+                        }
+                        Err(e) => return Err(api_err(format!("applying {key}"))(e)),
+                    }
+                }
+                Change::Delete(_) => match api.delete(name, &DeleteParams::default()).await {
+                    Ok(_) => info!(site = %site, object = %key, "deleted: no longer wanted"),
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(api_err(format!("deleting {key}"))(e)),
+                },
+                Change::Conflict(_) => {
+                    warn!(site = %site, object = %key, "not applied: an object of that name exists and is not managed by multimesh");
+                }
+            }
+        }
+        for m in &missing {
+            warn!(site = %site, kind = %m, "not applied: the API server does not serve this kind (install its CRD)");
+        }
+        debug!(site = %site, applied, unchanged, refused = refused.len(), "imports reconciled");
+        let mut desired = desired;
+        // A refused object counts against the spec it was rendered from.
+        for (o, message) in refused {
+            let source = o["metadata"]["annotations"]["multimesh.io/source"]
+                .as_str()
+                .and_then(source_key)
+                .unwrap_or_default();
+            desired.diagnostics.entry(source).or_default().push(
+                smi_adapters::diag::Diagnostic::error(
+                    desired::object_key(&o),
+                    "",
+                    format!("refused by the API server: {message}"),
+                ),
+            );
+        }
+        self.report(&desired).await;
+        Ok(())
+    }
+
+    /// Reports each traffic spec's translation as an Event on it, when the outcome changed.
+    async fn report(&mut self, desired: &Desired) {
+        for ar in self.cluster.kinds.specs.clone() {
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+            let Ok(list) = api.list(&ListParams::default()).await else {
+                continue;
+            };
+            for o in list.items {
+                let ns = o.metadata.namespace.clone().unwrap_or_default();
+                let name = o.metadata.name.clone().unwrap_or_default();
+                let key = format!("{}/{ns}/{name}", ar.kind);
+                let diags = desired.diagnostics.get(&key).cloned().unwrap_or_default();
+                let (type_, reason, note) = if desired::has_errors(&diags) {
+                    (
+                        EventType::Warning,
+                        "TranslationFailed",
+                        diags
+                            .iter()
+                            .map(|d| d.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    )
+                } else if !diags.is_empty() {
+                    (
+                        EventType::Warning,
+                        "TranslatedInexactly",
+                        diags
+                            .iter()
+                            .map(|d| d.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    )
+                } else {
+                    (
+                        EventType::Normal,
+                        "Translated",
+                        format!("rendered for mesh {}", self.settings.mesh),
+                    )
+                };
+                let fingerprint = format!(
+                    "{:?}/{reason}/{note}/{:?}",
+                    o.metadata.generation, o.metadata.uid
+                );
+                if self.reported.get(&key) == Some(&fingerprint) {
+                    continue;
+                }
+                let reference = ObjectReference {
+                    api_version: Some(ar.api_version.clone()),
+                    kind: Some(ar.kind.clone()),
+                    name: Some(name.clone()),
+                    namespace: Some(ns.clone()),
+                    uid: o.metadata.uid.clone(),
+                    ..Default::default()
+                };
+                let ev = KEvent {
+                    type_,
+                    reason: reason.into(),
+                    note: Some(truncate(&note, 1000)),
+                    action: "Translate".into(),
+                    secondary: None,
+                };
+                match self.recorder.publish(&ev, &reference).await {
+                    Ok(()) => {
+                        if type_ == EventType::Warning {
+                            warn!(site = %self.node.site, object = %key, reason, note = %note, "traffic spec not fully translated");
+                        }
+                        self.reported.insert(key, fingerprint);
+                    }
+                    Err(e) => warn!(object = %key, error = %e, "cannot record an Event"),
+                }
+            }
+        }
+    }
+}
+
+/// `Kind/ns/name` from a `multimesh.io/source` annotation (`KIND APIVERSION NS/NAME`).
+fn source_key(annotation: &str) -> Option<String> {
+    let mut parts = annotation.split_whitespace();
+    let kind = parts.next()?;
+    let _api = parts.next()?;
+    let object = parts.next()?;
+    Some(format!("{kind}/{object}"))
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn with_type(mut v: Value, like: &Value) -> Value {
+    v["apiVersion"] = like["apiVersion"].clone();
+    v["kind"] = like["kind"].clone();
+    v
+}
+
+fn is_owned(labels: &Option<BTreeMap<String, String>>) -> bool {
+    labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY_LABEL))
+        .is_some_and(|v| v == MANAGED_BY)
+}
+
+/// Ready endpoints of one EndpointSlice (v1 or v1beta1): `conditions.ready` unset counts as
+/// ready, as the API documents.
+fn ready_endpoints(slice: &Value) -> usize {
+    slice["endpoints"]
+        .as_array()
+        .map(|eps| {
+            eps.iter()
+                .filter(|e| e["conditions"]["ready"].as_bool() != Some(false))
+                .map(|e| e["addresses"].as_array().map_or(0, |a| a.len().min(1)))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
+}

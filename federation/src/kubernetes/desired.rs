@@ -1,0 +1,517 @@
+//! The pure core of the Kubernetes backend: what a cluster's objects mean for the catalog
+//! (exports), and which objects the catalog and the cluster's traffic specs call for (imports).
+//! No I/O: the controller lists objects, calls these functions, and applies the result.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+use smi_adapters::diag::{Diagnostic, Severity};
+use smi_adapters::model::ServiceInfo;
+use smi_adapters::render::{Mesh, Options};
+
+use super::types::Condition;
+use super::{
+    CONSUMERS_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, SITE_LABEL, STALE_SERVE_ANNOTATION,
+    STALE_TTL_ANNOTATION,
+};
+use crate::model::{self, Port, Protocol, Scope, Service, StalePolicy};
+use crate::names;
+
+/// A port of a Kubernetes Service, as read from the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// `spec.ports[].name` (may be empty on a single-port Service).
+    pub name: String,
+    /// `spec.ports[].port`.
+    pub port: i32,
+    /// `spec.ports[].protocol` (`TCP` when unset).
+    pub protocol: String,
+    /// `spec.ports[].appProtocol`.
+    pub app_protocol: Option<String>,
+}
+
+/// What an export needs to know of the Service it names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalService {
+    /// The Service's ports.
+    pub ports: Vec<ServicePort>,
+    /// Ready endpoints over all its EndpointSlices.
+    pub ready_endpoints: usize,
+}
+
+/// A ServiceExport as read from the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct ExportObject {
+    /// Namespace.
+    pub namespace: String,
+    /// Name (= the Service's name).
+    pub name: String,
+    /// `metadata.annotations`.
+    pub annotations: BTreeMap<String, String>,
+    /// `spec.exportedLabels`.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Site-wide defaults of an export.
+#[derive(Clone, Debug, Default)]
+pub struct ExportBase {
+    /// The federation trust domain (workload identities).
+    pub trust_domain: String,
+    /// This site's edge ingress addresses.
+    pub ingress: Vec<String>,
+}
+
+/// Why an export is not (or not fully) in the catalog: the `reason` of its condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotExported {
+    /// Condition type set to False (`Valid` or `Ready`).
+    pub condition: &'static str,
+    /// A CamelCase reason.
+    pub reason: &'static str,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+/// The catalog entry a ServiceExport stands for, or why there is none.
+pub fn export(
+    obj: &ExportObject,
+    svc: Option<&LocalService>,
+    base: &ExportBase,
+) -> Result<Service, NotExported> {
+    let invalid = |reason, message: String| NotExported {
+        condition: "Valid",
+        reason,
+        message,
+    };
+    let Some(svc) = svc else {
+        return Err(invalid(
+            "ServiceNotFound",
+            format!(
+                "no Service {}/{} to export (a ServiceExport exports the Service of the same namespace and name)",
+                obj.namespace, obj.name
+            ),
+        ));
+    };
+    let mut ports = Vec::new();
+    for (i, p) in svc.ports.iter().enumerate() {
+        if p.protocol != "TCP" {
+            // UDP and SCTP cannot cross the edge; they are left out and said so when nothing
+            // else remains.
+            continue;
+        }
+        let protocol = port_protocol(p);
+        let name = if p.name.is_empty() {
+            protocol.as_str().to_string()
+        } else {
+            p.name.clone()
+        };
+        let port = u16::try_from(p.port).map_err(|_| {
+            invalid(
+                "InvalidService",
+                format!("Service spec.ports[{i}].port: {} is out of range", p.port),
+            )
+        })?;
+        ports.push(Port {
+            name,
+            port,
+            protocol,
+        });
+    }
+    if ports.is_empty() {
+        return Err(invalid(
+            "InvalidService",
+            "Service spec.ports: no TCP port to export (UDP and SCTP cannot cross sites)".into(),
+        ));
+    }
+    let scope = match obj.annotations.get(CONSUMERS_ANNOTATION).map(|s| s.trim()) {
+        None | Some("" | "*") => Scope::All,
+        Some(list) => {
+            let sites: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
+            Scope::from_sites(
+                &format!("metadata.annotations[{CONSUMERS_ANNOTATION}]"),
+                &sites,
+            )
+            .map_err(|e| invalid("InvalidAnnotation", e.to_string()))?
+        }
+    };
+    let mut stale = StalePolicy::default();
+    if let Some(v) = obj.annotations.get(STALE_TTL_ANNOTATION) {
+        stale.ttl_seconds = v.trim().parse().map_err(|_| {
+            invalid(
+                "InvalidAnnotation",
+                format!(
+                    "metadata.annotations[{STALE_TTL_ANNOTATION}]: {v:?} is not a number of seconds"
+                ),
+            )
+        })?;
+    }
+    if let Some(v) = obj.annotations.get(STALE_SERVE_ANNOTATION) {
+        stale.serve = match v.trim() {
+            "true" => true,
+            "false" => false,
+            _ => {
+                return Err(invalid(
+                    "InvalidAnnotation",
+                    format!(
+                        "metadata.annotations[{STALE_SERVE_ANNOTATION}]: {v:?} must be \"true\" or \"false\""
+                    ),
+                ));
+            }
+        };
+    }
+    let service = Service {
+        ports,
+        ingress: base.ingress.clone(),
+        via: None,
+        labels: obj.labels.clone(),
+        identity: format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            base.trust_domain, obj.namespace, obj.name
+        ),
+        scope,
+        stale,
+    };
+    service
+        .validate()
+        .map_err(|e| invalid("Invalid", e.to_string()))?;
+    if svc.ready_endpoints == 0 {
+        return Err(NotExported {
+            condition: "Ready",
+            reason: "NoReadyEndpoints",
+            message: format!(
+                "Service {}/{} has no ready endpoints: withdrawn until one is ready",
+                obj.namespace, obj.name
+            ),
+        });
+    }
+    Ok(service)
+}
+
+/// The application protocol of a Service port: `appProtocol` first, then the Istio-style name
+/// prefix (`http-`, `grpc-`, `http2-`), else raw TCP.
+pub fn port_protocol(p: &ServicePort) -> Protocol {
+    let by = |s: &str| match s {
+        "http" | "https" => Some(Protocol::Http),
+        "http2" | "h2c" | "kubernetes.io/h2c" => Some(Protocol::Http2),
+        "grpc" | "grpc-web" => Some(Protocol::Grpc),
+        "tcp" => Some(Protocol::Tcp),
+        _ => None,
+    };
+    if let Some(p) = p
+        .app_protocol
+        .as_deref()
+        .and_then(|a| by(&a.to_ascii_lowercase()))
+    {
+        return p;
+    }
+    let prefix = p.name.split('-').next().unwrap_or_default();
+    by(prefix).unwrap_or(Protocol::Tcp)
+}
+
+/// The `Valid`, `Ready` and `Conflict` conditions of a ServiceExport. A condition whose status
+/// did not change keeps its `lastTransitionTime` from `previous`.
+pub fn export_conditions(
+    outcome: &Result<Service, NotExported>,
+    conflict: Option<String>,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: &str,
+) -> Vec<Condition> {
+    let cond = |t: &str, ok: bool, reason: &str, message: String| {
+        let status = if ok { "True" } else { "False" };
+        let since = previous
+            .iter()
+            .find(|c| c.type_ == t && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| now.to_string());
+        Condition {
+            type_: t.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: since,
+            observed_generation: generation,
+        }
+    };
+    let (valid, ready) = match outcome {
+        Ok(_) => (
+            cond("Valid", true, "Valid", "the Service can be exported".into()),
+            cond(
+                "Ready",
+                true,
+                "Exported",
+                "exported to the federation catalog".into(),
+            ),
+        ),
+        Err(e) if e.condition == "Valid" => (
+            cond("Valid", false, e.reason, e.message.clone()),
+            cond(
+                "Ready",
+                false,
+                "Invalid",
+                "not exported: see the Valid condition".into(),
+            ),
+        ),
+        Err(e) => (
+            cond("Valid", true, "Valid", "the Service can be exported".into()),
+            cond("Ready", false, e.reason, e.message.clone()),
+        ),
+    };
+    let conflict = match conflict {
+        None => cond(
+            "Conflict",
+            false,
+            "NoConflict",
+            "no conflicting export".into(),
+        ),
+        Some(m) => cond("Conflict", true, "PortConflict", m),
+    };
+    vec![valid, ready, conflict]
+}
+
+/// Whether another site exports the same namespace/name with other ports (MCS calls that a
+/// conflict: the imported service's ports are then ambiguous). Names the sites.
+pub fn conflict(mine: &Service, others: &[(String, Vec<Port>)]) -> Option<String> {
+    let differing: Vec<&str> = others
+        .iter()
+        .filter(|(_, ports)| {
+            let a: BTreeSet<_> = ports.iter().map(|p| (p.port, p.protocol)).collect();
+            let b: BTreeSet<_> = mine.ports.iter().map(|p| (p.port, p.protocol)).collect();
+            a != b
+        })
+        .map(|(site, _)| site.as_str())
+        .collect();
+    (!differing.is_empty()).then(|| {
+        format!(
+            "site(s) {} export this service with other ports or protocols",
+            differing.join(", ")
+        )
+    })
+}
+
+/// The mesh a site runs, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SiteMesh {
+    /// A mesh smi-adapters renders for.
+    Mesh(Mesh),
+    /// No mesh: only ServiceImports are written.
+    None,
+}
+
+impl SiteMesh {
+    /// Parses `istio|linkerd|consul|kuma|gateway-api|none`.
+    pub fn parse(s: &str) -> Option<Self> {
+        if s == "none" {
+            Some(SiteMesh::None)
+        } else {
+            Mesh::parse(s).map(SiteMesh::Mesh)
+        }
+    }
+}
+
+/// One cluster object given to the translation: its key and its JSON.
+#[derive(Clone, Debug)]
+pub struct SpecObject {
+    /// `Kind/namespace/name`.
+    pub key: String,
+    /// The object as the API server returned it.
+    pub object: Value,
+}
+
+/// Everything the import side wants in the cluster.
+#[derive(Debug, Default)]
+pub struct Desired {
+    /// Objects to apply, labelled as owned by multimesh, in a stable order.
+    pub objects: Vec<Value>,
+    /// Diagnostics of the translation, by the key of the spec object they concern (`""` for
+    /// none).
+    pub diagnostics: BTreeMap<String, Vec<Diagnostic>>,
+}
+
+/// The objects this site should hold: a ServiceImport per remote service it may see, and the
+/// mesh's native resources for those imports and for the cluster's traffic specs (rendered by
+/// smi-adapters, pointing remote shares at the local edge agent).
+pub fn imports(
+    site: &str,
+    mesh: SiteMesh,
+    remote: &BTreeMap<(String, String), ServiceInfo>,
+    specs: &[SpecObject],
+    opts: &Options,
+) -> Desired {
+    let mut out = Desired::default();
+    for info in remote.values() {
+        let Some(r) = &info.remote else { continue };
+        out.objects.push(json!({
+            "apiVersion": "multicluster.x-k8s.io/v1alpha1",
+            "kind": "ServiceImport",
+            "metadata": {
+                "name": info.name,
+                "namespace": info.namespace,
+                "labels": {"multimesh.io/origin-site": r.site},
+            },
+            "spec": {
+                "type": "ClusterSetIP",
+                "ports": info.ports.iter().map(|p| {
+                    let mut v = json!({"name": p.name, "protocol": "TCP", "port": p.port});
+                    if let Some(a) = app_protocol(p.protocol) {
+                        v["appProtocol"] = json!(a);
+                    }
+                    v
+                }).collect::<Vec<_>>(),
+            },
+        }));
+    }
+    if let SiteMesh::Mesh(m) = mesh {
+        let files: Vec<(String, String)> = specs
+            .iter()
+            .map(|s| {
+                (
+                    s.key.clone(),
+                    serde_json::to_string(&clean_spec(&s.object)).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let catalog = catalog_json(site, remote);
+        let t = smi_adapters::translate(&files, Some(&catalog), m, opts);
+        out.objects.extend(t.resources);
+        for d in t.diagnostics {
+            let key = d
+                .object
+                .split_once('#')
+                .map(|(k, _)| k.to_string())
+                .filter(|k| specs.iter().any(|s| &s.key == k))
+                .unwrap_or_default();
+            out.diagnostics.entry(key).or_default().push(d);
+        }
+    }
+    for o in &mut out.objects {
+        let labels = &mut o["metadata"]["labels"];
+        if !labels.is_object() {
+            *labels = json!({});
+        }
+        labels[MANAGED_BY_LABEL] = json!(MANAGED_BY);
+        labels[SITE_LABEL] = json!(site);
+    }
+    out.objects.sort_by_key(object_key);
+    out.objects.dedup_by(|a, b| object_key(a) == object_key(b));
+    out
+}
+
+/// Whether a spec's translation had errors.
+pub fn has_errors(d: &[Diagnostic]) -> bool {
+    d.iter().any(|d| d.severity == Severity::Error)
+}
+
+fn app_protocol(p: smi_adapters::model::Protocol) -> Option<&'static str> {
+    use smi_adapters::model::Protocol as P;
+    match p {
+        P::Http => Some("http"),
+        P::Http2 => Some("kubernetes.io/h2c"),
+        P::Grpc => Some("grpc"),
+        P::Tcp => None,
+    }
+}
+
+/// The object without server-managed metadata (what the translator needs is apiVersion, kind,
+/// name, namespace and spec).
+fn clean_spec(v: &Value) -> Value {
+    json!({
+        "apiVersion": v["apiVersion"],
+        "kind": v["kind"],
+        "metadata": {
+            "name": v["metadata"]["name"],
+            "namespace": v["metadata"]["namespace"],
+        },
+        "spec": v["spec"],
+        // HTTPRouteGroup v1alpha1/2 keep `matches` at the top level.
+        "matches": v.get("matches").cloned().unwrap_or(Value::Null),
+    })
+    .as_object()
+    .map(|m| {
+        Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+    })
+    .unwrap_or(Value::Null)
+}
+
+/// The remote services in the JSON form smi-adapters reads (`federationctl catalog -o json`).
+fn catalog_json(site: &str, remote: &BTreeMap<(String, String), ServiceInfo>) -> String {
+    use smi_adapters::model::Protocol as P;
+    let entries: Vec<Value> = remote
+        .values()
+        .filter_map(|s| {
+            let r = s.remote.as_ref()?;
+            Some(json!({
+                "origin": r.site,
+                "namespace": s.namespace,
+                "name": s.name,
+                "served": true,
+                "ingress": r.ingress,
+                "identity": r.identity,
+                "ports": s.ports.iter().map(|p| json!({
+                    "name": p.name,
+                    "port": p.port,
+                    "protocol": match p.protocol {
+                        P::Http => "HTTP",
+                        P::Http2 => "HTTP2",
+                        P::Grpc => "GRPC",
+                        P::Tcp => "TCP",
+                    },
+                })).collect::<Vec<_>>(),
+            }))
+        })
+        .collect();
+    json!({"site": site, "origins": [{"entries": entries}]}).to_string()
+}
+
+/// `apiVersion/kind/namespace/name`: identifies an object.
+pub fn object_key(v: &Value) -> String {
+    format!(
+        "{}/{}/{}/{}",
+        v["apiVersion"].as_str().unwrap_or_default(),
+        v["kind"].as_str().unwrap_or_default(),
+        v["metadata"]["namespace"].as_str().unwrap_or_default(),
+        v["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
+/// The smi-adapters view of a catalog entry of another site.
+pub fn remote_info(key: &model::Key, svc: &Service) -> Option<((String, String), ServiceInfo)> {
+    use smi_adapters::model::{Port as SPort, Protocol as P, Remote, TargetPort};
+    if names::dns_label("namespace", &key.namespace).is_err() {
+        return None;
+    }
+    let ports = svc
+        .ports
+        .iter()
+        .map(|p| SPort {
+            name: p.name.clone(),
+            port: p.port,
+            protocol: match p.protocol {
+                Protocol::Http => P::Http,
+                Protocol::Http2 => P::Http2,
+                Protocol::Grpc => P::Grpc,
+                Protocol::Tcp => P::Tcp,
+            },
+            target: TargetPort::Number(p.port),
+        })
+        .collect();
+    Some((
+        (key.namespace.clone(), key.name.clone()),
+        ServiceInfo {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            ports,
+            selector: BTreeMap::new(),
+            remote: Some(Remote {
+                site: key.origin.clone(),
+                ingress: svc.ingress.clone(),
+                identity: svc.identity.clone(),
+            }),
+        },
+    ))
+}

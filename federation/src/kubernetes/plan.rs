@@ -1,0 +1,168 @@
+//! What applying the desired objects to a cluster would change: pure, so `federationctl plan`
+//! and the controller share it.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::desired::object_key;
+
+/// An object found in the cluster.
+#[derive(Clone, Debug)]
+pub struct Existing {
+    /// The object.
+    pub object: Value,
+    /// Whether multimesh owns it (carries the managed-by label).
+    pub owned: bool,
+}
+
+/// One change.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// The object does not exist: create it.
+    Create(Value),
+    /// The object exists and differs: apply it.
+    Update(Value),
+    /// An owned object nothing asks for any more: delete it.
+    Delete(Value),
+    /// The object exists but is not multimesh's: left alone, reported.
+    Conflict(Value),
+}
+
+impl Change {
+    /// `create|update|delete|conflict`.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Change::Create(_) => "create",
+            Change::Update(_) => "update",
+            Change::Delete(_) => "delete",
+            Change::Conflict(_) => "conflict",
+        }
+    }
+
+    /// The object concerned.
+    pub fn object(&self) -> &Value {
+        match self {
+            Change::Create(v) | Change::Update(v) | Change::Delete(v) | Change::Conflict(v) => v,
+        }
+    }
+}
+
+/// The changes that bring `existing` to `desired`, in a stable order (creates and updates in
+/// desired order, then deletes by key); objects already as desired are counted, not listed.
+pub fn plan(desired: &[Value], existing: &[Existing]) -> (Vec<Change>, usize) {
+    let by_key: BTreeMap<String, &Existing> = existing
+        .iter()
+        .map(|e| (object_key(&e.object), e))
+        .collect();
+    let mut changes = Vec::new();
+    let mut unchanged = 0;
+    let mut wanted = std::collections::BTreeSet::new();
+    for d in desired {
+        let k = object_key(d);
+        wanted.insert(k.clone());
+        match by_key.get(&k) {
+            None => changes.push(Change::Create(d.clone())),
+            Some(e) if !e.owned => changes.push(Change::Conflict(d.clone())),
+            Some(e) if contains(&e.object, d) => unchanged += 1,
+            Some(_) => changes.push(Change::Update(d.clone())),
+        }
+    }
+    for (k, e) in by_key {
+        if e.owned && !wanted.contains(&k) {
+            changes.push(Change::Delete(e.object.clone()));
+        }
+    }
+    (changes, unchanged)
+}
+
+/// Whether `have` holds every field of `want` with the same value (the server adds defaults
+/// and metadata, which do not count as a difference). Lists must have the same length.
+pub fn contains(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| h.get(k).is_some_and(|hv| contains(hv, wv)) || wv.is_null()),
+        (Value::Array(h), Value::Array(w)) => {
+            h.len() == w.len() && h.iter().zip(w).all(|(a, b)| contains(a, b))
+        }
+        (Value::Number(h), Value::Number(w)) => h.as_f64() == w.as_f64(),
+        _ => have == want,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(name: &str, spec: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "ns"}, "spec": spec})
+    }
+
+    #[test]
+    fn creates_updates_deletes_and_leaves_foreign_objects_alone() {
+        let desired = vec![
+            obj("new", json!({"a": 1})),
+            obj("same", json!({"a": 1})),
+            obj("changed", json!({"a": 2})),
+            obj("foreign", json!({"a": 1})),
+        ];
+        let mut same = obj("same", json!({"a": 1, "defaulted": true}));
+        same["metadata"]["resourceVersion"] = json!("7");
+        let existing = vec![
+            Existing {
+                object: same,
+                owned: true,
+            },
+            Existing {
+                object: obj("changed", json!({"a": 1})),
+                owned: true,
+            },
+            Existing {
+                object: obj("foreign", json!({"a": 1})),
+                owned: false,
+            },
+            Existing {
+                object: obj("gone", json!({})),
+                owned: true,
+            },
+            Existing {
+                object: obj("users-own", json!({})),
+                owned: false,
+            },
+        ];
+        let (changes, unchanged) = plan(&desired, &existing);
+        let got: Vec<(String, String)> = changes
+            .iter()
+            .map(|c| {
+                (
+                    c.verb().to_string(),
+                    c.object()["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("create".into(), "new".into()),
+                ("update".into(), "changed".into()),
+                ("conflict".into(), "foreign".into()),
+                ("delete".into(), "gone".into()),
+            ]
+        );
+        assert_eq!(unchanged, 1);
+    }
+
+    #[test]
+    fn a_shorter_list_is_a_change() {
+        assert!(!contains(&json!({"p": [1, 2]}), &json!({"p": [1]})));
+        assert!(contains(
+            &json!({"p": [{"a": 1, "b": 2}]}),
+            &json!({"p": [{"a": 1}]})
+        ));
+    }
+}

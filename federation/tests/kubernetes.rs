@@ -1,0 +1,467 @@
+//! The `kubernetes` backend against three real API servers (scripts/kube-testenv.sh): site a
+//! runs Istio, b Linkerd, c Consul (their upstream CRDs installed from ../shared/schemas).
+//! Three real federationd processes, each with a service-account token bound to exactly the
+//! shipped ClusterRole (deploy/kubernetes/rbac.yaml), never cluster-admin.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::Path;
+
+use kube::Client;
+use serde_json::{Value, json};
+use support::kubeenv::{self as k, KubeEnv};
+use support::{Pki, Site, SiteSpec, eventually, test_dir};
+
+const MESHES: [(&str, &str, &[&str]); 3] = [
+    ("a", "istio", &["mcs", "istio", "smi"]),
+    ("b", "linkerd", &["mcs", "linkerd", "smi"]),
+    ("c", "consul", &["mcs", "consul", "smi"]),
+];
+
+fn manifests(file: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/kubernetes")
+        .join(file);
+    serde_yaml::Deserializer::from_str(&std::fs::read_to_string(path).unwrap())
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+/// Installs CRDs, the shipped namespace and RBAC, the edge agent's Service, and returns a
+/// kubeconfig carrying federationd's own service-account token.
+async fn prepare(env: &KubeEnv, site: &str, crds: &[&str]) -> std::path::PathBuf {
+    let admin = env.client(site).await;
+    k::install_crds(&admin, &k::upstream_crds(crds)).await;
+    for m in manifests("namespace.yaml")
+        .iter()
+        .chain(&manifests("rbac.yaml"))
+    {
+        k::apply(&admin, "test-setup", m).await.unwrap();
+    }
+    k::apply(
+        &admin,
+        "test-setup",
+        &json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "multimesh-edge", "namespace": "multimesh"},
+            "spec": {"ports": [{"name": "http", "port": 15080, "protocol": "TCP"}]}}),
+    )
+    .await
+    .unwrap();
+    k::namespace(&admin, "shop").await;
+    let token = k::service_account_token(&admin, "multimesh", "federationd").await;
+    env.kubeconfig_with_token(site, "federationd", &token)
+}
+
+/// A kubernetes-backed site dialling `peers` and accepting `accepts`.
+fn site_spec(
+    name: &str,
+    mesh: &str,
+    kubeconfig: &Path,
+    peers: &[(&str, &str)],
+    accepts: &[&str],
+) -> SiteSpec {
+    let mut s = SiteSpec::new(name)
+        .top("backend = \"kubernetes\"\n")
+        .extra(&format!(
+            "\n[kubernetes]\nkubeconfig = \"{}\"\nmesh = \"{mesh}\"\nresync_seconds = 5\n",
+            kubeconfig.display()
+        ));
+    for (p, addr) in peers {
+        s = s.dial(p, addr);
+    }
+    for p in accepts {
+        s = s.accept(p);
+    }
+    s
+}
+
+async fn local_service(c: &Client, name: &str, port: u16) {
+    k::apply(
+        c,
+        "test",
+        &json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"selector": {"app": name},
+                     "ports": [{"name": "http", "port": port, "protocol": "TCP", "appProtocol": "http"}]}}),
+    )
+    .await
+    .unwrap();
+}
+
+/// An EndpointSlice as the endpoint-slice controller would write it (no controller-manager
+/// runs in the test environment). v1.20 serves only discovery.k8s.io/v1beta1.
+async fn endpoints(c: &Client, service: &str, ready: bool) {
+    k::apply(
+        c,
+        "test",
+        &json!({"apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{service}-abc"), "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.1.0.7"], "conditions": {"ready": ready}}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}),
+    )
+    .await
+    .unwrap();
+}
+
+async fn export(c: &Client, name: &str) {
+    k::apply(
+        c,
+        "test",
+        &json!({"apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceExport",
+            "metadata": {"name": name, "namespace": "shop"}}),
+    )
+    .await
+    .unwrap();
+}
+
+fn condition(o: &Value, t: &str) -> Option<(String, String)> {
+    o["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == t)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+}
+
+async fn names(c: &Client, api_version: &str, kind: &str) -> Vec<String> {
+    k::list(c, api_version, kind, Some("shop"))
+        .await
+        .into_keys()
+        .collect()
+}
+
+/// Every object multimesh owns on a site, as "apiVersion kind ns/name".
+async fn owned(c: &Client) -> Vec<String> {
+    let mut out = Vec::new();
+    for (api, kind) in federation::kubernetes::controller::owned_kinds() {
+        let (ar, _) = match kube::discovery::pinned_kind(
+            c,
+            &kube::core::GroupVersionKind::gvk(
+                api.rsplit_once('/').map_or("", |x| x.0),
+                api.rsplit_once('/').map_or(api, |x| x.1),
+                kind,
+            ),
+        )
+        .await
+        {
+            Ok(x) => x,
+            Err(_) => continue,
+        };
+        let a: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(c.clone(), &ar);
+        for o in a
+            .list(
+                &kube::api::ListParams::default().labels("app.kubernetes.io/managed-by=multimesh"),
+            )
+            .await
+            .unwrap()
+            .items
+        {
+            out.push(format!(
+                "{api} {kind} {}/{}",
+                o.metadata.namespace.unwrap_or_default(),
+                o.metadata.name.unwrap_or_default()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_become_imports_and_mesh_resources_on_every_site_and_survive_restarts() {
+    let env = KubeEnv::start(&["a", "b", "c"]);
+    let dir = test_dir();
+    let pki = Pki::new(dir.path());
+    let mut kubeconfigs = Vec::new();
+    for (site, _, crds) in MESHES {
+        kubeconfigs.push(prepare(&env, site, crds).await);
+    }
+    let (ca, cb, cc) = (
+        env.client("a").await,
+        env.client("b").await,
+        env.client("c").await,
+    );
+    // b runs tours and tours-v1 itself; tours-v2 will come from a.
+    local_service(&cb, "tours", 8080).await;
+    local_service(&cb, "tours-v1", 8080).await;
+    // A Service of b's own that happens to have the name a mirror would get: never touched.
+    k::apply(
+        &cb,
+        "someone-else",
+        &json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "payment-clusterset", "namespace": "shop", "labels": {"owner": "team-x"}},
+            "spec": {"ports": [{"name": "web", "port": 9999, "protocol": "TCP"}]}}),
+    )
+    .await
+    .unwrap();
+
+    let a = Site::start(
+        &pki,
+        dir.path(),
+        &site_spec("a", "istio", &kubeconfigs[0], &[], &["b", "c"]),
+        None,
+    );
+    let b = Site::start(
+        &pki,
+        dir.path(),
+        &site_spec("b", "linkerd", &kubeconfigs[1], &[("a", &a.listen)], &["c"]),
+        None,
+    );
+    let mut c = Site::start(
+        &pki,
+        dir.path(),
+        &site_spec(
+            "c",
+            "consul",
+            &kubeconfigs[2],
+            &[("a", &a.listen), ("b", &b.listen)],
+            &[],
+        ),
+        None,
+    );
+
+    // A Service with no ready endpoint is not exported, and the ServiceExport says why.
+    local_service(&ca, "payment", 8080).await;
+    endpoints(&ca, "payment", false).await;
+    export(&ca, "payment").await;
+    eventually(30, "a reports NoReadyEndpoints", || async {
+        let o = k::list(
+            &ca,
+            "multicluster.x-k8s.io/v1alpha1",
+            "ServiceExport",
+            Some("shop"),
+        )
+        .await;
+        o.get("shop/payment")
+            .and_then(|o| condition(o, "Ready"))
+            .is_some_and(|(s, r)| s == "False" && r == "NoReadyEndpoints")
+    })
+    .await;
+    assert!(b.entries().await.iter().all(|e| !e.contains("payment")));
+
+    // Ready: exported, imported on b (Linkerd mirror) and c (Consul resolver).
+    endpoints(&ca, "payment", true).await;
+    local_service(&ca, "tours-v2", 8080).await;
+    endpoints(&ca, "tours-v2", true).await;
+    export(&ca, "tours-v2").await;
+    eventually(30, "a's ServiceExport is Ready", || async {
+        let o = k::list(
+            &ca,
+            "multicluster.x-k8s.io/v1alpha1",
+            "ServiceExport",
+            Some("shop"),
+        )
+        .await;
+        o.get("shop/payment")
+            .and_then(|o| condition(o, "Ready"))
+            .is_some_and(|(s, r)| s == "True" && r == "Exported")
+    })
+    .await;
+    eventually(
+        30,
+        "b imports payment (ServiceImport + Linkerd mirror)",
+        || async {
+            names(&cb, "multicluster.x-k8s.io/v1alpha1", "ServiceImport").await
+                == ["shop/payment", "shop/tours-v2"]
+                && names(&cb, "v1", "Endpoints")
+                    .await
+                    .contains(&"shop/tours-v2-clusterset".into())
+        },
+    )
+    .await;
+    eventually(
+        30,
+        "c imports payment (ServiceImport + Consul resolver)",
+        || async {
+            names(&cc, "multicluster.x-k8s.io/v1alpha1", "ServiceImport").await
+                == ["shop/payment", "shop/tours-v2"]
+                && names(&cc, "consul.hashicorp.com/v1alpha1", "ServiceResolver")
+                    .await
+                    .contains(&"shop/payment-clusterset".into())
+        },
+    )
+    .await;
+    let imp = k::list(
+        &cb,
+        "multicluster.x-k8s.io/v1alpha1",
+        "ServiceImport",
+        Some("shop"),
+    )
+    .await;
+    let p = &imp["shop/payment"];
+    assert_eq!(p["spec"]["ports"][0]["port"], 8080);
+    assert_eq!(p["spec"]["ports"][0]["appProtocol"], "http");
+    assert_eq!(p["metadata"]["labels"]["multimesh.io/origin-site"], "a");
+    let mirror = &k::list(&cb, "v1", "Service", Some("shop")).await["shop/payment-clusterset"];
+    // The foreign Service of that name was left exactly as it was.
+    assert_eq!(mirror["metadata"]["labels"]["owner"], "team-x", "{mirror}");
+    assert_eq!(mirror["spec"]["ports"][0]["port"], 9999);
+    assert!(b.log().contains("not managed by multimesh"), "{}", b.log());
+    // The mirror's Endpoints point at b's edge agent (its Service's cluster IP).
+    let edge_ip =
+        k::list(&cb, "v1", "Service", Some("multimesh")).await["multimesh/multimesh-edge"]["spec"]
+            ["clusterIP"]
+            .clone();
+    let ep = &k::list(&cb, "v1", "Endpoints", Some("shop")).await["shop/tours-v2-clusterset"];
+    assert_eq!(ep["subsets"][0]["addresses"][0]["ip"], edge_ip);
+    // a imports nothing of its own.
+    assert!(
+        names(&ca, "multicluster.x-k8s.io/v1alpha1", "ServiceImport")
+            .await
+            .is_empty()
+    );
+
+    // A TrafficSplit on b with a remote backend: rendered into a Linkerd HTTPRoute whose remote
+    // share goes to b's edge agent (the mirror) carrying the destination header.
+    k::apply(
+        &cb,
+        "test",
+        &json!({"apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
+            "metadata": {"name": "tours-rollout", "namespace": "shop"},
+            "spec": {"service": "tours", "backends": [
+                {"service": "tours-v1", "weight": 90}, {"service": "tours-v2", "weight": 10}]}}),
+    )
+    .await
+    .unwrap();
+    eventually(30, "b renders the split", || async {
+        names(&cb, "policy.linkerd.io/v1beta3", "HTTPRoute").await == ["shop/tours-rollout"]
+    })
+    .await;
+    let route = &k::list(&cb, "policy.linkerd.io/v1beta3", "HTTPRoute", Some("shop")).await["shop/tours-rollout"];
+    let refs = route["spec"]["rules"][0]["backendRefs"].as_array().unwrap();
+    assert_eq!(refs.len(), 2, "{route}");
+    assert_eq!(refs[0]["name"], "tours-v1");
+    assert_eq!(refs[0]["weight"], 9);
+    assert_eq!(refs[1]["name"], "tours-v2-clusterset");
+    assert_eq!(
+        refs[1]["filters"][0]["requestHeaderModifier"]["set"][0]["value"],
+        "tours-v2.shop.svc.clusterset.local"
+    );
+    // The outcome is reported on the TrafficSplit as an Event.
+    eventually(30, "a Translated event on the split", || async {
+        k::list(&cb, "events.k8s.io/v1", "Event", Some("shop"))
+            .await
+            .values()
+            .any(|e| e["reason"] == "Translated" && e["regarding"]["name"] == "tours-rollout")
+    })
+    .await;
+    // An invalid split (zero weights) is refused with an Event naming the field, and renders
+    // nothing.
+    k::apply(
+        &cb,
+        "test",
+        &json!({"apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
+            "metadata": {"name": "broken", "namespace": "shop"},
+            "spec": {"service": "tours-v1", "backends": [{"service": "tours-v2", "weight": 0}]}}),
+    )
+    .await
+    .unwrap();
+    eventually(30, "a TranslationFailed event names the field", || async {
+        k::list(&cb, "events.k8s.io/v1", "Event", Some("shop"))
+            .await
+            .values()
+            .any(|e| {
+                e["reason"] == "TranslationFailed"
+                    && e["regarding"]["name"] == "broken"
+                    && e["note"].as_str().unwrap_or_default().contains("weight")
+            })
+    })
+    .await;
+    assert_eq!(
+        names(&cb, "policy.linkerd.io/v1beta3", "HTTPRoute").await,
+        ["shop/tours-rollout"]
+    );
+
+    // Restarts: kill b's API server and federationd c; both come back to the same state, with
+    // nothing duplicated or lost.
+    let before_b = owned(&cb).await;
+    let before_c = owned(&cc).await;
+    env.kill_apiserver("b");
+    c.kill();
+    // A change while they are down: a exports one more service.
+    local_service(&ca, "reviews", 8080).await;
+    endpoints(&ca, "reviews", true).await;
+    export(&ca, "reviews").await;
+    env.restart_apiserver("b");
+    let c = Site::start(
+        &pki,
+        dir.path(),
+        &site_spec(
+            "c",
+            "consul",
+            &kubeconfigs[2],
+            &[("a", &a.listen), ("b", &b.listen)],
+            &[],
+        ),
+        None,
+    );
+    let cb = env.client("b").await;
+    eventually(60, "b and c catch up after the restarts", || async {
+        names(&cb, "multicluster.x-k8s.io/v1alpha1", "ServiceImport").await
+            == ["shop/payment", "shop/reviews", "shop/tours-v2"]
+            && names(&cc, "multicluster.x-k8s.io/v1alpha1", "ServiceImport").await
+                == ["shop/payment", "shop/reviews", "shop/tours-v2"]
+    })
+    .await;
+    let after_b = owned(&cb).await;
+    let after_c = owned(&cc).await;
+    let added = |before: &[String], after: &[String]| -> Vec<String> {
+        after
+            .iter()
+            .filter(|x| !before.contains(x))
+            .cloned()
+            .collect()
+    };
+    assert!(
+        before_b.iter().all(|x| after_b.contains(x)),
+        "b lost objects"
+    );
+    assert!(
+        before_c.iter().all(|x| after_c.contains(x)),
+        "c lost objects"
+    );
+    assert!(
+        added(&before_b, &after_b)
+            .iter()
+            .all(|x| x.contains("reviews")),
+        "{after_b:?}"
+    );
+    assert!(
+        added(&before_c, &after_c)
+            .iter()
+            .all(|x| x.contains("reviews")),
+        "{after_c:?}"
+    );
+
+    // Deleting the export withdraws it everywhere.
+    let se = k::resource(&ca, "multicluster.x-k8s.io/v1alpha1", "ServiceExport")
+        .await
+        .0;
+    let api: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(ca.clone(), "shop", &se);
+    api.delete("payment", &Default::default()).await.unwrap();
+    eventually(30, "payment withdrawn on b and c", || async {
+        !names(&cb, "multicluster.x-k8s.io/v1alpha1", "ServiceImport")
+            .await
+            .contains(&"shop/payment".into())
+            && !names(&cc, "multicluster.x-k8s.io/v1alpha1", "ServiceImport")
+                .await
+                .contains(&"shop/payment".into())
+            && !names(&cc, "consul.hashicorp.com/v1alpha1", "ServiceResolver")
+                .await
+                .contains(&"shop/payment-clusterset".into())
+    })
+    .await;
+    // The foreign Service is still there, untouched.
+    let svc = &k::list(&cb, "v1", "Service", Some("shop")).await["shop/payment-clusterset"];
+    assert_eq!(svc["metadata"]["labels"]["owner"], "team-x");
+    drop((a, b, c));
+}

@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# Real Kubernetes API servers on loopback for the `kubernetes` backend tests: no cluster, no
+# Docker, no mocks. Each simulated site gets its own etcd and its own kube-apiserver (v1.20.2,
+# built once from Debian's `kubernetes` source package and cached).
+#
+#   scripts/kube-testenv.sh install            install etcd + Go, build kube-apiserver (cached)
+#   scripts/kube-testenv.sh start DIR SITE...  start one etcd + API server per site, wait ready
+#   scripts/kube-testenv.sh restart-apiserver DIR SITE   start a killed API server again
+#   scripts/kube-testenv.sh stop DIR           stop everything started under DIR
+#   scripts/kube-testenv.sh path               print the cached kube-apiserver binary path
+#
+# `start` writes, per site, DIR/SITE/kubeconfig (admin token) and DIR/SITE/env (URL, token, CA,
+# port). Tests read them through federation's test support. Ports: MULTIMESH_KUBE_PORT_BASE
+# (default 26400); site i uses BASE+10*i (etcd client), +1 (etcd peer), +2 (API server).
+#
+# Build recipe (../shared/DESIGN.md): enable deb-src, `apt-get source kubernetes`, replace the
+# vendored modern-go/reflect2 v1.0.1 with Debian's v1.0.2 (v1.0.1 built by Go 1.19 crashes on the
+# first custom resource stored), `make WHAT=cmd/kube-apiserver` (about 4 minutes on 2 cores).
+set -euo pipefail
+
+CACHE=${MULTIMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/multimesh}
+APISERVER="$CACHE/kube-apiserver-v1.20.2"
+PORT_BASE=${MULTIMESH_KUBE_PORT_BASE:-26400}
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'kube-testenv: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+install_packages() {
+  local need=()
+  command -v etcd >/dev/null || need+=(etcd-server)
+  command -v go >/dev/null || need+=(golang-go)
+  command -v rsync >/dev/null || need+=(rsync)
+  command -v openssl >/dev/null || need+=(openssl)
+  command -v curl >/dev/null || need+=(curl)
+  [ -d /usr/share/gocode/src/github.com/modern-go/reflect2 ] || need+=(golang-github-modern-go-reflect2-dev)
+  [ -d /usr/share/gocode/src/github.com/json-iterator/go ] || need+=(golang-github-json-iterator-go-dev)
+  [ -x "$APISERVER" ] || need+=(dpkg-dev)
+  if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+}
+
+enable_deb_src() {
+  local f=/etc/apt/sources.list.d/debian.sources
+  if [ -f "$f" ] && ! grep -q '^Types:.*deb-src' "$f"; then
+    log "enabling deb-src in $f"
+    as_root sed -i 's/^Types: deb$/Types: deb deb-src/' "$f"
+    as_root apt-get update -qq
+  elif [ ! -f "$f" ] && ! grep -rqs '^deb-src' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    die "no deb-src source found: add one for Debian's main component, then rerun"
+  fi
+}
+
+build_apiserver() {
+  if [ -x "$APISERVER" ]; then
+    log "kube-apiserver cached at $APISERVER"
+    return
+  fi
+  enable_deb_src
+  mkdir -p "$CACHE"
+  local work
+  work=$(mktemp -d -t kube-build.XXXXXX)
+  log "fetching Debian's kubernetes source into $work"
+  (cd "$work" && apt-get source --download-only kubernetes >/dev/null)
+  local orig
+  orig=$(find "$work" -maxdepth 1 -name "kubernetes_*.orig.tar.gz" | head -1)
+  [ -n "$orig" ] || die "apt-get source did not fetch kubernetes_*.orig.tar.gz"
+  mkdir -p "$work/src"
+  tar -xzf "$orig" -C "$work/src" --strip-components=1
+  log "replacing vendored modern-go/reflect2 v1.0.1 with Debian's v1.0.2"
+  rm -rf "$work/src/vendor/github.com/modern-go/reflect2"
+  mkdir -p "$work/src/vendor/github.com/modern-go/reflect2"
+  rsync -a --exclude '*_test.go' /usr/share/gocode/src/github.com/modern-go/reflect2/ \
+    "$work/src/vendor/github.com/modern-go/reflect2/"
+  # json-iterator v1.1.10 (vendored) built by Go 1.19 decodes every empty string of a custom
+  # resource as null ("must be of type string: null"); Debian's v1.1.12 does not.
+  log "replacing vendored json-iterator/go v1.1.10 with Debian's v1.1.12"
+  rm -rf "$work/src/vendor/github.com/json-iterator/go"
+  mkdir -p "$work/src/vendor/github.com/json-iterator/go"
+  rsync -a --exclude '*_test.go' --exclude 'skip_tests' --exclude 'benchmarks' --exclude 'api_tests' \
+    --exclude 'any_tests' --exclude 'extra' --exclude 'misc_tests' --exclude 'type_tests' --exclude 'value_tests' \
+    /usr/share/gocode/src/github.com/json-iterator/go/ "$work/src/vendor/github.com/json-iterator/go/"
+  log "building kube-apiserver (about 4 minutes on 2 cores)"
+  (
+    cd "$work/src"
+    mkdir -p .go/src/k8s.io
+    ln -s ../../.. .go/src/k8s.io/kubernetes
+    HOME=$(mktemp -d) GOPATH=$PWD/.go CGO_ENABLED=0 GOFLAGS=-mod=vendor \
+      make WHAT=cmd/kube-apiserver >"$work/build.log" 2>&1 \
+      || { tail -40 "$work/build.log" >&2; exit 1; }
+  ) || die "kube-apiserver build failed (log: $work/build.log)"
+  cp "$work/src/_output/local/bin/linux/amd64/kube-apiserver" "$APISERVER.tmp"
+  mv "$APISERVER.tmp" "$APISERVER"
+  rm -rf "$work"
+  log "kube-apiserver built: $APISERVER"
+}
+
+# One CA and serving certificate for all API servers of a run, plus the service-account key.
+make_pki() {
+  local dir=$1
+  [ -f "$dir/ca.crt" ] && return
+  mkdir -p "$dir"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -keyout "$dir/ca.key" -out "$dir/ca.crt" -subj "/CN=multimesh-kube-testenv-ca" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$dir/apiserver.key" -out "$dir/apiserver.csr" -subj "/CN=kube-apiserver" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$dir/ext.cnf"
+  openssl x509 -req -in "$dir/apiserver.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+    -CAcreateserial -days 2 -extfile "$dir/ext.cnf" -out "$dir/apiserver.crt" 2>/dev/null
+  openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$dir/sa.key" -pubout -out "$dir/sa.pub" 2>/dev/null
+}
+
+# The API server of one site (also used to restart a killed one: same etcd, same port).
+run_apiserver() {
+  local dir=$1 site=$2 etcd_port=$3 api_port=$4
+  local sdir="$dir/$site"
+  "$APISERVER" --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --secure-port "$api_port" \
+    --tls-cert-file "$dir/pki/apiserver.crt" --tls-private-key-file "$dir/pki/apiserver.key" \
+    --client-ca-file "$dir/pki/ca.crt" --cert-dir "$sdir/certs" \
+    --token-auth-file "$sdir/tokens.csv" --authorization-mode RBAC \
+    --service-account-key-file "$dir/pki/sa.pub" --service-account-signing-key-file "$dir/pki/sa.key" \
+    --service-account-issuer "https://kubernetes.default.svc" \
+    --api-audiences "https://kubernetes.default.svc" \
+    --service-cluster-ip-range 10.96.0.0/16 \
+    --enable-admission-plugins NamespaceLifecycle,ServiceAccount \
+    --v 1 >>"$sdir/apiserver.log" 2>&1 &
+  echo $! >"$sdir/apiserver.pid"
+}
+
+start_site() {
+  local dir=$1 site=$2 index=$3
+  local sdir="$dir/$site"
+  local etcd_port=$((PORT_BASE + 10 * index)) peer_port=$((PORT_BASE + 10 * index + 1))
+  local api_port=$((PORT_BASE + 10 * index + 2))
+  mkdir -p "$sdir"
+  local token
+  token=$(openssl rand -hex 16)
+  # token,user,uid,"group": the admin token is for test set-up only; federationd gets its own
+  # service-account token bound to the shipped ClusterRole.
+  printf '%s,admin,admin,"system:masters"\n' "$token" >"$sdir/tokens.csv"
+  etcd --name "$site" --data-dir "$sdir/etcd" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "$site=http://127.0.0.1:$peer_port" \
+    --log-level warn >"$sdir/etcd.log" 2>&1 &
+  echo $! >"$sdir/etcd.pid"
+  run_apiserver "$dir" "$site" "$etcd_port" "$api_port"
+  cat >"$sdir/env" <<EOF
+SITE=$site
+URL=https://127.0.0.1:$api_port
+TOKEN=$token
+CA=$dir/pki/ca.crt
+ETCD=http://127.0.0.1:$etcd_port
+ETCD_PORT=$etcd_port
+API_PORT=$api_port
+EOF
+  cat >"$sdir/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: $site
+  cluster:
+    server: https://127.0.0.1:$api_port
+    certificate-authority: $dir/pki/ca.crt
+users:
+- name: admin
+  user:
+    token: $token
+contexts:
+- name: $site
+  context: {cluster: $site, user: admin}
+current-context: $site
+EOF
+}
+
+wait_ready() {
+  local dir=$1 site=$2
+  local url token
+  url=$(sed -n 's/^URL=//p' "$dir/$site/env")
+  token=$(sed -n 's/^TOKEN=//p' "$dir/$site/env")
+  local deadline=$((SECONDS + 90))
+  while [ $SECONDS -lt $deadline ]; do
+    if ! kill -0 "$(cat "$dir/$site/apiserver.pid")" 2>/dev/null; then
+      tail -30 "$dir/$site/apiserver.log" >&2
+      die "kube-apiserver for site $site exited (log: $dir/$site/apiserver.log)"
+    fi
+    if curl -fsS --cacert "$dir/pki/ca.crt" -H "Authorization: Bearer $token" "$url/readyz" >/dev/null 2>&1; then
+      log "site $site: API server ready at $url"
+      return
+    fi
+    sleep 0.5
+  done
+  tail -30 "$dir/$site/apiserver.log" >&2
+  die "kube-apiserver for site $site not ready after 90 s"
+}
+
+stop_all() {
+  local dir=$1
+  local pidfile
+  for pidfile in "$dir"/*/apiserver.pid "$dir"/*/etcd.pid; do
+    [ -f "$pidfile" ] || continue
+    kill "$(cat "$pidfile")" 2>/dev/null || true
+  done
+  for pidfile in "$dir"/*/apiserver.pid "$dir"/*/etcd.pid; do
+    [ -f "$pidfile" ] || continue
+    local pid
+    pid=$(cat "$pidfile")
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$pidfile"
+  done
+}
+
+case "${1:-}" in
+  install)
+    install_packages
+    build_apiserver
+    ;;
+  path)
+    [ -x "$APISERVER" ] || die "kube-apiserver not built yet: run $0 install"
+    echo "$APISERVER"
+    ;;
+  start)
+    [ $# -ge 3 ] || die "usage: $0 start DIR SITE..."
+    dir=$2
+    shift 2
+    [ -x "$APISERVER" ] || die "kube-apiserver not built yet: run $0 install"
+    command -v etcd >/dev/null || die "etcd not installed: run $0 install"
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    make_pki "$dir/pki"
+    i=0
+    for site in "$@"; do start_site "$dir" "$site" "$i"; i=$((i + 1)); done
+    for site in "$@"; do wait_ready "$dir" "$site"; done
+    ;;
+  restart-apiserver)
+    [ $# -eq 3 ] || die "usage: $0 restart-apiserver DIR SITE"
+    dir=$(cd "$2" && pwd)
+    site=$3
+    etcd_port=$(sed -n 's/^ETCD_PORT=//p' "$dir/$site/env")
+    api_port=$(sed -n 's/^API_PORT=//p' "$dir/$site/env")
+    run_apiserver "$dir" "$site" "$etcd_port" "$api_port"
+    wait_ready "$dir" "$site"
+    ;;
+  stop)
+    [ $# -eq 2 ] || die "usage: $0 stop DIR"
+    stop_all "$2"
+    ;;
+  *)
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
