@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, identical locally and in CI. On a fresh Debian machine it installs what
-# it needs (a C compiler for ring, python3 for the demo check); the Rust toolchain is pinned in
-# rust-toolchain.toml.
+# it needs (a C compiler for ring, python3 for the demo check, etcd and a kube-apiserver built
+# once from Debian's source package for the Kubernetes backend tests, about 6 minutes the first
+# time); the Rust toolchain is pinned in rust-toolchain.toml.
 #
 #   scripts/test.sh
 set -euo pipefail
@@ -19,6 +20,9 @@ fi
 if [ ! -d ../shared/schemas ]; then
   echo "ERROR: ../shared/schemas is missing: the smi-adapters tests validate every rendered resource against those upstream CRDs and will fail" >&2
 fi
+
+echo "==> Kubernetes test environment: etcd + kube-apiserver v1.20 built from Debian's source (cached)"
+bash scripts/kube-testenv.sh install
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -304,7 +304,17 @@ async fn exports_become_imports_and_mesh_resources_on_every_site_and_survive_res
     // The foreign Service of that name was left exactly as it was.
     assert_eq!(mirror["metadata"]["labels"]["owner"], "team-x", "{mirror}");
     assert_eq!(mirror["spec"]["ports"][0]["port"], 9999);
-    assert!(b.log().contains("not managed by multimesh"), "{}", b.log());
+    assert!(
+        b.log().contains("not managed by multimesh (left alone)"),
+        "{}",
+        b.log()
+    );
+    // ... and it gets no Endpoints from us (they would attach to it and hijack its traffic).
+    assert!(
+        !names(&cb, "v1", "Endpoints")
+            .await
+            .contains(&"shop/payment-clusterset".into())
+    );
     // The mirror's Endpoints point at b's edge agent (its Service's cluster IP).
     let edge_ip =
         k::list(&cb, "v1", "Service", Some("multimesh")).await["multimesh/multimesh-edge"]["spec"]
@@ -439,6 +449,55 @@ async fn exports_become_imports_and_mesh_resources_on_every_site_and_survive_res
             .iter()
             .all(|x| x.contains("reviews")),
         "{after_c:?}"
+    );
+
+    // `federationctl plan` on a converged site: nothing to change. Against an empty catalog it
+    // shows every import as a deletion, and applies nothing.
+    let plan = |catalog: Option<std::path::PathBuf>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_federationctl"));
+        cmd.arg("plan")
+            .arg("--config")
+            .arg(b.dir.join("federationd.toml"));
+        if let Some(c) = catalog {
+            cmd.arg("--catalog").arg(c);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let converged = plan(None);
+    assert!(converged.contains("0 to change"), "{converged}");
+    assert!(converged.contains("2 left alone"), "{converged}");
+    assert!(
+        converged.contains("conflict  v1 Service shop/payment-clusterset"),
+        "{converged}"
+    );
+    let empty = dir.path().join("empty-catalog.json");
+    std::fs::write(&empty, r#"{"site": "b", "origins": []}"#).unwrap();
+    let withdraw_all = plan(Some(empty));
+    assert!(
+        withdraw_all
+            .contains("delete    multicluster.x-k8s.io/v1alpha1 ServiceImport shop/payment"),
+        "{withdraw_all}"
+    );
+    assert!(
+        withdraw_all.contains("delete    v1 Service shop/tours-v2-clusterset"),
+        "{withdraw_all}"
+    );
+    assert!(
+        !withdraw_all.contains("payment-clusterset"),
+        "the foreign Service is not ours to delete: {withdraw_all}"
+    );
+    assert_eq!(
+        names(&cb, "multicluster.x-k8s.io/v1alpha1", "ServiceImport")
+            .await
+            .len(),
+        3,
+        "plan applied something"
     );
 
     // Deleting the export withdraws it everywhere.

@@ -619,10 +619,15 @@ async fn plan(cli: &Cli, config: &Path, catalog: Option<&Path>) -> Result<(), Fa
         for d in &diagnostics {
             t.push_str(&format!("{d}\n"));
         }
+        let conflicts = changes
+            .iter()
+            .filter(|c| matches!(c, plan::Change::Conflict(_)))
+            .count();
         t.push_str(&format!(
-            "{} to change, {} unchanged (site {}, mesh {})\n",
-            changes.len(),
+            "{} to change, {} unchanged, {} left alone (exist without the multimesh label) (site {}, mesh {})\n",
+            changes.len() - conflicts,
             unchanged,
+            conflicts,
             cfg.site,
             settings.mesh
         ));

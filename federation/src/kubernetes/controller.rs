@@ -362,6 +362,8 @@ pub struct Controller {
     reported: BTreeMap<String, String>,
     /// Exports this backend put in the catalog.
     exported: BTreeSet<(String, String)>,
+    /// Conflicts already reported.
+    conflicts: BTreeSet<String>,
 }
 
 impl Controller {
@@ -388,6 +390,7 @@ impl Controller {
             recorder,
             reported: BTreeMap::new(),
             exported,
+            conflicts: BTreeSet::new(),
         }
     }
 
@@ -752,7 +755,10 @@ impl Controller {
                     Err(e) => return Err(api_err(format!("deleting {key}"))(e)),
                 },
                 Change::Conflict(_) => {
-                    warn!(site = %site, object = %key, "not applied: an object of that name exists and is not managed by multimesh");
+                    // Said once per object, not on every pass.
+                    if self.conflicts.insert(key.clone()) {
+                        warn!(site = %site, object = %key, "not applied: conflicts with an object not managed by multimesh (left alone)");
+                    }
                 }
             }
         }

@@ -68,12 +68,65 @@ pub fn plan(desired: &[Value], existing: &[Existing]) -> (Vec<Change>, usize) {
             Some(_) => changes.push(Change::Update(d.clone())),
         }
     }
-    for (k, e) in by_key {
-        if e.owned && !wanted.contains(&k) {
+    for (k, e) in &by_key {
+        if e.owned && !wanted.contains(k) {
             changes.push(Change::Delete(e.object.clone()));
         }
     }
-    (changes, unchanged)
+    // Endpoints attach to the Service of the same name: never give a Service we do not own
+    // endpoints (that would hijack its traffic), and take back any we gave it.
+    let foreign_services: std::collections::BTreeSet<(String, String)> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Conflict(o) if o["apiVersion"] == "v1" && o["kind"] == "Service" => {
+                Some(ns_name(o))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::with_capacity(changes.len());
+    for c in changes {
+        let o = c.object();
+        if o["apiVersion"] == "v1"
+            && o["kind"] == "Endpoints"
+            && foreign_services.contains(&ns_name(o))
+        {
+            match &c {
+                Change::Create(_) | Change::Conflict(_) => out.push(Change::Conflict(o.clone())),
+                Change::Update(_) => out.push(Change::Delete(o.clone())),
+                Change::Delete(_) => out.push(c),
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    // An unchanged owned Endpoints of a foreign Service is taken back too.
+    for e in by_key.values() {
+        let o = &e.object;
+        if e.owned
+            && o["apiVersion"] == "v1"
+            && o["kind"] == "Endpoints"
+            && foreign_services.contains(&ns_name(o))
+            && !out.iter().any(|c| object_key(c.object()) == object_key(o))
+        {
+            unchanged -= 1;
+            out.push(Change::Delete(o.clone()));
+        }
+    }
+    (out, unchanged)
+}
+
+fn ns_name(o: &Value) -> (String, String) {
+    (
+        o["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        o["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
 }
 
 /// Whether `have` holds every field of `want` with the same value (the server adds defaults
@@ -155,6 +208,60 @@ mod tests {
             ]
         );
         assert_eq!(unchanged, 1);
+    }
+
+    #[test]
+    fn a_foreign_service_never_gets_our_endpoints() {
+        let ep = |name: &str| json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": "ns"}, "subsets": []});
+        let desired = vec![
+            obj("mirror", json!({})),
+            ep("mirror"),
+            obj("other", json!({})),
+            ep("other"),
+        ];
+        // Not there yet: the Endpoints are held back with the Service.
+        let existing = vec![Existing {
+            object: obj("mirror", json!({"x": 1})),
+            owned: false,
+        }];
+        let (changes, _) = plan(&desired, &existing);
+        let verbs: Vec<(&str, &str, &str)> = changes
+            .iter()
+            .map(|c| {
+                (
+                    c.verb(),
+                    c.object()["kind"].as_str().unwrap_or_default(),
+                    c.object()["metadata"]["name"].as_str().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            verbs,
+            vec![
+                ("conflict", "Service", "mirror"),
+                ("conflict", "Endpoints", "mirror"),
+                ("create", "Service", "other"),
+                ("create", "Endpoints", "other"),
+            ]
+        );
+        // Already given (an earlier version did): taken back.
+        let existing = vec![
+            Existing {
+                object: obj("mirror", json!({"x": 1})),
+                owned: false,
+            },
+            Existing {
+                object: ep("mirror"),
+                owned: true,
+            },
+        ];
+        let (changes, unchanged) = plan(&desired, &existing);
+        assert!(
+            changes
+                .iter()
+                .any(|c| c.verb() == "delete" && c.object()["kind"] == "Endpoints")
+        );
+        assert_eq!(unchanged, 0);
     }
 
     #[test]
