@@ -14,14 +14,6 @@ use serde_json::{Value, json};
 use smi_adapters::render::{Mesh, Options};
 use support::kubeenv::{self as k, KubeEnv};
 
-const MESHES: [(&str, Mesh); 5] = [
-    ("istio", Mesh::Istio),
-    ("gateway-api", Mesh::GatewayApi),
-    ("linkerd", Mesh::Linkerd),
-    ("consul", Mesh::Consul),
-    ("kuma", Mesh::Kuma),
-];
-
 fn corpus() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../smi-adapters/tests/corpus")
 }
@@ -49,7 +41,8 @@ async fn every_rendered_resource_is_accepted_by_server_side_apply() {
             ("services.yaml".to_string(), services.clone()),
             ("input.yaml".to_string(), input),
         ];
-        for (mesh_name, mesh) in MESHES {
+        for mesh in Mesh::ALL {
+            let mesh_name = mesh.name();
             let opts = Options {
                 edge_ips: vec!["10.96.0.50".into()],
                 ..Options::default()
@@ -141,11 +134,7 @@ async fn the_crds_federationctl_prints_install_and_accept_their_objects() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let crds: Vec<Value> =
-        serde_yaml::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
-            .map(|d| serde::Deserialize::deserialize(d).unwrap())
-            .filter(|v: &Value| !v.is_null())
-            .collect();
+    let crds = k::yaml_documents(&String::from_utf8(out.stdout).unwrap());
     let names: Vec<&str> = crds
         .iter()
         .map(|c| c["metadata"]["name"].as_str().unwrap())

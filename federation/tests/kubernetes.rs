@@ -20,13 +20,11 @@ const MESHES: [(&str, &str, &[&str]); 3] = [
 ];
 
 fn manifests(file: &str) -> Vec<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/kubernetes")
-        .join(file);
-    serde_yaml::Deserializer::from_str(&std::fs::read_to_string(path).unwrap())
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .filter(|v: &Value| !v.is_null())
-        .collect()
+    k::documents(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/kubernetes")
+            .join(file),
+    )
 }
 
 /// Installs CRDs, the shipped namespace and RBAC, the edge agent's Service, and returns a
@@ -116,6 +114,18 @@ async fn export(c: &Client, name: &str) {
     )
     .await
     .unwrap();
+}
+
+/// The (status, reason) of condition `t` on ServiceExport shop/`name`.
+async fn export_condition(c: &Client, name: &str, t: &str) -> Option<(String, String)> {
+    let o = k::list(
+        c,
+        "multicluster.x-k8s.io/v1alpha1",
+        "ServiceExport",
+        Some("shop"),
+    )
+    .await;
+    o.get(&format!("shop/{name}")).and_then(|o| condition(o, t))
 }
 
 fn condition(o: &Value, t: &str) -> Option<(String, String)> {
@@ -233,15 +243,8 @@ async fn exports_become_imports_and_mesh_resources_on_every_site_and_survive_res
     endpoints(&ca, "payment", false).await;
     export(&ca, "payment").await;
     eventually(30, "a reports NoReadyEndpoints", || async {
-        let o = k::list(
-            &ca,
-            "multicluster.x-k8s.io/v1alpha1",
-            "ServiceExport",
-            Some("shop"),
-        )
-        .await;
-        o.get("shop/payment")
-            .and_then(|o| condition(o, "Ready"))
+        export_condition(&ca, "payment", "Ready")
+            .await
             .is_some_and(|(s, r)| s == "False" && r == "NoReadyEndpoints")
     })
     .await;
@@ -253,15 +256,8 @@ async fn exports_become_imports_and_mesh_resources_on_every_site_and_survive_res
     endpoints(&ca, "tours-v2", true).await;
     export(&ca, "tours-v2").await;
     eventually(30, "a's ServiceExport is Ready", || async {
-        let o = k::list(
-            &ca,
-            "multicluster.x-k8s.io/v1alpha1",
-            "ServiceExport",
-            Some("shop"),
-        )
-        .await;
-        o.get("shop/payment")
-            .and_then(|o| condition(o, "Ready"))
+        export_condition(&ca, "payment", "Ready")
+            .await
             .is_some_and(|(s, r)| s == "True" && r == "Exported")
     })
     .await;

@@ -10,14 +10,6 @@ use std::path::Path;
 
 use smi_adapters::render::{Mesh, Options};
 
-const MESHES: [(&str, Mesh); 5] = [
-    ("istio", Mesh::Istio),
-    ("gateway-api", Mesh::GatewayApi),
-    ("linkerd", Mesh::Linkerd),
-    ("consul", Mesh::Consul),
-    ("kuma", Mesh::Kuma),
-];
-
 /// (case, mesh) pairs that must be refused, and why; their golden files hold the errors.
 const REFUSED: [(&str, &str); 5] = [
     // MeshHTTPRoute has no per-backend filter to tell the edge agent where a remote share goes.
@@ -79,7 +71,8 @@ fn every_case_matches_its_golden_output_and_validates_against_upstream_crds() {
     let mut validated = 0;
     for case in &cases {
         let (files, catalog) = case_inputs(case);
-        for (mesh_name, mesh) in MESHES {
+        for mesh in Mesh::ALL {
+            let mesh_name = mesh.name();
             let t = smi_adapters::translate(&files, catalog.as_deref(), mesh, &options());
             let label = format!(
                 "{}/{mesh_name}",

@@ -104,13 +104,7 @@ const SPEC_KINDS: [(&str, &str); 5] = [
 /// renderer produces (listed for all meshes, so a site that changes mesh cleans up).
 pub fn owned_kinds() -> BTreeSet<(&'static str, &'static str)> {
     let mut out = BTreeSet::from([("multicluster.x-k8s.io/v1alpha1", "ServiceImport")]);
-    for m in [
-        Mesh::Istio,
-        Mesh::Linkerd,
-        Mesh::Consul,
-        Mesh::Kuma,
-        Mesh::GatewayApi,
-    ] {
+    for m in Mesh::ALL {
         out.extend(m.kinds().iter().copied());
     }
     out
@@ -797,26 +791,17 @@ impl Controller {
                 let name = o.metadata.name.clone().unwrap_or_default();
                 let key = format!("{}/{ns}/{name}", ar.kind);
                 let diags = desired.diagnostics.get(&key).cloned().unwrap_or_default();
+                let joined = || {
+                    diags
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
                 let (type_, reason, note) = if desired::has_errors(&diags) {
-                    (
-                        EventType::Warning,
-                        "TranslationFailed",
-                        diags
-                            .iter()
-                            .map(|d| d.to_string())
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                    )
+                    (EventType::Warning, "TranslationFailed", joined())
                 } else if !diags.is_empty() {
-                    (
-                        EventType::Warning,
-                        "TranslatedInexactly",
-                        diags
-                            .iter()
-                            .map(|d| d.to_string())
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                    )
+                    (EventType::Warning, "TranslatedInexactly", joined())
                 } else {
                     (
                         EventType::Normal,

@@ -185,6 +185,21 @@ pub fn strip_for_v120(v: &mut Value) {
     }
 }
 
+/// The non-empty documents of a multi-document YAML text.
+pub fn yaml_documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+/// The non-empty YAML documents of a file.
+pub fn documents(path: &Path) -> Vec<Value> {
+    yaml_documents(
+        &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+}
+
 /// The upstream CRDs of `../shared/schemas/<folder>` (every folder when empty).
 pub fn upstream_crds(folders: &[&str]) -> Vec<Value> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/schemas");
@@ -210,9 +225,7 @@ pub fn upstream_crds(folders: &[&str]) -> Vec<Value> {
             .collect();
         files.sort();
         for f in files {
-            let text = std::fs::read_to_string(&f).unwrap();
-            for doc in serde_yaml::Deserializer::from_str(&text) {
-                let mut v: Value = serde::Deserialize::deserialize(doc).unwrap();
+            for mut v in documents(&f) {
                 if v["kind"] == "CustomResourceDefinition" {
                     strip_for_v120(&mut v);
                     out.push(v);
@@ -374,13 +387,8 @@ pub fn manifests_under(dir: &Path) -> Vec<(String, Value)> {
     files.sort();
     let mut out = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(&f).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let v: Value = serde::Deserialize::deserialize(doc).unwrap();
-            if !v.is_null() {
-                out.push((f.file_name().unwrap().to_string_lossy().to_string(), v));
-            }
-        }
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        out.extend(documents(&f).into_iter().map(|v| (name.clone(), v)));
     }
     out
 }

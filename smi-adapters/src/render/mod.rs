@@ -29,15 +29,31 @@ pub enum Mesh {
 }
 
 impl Mesh {
+    /// Every mesh, in the order the CLI and the tests list them.
+    pub const ALL: [Mesh; 5] = [
+        Mesh::Istio,
+        Mesh::GatewayApi,
+        Mesh::Linkerd,
+        Mesh::Consul,
+        Mesh::Kuma,
+    ];
+
     /// Parses a `--mesh` value.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
-            "istio" => Some(Mesh::Istio),
-            "gateway-api" | "gamma" => Some(Mesh::GatewayApi),
-            "linkerd" => Some(Mesh::Linkerd),
-            "consul" => Some(Mesh::Consul),
-            "kuma" => Some(Mesh::Kuma),
-            _ => None,
+            "gamma" => Some(Mesh::GatewayApi),
+            _ => Self::ALL.into_iter().find(|m| m.name() == s),
+        }
+    }
+
+    /// The `--mesh` name: `istio`, `gateway-api`, `linkerd`, `consul`, `kuma`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mesh::Istio => "istio",
+            Mesh::GatewayApi => "gateway-api",
+            Mesh::Linkerd => "linkerd",
+            Mesh::Consul => "consul",
+            Mesh::Kuma => "kuma",
         }
     }
 }
