@@ -148,22 +148,17 @@ async fn names(c: &Client, api_version: &str, kind: &str) -> Vec<String> {
         .collect()
 }
 
+/// The ServiceImports of namespace shop on a site.
+async fn imports(c: &Client) -> Vec<String> {
+    names(c, "multicluster.x-k8s.io/v1alpha1", "ServiceImport").await
+}
+
 /// Every object multimesh owns on a site, as "apiVersion kind ns/name".
 async fn owned(c: &Client) -> Vec<String> {
     let mut out = Vec::new();
     for (api, kind) in federation::kubernetes::controller::owned_kinds() {
-        let (ar, _) = match kube::discovery::pinned_kind(
-            c,
-            &kube::core::GroupVersionKind::gvk(
-                api.rsplit_once('/').map_or("", |x| x.0),
-                api.rsplit_once('/').map_or(api, |x| x.1),
-                kind,
-            ),
-        )
-        .await
-        {
-            Ok(x) => x,
-            Err(_) => continue,
+        let Some((ar, _)) = k::try_resource(c, api, kind).await else {
+            continue;
         };
         let a: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(c.clone(), &ar);
         for o in a
@@ -265,8 +260,7 @@ async fn exports_become_imports_and_mesh_resources_on_every_site_and_survive_res
         30,
         "b imports payment (ServiceImport + Linkerd mirror)",
         || async {
-            names(&cb, "multicluster.x-k8s.io/v1alpha1", "ServiceImport").await
-                == ["shop/payment", "shop/tours-v2"]
+            imports(&cb).await == ["shop/payment", "shop/tours-v2"]
                 && names(&cb, "v1", "Endpoints")
                     .await
                     .contains(&"shop/tours-v2-clusterset".into())
@@ -277,8 +271,7 @@ async fn exports_become_imports_and_mesh_resources_on_every_site_and_survive_res
         30,
         "c imports payment (ServiceImport + Consul resolver)",
         || async {
-            names(&cc, "multicluster.x-k8s.io/v1alpha1", "ServiceImport").await
-                == ["shop/payment", "shop/tours-v2"]
+            imports(&cc).await == ["shop/payment", "shop/tours-v2"]
                 && names(&cc, "consul.hashicorp.com/v1alpha1", "ServiceResolver")
                     .await
                     .contains(&"shop/payment-clusterset".into())
@@ -319,11 +312,7 @@ async fn exports_become_imports_and_mesh_resources_on_every_site_and_survive_res
     let ep = &k::list(&cb, "v1", "Endpoints", Some("shop")).await["shop/tours-v2-clusterset"];
     assert_eq!(ep["subsets"][0]["addresses"][0]["ip"], edge_ip);
     // a imports nothing of its own.
-    assert!(
-        names(&ca, "multicluster.x-k8s.io/v1alpha1", "ServiceImport")
-            .await
-            .is_empty()
-    );
+    assert!(imports(&ca).await.is_empty());
 
     // A TrafficSplit on b with a remote backend: rendered into a Linkerd HTTPRoute whose remote
     // share goes to b's edge agent (the mirror) carrying the destination header.
@@ -411,10 +400,8 @@ async fn exports_become_imports_and_mesh_resources_on_every_site_and_survive_res
     );
     let cb = env.client("b").await;
     eventually(60, "b and c catch up after the restarts", || async {
-        names(&cb, "multicluster.x-k8s.io/v1alpha1", "ServiceImport").await
-            == ["shop/payment", "shop/reviews", "shop/tours-v2"]
-            && names(&cc, "multicluster.x-k8s.io/v1alpha1", "ServiceImport").await
-                == ["shop/payment", "shop/reviews", "shop/tours-v2"]
+        imports(&cb).await == ["shop/payment", "shop/reviews", "shop/tours-v2"]
+            && imports(&cc).await == ["shop/payment", "shop/reviews", "shop/tours-v2"]
     })
     .await;
     let after_b = owned(&cb).await;
@@ -488,13 +475,7 @@ async fn exports_become_imports_and_mesh_resources_on_every_site_and_survive_res
         !withdraw_all.contains("payment-clusterset"),
         "the foreign Service is not ours to delete: {withdraw_all}"
     );
-    assert_eq!(
-        names(&cb, "multicluster.x-k8s.io/v1alpha1", "ServiceImport")
-            .await
-            .len(),
-        3,
-        "plan applied something"
-    );
+    assert_eq!(imports(&cb).await.len(), 3, "plan applied something");
 
     // Deleting the export withdraws it everywhere.
     let se = k::resource(&ca, "multicluster.x-k8s.io/v1alpha1", "ServiceExport")
@@ -504,12 +485,8 @@ async fn exports_become_imports_and_mesh_resources_on_every_site_and_survive_res
         kube::Api::namespaced_with(ca.clone(), "shop", &se);
     api.delete("payment", &Default::default()).await.unwrap();
     eventually(30, "payment withdrawn on b and c", || async {
-        !names(&cb, "multicluster.x-k8s.io/v1alpha1", "ServiceImport")
-            .await
-            .contains(&"shop/payment".into())
-            && !names(&cc, "multicluster.x-k8s.io/v1alpha1", "ServiceImport")
-                .await
-                .contains(&"shop/payment".into())
+        !imports(&cb).await.contains(&"shop/payment".into())
+            && !imports(&cc).await.contains(&"shop/payment".into())
             && !names(&cc, "consul.hashicorp.com/v1alpha1", "ServiceResolver")
                 .await
                 .contains(&"shop/payment-clusterset".into())

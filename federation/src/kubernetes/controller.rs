@@ -347,9 +347,8 @@ pub async fn run(
 /// The reconciler of one site.
 pub struct Controller {
     node: Arc<Node>,
-    settings: KubeSettings,
     base: ExportBase,
-    client: Client,
+    /// The client and settings, with the kinds discovered.
     cluster: Cluster,
     recorder: Recorder,
     /// What was last reported on each spec object (to emit an Event only on a change).
@@ -374,13 +373,11 @@ impl Controller {
         Self {
             node,
             cluster: Cluster {
-                client: client.clone(),
-                settings: settings.clone(),
+                client,
+                settings,
                 kinds: Kinds::default(),
             },
-            settings,
             base,
-            client,
             recorder,
             reported: BTreeMap::new(),
             exported,
@@ -393,7 +390,7 @@ impl Controller {
         let wake = Arc::new(Notify::new());
         let mut watchers = tokio::task::JoinSet::new();
         let mut catalog = self.node.store.subscribe();
-        let resync = Duration::from_secs(self.settings.resync_seconds);
+        let resync = Duration::from_secs(self.cluster.settings.resync_seconds);
         let mut next_discovery = Instant::now();
         let mut failures = 0u32;
         loop {
@@ -451,7 +448,7 @@ impl Controller {
 
     fn watch_all(&self, set: &mut tokio::task::JoinSet<()>, wake: &Arc<Notify>) {
         for (_, ar) in self.watched() {
-            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+            let api: Api<DynamicObject> = Api::all_with(self.cluster.client.clone(), &ar);
             let wake = wake.clone();
             set.spawn(async move {
                 let mut s = watcher(api, watcher::Config::default())
@@ -472,7 +469,7 @@ impl Controller {
     }
 
     fn watch_services(&self, set: &mut tokio::task::JoinSet<()>, wake: &Arc<Notify>) {
-        let api: Api<KService> = Api::all(self.client.clone());
+        let api: Api<KService> = Api::all(self.cluster.client.clone());
         let wake = wake.clone();
         set.spawn(async move {
             let mut s = watcher(api, watcher::Config::default())
@@ -498,19 +495,19 @@ impl Controller {
                 "multicluster.x-k8s.io/v1alpha1 ServiceExport".into(),
             ));
         };
-        let exports_api: Api<DynamicObject> = Api::all_with(self.client.clone(), &se);
+        let exports_api: Api<DynamicObject> = Api::all_with(self.cluster.client.clone(), &se);
         let exports = exports_api
             .list(&ListParams::default())
             .await
             .map_err(api_err("listing ServiceExports"))?;
-        let services: Api<KService> = Api::all(self.client.clone());
+        let services: Api<KService> = Api::all(self.cluster.client.clone());
         let services = services
             .list(&ListParams::default())
             .await
             .map_err(api_err("listing Services"))?;
         let mut ready: BTreeMap<(String, String), usize> = BTreeMap::new();
         if let Some(es) = &self.cluster.kinds.endpoint_slice {
-            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), es);
+            let api: Api<DynamicObject> = Api::all_with(self.cluster.client.clone(), es);
             let slices = api
                 .list(&ListParams::default())
                 .await
@@ -782,7 +779,7 @@ impl Controller {
     /// Reports each traffic spec's translation as an Event on it, when the outcome changed.
     async fn report(&mut self, desired: &Desired) {
         for ar in self.cluster.kinds.specs.clone() {
-            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+            let api: Api<DynamicObject> = Api::all_with(self.cluster.client.clone(), &ar);
             let Ok(list) = api.list(&ListParams::default()).await else {
                 continue;
             };
@@ -806,7 +803,7 @@ impl Controller {
                     (
                         EventType::Normal,
                         "Translated",
-                        format!("rendered for mesh {}", self.settings.mesh),
+                        format!("rendered for mesh {}", self.cluster.settings.mesh),
                     )
                 };
                 let fingerprint = format!(

@@ -271,13 +271,25 @@ pub async fn install_crds(client: &Client, crds: &[Value]) {
     }
 }
 
-/// The API resource of `apiVersion`/`kind`, by discovery.
-pub async fn resource(client: &Client, api_version: &str, kind: &str) -> (ApiResource, bool) {
+/// The API resource of `apiVersion`/`kind` and whether it is namespaced, by discovery; `None`
+/// when the server does not serve it.
+pub async fn try_resource(
+    client: &Client,
+    api_version: &str,
+    kind: &str,
+) -> Option<(ApiResource, bool)> {
     let (g, v) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let (ar, caps) = kube::discovery::pinned_kind(client, &GroupVersionKind::gvk(g, v, kind))
         .await
-        .unwrap_or_else(|e| panic!("{api_version} {kind} is not served: {e}"));
-    (ar, matches!(caps.scope, kube::discovery::Scope::Namespaced))
+        .ok()?;
+    Some((ar, matches!(caps.scope, kube::discovery::Scope::Namespaced)))
+}
+
+/// Like [`try_resource`], for a kind the test needs served.
+pub async fn resource(client: &Client, api_version: &str, kind: &str) -> (ApiResource, bool) {
+    try_resource(client, api_version, kind)
+        .await
+        .unwrap_or_else(|| panic!("{api_version} {kind} is not served"))
 }
 
 /// A dynamic API for `obj`'s kind (namespaced to its namespace).
