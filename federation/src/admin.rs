@@ -163,6 +163,58 @@ impl admin_server::Admin for AdminService {
         }))
     }
 
+    async fn apply_splits(
+        &self,
+        request: Request<api::ApplySplitsRequest>,
+    ) -> Result<Response<api::SplitsResponse>, Status> {
+        let r = request.into_inner();
+        let files: Vec<(String, String)> = r.files.into_iter().map(|f| (f.name, f.text)).collect();
+        let rules = crate::splits::parse(&files).map_err(Status::invalid_argument)?;
+        let changed = if r.dry_run {
+            0
+        } else {
+            let n = self
+                .node
+                .splits
+                .apply(rules.clone())
+                .map_err(Status::unavailable)?;
+            for rule in &rules {
+                info!(site = %self.node.site, service = %format!("{}/{}", rule.namespace, rule.service), backends = ?rule.backends, source = %rule.source, "traffic split applied");
+            }
+            n
+        };
+        Ok(Response::new(splits_view(&self.node, rules, changed)))
+    }
+
+    async fn splits(
+        &self,
+        _: Request<api::SplitsRequest>,
+    ) -> Result<Response<api::SplitsResponse>, Status> {
+        Ok(Response::new(splits_view(&self.node, self.node.splits.list(), 0)))
+    }
+
+    async fn delete_split(
+        &self,
+        request: Request<api::DeleteSplitRequest>,
+    ) -> Result<Response<api::SplitsResponse>, Status> {
+        let r = request.into_inner();
+        names::dns_label("service", &r.service).map_err(AdminError::from)?;
+        names::dns_label("namespace", &r.namespace).map_err(AdminError::from)?;
+        if !self
+            .node
+            .splits
+            .delete(&r.namespace, &r.service)
+            .map_err(Status::unavailable)?
+        {
+            return Err(Status::not_found(format!(
+                "no traffic split on {}/{}",
+                r.namespace, r.service
+            )));
+        }
+        info!(site = %self.node.site, service = %format!("{}/{}", r.namespace, r.service), "traffic split deleted");
+        Ok(Response::new(splits_view(&self.node, self.node.splits.list(), 1)))
+    }
+
     async fn catalog(
         &self,
         _: Request<api::CatalogRequest>,
@@ -271,6 +323,44 @@ impl admin_server::Admin for AdminService {
 /// The stream of [`api::WatchEvent`]s of one watcher.
 pub type WatchStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<api::WatchEvent, Status>> + Send>>;
+
+/// `rules` as shown to operators: shares and the sites now serving each backend.
+pub fn splits_view(
+    node: &Node,
+    rules: Vec<crate::splits::SplitRule>,
+    changed: usize,
+) -> api::SplitsResponse {
+    let table = crate::routes::route_table(node, Instant::now());
+    let sites = |ns: &str, name: &str| -> Vec<String> {
+        table
+            .services
+            .iter()
+            .find(|s| s.namespace == ns && s.name == name)
+            .map(|s| s.destinations.iter().map(|d| d.site.clone()).collect())
+            .unwrap_or_default()
+    };
+    api::SplitsResponse {
+        splits: rules
+            .iter()
+            .map(|r| api::SplitView {
+                service: r.service.clone(),
+                namespace: r.namespace.clone(),
+                source: r.source.clone(),
+                backends: r
+                    .backends
+                    .iter()
+                    .map(|(b, w)| api::SplitBackendView {
+                        service: b.clone(),
+                        weight: *w,
+                        percent: r.percent(b),
+                        sites: sites(&r.namespace, b),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        changed: u32::try_from(changed).unwrap_or(u32::MAX),
+    }
+}
 
 fn watch_event(node: &Node) -> api::WatchEvent {
     node.store.read(|c| api::WatchEvent {

@@ -39,6 +39,9 @@ pub enum DaemonError {
     /// A config-declared export is invalid.
     #[error("config export {0}")]
     Export(String),
+    /// The saved traffic splits are unreadable.
+    #[error("traffic splits: {0}")]
+    Splits(String),
     /// A socket could not be bound.
     #[error("{what} {addr}: {source}")]
     Bind {
@@ -136,6 +139,10 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
     // A new epoch or config exports must survive a crash: save a snapshot before serving.
     // (Blocking, but nothing is served yet.)
     store.compact()?;
+    let splits_path = crate::splits::path_for(&cfg.state_file);
+    let splits = Arc::new(
+        crate::splits::SplitStore::load(&splits_path).map_err(DaemonError::Splits)?,
+    );
     let peer_list: Vec<_> = cfg
         .peers
         .iter()
@@ -145,6 +152,7 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
         site: cfg.site.clone(),
         trust_domain: cfg.trust_domain.clone(),
         store: store.clone(),
+        splits: splits.clone(),
         peers: PeerTable::new(&cfg.site, &peer_list, s.liveness_timeout()),
         settings: s,
         tls: tls_material.clone(),

@@ -17,6 +17,7 @@ pub mod model;
 pub mod names;
 pub mod process;
 pub mod routes;
+pub mod splits;
 pub mod store;
 pub mod sync;
 pub mod tls;

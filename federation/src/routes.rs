@@ -3,7 +3,8 @@
 //! Served on the peer listener to the site's *own* identity only (the edge agent presents the
 //! site certificate); peer sites are refused. Each served entry becomes a destination: the
 //! origin site with its advertised ingress (or its relay, for an edge node), weight 1. The
-//! site's own exports carry their consumer scope, which the agent's ingress enforces.
+//! site's own exports carry their consumer scope, which the agent's ingress enforces. The
+//! site's traffic splits ([`crate::splits`]) are served with the backends the table can reach.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::catalog::{EntryState, Liveness};
 use crate::model::{Port, Scope};
+use crate::splits::SplitRule;
 use crate::sync::Node;
 use crate::sync::server::PeerInfo;
 
@@ -53,25 +55,62 @@ pub fn route_table(node: &Node, now: Instant) -> wire::RouteTable {
                         Scope::Sites(s) => s.iter().cloned().collect(),
                     };
                 }
+                // An edge node behind this very site is reached over its own outbound link:
+                // no relay and no address to dial.
+                let behind_us = svc.via.as_deref() == Some(node.site.as_str());
                 route.destinations.push(wire::Destination {
                     site: key.origin.clone(),
-                    addresses: if local { vec![] } else { svc.ingress.clone() },
+                    addresses: if local || behind_us {
+                        vec![]
+                    } else {
+                        svc.ingress.clone()
+                    },
                     weight: 1,
-                    via: svc.via.clone().unwrap_or_default(),
+                    via: if behind_us {
+                        String::new()
+                    } else {
+                        svc.via.clone().unwrap_or_default()
+                    },
                 });
             }
         })
     });
+    let splits = node
+        .splits
+        .list()
+        .into_iter()
+        .filter_map(|rule| routable_split(&rule, |b| services.contains_key(&(rule.namespace.clone(), b.to_string()))))
+        .collect();
     let mut table = wire::RouteTable {
         version: String::new(),
         services: services.into_values().collect(),
-        splits: vec![],
+        splits,
     };
     for s in &mut table.services {
         s.destinations.sort_by(|a, b| a.site.cmp(&b.site));
     }
     table.version = format!("{}:{:016x}", node.site, fingerprint(&table.encode_to_vec()));
     table
+}
+
+/// The part of `rule` the edge agent can follow now: backends that `routable` (present in the
+/// route table); `None` when no routable backend has a weight (calls then go to the root
+/// service itself, as if there were no split).
+pub fn routable_split(rule: &SplitRule, routable: impl Fn(&str) -> bool) -> Option<wire::Split> {
+    let backends: Vec<wire::SplitBackend> = rule
+        .backends
+        .iter()
+        .filter(|(b, _)| routable(b))
+        .map(|(b, w)| wire::SplitBackend {
+            service: b.clone(),
+            weight: *w,
+        })
+        .collect();
+    backends.iter().any(|b| b.weight > 0).then(|| wire::Split {
+        service: rule.service.clone(),
+        namespace: rule.namespace.clone(),
+        backends,
+    })
 }
 
 /// A stable 64-bit FNV-1a fingerprint of `bytes` (table versions; not cryptographic).
@@ -121,6 +160,7 @@ impl route_discovery_server::RouteDiscovery for RouteService {
         }
         let node = self.node.clone();
         let mut head = node.store.subscribe();
+        let mut splits = node.splits.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let mut last = String::new();
@@ -135,6 +175,7 @@ impl route_discovery_server::RouteDiscovery for RouteService {
                 }
                 tokio::select! {
                     r = head.changed() => if r.is_err() { return },
+                    r = splits.changed() => if r.is_err() { return },
                     () = tokio::time::sleep(RECHECK) => {}
                     () = tx.closed() => return,
                 }

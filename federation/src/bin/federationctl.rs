@@ -75,6 +75,29 @@ enum Cmd {
         #[arg(short, long, default_value = "default")]
         namespace: String,
     },
+    /// Apply traffic splits to this site's calls: SMI TrafficSplit (v1alpha1-4) or Gateway API
+    /// HTTPRoute documents splitting a whole service between backends by weight. The site's
+    /// edge agent sends calls to the root service to the backends, each wherever it runs in the
+    /// federation. A split replaces the previous split of the same root; nothing is applied
+    /// when any document is refused.
+    Apply {
+        /// Input YAML file; repeatable; `-` reads standard input.
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+        /// Validate and show the result, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show this site's traffic splits: configured shares and the sites serving each backend.
+    Splits,
+    /// Remove the traffic split of a root service.
+    DeleteSplit {
+        /// Root service name.
+        service: String,
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
     /// Show what this site sees, per origin, with versions and stale marks.
     Catalog,
     /// Show peer links: state, last heartbeat and ACK, lag, message counters.
@@ -260,6 +283,55 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 || format!("withdrew {namespace}/{service} at version {}\n", r.version),
             )
         }
+        Cmd::Apply { files, dry_run } => {
+            let files = files
+                .iter()
+                .map(|f| {
+                    Ok(api::SourceFile {
+                        name: f.display().to_string(),
+                        text: read_input(f)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, Failure>>()?;
+            let mut c = client(&cli.admin_socket).await?;
+            let r = c
+                .apply_splits(api::ApplySplitsRequest { files, dry_run })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let verb = if dry_run { "valid (dry run)" } else { "applied" };
+            print(cli.output, &splits_json(&r), || {
+                format!(
+                    "{}{} split(s) {verb}, {} changed\n",
+                    splits_table(&r),
+                    r.splits.len(),
+                    r.changed
+                )
+            })
+        }
+        Cmd::Splits => {
+            let mut c = client(&cli.admin_socket).await?;
+            let r = c
+                .splits(api::SplitsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(cli.output, &splits_json(&r), || splits_table(&r))
+        }
+        Cmd::DeleteSplit { service, namespace } => {
+            let mut c = client(&cli.admin_socket).await?;
+            let r = c
+                .delete_split(api::DeleteSplitRequest {
+                    service: service.clone(),
+                    namespace: namespace.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print(cli.output, &splits_json(&r), || {
+                format!("deleted the traffic split of {namespace}/{service}\n")
+            })
+        }
         Cmd::Catalog => {
             let mut c = client(&cli.admin_socket).await?;
             let r = c
@@ -440,6 +512,39 @@ async fn watch(cli: &Cli, until: Option<u32>) -> Result<(), Failure> {
         }
     }
     Err(Failure("the daemon closed the watch".into(), 1))
+}
+
+fn splits_json(r: &api::SplitsResponse) -> Value {
+    json!({
+        "changed": r.changed,
+        "splits": r.splits.iter().map(|s| json!({
+            "service": s.service, "namespace": s.namespace, "source": s.source,
+            "backends": s.backends.iter().map(|b| json!({
+                "service": b.service, "weight": b.weight, "percent": b.percent, "sites": b.sites,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn splits_table(r: &api::SplitsResponse) -> String {
+    let mut o = format!("{:<32} {:<28} {:>6} {:>7}  {}\n", "SPLIT", "BACKEND", "WEIGHT", "SHARE", "SITES");
+    for s in &r.splits {
+        for b in &s.backends {
+            let sites = if b.sites.is_empty() {
+                "(not routable now)".to_string()
+            } else {
+                b.sites.join(",")
+            };
+            o.push_str(&format!(
+                "{:<32} {:<28} {:>6} {:>6.1}%  {sites}\n",
+                format!("{}/{}", s.namespace, s.service),
+                b.service,
+                b.weight,
+                b.percent
+            ));
+        }
+    }
+    o
 }
 
 fn status(s: tonic::Status) -> Failure {

@@ -27,6 +27,8 @@ pub struct Node {
     pub trust_domain: String,
     /// The catalog.
     pub store: Arc<Store>,
+    /// Traffic splits this site applies to its own calls.
+    pub splits: Arc<crate::splits::SplitStore>,
     /// Peer links.
     pub peers: peers::PeerTable,
     /// Protocol tuning.

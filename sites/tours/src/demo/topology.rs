@@ -1,0 +1,338 @@
+//! The local demo's sites, ports and config files (pure: no I/O).
+//!
+//! ```text
+//!            a (front end, booking)
+//!           /  \
+//!          b -- c (tour-catalog v1, payment replica)
+//!  (payment,     \
+//!   notification, node: an edge node, dials c only (notification replica)
+//!   tour-catalog v2)
+//! ```
+//!
+//! Every site runs a federationd and an edge agent; the edge node's agent has no listening
+//! ingress and is reached through its outbound link to c. tour-catalog is exported by b (v2)
+//! and c (v1) under the root name `tour-catalog` and under its versioned name, so a
+//! TrafficSplit on the root can shift traffic between versions on different sites.
+
+use std::fmt::Write as _;
+
+use crate::app::Kind;
+
+/// The federation's trust domain.
+pub const TRUST_DOMAIN: &str = "multimesh.local";
+/// The app's namespace.
+pub const NAMESPACE: &str = "tours";
+/// The port every app service is known by in the federation.
+pub const SERVICE_PORT: u16 = 80;
+
+/// One app process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct App {
+    /// Which service.
+    pub kind: Kind,
+    /// Its version.
+    pub version: &'static str,
+    /// Names it is exported under (none: only reached directly, like the front end).
+    pub exports: Vec<&'static str>,
+    /// Its listening port.
+    pub port: u16,
+}
+
+impl App {
+    /// Process name, e.g. `tour-catalog-v2`.
+    pub fn process(&self) -> String {
+        match self.kind {
+            Kind::TourCatalog => format!("{}-{}", self.kind.name(), self.version),
+            k => k.name().to_string(),
+        }
+    }
+}
+
+/// One site of the local demo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    /// Name.
+    pub name: &'static str,
+    /// federationd peer listener.
+    pub federation_port: u16,
+    /// Edge ingress (none on the edge node).
+    pub ingress_port: Option<u16>,
+    /// Edge HTTP egress for local callers.
+    pub egress_port: u16,
+    /// Edge admin (`/metrics`, `/readyz`, `/routes`).
+    pub admin_port: u16,
+    /// Peers, with the port to dial (none: the peer dials in).
+    pub peers: Vec<(&'static str, Option<u16>)>,
+    /// On an edge node: the parent site and its ingress port.
+    pub parent: Option<(&'static str, u16)>,
+    /// The app services running here.
+    pub apps: Vec<App>,
+}
+
+/// The demo's layout on ports `base+1 ..= base+99`.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    /// All sites: a, b, c, node.
+    pub sites: Vec<Site>,
+    /// The status page.
+    pub status_port: u16,
+}
+
+impl Topology {
+    /// The layout with ports from `base` (`base + 99` must fit in a port).
+    pub fn local(base: u16) -> Result<Self, String> {
+        if base.checked_add(99).is_none() || base < 1024 {
+            return Err(format!(
+                "--port-base {base}: must be in 1024..=65436 (the demo uses base+1..base+99)"
+            ));
+        }
+        let p = |off: u16| base + off;
+        let app = |kind, version, exports: &[&'static str], port| App {
+            kind,
+            version,
+            exports: exports.to_vec(),
+            port,
+        };
+        let sites = vec![
+            Site {
+                name: "a",
+                federation_port: p(1),
+                ingress_port: Some(p(11)),
+                egress_port: p(21),
+                admin_port: p(31),
+                peers: vec![("b", Some(p(2))), ("c", Some(p(3)))],
+                parent: None,
+                apps: vec![
+                    app(Kind::Frontend, "v1", &[], p(40)),
+                    app(Kind::Booking, "v1", &["booking"], p(41)),
+                ],
+            },
+            Site {
+                name: "b",
+                federation_port: p(2),
+                ingress_port: Some(p(12)),
+                egress_port: p(22),
+                admin_port: p(32),
+                peers: vec![("a", None), ("c", Some(p(3)))],
+                parent: None,
+                apps: vec![
+                    app(Kind::Payment, "v1", &["payment"], p(50)),
+                    app(Kind::Notification, "v1", &["notification"], p(51)),
+                    app(
+                        Kind::TourCatalog,
+                        "v2",
+                        &["tour-catalog", "tour-catalog-v2"],
+                        p(52),
+                    ),
+                ],
+            },
+            Site {
+                name: "c",
+                federation_port: p(3),
+                ingress_port: Some(p(13)),
+                egress_port: p(23),
+                admin_port: p(33),
+                peers: vec![("a", None), ("b", None), ("node", None)],
+                parent: None,
+                apps: vec![
+                    app(
+                        Kind::TourCatalog,
+                        "v1",
+                        &["tour-catalog", "tour-catalog-v1"],
+                        p(60),
+                    ),
+                    app(Kind::Payment, "v1", &["payment"], p(61)),
+                ],
+            },
+            Site {
+                name: "node",
+                federation_port: p(4),
+                ingress_port: None,
+                egress_port: p(24),
+                admin_port: p(34),
+                peers: vec![("c", Some(p(3)))],
+                parent: Some(("c", p(13))),
+                apps: vec![app(Kind::Notification, "v1", &["notification"], p(70))],
+            },
+        ];
+        Ok(Self {
+            sites,
+            status_port: p(99),
+        })
+    }
+
+    /// The site called `name`.
+    pub fn site(&self, name: &str) -> Option<&Site> {
+        self.sites.iter().find(|s| s.name == name)
+    }
+
+    /// The front end's port.
+    pub fn frontend_port(&self) -> u16 {
+        self.sites
+            .iter()
+            .flat_map(|s| &s.apps)
+            .find(|a| a.kind == Kind::Frontend)
+            .map_or(0, |a| a.port)
+    }
+
+    /// Sites serving each exported name, e.g. `payment` → `[b, c]`.
+    pub fn exporters(&self, service: &str) -> Vec<&'static str> {
+        self.sites
+            .iter()
+            .filter(|s| s.apps.iter().any(|a| a.exports.contains(&service)))
+            .map(|s| s.name)
+            .collect()
+    }
+}
+
+fn tls_toml(site: &str) -> String {
+    format!(
+        "[tls]\nca = \"../pki/ca.pem\"\ncert = \"../pki/{site}.pem\"\nkey = \"../pki/{site}-key.pem\"\n"
+    )
+}
+
+/// The federationd config of `site` (paths relative to the site's folder).
+pub fn federationd_toml(site: &Site) -> String {
+    let mut o = format!(
+        "# federationd of site {name} (written by multimesh-demo)\nsite = \"{name}\"\ntrust_domain = \"{TRUST_DOMAIN}\"\nlisten = \"127.0.0.1:{}\"\nadmin_socket = \"admin.sock\"\nstate_file = \"state.json\"\nready_file = \"ready.json\"\n",
+        site.federation_port,
+        name = site.name,
+    );
+    match (site.ingress_port, site.parent) {
+        (Some(i), _) => {
+            let _ = writeln!(o, "edge_ingress = [\"127.0.0.1:{i}\"]");
+        }
+        (None, Some((parent, i))) => {
+            let _ = writeln!(
+                o,
+                "edge_ingress = [\"127.0.0.1:{i}\"]\nedge_via = \"{parent}\""
+            );
+        }
+        (None, None) => {}
+    }
+    o.push('\n');
+    o.push_str(&tls_toml(site.name));
+    o.push_str("\n[sync]\nheartbeat_ms = 500\n");
+    for (peer, port) in &site.peers {
+        let _ = write!(o, "\n[[peers]]\nsite = \"{peer}\"\n");
+        if let Some(p) = port {
+            let _ = writeln!(o, "address = \"127.0.0.1:{p}\"");
+        }
+    }
+    for a in &site.apps {
+        for name in &a.exports {
+            let _ = write!(
+                o,
+                "\n[[services]]\nname = \"{name}\"\nnamespace = \"{NAMESPACE}\"\nports = [{{ name = \"http\", port = {SERVICE_PORT}, protocol = \"http\" }}]\nexport = true\nlabels = {{ version = \"{}\" }}\n",
+                a.version
+            );
+        }
+    }
+    o
+}
+
+/// The edge agent config of `site` (paths relative to the site's folder).
+pub fn edge_toml(site: &Site) -> String {
+    let mut o = format!(
+        "# edge agent of site {name} (written by multimesh-demo)\nsite = \"{name}\"\ntrust_domain = \"{TRUST_DOMAIN}\"\negress_http = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\nready_file = \"edge-ready.json\"\n",
+        site.egress_port,
+        site.admin_port,
+        name = site.name,
+    );
+    if let Some(i) = site.ingress_port {
+        let _ = writeln!(o, "ingress = \"127.0.0.1:{i}\"");
+    }
+    o.push('\n');
+    o.push_str(&tls_toml(site.name));
+    let _ = write!(
+        o,
+        "\n[routes]\nfederation = \"127.0.0.1:{}\"\n\n[outlier]\nconsecutive_failures = 3\nbase_ejection_ms = 1000\nmax_ejection_ms = 4000\n",
+        site.federation_port
+    );
+    if let Some((parent, port)) = site.parent {
+        let _ = write!(
+            o,
+            "\n[parent]\nsite = \"{parent}\"\naddress = \"127.0.0.1:{port}\"\n"
+        );
+    }
+    for a in &site.apps {
+        for name in &a.exports {
+            let _ = write!(
+                o,
+                "\n[[local]]\nname = \"{name}\"\nnamespace = \"{NAMESPACE}\"\nports = [{{ port = {SERVICE_PORT}, upstream = \"127.0.0.1:{}\" }}]\n",
+                a.port
+            );
+        }
+    }
+    o
+}
+
+/// The command-line arguments of `tours` for `app` at `site` (after the program name).
+pub fn app_args(site: &Site, app: &App, data_dir: &str) -> Vec<String> {
+    let mut args = vec![
+        app.kind.name().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{}", app.port),
+        "--site".into(),
+        site.name.to_string(),
+        "--service-version".into(),
+        app.version.to_string(),
+        "--namespace".into(),
+        NAMESPACE.to_string(),
+    ];
+    if matches!(app.kind, Kind::Frontend | Kind::Booking | Kind::Payment) {
+        args.push("--egress".into());
+        args.push(format!("127.0.0.1:{}", site.egress_port));
+    }
+    if matches!(app.kind, Kind::Booking | Kind::Notification) {
+        args.push("--data".into());
+        args.push(format!("{data_dir}/{}.jsonl", app.process()));
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn ports_are_distinct_and_in_range() {
+        let t = Topology::local(17100).unwrap();
+        let mut ports: Vec<u16> = vec![t.status_port];
+        for s in &t.sites {
+            ports.extend([s.federation_port, s.egress_port, s.admin_port]);
+            ports.extend(s.ingress_port);
+            ports.extend(s.apps.iter().map(|a| a.port));
+        }
+        let n = ports.len();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), n, "a port is used twice");
+        assert!(ports.iter().all(|p| (17101..=17199).contains(p)));
+        assert!(Topology::local(65500).is_err());
+        assert!(Topology::local(80).is_err());
+    }
+
+    #[test]
+    fn configs_parse_as_the_daemons_read_them() {
+        let t = Topology::local(17100).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for s in &t.sites {
+            let f = dir.path().join(format!("{}.toml", s.name));
+            std::fs::write(&f, federationd_toml(s)).unwrap();
+            let cfg = federation::config::Config::load(&f).unwrap();
+            assert_eq!(cfg.site, s.name);
+            assert_eq!(
+                cfg.services.iter().filter(|x| x.export).count(),
+                s.apps.iter().map(|a| a.exports.len()).sum::<usize>()
+            );
+        }
+        assert_eq!(t.exporters("tour-catalog"), vec!["b", "c"]);
+        assert_eq!(t.exporters("payment"), vec!["b", "c"]);
+        assert_eq!(t.exporters("notification"), vec!["b", "node"]);
+        let node = t.site("node").unwrap();
+        let e = edge_toml(node);
+        assert!(e.contains("[parent]") && !e.contains("ingress ="), "{e}");
+    }
+}
