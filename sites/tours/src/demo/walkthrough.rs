@@ -305,10 +305,33 @@ async fn traffic_split(demo: &Demo, report: &mut Report, n: usize) {
                    "tolerance_points": SPLIT_TOLERANCE}),
         );
     }
+    bad_split_refused(demo, report);
     match demo.federationctl("a", &["delete-split", "tour-catalog", "-n", NAMESPACE]) {
         Ok(_) => say("  federationctl delete-split tour-catalog -n tours: both versions serve the root name again"),
         Err(e) => report.record("delete the split", false, json!({"error": e.to_string()})),
     }
+}
+
+/// A split with a negative weight is refused, naming the field, and the applied split stays.
+fn bad_split_refused(demo: &Demo, report: &mut Report) {
+    let file = demo.opts.dir.join("tour-catalog-split-bad.yaml");
+    let before = demo.federationctl("a", &["splits", "-o", "json"]);
+    let bad = split_yaml(50, 50).replace("weight: 50\n", "weight: -5\n");
+    let applied = std::fs::write(&file, bad)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| demo.federationctl("a", &["apply", "-f", &file.display().to_string()]));
+    let after = demo.federationctl("a", &["splits", "-o", "json"]);
+    let error = match &applied {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    };
+    say(format!("  a split with weight -5 is refused: {error}"));
+    let unchanged = matches!((&before, &after), (Ok(b), Ok(a)) if a == b);
+    report.record(
+        "a malformed TrafficSplit is refused with the field named, and changes nothing",
+        applied.is_err() && error.contains("spec.backends[0].weight") && unchanged,
+        json!({"error": error, "splits_unchanged": unchanged}),
+    );
 }
 
 /// Books in a loop with 4 callers until `stop`; every result with its time.
