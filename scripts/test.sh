@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, identical locally and in CI. On a fresh Debian machine it installs what
-# it needs (a C compiler for ring, python3 for the demo check, etcd and a kube-apiserver built
-# once from Debian's source package for the Kubernetes backend tests, about 6 minutes the first
-# time); the Rust toolchain is pinned in rust-toolchain.toml.
+# it needs (a C compiler for ring, python3 for the demo check, Node.js, npm and Chromium for the
+# browser tests, shellcheck, etcd and a kube-apiserver built once from Debian's source package
+# for the Kubernetes tests, about 6 minutes the first time); the Rust toolchain is pinned in
+# rust-toolchain.toml.
 #
 #   scripts/test.sh
 set -euo pipefail
@@ -11,6 +12,9 @@ cd "$(dirname "$0")/.."
 need=()
 command -v cc >/dev/null || need+=(build-essential)
 command -v python3 >/dev/null || need+=(python3)
+command -v node >/dev/null || need+=(nodejs npm)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v shellcheck >/dev/null || need+=(shellcheck)
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (see README)" >&2; exit 1; }
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
@@ -34,13 +38,20 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
-echo "==> local multi-site run (three sites and an edge node converge)"
+echo "==> shellcheck"
+shellcheck scripts/*.sh bench/*.sh sites/local/run.sh sites/kind/*.sh
+echo "==> local demo starts and every site routes to every service (sites/local/run.sh --once)"
 sites/local/run.sh --once --debug --dir "$(mktemp -d -t multimesh-ci.XXXXXX)" --port-base "${MULTIMESH_PORT_BASE:-27100}" > /tmp/multimesh-demo-check.log 2>&1 \
-  || { cat /tmp/multimesh-demo-check.log; echo "local multi-site run FAILED" >&2; exit 1; }
-grep "converged in" /tmp/multimesh-demo-check.log
+  || { cat /tmp/multimesh-demo-check.log; echo "local demo FAILED" >&2; exit 1; }
+grep "all sites ready" /tmp/multimesh-demo-check.log
+echo "==> browser tests: front end and status page in headless Chromium (Playwright)"
+target=${CARGO_TARGET_DIR:-target}
+target_abs=$(cd "$target" && pwd)
+(cd sites/ui-tests && npm ci --no-audit --no-fund --silent \
+  && MULTIMESH_BIN_DIR="$target_abs/debug" MULTIMESH_ARTIFACTS="$target_abs/artifacts" npm test)
+echo "    screenshots: $target/artifacts/"
 echo "==> control-plane benchmark harness, small smoke run (the real run: bench/control-plane.sh)"
 cargo build --locked -p multimesh-bench -p multimesh-federation --bins
-target=${CARGO_TARGET_DIR:-target}
 "$target/debug/control-plane" --federationd "$target/debug/federationd" --sites 3 --services 300 --changes 10 --runs 1 > /tmp/multimesh-bench-smoke.log 2>&1 \
   || { cat /tmp/multimesh-bench-smoke.log; echo "benchmark smoke run FAILED" >&2; exit 1; }
 grep "full sync" /tmp/multimesh-bench-smoke.log | head -1
@@ -48,4 +59,4 @@ echo "==> data-plane benchmark, quick smoke run: all four paths answer (the real
 bash bench/data-plane.sh --quick > /tmp/multimesh-dp-smoke.log 2>&1 \
   || { cat /tmp/multimesh-dp-smoke.log; echo "data-plane benchmark smoke run FAILED" >&2; exit 1; }
 grep "^| edge" /tmp/multimesh-dp-smoke.log
-echo "3 passed, 0 failed: local multi-site run, control-plane and data-plane benchmark smoke runs"
+echo "all passed: format, clippy, tests, shellcheck, local demo, browser tests, control-plane and data-plane benchmark smoke runs"

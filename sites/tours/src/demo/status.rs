@@ -250,12 +250,14 @@ impl Status {
                     .map(|(_, (n, _))| n)
                     .sum()
             };
+            // The agent labels calls with the service id, `namespace/name`.
+            let ns = sp["namespace"].as_str().unwrap_or_default().to_string();
             let Some(backends) = sp["backends"].as_array_mut() else {
                 continue;
             };
             let counts: Vec<f64> = backends
                 .iter()
-                .map(|b| calls(b["service"].as_str().unwrap_or_default()))
+                .map(|b| calls(&format!("{ns}/{}", b["service"].as_str().unwrap_or_default())))
                 .collect();
             let total: f64 = counts.iter().sum();
             for (b, n) in backends.iter_mut().zip(counts) {
