@@ -196,6 +196,8 @@ done
 
 # All PIDs of a topology's proxies (nginx: master and workers).
 proc_tree() { echo "$1"; pgrep -P "$1" || true; }
+# The pid_* variables are set by start() through eval.
+# shellcheck disable=SC2154
 proxy_pids() {
   case $1 in
     direct) ;;

@@ -190,7 +190,11 @@ impl admin_server::Admin for AdminService {
         &self,
         _: Request<api::SplitsRequest>,
     ) -> Result<Response<api::SplitsResponse>, Status> {
-        Ok(Response::new(splits_view(&self.node, self.node.splits.list(), 0)))
+        Ok(Response::new(splits_view(
+            &self.node,
+            self.node.splits.list(),
+            0,
+        )))
     }
 
     async fn delete_split(
@@ -212,7 +216,11 @@ impl admin_server::Admin for AdminService {
             )));
         }
         info!(site = %self.node.site, service = %format!("{}/{}", r.namespace, r.service), "traffic split deleted");
-        Ok(Response::new(splits_view(&self.node, self.node.splits.list(), 1)))
+        Ok(Response::new(splits_view(
+            &self.node,
+            self.node.splits.list(),
+            1,
+        )))
     }
 
     async fn catalog(

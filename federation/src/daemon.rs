@@ -140,9 +140,8 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
     // (Blocking, but nothing is served yet.)
     store.compact()?;
     let splits_path = crate::splits::path_for(&cfg.state_file);
-    let splits = Arc::new(
-        crate::splits::SplitStore::load(&splits_path).map_err(DaemonError::Splits)?,
-    );
+    let splits =
+        Arc::new(crate::splits::SplitStore::load(&splits_path).map_err(DaemonError::Splits)?);
     let peer_list: Vec<_> = cfg
         .peers
         .iter()

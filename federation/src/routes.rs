@@ -79,7 +79,11 @@ pub fn route_table(node: &Node, now: Instant) -> wire::RouteTable {
         .splits
         .list()
         .into_iter()
-        .filter_map(|rule| routable_split(&rule, |b| services.contains_key(&(rule.namespace.clone(), b.to_string()))))
+        .filter_map(|rule| {
+            routable_split(&rule, |b| {
+                services.contains_key(&(rule.namespace.clone(), b.to_string()))
+            })
+        })
         .collect();
     let mut table = wire::RouteTable {
         version: String::new(),

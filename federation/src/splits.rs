@@ -129,7 +129,10 @@ pub fn parse(files: &[(String, String)]) -> Result<Vec<SplitRule>, String> {
             .iter()
             .any(|o| o.namespace == r.namespace && o.service == r.root)
         {
-            return Err(at("spec.service", "this root service is split twice in the input"));
+            return Err(at(
+                "spec.service",
+                "this root service is split twice in the input",
+            ));
         }
         rules.push(SplitRule {
             service: r.root.clone(),
@@ -156,6 +159,7 @@ pub fn path_for(state_file: &Path) -> PathBuf {
 }
 
 /// The splits of one site, durable and observable.
+#[derive(Debug)]
 pub struct SplitStore {
     path: PathBuf,
     rules: RwLock<BTreeMap<(String, String), SplitRule>>,

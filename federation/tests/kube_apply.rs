@@ -216,3 +216,60 @@ async fn the_deployment_manifests_pass_server_side_dry_run() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kind_demo_manifests_pass_server_side_dry_run() {
+    // The Kind path of the demo cannot run here (no container engine); every object it applies
+    // is checked by the real API server instead: deploy/kubernetes, then the demo's site and
+    // app manifests (with the MCS CRDs from `federationctl crds` installed for ServiceExports).
+    let env = KubeEnv::start(&["a"]);
+    let c = env.client("a").await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_federationctl"))
+        .arg("crds")
+        .output()
+        .unwrap();
+    k::install_crds(
+        &c,
+        &k::yaml_documents(&String::from_utf8(out.stdout).unwrap()),
+    )
+    .await;
+    k::namespace(&c, "multimesh").await;
+    k::namespace(&c, "tours").await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let docs = k::manifests_under(&root.join("sites/kind/manifests"));
+    let kinds: Vec<&str> = docs
+        .iter()
+        .map(|(_, d)| d["kind"].as_str().unwrap())
+        .collect();
+    for want in [
+        "Namespace",
+        "Deployment",
+        "Service",
+        "ServiceExport",
+        "ConfigMap",
+    ] {
+        assert!(kinds.contains(&want), "no {want} in the Kind manifests");
+    }
+    let mut failures = Vec::new();
+    for (file, doc) in &docs {
+        if let Err(e) = k::apply_dry_run(&c, doc).await {
+            failures.push(format!(
+                "{file}: {} {}: {e}",
+                doc["kind"], doc["metadata"]["name"]
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Every app container runs the demo image as non-root with a read-only root filesystem.
+    for (file, d) in docs.iter().filter(|(_, d)| d["kind"] == "Deployment") {
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{file}");
+        for ctr in pod["containers"].as_array().unwrap() {
+            assert_eq!(ctr["image"], "multimesh/tours:0.1.0", "{file}");
+            assert_eq!(
+                ctr["securityContext"]["readOnlyRootFilesystem"], true,
+                "{file}"
+            );
+        }
+    }
+}

@@ -299,7 +299,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            let verb = if dry_run { "valid (dry run)" } else { "applied" };
+            let verb = if dry_run {
+                "valid (dry run)"
+            } else {
+                "applied"
+            };
             print(cli.output, &splits_json(&r), || {
                 format!(
                     "{}{} split(s) {verb}, {} changed\n",
@@ -527,7 +531,10 @@ fn splits_json(r: &api::SplitsResponse) -> Value {
 }
 
 fn splits_table(r: &api::SplitsResponse) -> String {
-    let mut o = format!("{:<32} {:<28} {:>6} {:>7}  {}\n", "SPLIT", "BACKEND", "WEIGHT", "SHARE", "SITES");
+    let mut o = format!(
+        "{:<32} {:<28} {:>6} {:>7}  {}\n",
+        "SPLIT", "BACKEND", "WEIGHT", "SHARE", "SITES"
+    );
     for s in &r.splits {
         for b in &s.backends {
             let sites = if b.sites.is_empty() {

@@ -80,9 +80,10 @@ impl Ctx {
             match std::fs::read_to_string(p) {
                 Ok(text) => {
                     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.is_empty()) {
-                        records.push(serde_json::from_str(line).map_err(|e| {
-                            anyhow::anyhow!("{}:{}: {e}", p.display(), i + 1)
-                        })?);
+                        records.push(
+                            serde_json::from_str(line)
+                                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", p.display(), i + 1))?,
+                        );
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -198,7 +199,13 @@ const TOURS: &[(&str, &str, &str, u32, u32)] = &[
     ("fjord-kayak", "Fjord kayaking", "Bergen", 2, 180),
     ("alps-hut", "Alpine hut to hut", "Chamonix", 4, 520),
     ("kyoto-temples", "Temples at dawn", "Kyoto", 1, 60),
-    ("atacama-stars", "Stargazing in the Atacama", "San Pedro", 3, 390),
+    (
+        "atacama-stars",
+        "Stargazing in the Atacama",
+        "San Pedro",
+        3,
+        390,
+    ),
 ];
 
 fn tour(ctx: &Ctx, i: usize) -> Value {
@@ -227,7 +234,9 @@ async fn get_tour(
             json!({"error": format!("no tour {id:?}")}),
         )
     })?;
-    Ok(Json(json!({"tour": tour(&ctx, i), "served_by": ctx.served_by})))
+    Ok(Json(
+        json!({"tour": tour(&ctx, i), "served_by": ctx.served_by}),
+    ))
 }
 
 async fn list_records(State(ctx): State<Arc<Ctx>>) -> Json<Value> {
@@ -348,7 +357,9 @@ async fn book(
             warn!(site = %ctx.served_by.site, %booking_id, error = %e, "booking failed at payment");
             step_failed("payment", &e, &steps)
         })?;
-    steps.push(json!({"step": "payment", "served_by": p["served_by"], "payment_id": p["payment_id"]}));
+    steps.push(
+        json!({"step": "payment", "served_by": p["served_by"], "payment_id": p["payment_id"]}),
+    );
     let n = &p["notification"];
     steps.push(match n.get("error") {
         Some(e) => json!({"step": "notification", "error": e}),

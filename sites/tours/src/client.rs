@@ -151,14 +151,7 @@ impl Egress {
         }
         let (status, body) = self
             .http
-            .request(
-                method,
-                &self.authority,
-                path,
-                &headers,
-                body,
-                self.timeout,
-            )
+            .request(method, &self.authority, path, &headers, body, self.timeout)
             .await
             .map_err(|m| err(None, m))?;
         if !(200..300).contains(&status) {

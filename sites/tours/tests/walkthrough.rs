@@ -24,7 +24,13 @@ fn the_walkthrough_books_across_sites_shifts_the_split_and_fails_over() {
     let report_path = dir.path().join("report.json");
     let base = 30_000 + (std::process::id() % 300) as u16 * 100;
     let out = Command::new(&exe)
-        .args(["--walkthrough", "--port-base", &base.to_string(), "--calls-per-phase", "4000"])
+        .args([
+            "--walkthrough",
+            "--port-base",
+            &base.to_string(),
+            "--calls-per-phase",
+            "4000",
+        ])
         .arg("--dir")
         .arg(dir.path().join("demo"))
         .arg("--report")
@@ -33,16 +39,26 @@ fn the_walkthrough_books_across_sites_shifts_the_split_and_fails_over() {
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "walkthrough failed:\n{log}");
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
 
     // A booking crosses sites: booking at a, the other steps at the sites that run them.
     let b = step(&report, "crosses sites");
     for booking in b["detail"]["bookings"].as_array().unwrap() {
         let sites = &booking["sites"];
         assert_eq!(sites["booking"], "a", "{booking}");
-        assert!(["b", "c"].contains(&sites["payment"].as_str().unwrap()), "{booking}");
-        assert!(["b", "c"].contains(&sites["tour-catalog"].as_str().unwrap()), "{booking}");
-        assert!(["b", "node"].contains(&sites["notification"].as_str().unwrap()), "{booking}");
+        assert!(
+            ["b", "c"].contains(&sites["payment"].as_str().unwrap()),
+            "{booking}"
+        );
+        assert!(
+            ["b", "c"].contains(&sites["tour-catalog"].as_str().unwrap()),
+            "{booking}"
+        );
+        assert!(
+            ["b", "node"].contains(&sites["notification"].as_str().unwrap()),
+            "{booking}"
+        );
     }
 
     // Each split phase lands within 3 points, with no failed call.
@@ -58,7 +74,13 @@ fn the_walkthrough_books_across_sites_shifts_the_split_and_fails_over() {
 
     // Bad input is refused by name and changes nothing.
     let bad = step(&report, "malformed TrafficSplit");
-    assert!(bad["detail"]["error"].as_str().unwrap().contains("spec.backends[0].weight"), "{bad}");
+    assert!(
+        bad["detail"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("spec.backends[0].weight"),
+        "{bad}"
+    );
     assert_eq!(bad["detail"]["splits_unchanged"], true);
 
     // Failover: b served payment before; after the switch only c does, notification at the
@@ -68,15 +90,29 @@ fn the_walkthrough_books_across_sites_shifts_the_split_and_fails_over() {
     assert!(d["payment_before"]["b"].as_u64().unwrap() > 0, "{f}");
     let after: Vec<&String> = d["payment_after"].as_object().unwrap().keys().collect();
     assert_eq!(after, vec!["c"], "{f}");
-    let notified: Vec<&String> = d["notification_after"].as_object().unwrap().keys().collect();
+    let notified: Vec<&String> = d["notification_after"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
     assert_eq!(notified, vec!["node"], "{f}");
-    assert!(d["failed"].as_u64().unwrap() <= d["failure_bound"].as_u64().unwrap(), "{f}");
+    assert!(
+        d["failed"].as_u64().unwrap() <= d["failure_bound"].as_u64().unwrap(),
+        "{f}"
+    );
     assert!(d["after"].as_u64().unwrap() > 10, "{f}");
 
     // Restored: b serves payment again.
     let r = step(&report, "restarted");
     assert!(r["detail"]["seconds_to_recover"].as_f64().is_some(), "{r}");
-    assert!(report["steps"].as_array().unwrap().iter().all(|s| s["ok"] == true), "{report:#}");
+    assert!(
+        report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["ok"] == true),
+        "{report:#}"
+    );
 
     // Nothing is left running: every port of the demo is free again.
     for off in [1u16, 11, 21, 31, 40, 99] {

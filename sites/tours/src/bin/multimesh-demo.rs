@@ -44,6 +44,10 @@ struct Cli {
     /// Keep running after the walkthrough, until Ctrl-C.
     #[arg(long)]
     stay: bool,
+    /// Serve the front end and the status page on every interface (e.g. in a container), not
+    /// only on 127.0.0.1.
+    #[arg(long)]
+    public: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -75,6 +79,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         dir,
         port_base: cli.port_base,
         bin_dir,
+        public: cli.public,
     };
     // Ctrl-C during start-up must stop what was started too.
     let demo = tokio::select! {

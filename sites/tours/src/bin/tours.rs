@@ -78,7 +78,13 @@ async fn main() -> anyhow::Result<()> {
             Duration::from_millis(cli.call_timeout_ms),
         )
     });
-    let ctx = Arc::new(Ctx::new(kind, &cli.site, &cli.service_version, egress, cli.data)?);
+    let ctx = Arc::new(Ctx::new(
+        kind,
+        &cli.site,
+        &cli.service_version,
+        egress,
+        cli.data,
+    )?);
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .map_err(|e| anyhow::anyhow!("--listen {}: {e}", cli.listen))?;

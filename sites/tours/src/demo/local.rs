@@ -23,6 +23,8 @@ pub struct Options {
     pub port_base: u16,
     /// Folder holding federationd, federationctl, edge-agent and tours.
     pub bin_dir: PathBuf,
+    /// Serve the front end and the status page on every interface, not only loopback.
+    pub public: bool,
 }
 
 /// A running demo.
@@ -100,7 +102,7 @@ impl Demo {
                 procs.spawn(
                     &format!("{}/{}", s.name, a.process()),
                     &opts.bin_dir.join("tours"),
-                    topology::app_args(s, a, "."),
+                    topology::app_args(s, a, ".", opts.public),
                     &dir,
                     &dir.join(format!("{}.log", a.process())),
                 )?;
@@ -123,7 +125,8 @@ impl Demo {
                 })
                 .collect(),
         );
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", t.status_port))
+        let host = if opts.public { "0.0.0.0" } else { "127.0.0.1" };
+        let listener = tokio::net::TcpListener::bind((host, t.status_port))
             .await
             .with_context(|| format!("status page port {}", t.status_port))?;
         let sampler = status.clone();

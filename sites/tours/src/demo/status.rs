@@ -257,7 +257,12 @@ impl Status {
             };
             let counts: Vec<f64> = backends
                 .iter()
-                .map(|b| calls(&format!("{ns}/{}", b["service"].as_str().unwrap_or_default())))
+                .map(|b| {
+                    calls(&format!(
+                        "{ns}/{}",
+                        b["service"].as_str().unwrap_or_default()
+                    ))
+                })
                 .collect();
             let total: f64 = counts.iter().sum();
             for (b, n) in backends.iter_mut().zip(counts) {

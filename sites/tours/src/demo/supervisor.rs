@@ -93,7 +93,10 @@ impl Supervisor {
             if let Some(mut c) = p.child.take()
                 && tokio::time::timeout_at(deadline, c.wait()).await.is_err()
             {
-                eprintln!("==> {} did not stop within {grace:?} of SIGTERM: killed", p.name);
+                eprintln!(
+                    "==> {} did not stop within {grace:?} of SIGTERM: killed",
+                    p.name
+                );
                 let _ = c.kill().await;
             }
         }

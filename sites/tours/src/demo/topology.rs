@@ -267,12 +267,18 @@ pub fn edge_toml(site: &Site) -> String {
     o
 }
 
-/// The command-line arguments of `tours` for `app` at `site` (after the program name).
-pub fn app_args(site: &Site, app: &App, data_dir: &str) -> Vec<String> {
+/// The command-line arguments of `tours` for `app` at `site` (after the program name). With
+/// `public`, the front end listens on every interface (in a container), the rest on loopback.
+pub fn app_args(site: &Site, app: &App, data_dir: &str, public: bool) -> Vec<String> {
+    let host = if public && app.kind == Kind::Frontend {
+        "0.0.0.0"
+    } else {
+        "127.0.0.1"
+    };
     let mut args = vec![
         app.kind.name().to_string(),
         "--listen".into(),
-        format!("127.0.0.1:{}", app.port),
+        format!("{host}:{}", app.port),
         "--site".into(),
         site.name.to_string(),
         "--service-version".into(),

@@ -241,9 +241,14 @@ async fn spread(demo: &Demo, n: usize) -> (BTreeMap<String, usize>, usize) {
 }
 
 async fn traffic_split(demo: &Demo, report: &mut Report, n: usize) {
-    say("step 2: shift tour-catalog from v1 (site c) to v2 (site b) with an SMI TrafficSplit applied at site a");
+    say(
+        "step 2: shift tour-catalog from v1 (site c) to v2 (site b) with an SMI TrafficSplit applied at site a",
+    );
     for (v1, v2) in [(90u32, 10u32), (50, 50), (0, 100)] {
-        let file = demo.opts.dir.join(format!("tour-catalog-split-{v1}-{v2}.yaml"));
+        let file = demo
+            .opts
+            .dir
+            .join(format!("tour-catalog-split-{v1}-{v2}.yaml"));
         let name = format!("TrafficSplit tour-catalog v1 {v1} / v2 {v2}");
         if let Err(e) = std::fs::write(&file, split_yaml(v1, v2)) {
             report.record(&name, false, json!({"error": e.to_string()}));
@@ -307,7 +312,9 @@ async fn traffic_split(demo: &Demo, report: &mut Report, n: usize) {
     }
     bad_split_refused(demo, report);
     match demo.federationctl("a", &["delete-split", "tour-catalog", "-n", NAMESPACE]) {
-        Ok(_) => say("  federationctl delete-split tour-catalog -n tours: both versions serve the root name again"),
+        Ok(_) => say(
+            "  federationctl delete-split tour-catalog -n tours: both versions serve the root name again",
+        ),
         Err(e) => report.record("delete the split", false, json!({"error": e.to_string()})),
     }
 }
@@ -375,7 +382,9 @@ fn sites_of(results: &[&(Instant, Booking)], step: &str) -> BTreeMap<String, usi
 pub const FAILOVER_ERROR_BOUND: usize = 8;
 
 async fn failover(demo: &Demo, report: &mut Report) {
-    say("step 3: kill site b's edge agent (SIGKILL) while 4 callers keep booking; payment and notification fail over");
+    say(
+        "step 3: kill site b's edge agent (SIGKILL) while 4 callers keep booking; payment and notification fail over",
+    );
     let edge_b = edge_name("b");
     let (tx, rx) = tokio::sync::watch::channel(false);
     let driver = async {
@@ -389,7 +398,11 @@ async fn failover(demo: &Demo, report: &mut Report) {
     };
     let (results, (killed, kill)) = tokio::join!(book_loop(demo, rx), driver);
     if let Err(e) = kill {
-        report.record("kill site b's edge agent", false, json!({"error": e.to_string()}));
+        report.record(
+            "kill site b's edge agent",
+            false,
+            json!({"error": e.to_string()}),
+        );
         return;
     }
     let settle = Duration::from_secs(2);
@@ -398,7 +411,10 @@ async fn failover(demo: &Demo, report: &mut Report) {
         .iter()
         .filter(|(t, _)| *t >= killed && *t < killed + settle)
         .collect();
-    let after: Vec<_> = results.iter().filter(|(t, _)| *t >= killed + settle).collect();
+    let after: Vec<_> = results
+        .iter()
+        .filter(|(t, _)| *t >= killed + settle)
+        .collect();
     let failed: Vec<&str> = results
         .iter()
         .filter(|(_, b)| !b.ok)
@@ -442,7 +458,11 @@ async fn failover(demo: &Demo, report: &mut Report) {
     say("step 4: restart site b's edge agent; payment is served at b again");
     let restarted = Instant::now();
     if let Err(e) = demo.procs.lock().await.restart(&edge_b) {
-        report.record("restart site b's edge agent", false, json!({"error": e.to_string()}));
+        report.record(
+            "restart site b's edge agent",
+            false,
+            json!({"error": e.to_string()}),
+        );
         return;
     }
     let mut back = None;
