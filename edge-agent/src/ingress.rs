@@ -340,8 +340,8 @@ async fn relay(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let start = Instant::now();
-    let into_child = agent.pool.has_child(site);
-    let from_child = agent.pool.has_child(&caller.site);
+    let into_child = agent.pool.is_child(site);
+    let from_child = agent.pool.is_child(&caller.site);
     if !into_child && !from_child {
         warn!(caller = %caller.site, target_site = site, "ingress: relay refused");
         return error_response(

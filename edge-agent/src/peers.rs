@@ -80,12 +80,13 @@ impl PeerPool {
             .clone()
     }
 
-    /// Whether an edge node's link from `site` is up.
-    pub fn has_child(&self, site: &str) -> bool {
+    /// Whether `site` is an edge node of this site: it has dialled in with its own identity
+    /// since start (its link may be down now; calls to it then fail with 503, not 403).
+    pub fn is_child(&self, site: &str) -> bool {
         let Some(slot) = lock(&self.slots).get(site).cloned() else {
             return false;
         };
-        *lock(&slot.reverse) && lock(&slot.conn).as_ref().is_some_and(|c| !c.is_closed())
+        *lock(&slot.reverse)
     }
 
     /// A ready connection to `site`, dialling one of `addresses` if there is none. Errors say
@@ -180,10 +181,14 @@ impl PeerPool {
         *lock(&slot.conn) = Some(send);
         info!(peer = site, "edge node link up");
         let r = conn.await;
-        if let Some(c) = lock(&slot.conn).as_ref()
-            && c.is_closed()
+        // One guard: locking `slot.conn` again inside an `if let` on a guard of it would
+        // deadlock this worker thread (found by the demo: the parent hung when its edge node
+        // went away, and then ignored SIGTERM).
         {
-            *lock(&slot.conn) = None;
+            let mut conn = lock(&slot.conn);
+            if conn.as_ref().is_some_and(|c| c.is_closed()) {
+                *conn = None;
+            }
         }
         match r {
             Ok(()) => info!(peer = site, "edge node link closed"),

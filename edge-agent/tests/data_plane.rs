@@ -686,4 +686,21 @@ async fn an_edge_node_without_a_listening_port_is_reached_through_its_outbound_l
         (403, "relay-refused"),
         "{body}"
     );
+    // The edge node goes away: the parent notices, answers for it with a clean error, and
+    // still stops on SIGTERM (a lock taken twice once hung the parent here).
+    let mut e = e;
+    e.kill();
+    eventually(5, "c sees the edge node link go", || async {
+        c.log().contains("edge node link closed") || c.log().contains("edge node link failed")
+    })
+    .await;
+    let (s, _, body) = get(
+        &h1,
+        &format!("http://{}/notify", a.egress()),
+        &[("host", "notification.shop.svc.clusterset.local")],
+    )
+    .await
+    .unwrap();
+    assert!(s >= 500, "{s} {body}");
+    assert_eq!(c.admin_get("/healthz").await.0, 200, "{}", c.log());
 }

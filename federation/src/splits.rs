@@ -325,6 +325,11 @@ mod tests {
         let e = one("kind: [").unwrap_err();
         assert!(e.contains("split.yaml"), "{e}");
         let e = one("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n").unwrap_err();
+        assert!(
+            e.contains("ConfigMap") && e.contains("not translated"),
+            "{e}"
+        );
+        let e = one("apiVersion: v1\nkind: Service\nmetadata: {name: x, namespace: tours}\nspec: {ports: [{port: 80}]}\n").unwrap_err();
         assert!(e.contains("no TrafficSplit"), "{e}");
         let with_matches = format!(
             "{SPLIT}  matches:\n  - {{kind: HTTPRouteGroup, name: rg}}\n---\napiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {{name: rg, namespace: tours}}\nspec:\n  matches:\n  - {{name: m, pathRegex: /api}}\n"

@@ -99,3 +99,13 @@ test('the status page shows sites, links, catalogs and a split with observed sha
   console.log(`status page screenshot: ${shot}`);
   await page.close();
 });
+
+test('Ctrl-C stops every process of the demo', async () => {
+  // Runs last (tests run in order): SIGINT the demo, then nothing answers any more.
+  const exited = new Promise(ok => demo.on('exit', code => ok(code)));
+  demo.kill('SIGINT');
+  assert.equal(await exited, 0);
+  for (const url of [frontend, status]) {
+    await assert.rejects(fetch(url), `${url} still answers after Ctrl-C`);
+  }
+});

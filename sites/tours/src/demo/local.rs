@@ -256,7 +256,9 @@ impl Demo {
             bail!(
                 "federationctl {} failed: {}",
                 args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
+                String::from_utf8_lossy(&out.stderr)
+                    .trim()
+                    .trim_start_matches("error: ")
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
