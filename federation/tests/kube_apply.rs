@@ -125,16 +125,7 @@ fn quirk(obj: &Value, message: &str) -> bool {
 async fn the_crds_federationctl_prints_install_and_accept_their_objects() {
     let env = KubeEnv::start(&["a"]);
     let c = env.client("a").await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_federationctl"))
-        .arg("crds")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let crds = k::yaml_documents(&String::from_utf8(out.stdout).unwrap());
+    let crds = federationctl_crds();
     let names: Vec<&str> = crds
         .iter()
         .map(|c| c["metadata"]["name"].as_str().unwrap())
@@ -186,16 +177,7 @@ async fn the_deployment_manifests_pass_server_side_dry_run() {
     assert!(docs.len() >= 8, "only {} manifests", docs.len());
     // Namespaced objects need their namespace to exist, even in a dry run.
     k::namespace(&c, "multimesh").await;
-    let mut failures = Vec::new();
-    for (file, doc) in &docs {
-        if let Err(e) = k::apply_dry_run(&c, doc).await {
-            failures.push(format!(
-                "{file}: {} {}: {e}",
-                doc["kind"], doc["metadata"]["name"]
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_dry_run_accepts(&c, &docs).await;
     // A Secret is referenced, never shipped.
     assert!(docs.iter().all(|(_, d)| d["kind"] != "Secret"));
     // Least privilege, by construction: no wildcard and no access to Secrets.
@@ -224,15 +206,7 @@ async fn the_kind_demo_manifests_pass_server_side_dry_run() {
     // app manifests (with the MCS CRDs from `federationctl crds` installed for ServiceExports).
     let env = KubeEnv::start(&["a"]);
     let c = env.client("a").await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_federationctl"))
-        .arg("crds")
-        .output()
-        .unwrap();
-    k::install_crds(
-        &c,
-        &k::yaml_documents(&String::from_utf8(out.stdout).unwrap()),
-    )
-    .await;
+    k::install_crds(&c, &federationctl_crds()).await;
     k::namespace(&c, "multimesh").await;
     k::namespace(&c, "tours").await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -250,16 +224,7 @@ async fn the_kind_demo_manifests_pass_server_side_dry_run() {
     ] {
         assert!(kinds.contains(&want), "no {want} in the Kind manifests");
     }
-    let mut failures = Vec::new();
-    for (file, doc) in &docs {
-        if let Err(e) = k::apply_dry_run(&c, doc).await {
-            failures.push(format!(
-                "{file}: {} {}: {e}",
-                doc["kind"], doc["metadata"]["name"]
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_dry_run_accepts(&c, &docs).await;
     // Every app container runs the demo image as non-root with a read-only root filesystem.
     for (file, d) in docs.iter().filter(|(_, d)| d["kind"] == "Deployment") {
         let pod = &d["spec"]["template"]["spec"];
@@ -272,4 +237,32 @@ async fn the_kind_demo_manifests_pass_server_side_dry_run() {
             );
         }
     }
+}
+
+/// The CRDs `federationctl crds` prints.
+fn federationctl_crds() -> Vec<Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_federationctl"))
+        .arg("crds")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    k::yaml_documents(&String::from_utf8(out.stdout).unwrap())
+}
+
+/// Every document passes server-side dry-run (all refusals are listed at once).
+async fn assert_dry_run_accepts(c: &kube::Client, docs: &[(String, Value)]) {
+    let mut failures = Vec::new();
+    for (file, doc) in docs {
+        if let Err(e) = k::apply_dry_run(c, doc).await {
+            failures.push(format!(
+                "{file}: {} {}: {e}",
+                doc["kind"], doc["metadata"]["name"]
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -381,14 +381,14 @@ async fn page(State(ctx): State<Arc<Ctx>>) -> Html<String> {
     Html(INDEX.replace("{{SITE}}", &ctx.served_by.site))
 }
 
-/// Passes a call on to `service`, keeping the callee's status and error.
+/// Passes a call on to `service`; answers `ok` with the callee's JSON, or the callee's status
+/// and error.
 async fn relay(
     ctx: &Ctx,
-    method: Method,
-    service: &str,
-    path: &str,
+    (method, service, path): (Method, &str, &str),
     body: Option<&Value>,
     headers: &HeaderMap,
+    ok: StatusCode,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let tp = traceparent(headers).unwrap_or_else(new_traceparent);
     match ctx
@@ -396,7 +396,7 @@ async fn relay(
         .call(method, service, path, body, Some(&tp))
         .await
     {
-        Ok(v) => Ok((StatusCode::OK, Json(v))),
+        Ok(v) => Ok((ok, Json(v))),
         Err(e) => {
             let status = e
                 .status
@@ -414,14 +414,16 @@ async fn front_tours(
     State(ctx): State<Arc<Ctx>>,
     headers: HeaderMap,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    relay(&ctx, Method::GET, "tour-catalog", "/tours", None, &headers).await
+    let call = (Method::GET, "tour-catalog", "/tours");
+    relay(&ctx, call, None, &headers, StatusCode::OK).await
 }
 
 async fn front_bookings(
     State(ctx): State<Arc<Ctx>>,
     headers: HeaderMap,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    relay(&ctx, Method::GET, "booking", "/bookings", None, &headers).await
+    let call = (Method::GET, "booking", "/bookings");
+    relay(&ctx, call, None, &headers, StatusCode::OK).await
 }
 
 async fn front_book(
@@ -429,21 +431,6 @@ async fn front_book(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let tp = traceparent(&headers).unwrap_or_else(new_traceparent);
-    match ctx
-        .egress()?
-        .call(Method::POST, "booking", "/bookings", Some(&body), Some(&tp))
-        .await
-    {
-        Ok(v) => Ok((StatusCode::CREATED, Json(v))),
-        Err(e) => {
-            // The booking service's own failure report (failed step, steps so far) is passed
-            // through as its message; keep the status.
-            let status = e
-                .status
-                .and_then(|s| StatusCode::from_u16(s).ok())
-                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            Err(ApiError(status, json!({"error": e.to_string()})))
-        }
-    }
+    let call = (Method::POST, "booking", "/bookings");
+    relay(&ctx, call, Some(&body), &headers, StatusCode::CREATED).await
 }
