@@ -1,7 +1,6 @@
 //! The local demo: certificates, configs, processes, readiness, and the way out.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -11,7 +10,7 @@ use serde_json::Value;
 
 use super::status::{self, SiteEndpoints, Status};
 use super::supervisor::Supervisor;
-use super::topology::{self, Site, Topology};
+use super::topology::{self, Topology};
 use crate::client::Http;
 
 /// How the demo runs.
@@ -35,8 +34,6 @@ pub struct Demo {
     pub topology: Topology,
     /// Its processes.
     pub procs: tokio::sync::Mutex<Supervisor>,
-    /// The status sampler.
-    pub status: Arc<Status>,
     /// HTTP client for probes.
     pub http: Http,
     status_task: tokio::task::JoinHandle<()>,
@@ -145,7 +142,6 @@ impl Demo {
             opts,
             topology: t,
             procs: tokio::sync::Mutex::new(procs),
-            status,
             http: Http::default(),
             status_task,
         };
@@ -347,9 +343,4 @@ fn write_pki(dir: &Path, t: &Topology) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// The sites of `t`, for the walkthrough's site lookups.
-pub fn site<'t>(t: &'t Topology, name: &str) -> anyhow::Result<&'t Site> {
-    t.site(name).with_context(|| format!("no site {name}"))
 }
