@@ -67,6 +67,8 @@ test('a booking made by clicking shows each step and the site that served it', a
   assert.ok(['b', 'node'].includes(await site('notification')));
   // The bookings list shows it too, with the customer's name.
   await page.waitForFunction(() => document.getElementById('bookings').textContent.includes('Grace Hopper'));
+  mkdirSync(artifacts, { recursive: true });
+  await page.screenshot({ path: join(artifacts, 'front-end-booking.png'), fullPage: true });
   await page.close();
 });
 
