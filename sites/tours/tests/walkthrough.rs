@@ -22,21 +22,34 @@ fn the_walkthrough_books_across_sites_shifts_the_split_and_fails_over() {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_multimesh-demo"));
     let dir = tempfile::tempdir().unwrap();
     let report_path = dir.path().join("report.json");
-    let base = 30_000 + (std::process::id() % 300) as u16 * 100;
-    let out = Command::new(&exe)
-        .args([
-            "--walkthrough",
-            "--port-base",
-            &base.to_string(),
-            "--calls-per-phase",
-            "4000",
-        ])
-        .arg("--dir")
-        .arg(dir.path().join("demo"))
-        .arg("--report")
-        .arg(&report_path)
-        .output()
-        .unwrap();
+    // Ports below the ephemeral range (32768+), away from the other fixed bases the suite uses
+    // (kube test servers 26400, demo check 27100, browser tests 29100); another base is tried
+    // when one is taken.
+    let mut out = None;
+    for attempt in 0..5u32 {
+        let slot = (std::process::id() + attempt * 7) % 40;
+        let base = 20_000 + slot as u16 * 100;
+        let o = Command::new(&exe)
+            .args([
+                "--walkthrough",
+                "--port-base",
+                &base.to_string(),
+                "--calls-per-phase",
+                "4000",
+            ])
+            .arg("--dir")
+            .arg(dir.path().join(format!("demo-{attempt}")))
+            .arg("--report")
+            .arg(&report_path)
+            .output()
+            .unwrap();
+        let taken = String::from_utf8_lossy(&o.stderr).contains("is taken");
+        out = Some((o, base));
+        if !taken {
+            break;
+        }
+    }
+    let (out, base) = out.unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "walkthrough failed:\n{log}");
     let report: Value =
