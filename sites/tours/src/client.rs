@@ -104,6 +104,21 @@ impl Http {
     }
 }
 
+impl Http {
+    /// `GET http://authority path`: the status and the body as text.
+    pub async fn get_text(
+        &self,
+        authority: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(u16, String), String> {
+        let (code, body) = self
+            .request(Method::GET, authority, path, &[], None, timeout)
+            .await?;
+        Ok((code, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
 /// The way out of this service: the site's edge agent egress.
 #[derive(Clone)]
 pub struct Egress {

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use federation::identity::{self, SiteId, Validity};
-use hyper::Method;
 use serde_json::Value;
 
 use super::status::{self, SiteEndpoints, Status};
@@ -183,16 +182,8 @@ impl Demo {
 
     async fn get(&self, port: u16, path: &str) -> Result<(u16, String), String> {
         self.http
-            .request(
-                Method::GET,
-                &format!("127.0.0.1:{port}"),
-                path,
-                &[],
-                None,
-                Duration::from_secs(2),
-            )
+            .get_text(&format!("127.0.0.1:{port}"), path, Duration::from_secs(2))
             .await
-            .map(|(c, b)| (c, String::from_utf8_lossy(&b).into_owned()))
     }
 
     async fn readiness(&self) -> Result<(), String> {

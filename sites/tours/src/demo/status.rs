@@ -15,7 +15,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::Html;
 use axum::routing::get;
-use hyper::Method;
 use multimesh_proto::admin::v1 as api;
 use serde_json::{Value, json};
 
@@ -139,23 +138,13 @@ impl Status {
 
     async fn scrape(&self, edge: &str) -> Result<(EdgeCounters, bool, String), String> {
         let t = Duration::from_secs(1);
-        let (code, body) = self
-            .http
-            .request(Method::GET, edge, "/metrics", &[], None, t)
-            .await?;
+        let (code, body) = self.http.get_text(edge, "/metrics", t).await?;
         if code != 200 {
             return Err(format!("/metrics answered {code}"));
         }
-        let counters = parse_metrics(&String::from_utf8_lossy(&body));
-        let (code, body) = self
-            .http
-            .request(Method::GET, edge, "/readyz", &[], None, t)
-            .await?;
-        Ok((
-            counters,
-            code == 200,
-            String::from_utf8_lossy(&body).trim().to_string(),
-        ))
+        let counters = parse_metrics(&body);
+        let (code, body) = self.http.get_text(edge, "/readyz", t).await?;
+        Ok((counters, code == 200, body.trim().to_string()))
     }
 
     /// One sample of every site, and the status document it gives.
