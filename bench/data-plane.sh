@@ -40,8 +40,17 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo_ apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq "${need[@]}" >&2
 fi
-echo "==> building release binaries" >&2
-cargo build --release --locked -p edge-agent -p multimesh-federation -p multimesh-bench >&2
+if [ "$quick" = 1 ]; then
+  # The smoke run checks that the harness works, not speed: reuse the test build (same features
+  # as `cargo nextest run --workspace`, so nothing is compiled twice) rather than a release build.
+  echo "==> building debug binaries (--quick: a smoke run, numbers mean nothing)" >&2
+  cargo build --locked --workspace --all-targets >&2
+  bin=$target/debug
+else
+  echo "==> building release binaries" >&2
+  cargo build --release --locked -p edge-agent -p multimesh-federation -p multimesh-bench >&2
+  bin=$target/release
+fi
 
 work=$(mktemp -d /tmp/multimesh-dp.XXXXXX)
 pids=()
@@ -57,9 +66,9 @@ BACKEND=28080 EDGE_OUT=28101 EDGE_IN=28102 HA_OUT=28201 HA_IN=28202 NG_OUT=28301
 DEST="x-multimesh-destination: payment.shop.svc.clusterset.local:8080"
 
 # Identities: one CA, sites a (ingress side) and b (egress side).
-"$target/release/federationctl" certs init --trust-domain bench.multimesh --out "$work/pki" >/dev/null
+"$bin/federationctl" certs init --trust-domain bench.multimesh --out "$work/pki" >/dev/null
 for s in a b; do
-  "$target/release/federationctl" certs issue --site "$s" --ca-dir "$work/pki" --out "$work/pki" >/dev/null
+  "$bin/federationctl" certs issue --site "$s" --ca-dir "$work/pki" --out "$work/pki" >/dev/null
   cat "$work/pki/$s.pem" "$work/pki/$s-key.pem" > "$work/pki/$s-bundle.pem"
 done
 
@@ -127,8 +136,8 @@ namespace = "shop"
 ports = [{ port = 8080, upstream = "127.0.0.1:$BACKEND" }]
 EOF
 sed -i "1i egress_http = \"127.0.0.1:$EDGE_OUT\"" "$work/edge-b/edge.toml"
-RUST_LOG=warn start edge_a "$target/release/edge-agent" run --config "$work/edge-a/edge.toml"
-RUST_LOG=warn start edge_b "$target/release/edge-agent" run --config "$work/edge-b/edge.toml"
+RUST_LOG=warn start edge_a "$bin/edge-agent" run --config "$work/edge-a/edge.toml"
+RUST_LOG=warn start edge_b "$bin/edge-agent" run --config "$work/edge-b/edge.toml"
 
 # HAProxy pair: HTTP/2 over mTLS between them.
 cat > "$work/haproxy-b.cfg" <<EOF
@@ -249,10 +258,10 @@ for run in $(seq 1 "$runs"); do
       h2_reqs=$(awk '/^requests:/ {print $8}' <<<"$h2_out")
     fi
     # Latency at a fixed rate (HTTP/1.1 and h2c).
-    lat_h1=$("$target/release/loadgen" --target "127.0.0.1:$(port_h1 "$topo")" --header "$DEST" --rate "$rate" --duration "$seconds" --connections 64)
+    lat_h1=$("$bin/loadgen" --target "127.0.0.1:$(port_h1 "$topo")" --header "$DEST" --rate "$rate" --duration "$seconds" --connections 64)
     lat_h2=null
     if [ "$(port_h2 "$topo")" != none ]; then
-      lat_h2=$("$target/release/loadgen" --h2 --target "127.0.0.1:$(port_h2 "$topo")" --header "$DEST" --rate "$rate" --duration "$seconds" --connections 4)
+      lat_h2=$("$bin/loadgen" --h2 --target "127.0.0.1:$(port_h2 "$topo")" --header "$DEST" --rate "$rate" --duration "$seconds" --connections 4)
     fi
     rss=$(peak_rss_kb "${pp[@]}")
     printf '{"run":%s,"topology":"%s","h1_rps":%s,"h1_requests":%s,"h1_error_lines":%s,"h1_cpu_s":%s,"h2_rps":%s,"h2_requests":%s,"h2_cpu_s":%s,"lat_h1":%s,"lat_h2":%s,"peak_rss_kb":%s}\n' \

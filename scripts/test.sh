@@ -53,7 +53,8 @@ target_abs=$(cd "$target" && pwd)
   && MULTIMESH_BIN_DIR="$target_abs/debug" MULTIMESH_ARTIFACTS="$target_abs/artifacts" npm test)
 echo "    screenshots: $target/artifacts/"
 echo "==> control-plane benchmark harness, small smoke run (the real run: bench/control-plane.sh)"
-cargo build --locked -p multimesh-bench -p multimesh-federation --bins
+# --workspace --all-targets: the feature set the tests were built with, so only the bench bins compile.
+cargo build --locked --workspace --all-targets
 "$target/debug/control-plane" --federationd "$target/debug/federationd" --sites 3 --services 300 --changes 10 --runs 1 > /tmp/multimesh-bench-smoke.log 2>&1 \
   || { cat /tmp/multimesh-bench-smoke.log; echo "benchmark smoke run FAILED" >&2; exit 1; }
 grep "full sync" /tmp/multimesh-bench-smoke.log | head -1

@@ -35,6 +35,18 @@ fn payment_site(
     backend: &Backend,
     consumers: &str,
 ) -> Agent {
+    payment_site_on(pki, root, site, backend, consumers, "127.0.0.1:0")
+}
+
+/// [`payment_site`] with its ingress on `ingress`.
+fn payment_site_on(
+    pki: &Pki,
+    root: &std::path::Path,
+    site: &str,
+    backend: &Backend,
+    consumers: &str,
+    ingress: &str,
+) -> Agent {
     Agent::write_routes(
         root,
         site,
@@ -47,7 +59,7 @@ fn payment_site(
         root,
         site,
         &agent_toml(&format!(
-            "ingress = \"127.0.0.1:0\"\n{}",
+            "ingress = \"{ingress}\"\n{}",
             local("payment", 8080, backend.addr)
         )),
     )
@@ -420,8 +432,10 @@ async fn killing_a_sites_edge_fails_over_to_c_and_a_is_used_again_when_back() {
     let root = dir.path();
     let pki = Pki::new(&root.join("pki"));
     let (pa, pc) = (http_backend("a").await, http_backend("c").await);
-    let mut a = payment_site(&pki, root, "a", &pa, "");
-    let a_addr = a.ingress();
+    // a is killed and comes back on the same address: keep that address out of the ephemeral
+    // range, where the callers' own outbound connections could take it while a is down.
+    let a_addr = addr_below_ephemeral_range();
+    let mut a = payment_site_on(&pki, root, "a", &pa, "", &a_addr);
     let c = payment_site(&pki, root, "c", &pc, "");
     Agent::write_routes(
         root,
@@ -456,34 +470,43 @@ async fn killing_a_sites_edge_fails_over_to_c_and_a_is_used_again_when_back() {
     }
     let snapshot = || counts.lock().unwrap().clone();
     let n = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
-    eventually(10, "a and c both serve", || async {
-        let s = snapshot();
-        n(&s, "a") > 200 && n(&s, "c") > 50
-    })
-    .await;
+    assert!(
+        within(10, || async {
+            let s = snapshot();
+            n(&s, "a") > 200 && n(&s, "c") > 50
+        })
+        .await,
+        "a and c do not both serve: {:?}\n{}",
+        snapshot(),
+        b.log()
+    );
 
     a.kill();
     let at_kill = snapshot();
     // c takes everything: wait for 1000 more calls on c.
     let c_before = n(&at_kill, "c");
-    eventually(20, "c takes over", || async {
-        n(&snapshot(), "c") > c_before + 1000
-    })
-    .await;
+    assert!(
+        within(20, || async { n(&snapshot(), "c") > c_before + 1000 }).await,
+        "c did not take over: at the kill {at_kill:?}, now {:?}\n{}",
+        snapshot(),
+        b.log()
+    );
     let during = snapshot();
     let a_after_kill = n(&during, "a") - n(&at_kill, "a");
     assert!(
         a_after_kill < 50,
-        "a kept serving after its death: {during:?}"
+        "a kept serving after its death: at the kill {at_kill:?}, then {during:?}"
     );
 
     // a comes back on the same address and gets calls again.
-    let a_again = payment_site_at(&pki, root, &pa, &a_addr);
+    let a_again = payment_site_on(&pki, root, "a", &pa, "", &a_addr);
     let a_before = n(&snapshot(), "a");
-    eventually(20, "a is used again", || async {
-        n(&snapshot(), "a") > a_before + 200
-    })
-    .await;
+    assert!(
+        within(20, || async { n(&snapshot(), "a") > a_before + 200 }).await,
+        "a is not used again: {a_before} calls on a before its restart, now {:?}\n{}",
+        snapshot(),
+        b.log()
+    );
     stop.store(true, Ordering::Relaxed);
     for t in callers {
         t.await.unwrap();
@@ -506,21 +529,10 @@ async fn killing_a_sites_edge_fails_over_to_c_and_a_is_used_again_when_back() {
         b.metric("multimesh_edge_ejections_total", &["destination=\"a\""])
             .await
             >= 1.0,
-        "a was ejected"
+        "a was not ejected:\n{}",
+        b.log()
     );
     drop(a_again);
-}
-
-fn payment_site_at(pki: &Pki, root: &std::path::Path, backend: &Backend, addr: &str) -> Agent {
-    Agent::start(
-        pki,
-        root,
-        "a",
-        &agent_toml(&format!(
-            "ingress = \"{addr}\"\n{}",
-            local("payment", 8080, backend.addr)
-        )),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -596,9 +608,20 @@ async fn an_edge_node_without_a_listening_port_is_reached_through_its_outbound_l
             local("payment", 8080, pay.addr)
         )),
     );
-    Agent::write_routes(root, "c", "services: []\n");
+    // c's table is on disk before c starts, so e's calls to a through c cannot race its reload.
+    let ai = a.ingress();
+    Agent::write_routes(
+        root,
+        "c",
+        &format!(
+            "services:
+- {{name: payment, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: a, addresses: ['{ai}']}}]}}
+- {{name: notification, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: e}}]}}
+"
+        ),
+    );
     let c = Agent::start(&pki, root, "c", &agent_toml("ingress = \"127.0.0.1:0\""));
-    let (ai, ci) = (a.ingress(), c.ingress());
+    let ci = c.ingress();
     Agent::write_routes(
         root,
         "a",
@@ -607,16 +630,6 @@ async fn an_edge_node_without_a_listening_port_is_reached_through_its_outbound_l
 - {{name: payment, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: a}}]}}
 - {{name: notification, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: e, via: c, addresses: ['{ci}']}}]}}
 - {{name: ghost, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: x, via: c, addresses: ['{ci}']}}]}}
-"
-        ),
-    );
-    Agent::write_routes(
-        root,
-        "c",
-        &format!(
-            "services:
-- {{name: payment, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: a, addresses: ['{ai}']}}]}}
-- {{name: notification, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: e}}]}}
 "
         ),
     );

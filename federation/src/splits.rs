@@ -250,32 +250,13 @@ impl SplitStore {
             splits: next.values().cloned().collect(),
         };
         let bytes = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
-        write_atomically(&self.path, &bytes)
+        crate::identity::write_atomically(&self.path, &bytes, 0o644)
             .map_err(|e| format!("could not save {}: {e}", self.path.display()))?;
         *guard = next;
         drop(guard);
         self.changed.send_modify(|v| *v += 1);
         Ok(changed)
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        })
-    {
-        d.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

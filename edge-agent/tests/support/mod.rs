@@ -271,12 +271,9 @@ impl Agent {
     /// Writes the route file `routes.yaml` in the agent's folder (before or after start).
     pub fn write_routes(root: &Path, site: &str, yaml: &str) -> PathBuf {
         let dir = root.join(format!("edge-{site}"));
-        std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("routes.yaml");
         // Write then rename, as an operator's tooling would: the agent never sees half a file.
-        let tmp = dir.join("routes.yaml.tmp");
-        std::fs::write(&tmp, yaml).unwrap();
-        std::fs::rename(&tmp, &p).unwrap();
+        federation::identity::write_file(&p, yaml, false).unwrap();
         p
     }
 
@@ -348,6 +345,35 @@ pub async fn request(
         .map_err(|e| e.to_string())?
         .to_bytes();
     Ok((status, hs, String::from_utf8_lossy(&body).to_string()))
+}
+
+/// A loopback address on a free port between the API servers' test blocks (20000-31999) and
+/// the ephemeral range (32768 and up). A process killed and restarted on it gets it back: no
+/// outbound connection (nor a self-connect of a caller redialling it) can take it meanwhile.
+pub fn addr_below_ephemeral_range() -> String {
+    let start = rand::random::<u16>() % 768;
+    (0..768u16)
+        .map(|i| 32000 + (start + i) % 768)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .map(|p| format!("127.0.0.1:{p}"))
+        .expect("a free port in 32000-32767")
+}
+
+/// Polls `f` until it returns true (then true) or `secs` pass (then false), so that the caller
+/// can fail with what it saw.
+pub async fn within<F, Fut>(secs: u64, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
 
 /// The `site=` label a backend put in its answer.
