@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, identical locally and in CI. On a fresh Debian machine it installs what
 # it needs (a C compiler for ring, python3 for the demo check, Node.js, npm and Chromium for the
-# browser tests, shellcheck, etcd and a kube-apiserver built once from Debian's source package
-# for the Kubernetes tests, about 6 minutes the first time); the Rust toolchain is pinned in
-# rust-toolchain.toml.
+# browser tests, shellcheck, iproute2 for a network-namespace test, etcd and a kube-apiserver
+# built once from Debian's source package for the Kubernetes tests, about 6 minutes the first
+# time); the Rust toolchain is pinned in rust-toolchain.toml. Run it as root (CI does): the
+# network-namespace test needs it, and fails saying so otherwise.
 #
 #   scripts/test.sh
 set -euo pipefail
@@ -17,6 +18,7 @@ command -v python3 >/dev/null || need+=(python3)
 command -v node >/dev/null || need+=(nodejs npm)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v shellcheck >/dev/null || need+=(shellcheck)
+command -v ip >/dev/null || need+=(iproute2) # network namespaces for the edge-node isolation test
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (see README)" >&2; exit 1; }
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"

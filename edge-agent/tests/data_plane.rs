@@ -717,3 +717,147 @@ async fn an_edge_node_without_a_listening_port_is_reached_through_its_outbound_l
     assert!(s >= 500, "{s} {body}");
     assert_eq!(c.admin_get("/healthz").await.0, 200, "{}", c.log());
 }
+
+/// The edge node in a network namespace of its own, linked to the parent's network by one veth
+/// pair: nothing in the node listens beyond its own loopback, its only connection out is the
+/// link to c, and still a reaches its service and it reaches a's. Needs root (see netns.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_node_in_its_own_network_namespace_is_reached_only_through_its_outbound_link() {
+    let ns = netns::NetNs::create();
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let pay = http_backend("a").await;
+    // e's workload lives inside the namespace, on its loopback.
+    let notify = http_backend_on("e", ns.listen_loopback());
+    Agent::write_routes(root, "a", "services: []\n");
+    let a = Agent::start(
+        &pki,
+        root,
+        "a",
+        &agent_toml(&format!(
+            "ingress = \"127.0.0.1:0\"\negress_http = \"127.0.0.1:0\"\n{}",
+            local("payment", 8080, pay.addr)
+        )),
+    );
+    let ai = a.ingress();
+    // c, the parent, listens on its end of the veth pair: the one address e can reach.
+    Agent::write_routes(
+        root,
+        "c",
+        &format!(
+            "services:
+- {{name: payment, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: a, addresses: ['{ai}']}}]}}
+- {{name: notification, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: e}}]}}
+"
+        ),
+    );
+    let c = Agent::start(
+        &pki,
+        root,
+        "c",
+        &agent_toml(&format!("ingress = \"{}:0\"", ns.outside)),
+    );
+    let ci = c.ingress();
+    Agent::write_routes(
+        root,
+        "a",
+        &format!(
+            "services:
+- {{name: payment, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: a}}]}}
+- {{name: notification, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: e, via: c, addresses: ['{ci}']}}]}}
+"
+        ),
+    );
+    Agent::write_routes(
+        root,
+        "e",
+        "services:
+- {name: payment, namespace: shop, ports: [{port: 8080}], destinations: [{site: a}]}
+- {name: notification, namespace: shop, ports: [{port: 8080}], destinations: [{site: e}]}
+",
+    );
+    let e = Agent::start_in(
+        &pki,
+        root,
+        "e",
+        &agent_toml(&format!(
+            "egress_http = \"127.0.0.1:0\"\n{}\n[parent]\nsite = \"c\"\naddress = \"{ci}\"\n",
+            local("notification", 8080, notify.addr)
+        )),
+        Some(&ns),
+    );
+    assert!(
+        e.bound.ingress.is_none(),
+        "an edge node listens for no peer"
+    );
+    let e_admin = e.bound.admin.unwrap();
+    assert!(
+        within(10, || async {
+            matches!(get_in(&ns, e_admin, "/readyz", "admin").await, Ok((200, _)))
+        })
+        .await,
+        "edge node not ready (parent link down?):\n{}",
+        e.log()
+    );
+
+    // a (outside) reaches e's service through c.
+    let h1 = client_h1();
+    let notify_host = [("host", "notification.shop.svc.clusterset.local")];
+    let url = format!("http://{}/notify", a.egress());
+    assert!(
+        within(10, || async {
+            matches!(get(&h1, &url, &notify_host).await, Ok((200, _, ref b)) if served_site(b) == "e")
+        })
+        .await,
+        "a does not reach e through c: {:?}\n{}\n{}",
+        get(&h1, &url, &notify_host).await,
+        c.log(),
+        e.log()
+    );
+    let (s, h, body) = get(&h1, &url, &notify_host).await.unwrap();
+    assert_eq!(
+        (s, served_site(&body), h["x-multimesh-served-by"].as_str()),
+        (200, "e", "e")
+    );
+    // e (inside) reaches a's service through the same link.
+    let (s, body) = get_in(&ns, e.egress(), "/pay", PAY).await.unwrap();
+    assert_eq!((s, served_site(&body)), (200, "a"), "{body}\n{}", e.log());
+
+    // The isolation itself, read off the namespace's own network stack: every listener is on
+    // its loopback (the workload, e's egress and admin), none on the address its network sees.
+    let listeners = ns.tcp_sockets(true);
+    assert_eq!(listeners.len(), 3, "{listeners:?}");
+    assert!(
+        listeners
+            .iter()
+            .all(|(local, _)| local.starts_with("127.0.0.1:")),
+        "something in the edge node listens beyond its loopback: {listeners:?}"
+    );
+    // ... and every connection leaving the namespace goes to c's ingress: the reverse link c
+    // calls in on, and the ordinary link carrying e's own calls out (an HTTP/2 connection has
+    // one client; each direction has its own).
+    let outbound: Vec<_> = ns
+        .tcp_sockets(false)
+        .into_iter()
+        .filter(|(local, _)| !local.starts_with("127.0.0.1:"))
+        .collect();
+    assert_eq!(
+        outbound
+            .iter()
+            .map(|(_, peer)| peer.as_str())
+            .collect::<Vec<_>>(),
+        [ci.as_str(), ci.as_str()],
+        "the edge node's connections out: {outbound:?}"
+    );
+    // From outside, the node's address answers on none of its ports.
+    let inside = |p: u16| std::net::SocketAddr::from((ns.inside, p));
+    for port in [notify.addr.port(), e_admin.port(), e.egress().port()] {
+        assert!(
+            std::net::TcpStream::connect_timeout(&inside(port), Duration::from_millis(500))
+                .is_err(),
+            "port {port} of the edge node is reachable from outside"
+        );
+    }
+    drop(e);
+}

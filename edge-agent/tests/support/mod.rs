@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 #[path = "../../../federation/tests/support/common.rs"]
 mod common;
 pub use common::*;
+pub mod netns;
 
 /// An HTTP backend (HTTP/1.1 and h2c) labelled with its site. `GET /fail` answers 503;
 /// other calls answer 200 with `site=<label> version=<v> path=<p> traceparent=<t> body=<b>`.
@@ -43,7 +44,13 @@ impl Drop for Backend {
 }
 
 pub async fn http_backend(label: &str) -> Backend {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    http_backend_on(label, std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+}
+
+/// [`http_backend`] on a listener made elsewhere (in another network namespace, say).
+pub fn http_backend_on(label: &str, l: std::net::TcpListener) -> Backend {
+    l.set_nonblocking(true).unwrap();
+    let l = TcpListener::from_std(l).unwrap();
     let addr = l.local_addr().unwrap();
     let calls = Arc::new(AtomicU64::new(0));
     let (label, c) = (label.to_string(), calls.clone());
@@ -190,6 +197,17 @@ impl Agent {
     /// Writes `config` (TOML; `site`, `trust_domain`, `ready_file` and `[tls]` are added) and
     /// starts the agent, waiting for its ready file.
     pub fn start(pki: &Pki, root: &Path, site: &str, config: &str) -> Agent {
+        Self::start_in(pki, root, site, config, None)
+    }
+
+    /// [`Agent::start`], inside network namespace `ns` when given.
+    pub fn start_in(
+        pki: &Pki,
+        root: &Path,
+        site: &str,
+        config: &str,
+        ns: Option<&netns::NetNs>,
+    ) -> Agent {
         let dir = root.join(format!("edge-{site}"));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = format!(
@@ -203,7 +221,9 @@ impl Agent {
             .append(true)
             .open(dir.join("edge.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        let bin = env!("CARGO_BIN_EXE_edge-agent");
+        let child = ns
+            .map_or_else(|| Command::new(bin), |ns| ns.command(bin))
             .arg("run")
             .arg("--config")
             .arg(dir.join("edge.toml"))
@@ -381,4 +401,37 @@ pub fn served_site(body: &str) -> &str {
     body.split_whitespace()
         .find_map(|w| w.strip_prefix("site="))
         .unwrap_or("?")
+}
+
+/// A GET made from inside network namespace `ns` (one HTTP/1.1 connection): status and body.
+pub async fn get_in(
+    ns: &netns::NetNs,
+    addr: SocketAddr,
+    path: &str,
+    host: &str,
+) -> Result<(u16, String), String> {
+    let tcp = ns
+        .connect(addr)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    tcp.set_nonblocking(true).unwrap();
+    let tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header(http::header::HOST, host)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((
+        status,
+        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+    ))
 }
