@@ -590,17 +590,20 @@ async fn route_changes_apply_under_load_without_failing_a_call_and_bad_edits_cha
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_edge_node_without_a_listening_port_is_reached_through_its_outbound_link() {
-    let dir = test_dir();
-    let root = dir.path();
-    let pki = Pki::new(&root.join("pki"));
-    let pay = http_backend("a").await;
-    let notify = http_backend("e").await;
-    // a serves payment; c is the edge node's parent; e (edge node) serves notification.
+/// Sites a (payment; ingress and egress), c (the edge node's parent; ingress on `c_host`) and
+/// edge node e (notification from `notify`; started inside `ns` when given), with their route
+/// tables: a reaches notification and the unknown site x through c, e reaches payment at a.
+fn edge_node_sites(
+    pki: &Pki,
+    root: &std::path::Path,
+    pay: &Backend,
+    notify: &Backend,
+    c_host: &str,
+    ns: Option<&netns::NetNs>,
+) -> (Agent, Agent, Agent) {
     Agent::write_routes(root, "a", "services: []\n");
     let a = Agent::start(
-        &pki,
+        pki,
         root,
         "a",
         &agent_toml(&format!(
@@ -620,7 +623,12 @@ async fn an_edge_node_without_a_listening_port_is_reached_through_its_outbound_l
 "
         ),
     );
-    let c = Agent::start(&pki, root, "c", &agent_toml("ingress = \"127.0.0.1:0\""));
+    let c = Agent::start(
+        pki,
+        root,
+        "c",
+        &agent_toml(&format!("ingress = \"{c_host}:0\"")),
+    );
     let ci = c.ingress();
     Agent::write_routes(
         root,
@@ -641,19 +649,32 @@ async fn an_edge_node_without_a_listening_port_is_reached_through_its_outbound_l
 - {name: notification, namespace: shop, ports: [{port: 8080}], destinations: [{site: e}]}
 ",
     );
-    let e = Agent::start(
-        &pki,
+    let e = Agent::start_in(
+        pki,
         root,
         "e",
         &agent_toml(&format!(
             "egress_http = \"127.0.0.1:0\"\n{}\n[parent]\nsite = \"c\"\naddress = \"{ci}\"\n",
             local("notification", 8080, notify.addr)
         )),
+        ns,
     );
     assert!(
         e.bound.ingress.is_none(),
         "an edge node listens for no peer"
     );
+    (a, c, e)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_node_without_a_listening_port_is_reached_through_its_outbound_link() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let pay = http_backend("a").await;
+    let notify = http_backend("e").await;
+    // a serves payment; c is the edge node's parent; e (edge node) serves notification.
+    let (a, c, e) = edge_node_sites(&pki, root, &pay, &notify, "127.0.0.1", None);
     eventually(10, "edge node ready (parent link up)", || async {
         e.admin_get("/readyz").await.0 == 200
     })
@@ -730,67 +751,16 @@ async fn an_edge_node_in_its_own_network_namespace_is_reached_only_through_its_o
     let pay = http_backend("a").await;
     // e's workload lives inside the namespace, on its loopback.
     let notify = http_backend_on("e", ns.listen_loopback());
-    Agent::write_routes(root, "a", "services: []\n");
-    let a = Agent::start(
-        &pki,
-        root,
-        "a",
-        &agent_toml(&format!(
-            "ingress = \"127.0.0.1:0\"\negress_http = \"127.0.0.1:0\"\n{}",
-            local("payment", 8080, pay.addr)
-        )),
-    );
-    let ai = a.ingress();
     // c, the parent, listens on its end of the veth pair: the one address e can reach.
-    Agent::write_routes(
-        root,
-        "c",
-        &format!(
-            "services:
-- {{name: payment, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: a, addresses: ['{ai}']}}]}}
-- {{name: notification, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: e}}]}}
-"
-        ),
-    );
-    let c = Agent::start(
+    let (a, c, e) = edge_node_sites(
         &pki,
         root,
-        "c",
-        &agent_toml(&format!("ingress = \"{}:0\"", ns.outside)),
-    );
-    let ci = c.ingress();
-    Agent::write_routes(
-        root,
-        "a",
-        &format!(
-            "services:
-- {{name: payment, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: a}}]}}
-- {{name: notification, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: e, via: c, addresses: ['{ci}']}}]}}
-"
-        ),
-    );
-    Agent::write_routes(
-        root,
-        "e",
-        "services:
-- {name: payment, namespace: shop, ports: [{port: 8080}], destinations: [{site: a}]}
-- {name: notification, namespace: shop, ports: [{port: 8080}], destinations: [{site: e}]}
-",
-    );
-    let e = Agent::start_in(
-        &pki,
-        root,
-        "e",
-        &agent_toml(&format!(
-            "egress_http = \"127.0.0.1:0\"\n{}\n[parent]\nsite = \"c\"\naddress = \"{ci}\"\n",
-            local("notification", 8080, notify.addr)
-        )),
+        &pay,
+        &notify,
+        &ns.outside.to_string(),
         Some(&ns),
     );
-    assert!(
-        e.bound.ingress.is_none(),
-        "an edge node listens for no peer"
-    );
+    let ci = c.ingress();
     let e_admin = e.bound.admin.unwrap();
     assert!(
         within(10, || async {
