@@ -379,23 +379,6 @@ pub fn addr_below_ephemeral_range() -> String {
         .expect("a free port in 32000-32767")
 }
 
-/// Polls `f` until it returns true (then true) or `secs` pass (then false), so that the caller
-/// can fail with what it saw.
-pub async fn within<F, Fut>(secs: u64, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 /// The `site=` label a backend put in its answer.
 pub fn served_site(body: &str) -> &str {
     body.split_whitespace()

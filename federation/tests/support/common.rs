@@ -74,7 +74,17 @@ impl Pki {
 }
 
 /// Polls `f` until it returns true or `secs` pass.
-pub async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
+pub async fn eventually<F, Fut>(secs: u64, what: &str, f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(within(secs, f).await, "timed out waiting for: {what}");
+}
+
+/// Polls `f` until it returns true (then true) or `secs` pass (then false), so that the caller
+/// can fail with what it saw.
+pub async fn within<F, Fut>(secs: u64, mut f: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -82,9 +92,11 @@ where
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if f().await {
-            return;
+            return true;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
