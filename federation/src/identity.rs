@@ -238,9 +238,10 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, IdentityError> {
         })
 }
 
-/// Writes a file, creating parent folders; `secret` files get mode 0600.
+/// Writes a file whole (see [`crate::files`]), creating parent folders; `secret` files get
+/// mode 0600.
 pub fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), IdentityError> {
-    write_atomically(
+    crate::files::write_bytes_atomically(
         path,
         contents.as_bytes(),
         if secret { 0o600 } else { 0o644 },
@@ -249,41 +250,6 @@ pub fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), Ident
         path: path.display().to_string(),
         source,
     })
-}
-
-/// Writes `bytes` to `path` so that a reader sees the old file or the whole new one, never a
-/// part: a temporary file beside it (created with `mode`), fsync, rename, fsync of the folder.
-/// Ready files are read by other processes the moment they appear, so this matters.
-pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp{}", std::process::id()));
-    let tmp = std::path::PathBuf::from(tmp);
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// Reads the trust domain from a federation CA certificate (its `spiffe://<td>` URI SAN).

@@ -2,7 +2,7 @@
 //!
 //! Pure core: [`names`] and [`model`] (validated domain types), [`catalog`] (the per-site
 //! catalog store, replication and liveness). I/O at the edges: [`identity`] and [`tls`]
-//! (SPIFFE site identities over rustls), [`config`] and [`state`] (files), [`sync`] (the peer
+//! (SPIFFE site identities over rustls), [`config`], [`store`] and [`files`] (files written whole), [`sync`] (the peer
 //! protocol over gRPC), [`admin`] (the local admin API), [`kubernetes`] (the Kubernetes site
 //! backend), [`daemon`] (wiring).
 
@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod files;
 pub mod identity;
 pub mod kubernetes;
 pub mod model;

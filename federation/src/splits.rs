@@ -250,7 +250,7 @@ impl SplitStore {
             splits: next.values().cloned().collect(),
         };
         let bytes = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
-        crate::identity::write_atomically(&self.path, &bytes, 0o644)
+        crate::files::write_bytes_atomically(&self.path, &bytes, 0o644)
             .map_err(|e| format!("could not save {}: {e}", self.path.display()))?;
         *guard = next;
         drop(guard);

@@ -558,33 +558,22 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
-/// A temporary file, fsync, rename, fsync of the folder; returns the size written.
+/// [`crate::files::write_atomically`]; returns the size written.
 fn write_atomically(
     path: &Path,
-    body: impl FnOnce(&mut Counting<std::io::BufWriter<File>>) -> std::io::Result<()>,
+    body: impl FnOnce(&mut Counting<&mut std::io::BufWriter<File>>) -> std::io::Result<()>,
 ) -> Result<u64, StateError> {
-    let io = |source| StateError::Io {
+    let mut bytes = 0;
+    crate::files::write_atomically(path, 0o644, |w| {
+        let mut w = Counting { inner: w, bytes: 0 };
+        body(&mut w)?;
+        bytes = w.bytes;
+        Ok(())
+    })
+    .map_err(|source| StateError::Io {
         path: path.display().to_string(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut w = Counting {
-        inner: std::io::BufWriter::with_capacity(1 << 16, File::create(&tmp).map_err(io)?),
-        bytes: 0,
-    };
-    body(&mut w).map_err(io)?;
-    let bytes = w.bytes;
-    let f = w.inner.into_inner().map_err(|e| io(e.into_error()))?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+    })?;
     Ok(bytes)
 }
 
