@@ -12,7 +12,6 @@ use http::header::HeaderValue;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -24,6 +23,7 @@ use crate::http::{self as h, Body};
 use crate::metrics::Metrics;
 use crate::peers::PeerPool;
 use crate::routes::{Destination, RouteTable, ServiceKey, ServiceRoute};
+use crate::upstream::Http1Pool;
 
 /// Why a call could not be sent (the request was not consumed unless `sent`).
 #[derive(Debug)]
@@ -48,7 +48,7 @@ pub struct Agent {
     pub metrics: Metrics,
     /// Links to other sites.
     pub pool: PeerPool,
-    h1: Client<HttpConnector, Body>,
+    h1: Arc<Http1Pool>,
     h2c: Client<HttpConnector, Body>,
     /// Whether an edge node's link to its parent is up.
     pub parent_up: AtomicBool,
@@ -61,10 +61,10 @@ impl Agent {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(connect_timeout));
-        let h1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(conn.clone());
+        let h1 = Arc::new(Http1Pool::new(
+            connect_timeout,
+            config.limits.max_streams as usize,
+        ));
         let h2c = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .http2_initial_stream_window_size(1 << 20)
@@ -208,7 +208,7 @@ impl Agent {
         authority: &Authority,
         head: &Head,
         body: &mut Option<Body>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<Body>, SendError> {
         let (link, addresses) = self.link_for(d);
         let mut send = self
             .pool
@@ -237,10 +237,12 @@ impl Agent {
         if let Ok(v) = HeaderValue::from_str(&d.site) {
             req.headers_mut().insert(h::SITE, v);
         }
-        self.timed(send.send_request(req)).await
+        self.timed(async move { send.send_request(req).await.map(|r| r.map(BodyExt::boxed)) })
+            .await
     }
 
-    /// Sends a call to a workload of this site at `upstream` (`host:port`).
+    /// Sends a call to a workload of this site at `upstream` (`host:port`): HTTP/1.1 on a
+    /// pooled keep-alive connection, h2c (gRPC) on a multiplexed one.
     pub async fn send_local(
         &self,
         upstream: &str,
@@ -248,8 +250,18 @@ impl Agent {
         authority: &Authority,
         head: &Head,
         body: Body,
-    ) -> Result<Response<Incoming>, SendError> {
-        let uri = Uri::builder()
+    ) -> Result<Response<Body>, SendError> {
+        let mut req = Request::new(body);
+        *req.method_mut() = head.method.clone();
+        *req.headers_mut() = head.headers.clone();
+        if protocol == Protocol::Http {
+            *req.uri_mut() = Uri::from(head.path.clone());
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+            return self.timed(self.h1.send(upstream, req)).await;
+        }
+        *req.uri_mut() = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(upstream)
             .path_and_query(head.path.clone())
@@ -259,29 +271,14 @@ impl Agent {
                 status: StatusCode::BAD_GATEWAY,
                 code: "bad-upstream",
             })?;
-        let mut req = Request::new(body);
-        *req.method_mut() = head.method.clone();
-        *req.uri_mut() = uri;
-        *req.headers_mut() = head.headers.clone();
-        let client = match protocol {
-            Protocol::Http => {
-                *req.version_mut() = Version::HTTP_11;
-                if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-                    req.headers_mut().insert(http::header::HOST, v);
-                }
-                &self.h1
-            }
-            _ => {
-                *req.version_mut() = Version::HTTP_2;
-                &self.h2c
-            }
-        };
-        self.timed(client.request(req)).await
+        *req.version_mut() = Version::HTTP_2;
+        self.timed(async { self.h2c.request(req).await.map(|r| r.map(BodyExt::boxed)) })
+            .await
     }
 
-    async fn timed<F, E>(&self, f: F) -> Result<Response<Incoming>, SendError>
+    async fn timed<F, E>(&self, f: F) -> Result<Response<Body>, SendError>
     where
-        F: Future<Output = Result<Response<Incoming>, E>>,
+        F: Future<Output = Result<Response<Body>, E>>,
         E: std::error::Error,
     {
         let limit = Duration::from_millis(self.config.limits.request_timeout_ms);
@@ -312,7 +309,7 @@ pub struct Head {
 }
 
 /// A response from upstream, with hop-by-hop headers removed and `served_by` added.
-pub fn relay_response(resp: Response<Incoming>, served_by: Option<&str>) -> Response<Body> {
+pub fn relay_response(resp: Response<Body>, served_by: Option<&str>) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
     if let Some(site) = served_by
@@ -320,5 +317,5 @@ pub fn relay_response(resp: Response<Incoming>, served_by: Option<&str>) -> Resp
     {
         parts.headers.insert(h::SERVED_BY, v);
     }
-    Response::from_parts(parts, body.boxed())
+    Response::from_parts(parts, body)
 }

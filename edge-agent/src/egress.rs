@@ -101,7 +101,7 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body>
     };
     let mut sent = 0;
     let mut last_error: Option<SendError> = None;
-    let mut last_failed: Option<Response<Incoming>> = None;
+    let mut last_failed: Option<Response<Body>> = None;
     loop {
         let tried_refs: Vec<&str> = tried.iter().map(String::as_str).collect();
         let Some(dest) = agent.pick(route, service, &tried_refs, rand::random()) else {

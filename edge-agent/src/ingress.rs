@@ -413,7 +413,7 @@ async fn relay(
     match result {
         Ok(Ok(resp)) => {
             info!(service = %service, caller = %source, target_site = site, "relayed");
-            relay_response(resp, None)
+            relay_response(resp.map(BodyExt::boxed), None)
         }
         Ok(Err(e)) => error_response(
             StatusCode::BAD_GATEWAY,

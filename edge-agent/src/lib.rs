@@ -17,3 +17,4 @@ pub mod peers;
 pub mod routes;
 pub mod serve;
 pub mod tunnel;
+pub mod upstream;
