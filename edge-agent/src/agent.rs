@@ -11,7 +11,6 @@ use federation::tls::SiteTls;
 use http::header::HeaderValue;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -210,7 +209,7 @@ impl Agent {
         body: &mut Option<Body>,
     ) -> Result<Response<Body>, SendError> {
         let (link, addresses) = self.link_for(d);
-        let mut send = self
+        let send = self
             .pool
             .get(link, &addresses)
             .await
@@ -237,8 +236,7 @@ impl Agent {
         if let Ok(v) = HeaderValue::from_str(&d.site) {
             req.headers_mut().insert(h::SITE, v);
         }
-        self.timed(async move { send.send_request(req).await.map(|r| r.map(BodyExt::boxed)) })
-            .await
+        self.timed(send.request(req)).await
     }
 
     /// Sends a call to a workload of this site at `upstream` (`host:port`): HTTP/1.1 on a
@@ -272,7 +270,7 @@ impl Agent {
                 code: "bad-upstream",
             })?;
         *req.version_mut() = Version::HTTP_2;
-        self.timed(async { self.h2c.request(req).await.map(|r| r.map(BodyExt::boxed)) })
+        self.timed(async { self.h2c.request(req).await.map(|r| r.map(h::incoming)) })
             .await
     }
 

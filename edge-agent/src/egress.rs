@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
@@ -92,7 +91,7 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body>
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
         headers: parts.headers,
     };
-    let mut body: Option<Body> = Some(body.boxed());
+    let mut body: Option<Body> = Some(h::incoming(body));
     let mut tried: Vec<String> = Vec::new();
     let max_sent = 1 + if retryable {
         agent.config.limits.retries

@@ -7,8 +7,16 @@ use http::{Method, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 
+/// An error of any body: hyper's, or the edge link's (`h2`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The body type every proxied request and response uses (streamed, trailers kept).
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A body received by hyper (a caller's request, a workload's response), as a [`Body`].
+pub fn incoming(body: hyper::body::Incoming) -> Body {
+    body.map_err(BoxError::from).boxed()
+}
 
 /// Routes a call to a service (`NAME.NAMESPACE.svc.clusterset.local[:PORT]`) regardless of
 /// `Host`; set by the mesh when it hands a remote share to the edge agent.

@@ -13,7 +13,6 @@ use federation::tls::{
 use http::header::HeaderValue;
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
@@ -253,7 +252,7 @@ pub async fn handle(
         Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad-destination", e.to_string()),
     };
     let head = take_head(&mut req);
-    let body = req.into_body().boxed();
+    let body = h::incoming(req.into_body());
     let result = agent
         .send_local(upstream, protocol, &authority, &head, body)
         .await;
@@ -380,7 +379,7 @@ async fn relay(
             }
         }
     };
-    let mut send = match agent.pool.get(&link, &addresses).await {
+    let send = match agent.pool.get(&link, &addresses).await {
         Ok(s) => s,
         Err(e) => {
             warn!(service = %service, target_site = site, error = %e, "relay: link down");
@@ -400,9 +399,9 @@ async fn relay(
     }
     let (mut parts, body) = req.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
-    let fwd = Request::from_parts(parts, body.boxed());
+    let fwd = Request::from_parts(parts, h::incoming(body));
     let limit = Duration::from_millis(agent.config.limits.request_timeout_ms);
-    let result = tokio::time::timeout(limit, send.send_request(fwd)).await;
+    let result = tokio::time::timeout(limit, send.request(fwd)).await;
     let status = match &result {
         Ok(Ok(r)) => Some(r.status().as_u16()),
         _ => None,
@@ -413,7 +412,7 @@ async fn relay(
     match result {
         Ok(Ok(resp)) => {
             info!(service = %service, caller = %source, target_site = site, "relayed");
-            relay_response(resp.map(BodyExt::boxed), None)
+            relay_response(resp, None)
         }
         Ok(Err(e)) => error_response(
             StatusCode::BAD_GATEWAY,

@@ -12,6 +12,7 @@ pub mod egress;
 pub mod feed;
 pub mod http;
 pub mod ingress;
+pub mod link;
 pub mod metrics;
 pub mod peers;
 pub mod routes;

@@ -11,13 +11,11 @@ use federation::identity::SiteId;
 use federation::sync::dialer::{connect_site, system_resolver};
 use federation::tls::{SiteTls, client_config_alpn};
 use hickory_resolver::TokioResolver;
-use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::http::Body;
+use crate::link::Link;
 
 /// ALPN protocol of ordinary edge-to-edge connections.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -27,7 +25,7 @@ pub const ALPN_REVERSE: &[u8] = b"multimesh-reverse";
 
 #[derive(Default)]
 struct Slot {
-    conn: Mutex<Option<SendRequest<Body>>>,
+    conn: Mutex<Option<Link>>,
     connecting: tokio::sync::Mutex<()>,
     connector: Mutex<Option<TlsConnector>>,
     /// The connection is an edge node's inbound link (never dialled from here).
@@ -45,20 +43,6 @@ pub struct PeerPool {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// HTTP/2 client settings for edge-to-edge connections: large windows so one connection
-/// carries many concurrent calls at full speed, and pings to notice a dead peer.
-pub fn h2_client() -> http2::Builder<TokioExecutor> {
-    let mut b = http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new())
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(8 << 20)
-        .max_frame_size(64 << 10)
-        .keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true);
-    b
 }
 
 impl PeerPool {
@@ -91,7 +75,7 @@ impl PeerPool {
 
     /// A ready connection to `site`, dialling one of `addresses` if there is none. Errors say
     /// why in plain words (refused, TLS failure with reason, no link to an edge node).
-    pub async fn get(&self, site: &str, addresses: &[String]) -> Result<SendRequest<Body>, String> {
+    pub async fn get(&self, site: &str, addresses: &[String]) -> Result<Link, String> {
         let slot = self.slot(site);
         if let Some(c) = lock(&slot.conn).as_ref()
             && !c.is_closed()
@@ -123,7 +107,9 @@ impl PeerPool {
             .await
             {
                 Ok(tls) => {
-                    let send = handshake(tls, site).await?;
+                    let send = Link::handshake(tls, site)
+                        .await
+                        .map_err(|e| format!("HTTP/2 handshake with {site}: {e}"))?;
                     info!(peer = site, %address, "edge link up");
                     *lock(&slot.conn) = Some(send.clone());
                     return Ok(send);
@@ -172,15 +158,14 @@ impl PeerPool {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (send, conn) = h2_client()
-            .handshake::<_, Body>(TokioIo::new(io))
+        let link = Link::handshake(io, site)
             .await
             .map_err(|e| format!("HTTP/2 handshake with edge node {site}: {e}"))?;
         let slot = self.slot(site);
         *lock(&slot.reverse) = true;
-        *lock(&slot.conn) = Some(send);
+        *lock(&slot.conn) = Some(link.clone());
         info!(peer = site, "edge node link up");
-        let r = conn.await;
+        link.closed().await;
         // One guard: locking `slot.conn` again inside an `if let` on a guard of it would
         // deadlock this worker thread (found by the demo: the parent hung when its edge node
         // went away, and then ignored SIGTERM).
@@ -190,27 +175,7 @@ impl PeerPool {
                 *conn = None;
             }
         }
-        match r {
-            Ok(()) => info!(peer = site, "edge node link closed"),
-            Err(e) => warn!(peer = site, error = %e, "edge node link failed"),
-        }
+        info!(peer = site, "edge node link closed");
         Ok(())
     }
-}
-
-async fn handshake<S>(io: S, site: &str) -> Result<SendRequest<Body>, String>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (send, conn) = h2_client()
-        .handshake::<_, Body>(TokioIo::new(io))
-        .await
-        .map_err(|e| format!("HTTP/2 handshake with {site}: {e}"))?;
-    let peer = site.to_string();
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            warn!(peer = %peer, error = %e, "edge link closed with an error");
-        }
-    });
-    Ok(send)
 }

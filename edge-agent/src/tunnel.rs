@@ -6,14 +6,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::header::HeaderValue;
-use http::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use http::{Method, Request};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::agent::{Agent, error_chain};
 use crate::http as h;
+use crate::link::Link;
 use crate::routes::{Destination, ServiceKey};
 
 /// A byte stream: a TCP connection or a tunnel.
@@ -49,14 +49,14 @@ pub async fn open_remote(
     connect_over(agent, send, &dest.site, &format!("{}:{port}", key.host())).await
 }
 
-/// Sends `CONNECT authority` for `site` on `send` and returns the tunnel.
+/// Sends `CONNECT authority` for `site` on `link` and returns the tunnel.
 pub async fn connect_over(
     agent: &Agent,
-    mut send: hyper::client::conn::http2::SendRequest<h::Body>,
+    link: Link,
     site: &str,
     authority: &str,
 ) -> Result<Box<dyn Io>, String> {
-    let mut req = Request::new(h::empty());
+    let mut req = Request::new(());
     *req.method_mut() = Method::CONNECT;
     *req.uri_mut() = authority
         .parse()
@@ -65,24 +65,22 @@ pub async fn connect_over(
         req.headers_mut().insert(h::SITE, v);
     }
     let limit = Duration::from_millis(agent.config.limits.request_timeout_ms);
-    let resp = match tokio::time::timeout(limit, send.send_request(req)).await {
+    let (resp, tunnel) = match tokio::time::timeout(limit, link.connect(req)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return Err(error_chain(&e)),
         Err(_) => return Err("CONNECT timed out".into()),
     };
-    if resp.status() != StatusCode::OK {
-        let why = resp
-            .headers()
-            .get(h::ERROR)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        return Err(format!("CONNECT refused: {} {why}", resp.status()));
+    match tunnel {
+        Some(t) => Ok(Box::new(t)),
+        None => {
+            let why = resp
+                .headers()
+                .get(h::ERROR)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            Err(format!("CONNECT refused: {} {why}", resp.status()))
+        }
     }
-    let up = hyper::upgrade::on(resp)
-        .await
-        .map_err(|e| error_chain(&e))?;
-    Ok(Box::new(TokioIo::new(up)))
 }
 
 /// Copies both ways until either side closes.

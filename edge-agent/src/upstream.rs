@@ -22,7 +22,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use crate::http::Body;
+use http_body_util::BodyExt;
+
+use crate::http::{Body, BoxError};
 
 /// Why a call to a workload failed.
 #[derive(Debug, thiserror::Error)]
@@ -116,10 +118,7 @@ impl Http1Pool {
                         done: false,
                         back: Some((send, host, self.max_idle)),
                     };
-                    return Ok(Response::from_parts(
-                        parts,
-                        http_body_util::BodyExt::boxed(body),
-                    ));
+                    return Ok(Response::from_parts(parts, BodyExt::boxed(body)));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(r) if reused => {
@@ -180,22 +179,25 @@ impl PooledBody {
 
 impl HttpBody for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        match &r {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(None) => {
                 self.done = true;
                 self.release();
+                Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(_))) => self.back = None,
-            _ => {}
+            Poll::Ready(Some(Err(e))) => {
+                self.back = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+            Poll::Pending => Poll::Pending,
         }
-        r
     }
 
     fn is_end_stream(&self) -> bool {
