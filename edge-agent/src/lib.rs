@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod balance;
+pub mod coalesce;
 pub mod config;
 pub mod egress;
 pub mod feed;

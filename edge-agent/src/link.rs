@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
+use crate::coalesce::Coalesce;
 use crate::http::{Body, BoxError};
 
 /// How often an idle or busy link is pinged, and how long a pong may take.
@@ -71,7 +72,7 @@ impl Link {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (send, conn) = builder().handshake::<_, Bytes>(io).await?;
+        let (send, conn) = builder().handshake::<_, Bytes>(Coalesce::new(io)).await?;
         let ended = Arc::new(Ended::default());
         tokio::spawn(drive(conn, ended.clone(), peer.to_string(), every, within));
         Ok(Link { send, ended })

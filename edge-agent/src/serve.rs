@@ -13,13 +13,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde::Serialize;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::agent::Agent;
+use crate::coalesce::Coalesce;
 use crate::config::AgentConfig;
 use crate::http::{self as h, Body};
 use crate::ingress::{self, Caller};
@@ -239,10 +240,26 @@ async fn serve_http(
             b.http2()
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(agent.config.limits.max_streams);
+            // h2c callers multiplex many calls on a connection: their responses are coalesced
+            // into fewer writes. HTTP/1.1 has one response in flight, so nothing to batch.
+            // (Bounded, and given up on shutdown: a caller that connects and sends nothing
+            // must not hold the agent open.)
+            let h2 = matches!(kind, Listener::Egress)
+                && tokio::select! {
+                    r = tokio::time::timeout(Duration::from_secs(30), speaks_h2(&tcp)) => {
+                        r.unwrap_or(false)
+                    }
+                    () = stop.cancelled() => return,
+                };
+            let io = if h2 {
+                Coalesce::new(tcp)
+            } else {
+                Coalesce::off(tcp)
+            };
             if matches!(kind, Listener::Egress) {
                 agent.metrics.active_egress.fetch_add(1, Ordering::Relaxed);
             }
-            let conn = b.serve_connection(TokioIo::new(tcp), svc);
+            let conn = b.serve_connection(TokioIo::new(io), svc);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -258,6 +275,13 @@ async fn serve_http(
         while conns.try_join_next().is_some() {}
     }
     while conns.join_next().await.is_some() {}
+}
+
+/// Whether a new connection opens with the HTTP/2 preface (`PRI * HTTP/2.0`). Peeked, so
+/// nothing is consumed; a guess that is wrong only costs speed.
+async fn speaks_h2(tcp: &TcpStream) -> bool {
+    let mut head = [0u8; 4];
+    matches!(tcp.peek(&mut head).await, Ok(4) if &head == b"PRI ")
 }
 
 async fn serve_tcp(
