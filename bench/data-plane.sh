@@ -12,7 +12,8 @@
 # For each: max throughput with wrk (HTTP/1.1) and h2load (h2c), latency percentiles at a
 # fixed rate below saturation with bench's `loadgen` (open loop, no coordinated omission),
 # CPU seconds of the proxy processes per 10k requests (from /proc during the throughput runs),
-# and their peak RSS (VmHWM). Writes bench/results/data-plane.json and prints a Markdown table.
+# their system calls per request (`perf stat` during the throughput runs, when perf is
+# installed), and their peak RSS (VmHWM). Writes bench/results/data-plane.json and prints a Markdown table.
 #
 #   bash bench/data-plane.sh [--runs N] [--seconds S] [--rate R] [--quick]
 #
@@ -231,6 +232,15 @@ peak_rss_kb() {
   done
   echo "$t"
 }
+# System calls the given PIDs make over the next $1 seconds (prints nothing when perf cannot
+# count them: not installed, or not allowed).
+sys_count() {
+  local secs=$1; shift
+  { [ $# -gt 0 ] && command -v perf >/dev/null; } || return 0
+  local list; list=$(IFS=,; echo "$*")
+  perf stat -x, -e raw_syscalls:sys_enter -p "$list" -- sleep "$secs" 2>&1 >/dev/null |
+    awk -F, '/raw_syscalls/ && $1 ~ /^[0-9]+$/ {print $1}'
+}
 port_h1() { case $1 in direct) echo $BACKEND ;; edge) echo $EDGE_OUT ;; haproxy) echo $HA_OUT ;; nginx) echo $NG_OUT ;; esac; }
 port_h2() { case $1 in direct) echo none ;; edge) echo $EDGE_OUT ;; haproxy) echo $HA_OUT ;; nginx) echo $NG_OUT_H2 ;; esac; }
 hz=$(getconf CLK_TCK)
@@ -243,16 +253,21 @@ for run in $(seq 1 "$runs"); do
     mapfile -t pp < <(proxy_pids "$topo")
     # HTTP/1.1 max throughput (wrk).
     c0=$(cpu_ticks "${pp[@]}")
+    sys_count "$seconds" "${pp[@]}" > "$work/sys_h1" &
     wrk_out=$(wrk -t1 -c64 -d"${seconds}s" --latency -H "$DEST" "http://127.0.0.1:$(port_h1 "$topo")/")
+    wait $! || true
     c1=$(cpu_ticks "${pp[@]}")
     h1_rps=$(awk '/Requests\/sec/ {print $2}' <<<"$wrk_out")
     h1_reqs=$(awk '/requests in/ {print $1}' <<<"$wrk_out")
     h1_errors=$(awk '/Non-2xx|Socket errors/ {n++} END {print n+0}' <<<"$wrk_out")
     # h2c max throughput (h2load). The direct backend has no h2c listener.
     h2_rps=null h2_reqs=0 c2=$c1 c3=$c1
+    : > "$work/sys_h2"
     if [ "$(port_h2 "$topo")" != none ]; then
       c2=$(cpu_ticks "${pp[@]}")
+      sys_count "$seconds" "${pp[@]}" > "$work/sys_h2" &
       h2_out=$(h2load -c16 -m32 -t1 -D"$seconds" -H "$DEST" "http://127.0.0.1:$(port_h2 "$topo")/" 2>&1)
+      wait $! || true
       c3=$(cpu_ticks "${pp[@]}")
       h2_rps=$(awk '/^finished in/ {gsub(",","",$4); print $4}' <<<"$h2_out")
       h2_reqs=$(awk '/^requests:/ {print $8}' <<<"$h2_out")
@@ -264,11 +279,12 @@ for run in $(seq 1 "$runs"); do
       lat_h2=$("$bin/loadgen" --h2 --target "127.0.0.1:$(port_h2 "$topo")" --header "$DEST" --rate "$rate" --duration "$seconds" --connections 4)
     fi
     rss=$(peak_rss_kb "${pp[@]}")
-    printf '{"run":%s,"topology":"%s","h1_rps":%s,"h1_requests":%s,"h1_error_lines":%s,"h1_cpu_s":%s,"h2_rps":%s,"h2_requests":%s,"h2_cpu_s":%s,"lat_h1":%s,"lat_h2":%s,"peak_rss_kb":%s}\n' \
-      "$run" "$topo" "$h1_rps" "${h1_reqs:-0}" "$h1_errors" "$(awk "BEGIN {print ($c1-$c0)/$hz}")" \
-      "$h2_rps" "${h2_reqs:-0}" "$(awk "BEGIN {print ($c3-$c2)/$hz}")" "$lat_h1" "$lat_h2" "$rss" >> "$results"
+    sys_h1=$(cat "$work/sys_h1"); sys_h2=$(cat "$work/sys_h2")
+    printf '{"run":%s,"topology":"%s","h1_rps":%s,"h1_requests":%s,"h1_error_lines":%s,"h1_cpu_s":%s,"h1_syscalls":%s,"h2_rps":%s,"h2_requests":%s,"h2_cpu_s":%s,"h2_syscalls":%s,"lat_h1":%s,"lat_h2":%s,"peak_rss_kb":%s}\n' \
+      "$run" "$topo" "$h1_rps" "${h1_reqs:-0}" "$h1_errors" "$(awk "BEGIN {print ($c1-$c0)/$hz}")" "${sys_h1:-null}" \
+      "$h2_rps" "${h2_reqs:-0}" "$(awk "BEGIN {print ($c3-$c2)/$hz}")" "${sys_h2:-null}" "$lat_h1" "$lat_h2" "$rss" >> "$results"
     echo "    run $run $topo: h1 ${h1_rps} rps, h2 ${h2_rps} rps" >&2
   done
 done
 mkdir -p bench/results
-python3 bench/data_plane_report.py "$results" bench/results/data-plane.json "$quick"
+python3 bench/data_plane_report.py "$results" bench/results/data-plane.json "$quick" "$seconds"

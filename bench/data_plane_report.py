@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Summarises bench/data-plane.sh runs: medians per topology, ratios to HAProxy, a Markdown table.
 
-usage: data_plane_report.py RESULTS.jsonl OUT.json QUICK(0|1)
+usage: data_plane_report.py RESULTS.jsonl OUT.json QUICK(0|1) SECONDS
 """
 import json
 import os
@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 out_path, quick = sys.argv[2], sys.argv[3] == "1"
+seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 10.0
 topos = ["direct", "edge", "haproxy", "nginx"]
 
 
@@ -25,6 +26,9 @@ for t in topos:
     rs = [r for r in rows if r["topology"] == t]
     h1_cpu = [r["h1_cpu_s"] / r["h1_requests"] * 10_000 for r in rs if r["h1_requests"]]
     h2_cpu = [r["h2_cpu_s"] / r["h2_requests"] * 10_000 for r in rs if r["h2_requests"]]
+    # System calls of the proxies over the throughput run's window, per request served in it.
+    h1_sys = [r["h1_syscalls"] / (r["h1_rps"] * seconds) for r in rs if r.get("h1_syscalls") and r["h1_rps"]]
+    h2_sys = [r["h2_syscalls"] / (r["h2_rps"] * seconds) for r in rs if r.get("h2_syscalls") and r["h2_rps"]]
     summary[t] = {
         "h1_rps": med([r["h1_rps"] for r in rs]),
         "h2_rps": med([r["h2_rps"] for r in rs]),
@@ -36,6 +40,8 @@ for t in topos:
         "h2_errors": sum(r["lat_h2"]["errors"] for r in rs if r["lat_h2"]),
         "h1_cpu_s_per_10k": med(h1_cpu) if t != "direct" else None,
         "h2_cpu_s_per_10k": med(h2_cpu) if t != "direct" else None,
+        "h1_syscalls_per_request": med(h1_sys),
+        "h2_syscalls_per_request": med(h2_sys),
         "peak_rss_mib": max(r["peak_rss_kb"] for r in rs) / 1024 if t != "direct" else None,
     }
 base = summary["direct"]
@@ -76,14 +82,15 @@ def fmt(v, unit="", digits=0):
 
 
 print(f"\nData plane, median of {len(rows) // len(topos)} run(s) ({doc['when']}, {doc['machine']['cores']} cores)\n")
-print("| topology | HTTP/1.1 max req/s (wrk) | h2c max req/s (h2load) | HTTP/1.1 p50 / p99 at fixed rate | h2c p50 / p99 at fixed rate | added p99 vs direct (HTTP/1.1) | proxy CPU s per 10k req (h1 / h2) | proxies' peak RSS |")
-print("|---|---|---|---|---|---|---|---|")
+print("| topology | HTTP/1.1 max req/s (wrk) | h2c max req/s (h2load) | HTTP/1.1 p50 / p99 at fixed rate | h2c p50 / p99 at fixed rate | added p99 vs direct (HTTP/1.1) | proxy CPU s per 10k req (h1 / h2) | proxy system calls per req (h1 / h2) | proxies' peak RSS |")
+print("|---|---|---|---|---|---|---|---|---|")
 for t in topos:
     s = summary[t]
     print(
         f"| {t} | {fmt(s['h1_rps'])} | {fmt(s['h2_rps'])} | {fmt(s['h1_p50_us'], ' µs')} / {fmt(s['h1_p99_us'], ' µs')} "
         f"| {fmt(s['h2_p50_us'], ' µs')} / {fmt(s['h2_p99_us'], ' µs')} | {fmt(s['h1_added_p99_us'], ' µs')} "
-        f"| {fmt(s['h1_cpu_s_per_10k'], '', 3)} / {fmt(s['h2_cpu_s_per_10k'], '', 3)} | {fmt(s['peak_rss_mib'], ' MiB', 1)} |"
+        f"| {fmt(s['h1_cpu_s_per_10k'], '', 3)} / {fmt(s['h2_cpu_s_per_10k'], '', 3)} "
+        f"| {fmt(s['h1_syscalls_per_request'], '', 2)} / {fmt(s['h2_syscalls_per_request'], '', 2)} | {fmt(s['peak_rss_mib'], ' MiB', 1)} |"
     )
 v = verdict
 print(
