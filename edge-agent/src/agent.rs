@@ -47,7 +47,7 @@ pub struct Agent {
     pub metrics: Metrics,
     /// Links to other sites.
     pub pool: PeerPool,
-    h1: Arc<Http1Pool>,
+    h1: Http1Pool,
     h2c: Client<HttpConnector, Body>,
     /// Whether an edge node's link to its parent is up.
     pub parent_up: AtomicBool,
@@ -60,10 +60,11 @@ impl Agent {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(connect_timeout));
-        let h1 = Arc::new(Http1Pool::new(
+        let h1 = Http1Pool::new(
             connect_timeout,
             config.limits.max_streams as usize,
-        ));
+            crate::upstream::IDLE_TIMEOUT,
+        );
         let h2c = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .http2_initial_stream_window_size(1 << 20)

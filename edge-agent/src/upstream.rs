@@ -8,11 +8,11 @@
 //! with no task, and the pool is found by the configured upstream string. A connection whose
 //! response body is dropped early is closed (HTTP/1.1 cannot reuse it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -50,9 +50,43 @@ pub enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
-/// Idle connections to one upstream, most recently used last.
+/// How long a connection may stay idle in the pool before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Idle connections to one upstream, each with the time it went idle; most recent last.
 struct Host {
-    idle: Mutex<Vec<SendRequest<Body>>>,
+    idle: Mutex<VecDeque<(SendRequest<Body>, Instant)>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl Host {
+    /// The most recently used idle connection, unless even that one has idled too long (then
+    /// every idle connection goes).
+    fn take(&self) -> Option<SendRequest<Body>> {
+        let mut idle = lock(&self.idle);
+        let (send, since) = idle.pop_back()?;
+        if since.elapsed() > self.idle_timeout {
+            idle.clear();
+            return None;
+        }
+        Some(send)
+    }
+
+    /// Returns a connection whose response was read to the end, closing those idle too long.
+    fn put_back(&self, send: SendRequest<Body>) {
+        let now = Instant::now();
+        let mut idle = lock(&self.idle);
+        while idle
+            .front()
+            .is_some_and(|(_, since)| now.duration_since(*since) > self.idle_timeout)
+        {
+            idle.pop_front();
+        }
+        if idle.len() < self.max_idle && !send.is_closed() {
+            idle.push_back((send, now));
+        }
+    }
 }
 
 /// The pool of HTTP/1.1 connections to local workloads.
@@ -60,6 +94,7 @@ pub struct Http1Pool {
     hosts: Mutex<HashMap<String, Arc<Host>>>,
     connect_timeout: Duration,
     max_idle: usize,
+    idle_timeout: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -67,12 +102,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Http1Pool {
-    /// A pool keeping at most `max_idle` idle connections per upstream.
-    pub fn new(connect_timeout: Duration, max_idle: usize) -> Self {
+    /// A pool keeping at most `max_idle` idle connections per upstream, each for at most
+    /// `idle_timeout`.
+    pub fn new(connect_timeout: Duration, max_idle: usize, idle_timeout: Duration) -> Self {
         Self {
             hosts: Mutex::default(),
             connect_timeout,
             max_idle,
+            idle_timeout,
         }
     }
 
@@ -82,7 +119,9 @@ impl Http1Pool {
             return h.clone();
         }
         let h = Arc::new(Host {
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
+            max_idle: self.max_idle,
+            idle_timeout: self.idle_timeout,
         });
         hosts.insert(addr.to_string(), h.clone());
         h
@@ -92,13 +131,13 @@ impl Http1Pool {
     /// A request that an idle connection refused before sending anything (the workload closed
     /// it meanwhile) is sent again on another.
     pub async fn send(
-        self: &Arc<Self>,
+        &self,
         addr: &str,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, UpstreamError> {
         let host = self.host(addr);
         loop {
-            let pooled = lock(&host.idle).pop();
+            let pooled = host.take();
             let (mut send, reused) = match pooled {
                 Some(s) if s.is_closed() => continue,
                 Some(s) => (s, true),
@@ -116,7 +155,7 @@ impl Http1Pool {
                     let body = PooledBody {
                         inner: body,
                         done: false,
-                        back: Some((send, host, self.max_idle)),
+                        back: Some((send, host)),
                     };
                     return Ok(Response::from_parts(parts, BodyExt::boxed(body)));
                 }
@@ -163,16 +202,13 @@ impl Http1Pool {
 struct PooledBody {
     inner: Incoming,
     done: bool,
-    back: Option<(SendRequest<Body>, Arc<Host>, usize)>,
+    back: Option<(SendRequest<Body>, Arc<Host>)>,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let Some((send, host, max)) = self.back.take() {
-            let mut idle = lock(&host.idle);
-            if idle.len() < max && !send.is_closed() {
-                idle.push(send);
-            }
+        if let Some((send, host)) = self.back.take() {
+            host.put_back(send);
         }
     }
 }
@@ -246,21 +282,34 @@ mod tests {
 
     /// A raw HTTP/1.1 workload on loopback; returns its address and a count of connections.
     async fn workload(kind: Workload) -> (String, Arc<AtomicUsize>) {
+        let (addr, conns, _) = workload_counting_closes(kind).await;
+        (addr, conns)
+    }
+
+    /// [`workload`], also counting the connections the client closed.
+    async fn workload_counting_closes(
+        kind: Workload,
+    ) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let conns = Arc::new(AtomicUsize::new(0));
-        let counted = conns.clone();
+        let closes = Arc::new(AtomicUsize::new(0));
+        let (counted, closed) = (conns.clone(), closes.clone());
         tokio::spawn(async move {
             loop {
                 let (mut s, _) = l.accept().await.unwrap();
                 counted.fetch_add(1, Ordering::SeqCst);
+                let closed = closed.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 1024];
                     loop {
                         while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
                             match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
+                                Ok(0) | Err(_) => {
+                                    closed.fetch_add(1, Ordering::SeqCst);
+                                    return;
+                                }
                                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                             }
                         }
@@ -287,7 +336,7 @@ mod tests {
                 });
             }
         });
-        (addr, conns)
+        (addr, conns, closes)
     }
 
     fn get(addr: &str) -> Request<Body> {
@@ -298,8 +347,8 @@ mod tests {
             .unwrap()
     }
 
-    fn pool() -> Arc<Http1Pool> {
-        Arc::new(Http1Pool::new(Duration::from_secs(2), 16))
+    fn pool() -> Http1Pool {
+        Http1Pool::new(Duration::from_secs(2), 16, IDLE_TIMEOUT)
     }
 
     #[tokio::test]
@@ -337,6 +386,35 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(conns.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn connections_idle_too_long_are_closed_not_reused() {
+        let (addr, conns, closes) = workload_counting_closes(Workload::KeepAlive).await;
+        let pool = Http1Pool::new(Duration::from_secs(2), 16, Duration::from_millis(100));
+        // Two calls at once: two connections, both idle afterwards.
+        let (a, b) = tokio::join!(pool.send(&addr, get(&addr)), pool.send(&addr, get(&addr)));
+        for r in [a, b] {
+            r.unwrap().into_body().collect().await.unwrap();
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let r = pool.send(&addr, get(&addr)).await.unwrap();
+        r.into_body().collect().await.unwrap();
+        assert_eq!(
+            conns.load(Ordering::SeqCst),
+            3,
+            "an idle-too-long connection was reused"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while closes.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            closes.load(Ordering::SeqCst),
+            2,
+            "both stale connections are closed"
+        );
     }
 
     #[tokio::test]
