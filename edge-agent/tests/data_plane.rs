@@ -426,6 +426,43 @@ async fn a_90_10_split_between_sites_lands_within_2_points_over_10000_calls() {
     assert_eq!(from_metrics as u64, seen["a"]);
 }
 
+/// SIGTERM stops an agent promptly although callers hold connections open: one that has sent
+/// nothing yet (egress waits to see whether it speaks HTTP/2) and an idle keep-alive one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_an_agent_promptly_with_silent_and_idle_callers_connected() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let pa = http_backend("a").await;
+    let a = payment_site(&pki, root, "a", &pa, "");
+    Agent::write_routes(root, "b", &payment_routes(&[("a", 1, a.ingress())]));
+    let mut b = Agent::start(
+        &pki,
+        root,
+        "b",
+        &agent_toml("egress_http = \"127.0.0.1:0\""),
+    );
+    let silent = tokio::net::TcpStream::connect(b.egress()).await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(b.egress()).await.unwrap();
+    idle.write_all(format!("GET /pay HTTP/1.1\r\nhost: {PAY}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 12];
+    idle.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200", "{}", b.log());
+    let took = tokio::task::spawn_blocking(move || {
+        let took = b.terminate(Duration::from_secs(20));
+        (took, b.log())
+    })
+    .await
+    .unwrap();
+    match took {
+        (Some(t), _) => assert!(t < Duration::from_secs(3), "stopping took {t:?}"),
+        (None, log) => panic!("the agent did not stop within 20 s of SIGTERM:\n{log}"),
+    }
+    drop((silent, idle));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_sites_edge_fails_over_to_c_and_a_is_used_again_when_back() {
     let dir = test_dir();

@@ -280,6 +280,27 @@ impl Agent {
         self.bound.egress_http.unwrap()
     }
 
+    /// SIGTERM, then waits up to `limit` for the process to exit; returns how long it took, or
+    /// `None` (and SIGKILLs it) when it did not exit in time.
+    pub fn terminate(&mut self, limit: Duration) -> Option<Duration> {
+        let child = self.child.as_mut()?;
+        let sent = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed");
+        while sent.elapsed() < limit {
+            if child.try_wait().unwrap().is_some() {
+                self.child = None;
+                return Some(sent.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        None
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
