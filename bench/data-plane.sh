@@ -53,18 +53,12 @@ else
   bin=$target/release
 fi
 
-work=$(mktemp -d /tmp/multimesh-dp.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+bench_init multimesh-dp
 
 # Ports.
 BACKEND=28080 EDGE_OUT=28101 EDGE_IN=28102 HA_OUT=28201 HA_IN=28202 NG_OUT=28301 NG_OUT_H2=28303 NG_IN=28302
-DEST="x-multimesh-destination: payment.shop.svc.clusterset.local:8080"
 
 # Identities: one CA, sites a (ingress side) and b (egress side).
 "$bin/federationctl" certs init --trust-domain bench.multimesh --out "$work/pki" >/dev/null
@@ -73,39 +67,8 @@ for s in a b; do
   cat "$work/pki/$s.pem" "$work/pki/$s-key.pem" > "$work/pki/$s-bundle.pem"
 done
 
-nginx_conf() { # name body
-  mkdir -p "$work/$1"
-  cat > "$work/$1/nginx.conf" <<EOF
-worker_processes $3;
-pid $work/$1/nginx.pid;
-error_log $work/$1/error.log warn;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  client_body_temp_path $work/$1/tmp; proxy_temp_path $work/$1/tmp;
-  fastcgi_temp_path $work/$1/tmp; uwsgi_temp_path $work/$1/tmp; scgi_temp_path $work/$1/tmp;
-  keepalive_requests 1000000;
-$2
-}
-EOF
-}
-start() { # name command...
-  local name=$1; shift
-  "$@" >"$work/$name.out" 2>&1 &
-  pids+=("$!")
-  eval "pid_$name=$!"
-}
-wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port $1 never opened" >&2; return 1
-}
-
 # Backend: nginx answering "ok" (1 worker; the same for every topology).
-nginx_conf backend "  server { listen 127.0.0.1:$BACKEND; location / { return 200 \"ok\\n\"; } }" 1
-start backend nginx -p "$work/backend" -c "$work/backend/nginx.conf" -g 'daemon off;'
+start_backend backend "$BACKEND"
 
 # edge-agent pair.
 mkdir -p "$work/edge-a" "$work/edge-b"

@@ -27,35 +27,15 @@ ctl=$target/release/federationctl
 [ -x "$ctl" ] || { echo "build federationctl first (cargo build -p multimesh-federation)" >&2; exit 1; }
 for t in wrk h2load nginx; do command -v "$t" >/dev/null || { echo "$t is missing" >&2; exit 1; }; done
 
-work=$(mktemp -d /tmp/multimesh-ab.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-DEST="x-multimesh-destination: payment.shop.svc.clusterset.local:8080"
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+bench_init multimesh-ab
 
 "$ctl" certs init --trust-domain bench.multimesh --out "$work/pki" >/dev/null 2>&1
 for s in a b; do "$ctl" certs issue --site "$s" --ca-dir "$work/pki" --out "$work/pki" >/dev/null 2>&1; done
 
 backend=28480
-mkdir -p "$work/backend"
-cat > "$work/backend/nginx.conf" <<EOF
-worker_processes 1;
-pid $work/backend/nginx.pid;
-error_log $work/backend/error.log warn;
-events { worker_connections 8192; }
-http {
-  access_log off; keepalive_requests 1000000;
-  client_body_temp_path $work/backend; proxy_temp_path $work/backend;
-  fastcgi_temp_path $work/backend; uwsgi_temp_path $work/backend; scgi_temp_path $work/backend;
-  server { listen 127.0.0.1:$backend; location / { return 200 "ok\n"; } }
-}
-EOF
-nginx -p "$work/backend" -c "$work/backend/nginx.conf" -g 'daemon off;' >/dev/null 2>&1 &
-pids+=("$!")
+start_backend backend "$backend"
 
 # pair NAME BINARY EGRESS_PORT INGRESS_PORT: starts the edge pair; sets pid_NAME_a / pid_NAME_b.
 pair() {
@@ -75,9 +55,7 @@ pair() {
   echo "services: [{name: payment, namespace: shop, ports: [{port: 8080}], destinations: [{site: a}]}]" > "$work/$name-a/routes.yaml"
   echo "services: [{name: payment, namespace: shop, ports: [{port: 8080}], destinations: [{site: a, addresses: ['127.0.0.1:$in']}]}]" > "$work/$name-b/routes.yaml"
   for s in a b; do
-    RUST_LOG=warn "$bin" run --config "$work/$name-$s/edge.toml" >"$work/$name-$s.log" 2>&1 &
-    pids+=("$!")
-    eval "pid_${name}_$s=$!"
+    start "${name}_$s" env RUST_LOG=warn "$bin" run --config "$work/$name-$s/edge.toml"
   done
 }
 pair A "$old" 28481 28482
@@ -87,7 +65,7 @@ for port in 28481 28483; do
     [ "$(curl -s -H "$DEST" "http://127.0.0.1:$port/" || true)" = ok ] && break
     sleep 0.1
   done
-  [ "$(curl -s -H "$DEST" "http://127.0.0.1:$port/")" = ok ] || { echo "pair on $port does not answer" >&2; cat "$work"/*.log >&2; exit 1; }
+  [ "$(curl -s -H "$DEST" "http://127.0.0.1:$port/")" = ok ] || { echo "pair on $port does not answer" >&2; cat "$work"/*.out >&2; exit 1; }
 done
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
