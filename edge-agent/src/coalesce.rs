@@ -3,9 +3,10 @@
 //! queued), so the frames of every call that became ready meanwhile leave in one write instead
 //! of one each. Under load this batches; when idle it costs one extra poll.
 //!
-//! Measured with `perf stat` on system calls (bench topology, `wrk -c64` / `h2load -m32`): the
-//! calling agent made 0.62 / 0.80 link writes per call without it and 0.14 / 0.49 with it
-//! (HAProxy: 0.2 / 0.16). On loopback each write also pays the receiver's TCP processing.
+//! Measured with `perf stat` on system calls (bench topology): with `wrk -c64` the calling agent
+//! made 0.62 link writes per call without it and 0.14 with it (HAProxy: 0.20); with `h2load
+//! -m32`, 0.80 writes per call in all without it and 0.16 with it (HAProxy: 0.16). On loopback
+//! each write also pays the receiver's TCP processing.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -168,10 +168,15 @@ async fn drive<T>(
     ended.notify.notify_waiters();
 }
 
-/// Streams a request body into its HTTP/2 stream, within the peer's flow-control window.
+/// Streams a request body into its HTTP/2 stream, within the peer's flow-control window; stops
+/// (dropping the body) when the peer resets the stream, e.g. after answering early.
 async fn pipe(mut body: Body, mut stream: SendStream<Bytes>) {
     loop {
-        match body.frame().await {
+        let next = tokio::select! {
+            f = body.frame() => f,
+            _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
+        };
+        match next {
             None => {
                 let _ = stream.send_data(Bytes::new(), true);
                 return;
@@ -331,7 +336,8 @@ mod tests {
     use super::*;
 
     /// A plain-TCP HTTP/2 server on loopback (TLS is not what is tested here) that answers
-    /// each call with its request body and the body's length in `x-length`.
+    /// each call with its request body and the body's length in `x-length`; on `/early` it
+    /// answers at once without reading the body (the stream is then reset).
     async fn echo_server() -> String {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
@@ -340,6 +346,9 @@ mod tests {
                 let (s, _) = l.accept().await.unwrap();
                 tokio::spawn(async move {
                     let svc = service_fn(|req: Request<Incoming>| async move {
+                        if req.uri().path() == "/early" {
+                            return Ok(Response::new(Full::new(Bytes::from_static(b"early"))));
+                        }
                         let body = req.into_body().collect().await?.to_bytes();
                         let mut r = Response::new(Full::new(body.clone()));
                         r.headers_mut()
@@ -374,6 +383,31 @@ mod tests {
         let back = resp.into_body().collect().await.unwrap().to_bytes();
         assert!(back[..] == sent[..], "the echoed body differs");
         assert!(!link.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_request_body_stops_streaming_when_the_peer_resets_the_stream() {
+        let addr = echo_server().await;
+        let link = Link::handshake(TcpStream::connect(&addr).await.unwrap(), "peer")
+            .await
+            .unwrap();
+        // A body that stays open: one chunk now, then nothing until it is dropped.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"start"))))
+            .await
+            .unwrap();
+        let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let req = Request::builder()
+            .method("POST")
+            .uri(format!("http://{addr}/early"))
+            .body(BodyExt::boxed(body))
+            .unwrap();
+        let resp = link.request(req).await.unwrap();
+        let answer = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&answer[..], b"early");
+        tokio::time::timeout(Duration::from_secs(5), tx.closed())
+            .await
+            .expect("the body is still held after the peer reset its stream");
     }
 
     #[tokio::test]
