@@ -11,6 +11,7 @@ pub mod coalesce;
 pub mod config;
 pub mod egress;
 pub mod feed;
+pub mod h1codec;
 pub mod http;
 pub mod ingress;
 pub mod link;
