@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
@@ -33,7 +33,7 @@ fn destination_of<B>(req: &Request<B>) -> Option<&str> {
 }
 
 /// Handles one call from a local workload.
-pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
     let start = Instant::now();
     let Some(raw) = destination_of(&req) else {
         return error_response(
@@ -91,7 +91,7 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body>
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
         headers: parts.headers,
     };
-    let mut body: Option<Body> = Some(h::incoming(body));
+    let mut body: Option<Body> = Some(body);
     let mut tried: Vec<String> = Vec::new();
     let max_sent = 1 + if retryable {
         agent.config.limits.retries

@@ -12,6 +12,7 @@ pub mod config;
 pub mod egress;
 pub mod feed;
 pub mod h1codec;
+pub mod h2c;
 pub mod http;
 pub mod ingress;
 pub mod link;

@@ -106,13 +106,7 @@ impl Link {
             tokio::spawn(pipe(body, stream));
         }
         let resp = response.await?;
-        Ok(resp.map(|recv| {
-            LinkBody {
-                recv,
-                data_done: false,
-            }
-            .boxed()
-        }))
+        Ok(resp.map(recv_body))
     }
 
     /// Opens a `CONNECT` stream: the response head and, when it is 200, the tunnel.
@@ -168,9 +162,9 @@ async fn drive<T>(
     ended.notify.notify_waiters();
 }
 
-/// Streams a request body into its HTTP/2 stream, within the peer's flow-control window; stops
+/// Streams a body into its HTTP/2 stream, within the peer's flow-control window; stops
 /// (dropping the body) when the peer resets the stream, e.g. after answering early.
-async fn pipe(mut body: Body, mut stream: SendStream<Bytes>) {
+pub(crate) async fn pipe(mut body: Body, mut stream: SendStream<Bytes>) {
     loop {
         let next = tokio::select! {
             f = body.frame() => f,
@@ -212,7 +206,16 @@ async fn pipe(mut body: Body, mut stream: SendStream<Bytes>) {
     }
 }
 
-/// A response body arriving on the link; window credit is given back as it is read.
+/// A body arriving on an HTTP/2 stream, as a [`Body`].
+pub(crate) fn recv_body(recv: RecvStream) -> Body {
+    LinkBody {
+        recv,
+        data_done: false,
+    }
+    .boxed()
+}
+
+/// A body arriving on an HTTP/2 stream; window credit is given back as it is read.
 struct LinkBody {
     recv: RecvStream,
     data_done: bool,

@@ -225,23 +225,9 @@ async fn serve_http(
         let stop = shutdown.clone();
         conns.spawn(async move {
             let _permit = permit;
-            let a = agent.clone();
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let a = a.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(match kind {
-                        Listener::Egress => egress::handle(a, req).await,
-                        Listener::Admin => admin(&a, &req),
-                    })
-                }
-            });
-            let mut b = auto::Builder::new(TokioExecutor::new());
-            b.http1().timer(TokioTimer::new()).keep_alive(true);
-            b.http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(agent.config.limits.max_streams);
-            // h2c callers multiplex many calls on a connection: their responses are coalesced
-            // into fewer writes. HTTP/1.1 has one response in flight, so nothing to batch.
+            // h2c callers multiplex many calls on a connection: served on the h2 crate, their
+            // calls run in the connection's task and their responses are coalesced into fewer
+            // writes (h2c.rs). HTTP/1.1 has one response in flight, so nothing to batch.
             // (Bounded, and given up on shutdown: a caller that connects and sends nothing
             // must not hold the agent open.)
             let h2 = matches!(kind, Listener::Egress)
@@ -251,22 +237,13 @@ async fn serve_http(
                     }
                     () = stop.cancelled() => return,
                 };
-            let io = if h2 {
-                Coalesce::new(tcp)
-            } else {
-                Coalesce::off(tcp)
-            };
             if matches!(kind, Listener::Egress) {
                 agent.metrics.active_egress.fetch_add(1, Ordering::Relaxed);
             }
-            let conn = b.serve_connection(TokioIo::new(io), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
+            if h2 {
+                crate::h2c::serve(agent.clone(), Coalesce::new(tcp), stop).await;
+            } else {
+                serve_http1(&agent, tcp, kind, &stop).await;
             }
             if matches!(kind, Listener::Egress) {
                 agent.metrics.active_egress.fetch_sub(1, Ordering::Relaxed);
@@ -275,6 +252,35 @@ async fn serve_http(
         while conns.try_join_next().is_some() {}
     }
     while conns.join_next().await.is_some() {}
+}
+
+/// Serves HTTP/1.1 (egress callers, admin) on hyper; h2c is still understood here, for the
+/// admin port.
+async fn serve_http1(agent: &Arc<Agent>, tcp: TcpStream, kind: Listener, stop: &CancellationToken) {
+    let a = agent.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let a = a.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(match kind {
+                Listener::Egress => egress::handle(a, req.map(h::incoming)).await,
+                Listener::Admin => admin(&a, &req),
+            })
+        }
+    });
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1().timer(TokioTimer::new()).keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(agent.config.limits.max_streams);
+    let conn = b.serve_connection(TokioIo::new(tcp), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
 }
 
 /// Whether a new connection opens with the HTTP/2 preface (`PRI * HTTP/2.0`). Peeked, so
