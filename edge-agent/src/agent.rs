@@ -191,13 +191,13 @@ impl Agent {
 
     /// The site whose link carries calls to `d`, and that link's addresses: the parent on an
     /// edge node, the relay for a destination behind one, else the destination itself.
-    pub fn link_for<'a>(&'a self, d: &'a Destination) -> (&'a str, Vec<String>) {
+    pub fn link_for<'a>(&'a self, d: &'a Destination) -> (&'a str, &'a [String]) {
         if let Some(p) = &self.config.parent {
-            return (&p.site, vec![p.address.clone()]);
+            return (&p.site, std::slice::from_ref(&p.address));
         }
         match &d.via {
-            Some(v) => (v, d.addresses.clone()),
-            None => (&d.site, d.addresses.clone()),
+            Some(v) => (v, &d.addresses),
+            None => (&d.site, &d.addresses),
         }
     }
 
@@ -212,7 +212,7 @@ impl Agent {
         let (link, addresses) = self.link_for(d);
         let send = self
             .pool
-            .get(link, &addresses)
+            .get(link, addresses)
             .await
             .map_err(|reason| SendError {
                 reason,

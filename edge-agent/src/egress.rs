@@ -92,7 +92,7 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
         headers: parts.headers,
     };
     let mut body: Option<Body> = Some(body);
-    let mut tried: Vec<String> = Vec::new();
+    let mut tried: Vec<&str> = Vec::new();
     let max_sent = 1 + if retryable {
         agent.config.limits.retries
     } else {
@@ -101,13 +101,9 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
     let mut sent = 0;
     let mut last_error: Option<SendError> = None;
     let mut last_failed: Option<Response<Body>> = None;
-    loop {
-        let tried_refs: Vec<&str> = tried.iter().map(String::as_str).collect();
-        let Some(dest) = agent.pick(route, service, &tried_refs, rand::random()) else {
-            break;
-        };
-        let site = dest.site.clone();
-        tried.push(site.clone());
+    while let Some(dest) = agent.pick(route, service, &tried, rand::random()) {
+        let site = dest.site.as_str();
+        tried.push(site);
         let result = if site == agent.site() {
             match agent
                 .config
@@ -141,11 +137,11 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
             Ok(resp) => {
                 let status = resp.status();
                 let failed = h::is_failure(status);
-                agent.record(service, &site, !failed);
+                agent.record(service, site, !failed);
                 agent.metrics.call(
                     Direction::Egress,
                     service,
-                    &site,
+                    site,
                     Some(status.as_u16()),
                     start.elapsed(),
                 );
@@ -158,7 +154,7 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
                 return relay_response(resp, None);
             }
             Err(e) => {
-                agent.record(service, &site, false);
+                agent.record(service, site, false);
                 warn!(service = %service, destination = %site, error = %e.reason, "call failed");
                 last_error = Some(e);
                 if !may_retry {
@@ -184,7 +180,7 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
     agent.metrics.call(
         Direction::Egress,
         service,
-        tried.last().map_or("none", String::as_str),
+        tried.last().copied().unwrap_or("none"),
         None,
         start.elapsed(),
     );

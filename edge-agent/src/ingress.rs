@@ -368,7 +368,7 @@ async fn relay(
         match dest {
             Some(d) => {
                 let (l, a) = agent.link_for(&d);
-                (l.to_string(), a)
+                (l.to_string(), a.to_vec())
             }
             None => {
                 return error_response(

@@ -59,9 +59,16 @@ pub fn parse_host(host: &str) -> Option<Target> {
         Some((h, p)) => (h, Some(p.parse::<u16>().ok()?)),
         None => (host, None),
     };
-    let lower = name_part.trim_end_matches('.').to_ascii_lowercase();
+    let trimmed = name_part.trim_end_matches('.');
+    // Callers almost always send lower case: copy only when they did not.
+    let lower: std::borrow::Cow<'_, str> = if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        trimmed.to_ascii_lowercase().into()
+    } else {
+        trimmed.into()
+    };
     let base = lower
-        .strip_suffix(&format!(".{CLUSTERSET_SUFFIX}"))
+        .strip_suffix(CLUSTERSET_SUFFIX)
+        .and_then(|b| b.strip_suffix('.'))
         .or_else(|| lower.strip_suffix(".svc"))
         .unwrap_or(&lower);
     let (name, namespace) = base.split_once('.')?;

@@ -45,7 +45,7 @@ pub async fn open_remote(
     port: u16,
 ) -> Result<Box<dyn Io>, String> {
     let (link, addresses) = agent.link_for(dest);
-    let send = agent.pool.get(link, &addresses).await?;
+    let send = agent.pool.get(link, addresses).await?;
     connect_over(agent, send, &dest.site, &format!("{}:{port}", key.host())).await
 }
 
