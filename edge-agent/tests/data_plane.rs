@@ -429,7 +429,7 @@ async fn a_90_10_split_between_sites_lands_within_2_points_over_10000_calls() {
 /// SIGTERM stops an agent promptly although callers hold connections open: one that has sent
 /// nothing yet (egress waits to see whether it speaks HTTP/2) and an idle keep-alive one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_stops_an_agent_promptly_with_silent_and_idle_callers_connected() {
+async fn sigterm_stops_an_agent_promptly_with_silent_idle_and_h2c_callers_connected() {
     let dir = test_dir();
     let root = dir.path();
     let pki = Pki::new(&root.join("pki"));
@@ -450,6 +450,16 @@ async fn sigterm_stops_an_agent_promptly_with_silent_and_idle_callers_connected(
     let mut head = vec![0u8; 12];
     idle.read_exact(&mut head).await.unwrap();
     assert_eq!(&head, b"HTTP/1.1 200", "{}", b.log());
+    // An h2c caller whose connection stays open after its call.
+    let h2c = client_h2c();
+    let (s, _, body) = get(
+        &h2c,
+        &format!("http://{}/pay", b.egress()),
+        &[("x-multimesh-destination", PAY)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 200, "{body}");
     let took = tokio::task::spawn_blocking(move || {
         let took = b.terminate(Duration::from_secs(20));
         (took, b.log())
@@ -460,7 +470,7 @@ async fn sigterm_stops_an_agent_promptly_with_silent_and_idle_callers_connected(
         (Some(t), _) => assert!(t < Duration::from_secs(3), "stopping took {t:?}"),
         (None, log) => panic!("the agent did not stop within 20 s of SIGTERM:\n{log}"),
     }
-    drop((silent, idle));
+    drop((silent, idle, h2c));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
