@@ -2,6 +2,8 @@
 //! it writes, the response head it parses, and the chunked decoder. Pure functions over
 //! buffers; the connection I/O is in `upstream.rs`.
 
+use std::fmt::Write as _;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
@@ -78,45 +80,17 @@ pub fn encode_request_head(
     match framing {
         Framing::Empty | Framing::UntilClose => {}
         Framing::Length(n) => {
-            out.put_slice(b"content-length: ");
-            put_decimal(out, n);
-            out.put_slice(b"\r\n");
+            let _ = write!(out, "content-length: {n}\r\n");
         }
         Framing::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.put_slice(b"\r\n");
 }
 
-fn put_decimal(out: &mut BytesMut, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(&digits[i..]);
-}
-
 /// Writes one chunk of a chunked body (`data` must not be empty: an empty chunk ends a body).
 pub fn encode_chunk(out: &mut BytesMut, data: &[u8]) {
-    let mut size = [0u8; 16];
-    let mut i = size.len();
-    let mut n = data.len();
-    loop {
-        i -= 1;
-        size[i] = b"0123456789abcdef"[n & 15];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
     out.reserve(20 + data.len());
-    out.put_slice(&size[i..]);
-    out.put_slice(b"\r\n");
+    let _ = write!(out, "{:x}\r\n", data.len());
     out.put_slice(data);
     out.put_slice(b"\r\n");
 }
