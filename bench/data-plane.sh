@@ -13,7 +13,8 @@
 # fixed rate below saturation with bench's `loadgen` (open loop, no coordinated omission),
 # CPU seconds of the proxy processes per 10k requests (from /proc during the throughput runs),
 # their system calls per request (`perf stat` during the throughput runs, when perf is
-# installed), and their peak RSS (VmHWM). Writes bench/results/data-plane.json and prints a Markdown table.
+# installed), their threads' context switches per request (from /proc), and their peak RSS
+# (VmHWM). Writes bench/results/data-plane.json and prints a Markdown table.
 #
 #   bash bench/data-plane.sh [--runs N] [--seconds S] [--rate R] [--quick]
 #
@@ -187,6 +188,14 @@ cpu_ticks() { # sum of utime+stime over pids
   done
   echo "$t"
 }
+ctx_switches() { # voluntary + involuntary context switches of every thread of the pids
+  local t=0
+  for p in "$@"; do
+    [ -d "/proc/$p/task" ] || continue
+    t=$((t + $(cat "/proc/$p"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}')))
+  done
+  echo "$t"
+}
 peak_rss_kb() {
   local t=0
   for p in "$@"; do
@@ -215,23 +224,23 @@ for run in $(seq 1 "$runs"); do
   for topo in direct edge haproxy nginx; do
     mapfile -t pp < <(proxy_pids "$topo")
     # HTTP/1.1 max throughput (wrk).
-    c0=$(cpu_ticks "${pp[@]}")
+    c0=$(cpu_ticks "${pp[@]}"); x0=$(ctx_switches "${pp[@]}")
     sys_count "$seconds" "${pp[@]}" > "$work/sys_h1" &
     wrk_out=$(wrk -t1 -c64 -d"${seconds}s" --latency -H "$DEST" "http://127.0.0.1:$(port_h1 "$topo")/")
     wait $! || true
-    c1=$(cpu_ticks "${pp[@]}")
+    c1=$(cpu_ticks "${pp[@]}"); x1=$(ctx_switches "${pp[@]}")
     h1_rps=$(awk '/Requests\/sec/ {print $2}' <<<"$wrk_out")
     h1_reqs=$(awk '/requests in/ {print $1}' <<<"$wrk_out")
     h1_errors=$(awk '/Non-2xx|Socket errors/ {n++} END {print n+0}' <<<"$wrk_out")
     # h2c max throughput (h2load). The direct backend has no h2c listener.
-    h2_rps=null h2_reqs=0 c2=$c1 c3=$c1
+    h2_rps=null h2_reqs=0 c2=$c1 c3=$c1 x2=$x1 x3=$x1
     : > "$work/sys_h2"
     if [ "$(port_h2 "$topo")" != none ]; then
-      c2=$(cpu_ticks "${pp[@]}")
+      c2=$(cpu_ticks "${pp[@]}"); x2=$(ctx_switches "${pp[@]}")
       sys_count "$seconds" "${pp[@]}" > "$work/sys_h2" &
       h2_out=$(h2load -c16 -m32 -t1 -D"$seconds" -H "$DEST" "http://127.0.0.1:$(port_h2 "$topo")/" 2>&1)
       wait $! || true
-      c3=$(cpu_ticks "${pp[@]}")
+      c3=$(cpu_ticks "${pp[@]}"); x3=$(ctx_switches "${pp[@]}")
       h2_rps=$(awk '/^finished in/ {gsub(",","",$4); print $4}' <<<"$h2_out")
       h2_reqs=$(awk '/^requests:/ {print $8}' <<<"$h2_out")
     fi
@@ -243,9 +252,9 @@ for run in $(seq 1 "$runs"); do
     fi
     rss=$(peak_rss_kb "${pp[@]}")
     sys_h1=$(cat "$work/sys_h1"); sys_h2=$(cat "$work/sys_h2")
-    printf '{"run":%s,"topology":"%s","h1_rps":%s,"h1_requests":%s,"h1_error_lines":%s,"h1_cpu_s":%s,"h1_syscalls":%s,"h2_rps":%s,"h2_requests":%s,"h2_cpu_s":%s,"h2_syscalls":%s,"lat_h1":%s,"lat_h2":%s,"peak_rss_kb":%s}\n' \
-      "$run" "$topo" "$h1_rps" "${h1_reqs:-0}" "$h1_errors" "$(awk "BEGIN {print ($c1-$c0)/$hz}")" "${sys_h1:-null}" \
-      "$h2_rps" "${h2_reqs:-0}" "$(awk "BEGIN {print ($c3-$c2)/$hz}")" "${sys_h2:-null}" "$lat_h1" "$lat_h2" "$rss" >> "$results"
+    printf '{"run":%s,"topology":"%s","h1_rps":%s,"h1_requests":%s,"h1_error_lines":%s,"h1_cpu_s":%s,"h1_syscalls":%s,"h1_ctx":%s,"h2_rps":%s,"h2_requests":%s,"h2_cpu_s":%s,"h2_syscalls":%s,"h2_ctx":%s,"lat_h1":%s,"lat_h2":%s,"peak_rss_kb":%s}\n' \
+      "$run" "$topo" "$h1_rps" "${h1_reqs:-0}" "$h1_errors" "$(awk "BEGIN {print ($c1-$c0)/$hz}")" "${sys_h1:-null}" "$((x1 - x0))" \
+      "$h2_rps" "${h2_reqs:-0}" "$(awk "BEGIN {print ($c3-$c2)/$hz}")" "${sys_h2:-null}" "$((x3 - x2))" "$lat_h1" "$lat_h2" "$rss" >> "$results"
     echo "    run $run $topo: h1 ${h1_rps} rps, h2 ${h2_rps} rps" >&2
   done
 done

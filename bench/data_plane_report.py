@@ -29,6 +29,9 @@ for t in topos:
     # System calls of the proxies over the throughput run's window, per request served in it.
     h1_sys = [r["h1_syscalls"] / (r["h1_rps"] * seconds) for r in rs if r.get("h1_syscalls") and r["h1_rps"]]
     h2_sys = [r["h2_syscalls"] / (r["h2_rps"] * seconds) for r in rs if r.get("h2_syscalls") and r["h2_rps"]]
+    # Context switches of the proxies' threads over the throughput run, per request.
+    h1_ctx = [r["h1_ctx"] / r["h1_requests"] for r in rs if r.get("h1_ctx") is not None and r["h1_requests"]]
+    h2_ctx = [r["h2_ctx"] / r["h2_requests"] for r in rs if r.get("h2_ctx") is not None and r["h2_requests"]]
     summary[t] = {
         "h1_rps": med([r["h1_rps"] for r in rs]),
         "h2_rps": med([r["h2_rps"] for r in rs]),
@@ -42,6 +45,8 @@ for t in topos:
         "h2_cpu_s_per_10k": med(h2_cpu) if t != "direct" else None,
         "h1_syscalls_per_request": med(h1_sys),
         "h2_syscalls_per_request": med(h2_sys),
+        "h1_ctx_switches_per_request": med(h1_ctx) if t != "direct" else None,
+        "h2_ctx_switches_per_request": med(h2_ctx) if t != "direct" else None,
         "peak_rss_mib": max(r["peak_rss_kb"] for r in rs) / 1024 if t != "direct" else None,
     }
 base = summary["direct"]
@@ -82,15 +87,16 @@ def fmt(v, unit="", digits=0):
 
 
 print(f"\nData plane, median of {len(rows) // len(topos)} run(s) ({doc['when']}, {doc['machine']['cores']} cores)\n")
-print("| topology | HTTP/1.1 max req/s (wrk) | h2c max req/s (h2load) | HTTP/1.1 p50 / p99 at fixed rate | h2c p50 / p99 at fixed rate | added p99 vs direct (HTTP/1.1) | proxy CPU s per 10k req (h1 / h2) | proxy system calls per req (h1 / h2) | proxies' peak RSS |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| topology | HTTP/1.1 max req/s (wrk) | h2c max req/s (h2load) | HTTP/1.1 p50 / p99 at fixed rate | h2c p50 / p99 at fixed rate | added p99 vs direct (HTTP/1.1) | proxy CPU s per 10k req (h1 / h2) | proxy system calls per req (h1 / h2) | proxy context switches per req (h1 / h2) | proxies' peak RSS |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for t in topos:
     s = summary[t]
     print(
         f"| {t} | {fmt(s['h1_rps'])} | {fmt(s['h2_rps'])} | {fmt(s['h1_p50_us'], ' µs')} / {fmt(s['h1_p99_us'], ' µs')} "
         f"| {fmt(s['h2_p50_us'], ' µs')} / {fmt(s['h2_p99_us'], ' µs')} | {fmt(s['h1_added_p99_us'], ' µs')} "
         f"| {fmt(s['h1_cpu_s_per_10k'], '', 3)} / {fmt(s['h2_cpu_s_per_10k'], '', 3)} "
-        f"| {fmt(s['h1_syscalls_per_request'], '', 2)} / {fmt(s['h2_syscalls_per_request'], '', 2)} | {fmt(s['peak_rss_mib'], ' MiB', 1)} |"
+        f"| {fmt(s['h1_syscalls_per_request'], '', 2)} / {fmt(s['h2_syscalls_per_request'], '', 2)} "
+        f"| {fmt(s['h1_ctx_switches_per_request'], '', 2)} / {fmt(s['h2_ctx_switches_per_request'], '', 2)} | {fmt(s['peak_rss_mib'], ' MiB', 1)} |"
     )
 v = verdict
 print(
