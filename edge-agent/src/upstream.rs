@@ -563,183 +563,6 @@ mod tests {
 
     use super::*;
 
-    /// What a test workload does on each connection after reading a request head.
-    #[derive(Clone, Copy)]
-    enum Workload {
-        /// Answers every request with `ok` and keeps the connection.
-        KeepAlive,
-        /// Answers every request with 204 and keeps the connection.
-        NoContent,
-        /// Answers one request with `ok` (keep-alive), then closes the connection.
-        OneThenClose,
-        /// Sends headers for a 10-byte body and only 5 bytes of it.
-        HalfBody,
-    }
-
-    /// A raw HTTP/1.1 workload on loopback; returns its address and a count of connections.
-    async fn workload(kind: Workload) -> (String, Arc<AtomicUsize>) {
-        let (addr, conns, _) = workload_counting_closes(kind).await;
-        (addr, conns)
-    }
-
-    /// [`workload`], also counting the connections the client closed.
-    async fn workload_counting_closes(
-        kind: Workload,
-    ) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        let conns = Arc::new(AtomicUsize::new(0));
-        let closes = Arc::new(AtomicUsize::new(0));
-        let (counted, closed) = (conns.clone(), closes.clone());
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = l.accept().await.unwrap();
-                counted.fetch_add(1, Ordering::SeqCst);
-                let closed = closed.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 1024];
-                    loop {
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => {
-                                    closed.fetch_add(1, Ordering::SeqCst);
-                                    return;
-                                }
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        buf.clear();
-                        let reply: &[u8] = match kind {
-                            Workload::KeepAlive | Workload::OneThenClose => {
-                                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"
-                            }
-                            Workload::NoContent => b"HTTP/1.1 204 No Content\r\n\r\n",
-                            Workload::HalfBody => {
-                                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf."
-                            }
-                        };
-                        s.write_all(reply).await.unwrap();
-                        match kind {
-                            Workload::OneThenClose => return,
-                            Workload::HalfBody => {
-                                tokio::time::sleep(Duration::from_secs(30)).await;
-                                return;
-                            }
-                            _ => {}
-                        }
-                    }
-                });
-            }
-        });
-        (addr, conns, closes)
-    }
-
-    fn get(addr: &str) -> Request<Body> {
-        Request::builder()
-            .uri("/")
-            .header(http::header::HOST, addr)
-            .body(crate::http::empty())
-            .unwrap()
-    }
-
-    fn pool() -> Http1Pool {
-        Http1Pool::new(Duration::from_secs(2), 16, IDLE_TIMEOUT)
-    }
-
-    #[tokio::test]
-    async fn calls_read_to_the_end_share_one_connection() {
-        let (addr, conns) = workload(Workload::KeepAlive).await;
-        let pool = pool();
-        for _ in 0..5 {
-            let resp = pool.send(&addr, get(&addr)).await.unwrap();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(&body[..], b"ok\n");
-        }
-        assert_eq!(conns.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn responses_without_a_body_give_the_connection_back() {
-        let (addr, conns) = workload(Workload::NoContent).await;
-        let pool = pool();
-        for _ in 0..3 {
-            let resp = pool.send(&addr, get(&addr)).await.unwrap();
-            assert_eq!(resp.status(), http::StatusCode::NO_CONTENT);
-            drop(resp);
-        }
-        assert_eq!(conns.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn a_connection_the_workload_closed_while_idle_is_replaced() {
-        let (addr, conns) = workload(Workload::OneThenClose).await;
-        let pool = pool();
-        for _ in 0..3 {
-            let resp = pool.send(&addr, get(&addr)).await.unwrap();
-            resp.into_body().collect().await.unwrap();
-            // Let the connection task see the close before the next call.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(conns.load(Ordering::SeqCst), 3);
-    }
-
-    #[tokio::test]
-    async fn connections_idle_too_long_are_closed_not_reused() {
-        let (addr, conns, closes) = workload_counting_closes(Workload::KeepAlive).await;
-        let pool = Http1Pool::new(Duration::from_secs(2), 16, Duration::from_millis(100));
-        // Two calls at once: two connections, both idle afterwards.
-        let (a, b) = tokio::join!(pool.send(&addr, get(&addr)), pool.send(&addr, get(&addr)));
-        for r in [a, b] {
-            r.unwrap().into_body().collect().await.unwrap();
-        }
-        assert_eq!(conns.load(Ordering::SeqCst), 2);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let r = pool.send(&addr, get(&addr)).await.unwrap();
-        r.into_body().collect().await.unwrap();
-        assert_eq!(
-            conns.load(Ordering::SeqCst),
-            3,
-            "an idle-too-long connection was reused"
-        );
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while closes.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(
-            closes.load(Ordering::SeqCst),
-            2,
-            "both stale connections are closed"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_body_dropped_part_way_is_not_reused() {
-        let (addr, conns) = workload(Workload::HalfBody).await;
-        let pool = pool();
-        for _ in 0..2 {
-            let resp = pool.send(&addr, get(&addr)).await.unwrap();
-            let mut body = resp.into_body();
-            let first = body.frame().await.unwrap().unwrap();
-            assert_eq!(first.data_ref().map(|b| &b[..]), Some(&b"half."[..]));
-            drop(body);
-        }
-        assert_eq!(conns.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test]
-    async fn a_refused_connection_names_the_upstream() {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        drop(l);
-        let err = pool().send(&addr, get(&addr)).await.unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with(&format!("cannot connect to {addr}")),
-            "{err}"
-        );
-    }
-
     /// What a scripted workload does after writing its reply to a request.
     #[derive(Clone, Copy)]
     enum After {
@@ -751,18 +574,37 @@ mod tests {
 
     type Script = Arc<dyn Fn(usize, usize, &str) -> (&'static [u8], After) + Send + Sync>;
 
-    /// A raw HTTP/1.1 workload answering each request head (bodies are not read) as `script`
-    /// says, given the connection's number, the request's number on it and the head. Returns
-    /// its address and a count of request heads read.
-    async fn scripted(script: Script) -> (String, Arc<AtomicUsize>) {
+    /// What a scripted workload has seen.
+    #[derive(Default)]
+    struct Seen {
+        /// Connections accepted.
+        conns: AtomicUsize,
+        /// Request heads read.
+        heads: AtomicUsize,
+        /// Connections the client closed.
+        closes: AtomicUsize,
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+
+    /// A workload that answers every request with `reply`, then does `after`.
+    async fn answering(reply: &'static [u8], after: After) -> (String, Arc<Seen>) {
+        scripted(Arc::new(move |_, _, _| (reply, after))).await
+    }
+
+    /// A raw HTTP/1.1 workload on loopback answering each request head (bodies are not read)
+    /// as `script` says, given the connection's number, the request's number on it and the
+    /// head. Returns its address and what it has seen.
+    async fn scripted(script: Script) -> (String, Arc<Seen>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        let heads = Arc::new(AtomicUsize::new(0));
-        let counted = heads.clone();
+        let seen = Arc::new(Seen::default());
+        let counts = seen.clone();
         tokio::spawn(async move {
             for conn_no in 0.. {
                 let (mut s, _) = l.accept().await.unwrap();
-                let (script, counted) = (script.clone(), counted.clone());
+                counts.conns.fetch_add(1, Ordering::SeqCst);
+                let (script, counts) = (script.clone(), counts.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -772,13 +614,16 @@ mod tests {
                                 break i + 4;
                             }
                             match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
+                                Ok(0) | Err(_) => {
+                                    counts.closes.fetch_add(1, Ordering::SeqCst);
+                                    return;
+                                }
                                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                             }
                         };
                         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                         buf.drain(..end);
-                        counted.fetch_add(1, Ordering::SeqCst);
+                        counts.heads.fetch_add(1, Ordering::SeqCst);
                         let (reply, after) = script(conn_no, req_no, &head);
                         if s.write_all(reply).await.is_err() {
                             return;
@@ -795,7 +640,114 @@ mod tests {
                 });
             }
         });
-        (addr, heads)
+        (addr, seen)
+    }
+
+    fn get(addr: &str) -> Request<Body> {
+        Request::builder()
+            .uri("/")
+            .header(http::header::HOST, addr)
+            .body(crate::http::empty())
+            .unwrap()
+    }
+
+    fn pool() -> Http1Pool {
+        Http1Pool::new(Duration::from_secs(2), 16, IDLE_TIMEOUT)
+    }
+
+    #[tokio::test]
+    async fn calls_read_to_the_end_share_one_connection() {
+        let (addr, seen) = answering(OK, After::Keep).await;
+        let pool = pool();
+        for _ in 0..5 {
+            let resp = pool.send(&addr, get(&addr)).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok\n");
+        }
+        assert_eq!(seen.conns.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn responses_without_a_body_give_the_connection_back() {
+        let (addr, seen) = answering(b"HTTP/1.1 204 No Content\r\n\r\n", After::Keep).await;
+        let pool = pool();
+        for _ in 0..3 {
+            let resp = pool.send(&addr, get(&addr)).await.unwrap();
+            assert_eq!(resp.status(), http::StatusCode::NO_CONTENT);
+            drop(resp);
+        }
+        assert_eq!(seen.conns.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_workload_closed_while_idle_is_replaced() {
+        let (addr, seen) = answering(OK, After::Close).await;
+        let pool = pool();
+        for _ in 0..3 {
+            let resp = pool.send(&addr, get(&addr)).await.unwrap();
+            resp.into_body().collect().await.unwrap();
+            // Let the runtime see the close before the next call.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(seen.conns.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn connections_idle_too_long_are_closed_not_reused() {
+        let (addr, seen) = answering(OK, After::Keep).await;
+        let pool = Http1Pool::new(Duration::from_secs(2), 16, Duration::from_millis(100));
+        // Two calls at once: two connections, both idle afterwards.
+        let (a, b) = tokio::join!(pool.send(&addr, get(&addr)), pool.send(&addr, get(&addr)));
+        for r in [a, b] {
+            r.unwrap().into_body().collect().await.unwrap();
+        }
+        assert_eq!(seen.conns.load(Ordering::SeqCst), 2);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let r = pool.send(&addr, get(&addr)).await.unwrap();
+        r.into_body().collect().await.unwrap();
+        assert_eq!(
+            seen.conns.load(Ordering::SeqCst),
+            3,
+            "an idle-too-long connection was reused"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.closes.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            seen.closes.load(Ordering::SeqCst),
+            2,
+            "both stale connections are closed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_part_way_is_not_reused() {
+        // Headers for a 10-byte body, and only 5 bytes of it.
+        let half = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf.";
+        let (addr, seen) = answering(half, After::Hold).await;
+        let pool = pool();
+        for _ in 0..2 {
+            let resp = pool.send(&addr, get(&addr)).await.unwrap();
+            let mut body = resp.into_body();
+            let first = body.frame().await.unwrap().unwrap();
+            assert_eq!(first.data_ref().map(|b| &b[..]), Some(&b"half."[..]));
+            drop(body);
+        }
+        assert_eq!(seen.conns.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_names_the_upstream() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        let err = pool().send(&addr, get(&addr)).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot connect to {addr}")),
+            "{err}"
+        );
     }
 
     fn call(addr: &str, method: Method, body: Body) -> Request<Body> {
@@ -893,7 +845,7 @@ mod tests {
 
     #[tokio::test]
     async fn informational_heads_trailers_and_head_requests() {
-        let (addr, heads) = scripted(Arc::new(|_, _, head: &str| {
+        let (addr, seen) = scripted(Arc::new(|_, _, head: &str| {
             if head.starts_with("HEAD ") {
                 (&b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"[..], After::Keep)
             } else {
@@ -922,7 +874,7 @@ mod tests {
                 assert_eq!(trailers.unwrap()["x-sum"], "3");
             }
         }
-        assert_eq!(heads.load(Ordering::SeqCst), 3);
+        assert_eq!(seen.heads.load(Ordering::SeqCst), 3);
         assert_eq!(
             pool.host(&addr).idle.lock().unwrap().len(),
             1,
@@ -959,19 +911,19 @@ mod tests {
                 After::Keep,
             ),
         });
-        let (addr, heads) = scripted(script.clone()).await;
+        let (addr, seen) = scripted(script.clone()).await;
         let pool = pool();
         for _ in 0..2 {
             let resp = pool.send(&addr, get(&addr)).await.unwrap();
             resp.into_body().collect().await.unwrap();
         }
         assert_eq!(
-            heads.load(Ordering::SeqCst),
+            seen.heads.load(Ordering::SeqCst),
             3,
             "the GET was sent again on a new connection"
         );
 
-        let (addr, heads) = scripted(script).await;
+        let (addr, seen) = scripted(script).await;
         let pool = Http1Pool::new(Duration::from_secs(2), 16, IDLE_TIMEOUT);
         let resp = pool.send(&addr, get(&addr)).await.unwrap();
         resp.into_body().collect().await.unwrap();
@@ -982,7 +934,7 @@ mod tests {
             .to_string();
         assert!(err.contains("closed before a response"), "{err}");
         assert_eq!(
-            heads.load(Ordering::SeqCst),
+            seen.heads.load(Ordering::SeqCst),
             2,
             "the POST was not sent twice"
         );
