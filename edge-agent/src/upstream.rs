@@ -432,29 +432,24 @@ impl Exchange {
             }
             _ => None,
         };
-        let body = match whole {
-            Some(bytes) if self.req_done => {
-                self.resp = Resp::Done;
-                self.finish();
-                if bytes.is_empty() {
-                    h::empty()
-                } else {
-                    h::full(bytes)
-                }
-            }
-            Some(bytes) => {
-                // The workload answered before the request body was written: the rest of it
-                // is not sent and the connection is not reused.
-                self.conn = None;
-                if bytes.is_empty() {
-                    h::empty()
-                } else {
-                    h::full(bytes)
-                }
-            }
-            None => self.boxed(),
+        let Some(bytes) = whole else {
+            return resp.map(|()| self.boxed());
         };
-        resp.map(|()| body)
+        if self.req_done {
+            self.resp = Resp::Done;
+            self.finish();
+        } else {
+            // The workload answered before the request body was written: the rest of it is
+            // not sent and the connection is not reused.
+            self.conn = None;
+        }
+        resp.map(|()| {
+            if bytes.is_empty() {
+                h::empty()
+            } else {
+                h::full(bytes)
+            }
+        })
     }
 
     /// The response is complete: the connection goes back to the pool if it can carry more.
@@ -644,11 +639,7 @@ mod tests {
     }
 
     fn get(addr: &str) -> Request<Body> {
-        Request::builder()
-            .uri("/")
-            .header(http::header::HOST, addr)
-            .body(crate::http::empty())
-            .unwrap()
+        call(addr, Method::GET, h::empty())
     }
 
     fn pool() -> Http1Pool {
