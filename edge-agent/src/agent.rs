@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::peers::PeerPool;
 use crate::routes::{Destination, RouteTable, ServiceKey, ServiceRoute};
 use crate::upstream::Http1Pool;
+use crate::workers::PerThread;
 
 /// Why a call could not be sent (the request was not consumed unless `sent`).
 #[derive(Debug)]
@@ -47,8 +48,9 @@ pub struct Agent {
     pub metrics: Metrics,
     /// Links to other sites.
     pub pool: PeerPool,
-    h1: Http1Pool,
-    h2c: Client<HttpConnector, Body>,
+    /// Connections to local workloads: each data-plane thread has its own.
+    h1: PerThread<Http1Pool>,
+    h2c: PerThread<Client<HttpConnector, Body>>,
     /// Whether an edge node's link to its parent is up.
     pub parent_up: AtomicBool,
 }
@@ -57,20 +59,25 @@ impl Agent {
     /// Builds the state; routes start empty until [`Agent::set_routes`].
     pub fn new(config: AgentConfig, tls: Arc<SiteTls>) -> Self {
         let connect_timeout = Duration::from_millis(config.limits.connect_timeout_ms);
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        conn.set_connect_timeout(Some(connect_timeout));
-        let h1 = Http1Pool::new(
-            connect_timeout,
-            config.limits.max_streams as usize,
-            crate::upstream::IDLE_TIMEOUT,
-        );
-        let h2c = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .http2_initial_stream_window_size(1 << 20)
-            .http2_initial_connection_window_size(8 << 20)
-            .build(conn);
-        let pool = PeerPool::new(tls, &config.trust_domain, connect_timeout);
+        let threads = config.data_plane_threads();
+        let h1 = PerThread::new(threads, || {
+            Http1Pool::new(
+                connect_timeout,
+                config.limits.max_streams as usize,
+                crate::upstream::IDLE_TIMEOUT,
+            )
+        });
+        let h2c = PerThread::new(threads, || {
+            let mut conn = HttpConnector::new();
+            conn.set_nodelay(true);
+            conn.set_connect_timeout(Some(connect_timeout));
+            Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .http2_initial_stream_window_size(1 << 20)
+                .http2_initial_connection_window_size(8 << 20)
+                .build(conn)
+        });
+        let pool = PeerPool::new(tls, &config.trust_domain, connect_timeout, threads);
         Self {
             health: Health::new(config.outlier),
             config,
@@ -258,7 +265,7 @@ impl Agent {
             if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
                 req.headers_mut().insert(http::header::HOST, v);
             }
-            return self.timed(self.h1.send(upstream, req)).await;
+            return self.timed(self.h1.get().send(upstream, req)).await;
         }
         *req.uri_mut() = Uri::builder()
             .scheme(Scheme::HTTP)
@@ -271,7 +278,7 @@ impl Agent {
                 code: "bad-upstream",
             })?;
         *req.version_mut() = Version::HTTP_2;
-        self.timed(async { self.h2c.request(req).await.map(|r| r.map(h::incoming)) })
+        self.timed(async { self.h2c.get().request(req).await.map(|r| r.map(h::incoming)) })
             .await
     }
 

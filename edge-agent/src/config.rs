@@ -51,6 +51,10 @@ pub struct AgentConfig {
     /// Where the agent writes the addresses it bound (JSON), once it is serving.
     #[serde(default)]
     pub ready_file: Option<PathBuf>,
+    /// Data-plane threads (default: one per CPU). Each serves the connections given to it and
+    /// keeps its own link to each peer site, so a peer sees this many links from this agent.
+    #[serde(default)]
+    pub threads: Option<usize>,
 }
 
 /// A raw TCP egress listener.
@@ -229,6 +233,15 @@ impl AgentConfig {
                 ));
             }
         }
+        if let Some(n) = self.threads
+            && !(1..=256).contains(&n)
+        {
+            return Err(InvalidField::new(
+                "threads",
+                n,
+                "must be between 1 and 256",
+            ));
+        }
         if self.limits.max_connections == 0 || self.limits.max_streams == 0 {
             return Err(InvalidField::new(
                 "limits",
@@ -237,6 +250,13 @@ impl AgentConfig {
             ));
         }
         Ok(())
+    }
+
+    /// How many data-plane threads to run: `threads`, else one per CPU.
+    pub fn data_plane_threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
     }
 
     /// The upstream address of a local service port.

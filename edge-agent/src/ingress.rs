@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -30,6 +31,7 @@ use crate::metrics::Direction;
 use crate::peers::{ALPN_H2, ALPN_REVERSE};
 use crate::routes::parse_host;
 use crate::tunnel;
+use crate::workers::Workers;
 
 /// On calls relayed by a parent to its edge node: the site that made the call.
 pub const SOURCE: http::header::HeaderName =
@@ -59,12 +61,14 @@ pub fn h2_server(agent: &Agent) -> http2::Builder<TokioExecutor> {
     b
 }
 
-/// Accepts peer connections until `shutdown`.
+/// Accepts peer connections until `shutdown`, each served on a data-plane thread; then waits
+/// for open links to drain.
 pub async fn serve(
     agent: Arc<Agent>,
     tls: Arc<SiteTls>,
     listener: TcpListener,
     shutdown: CancellationToken,
+    workers: Arc<Workers>,
 ) -> Result<(), String> {
     let cfg = any_site_server_config(
         &tls,
@@ -74,22 +78,23 @@ pub async fn serve(
     .map_err(|e| e.to_string())?;
     let acceptor = TlsAcceptor::from(cfg);
     let slots = Arc::new(Semaphore::new(agent.config.limits.max_connections));
+    let mut links = JoinSet::new();
     loop {
         let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return Ok(()) },
-            () = shutdown.cancelled() => return Ok(()),
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = shutdown.cancelled() => break,
         };
         let (tcp, addr) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => { warn!(error = %e, "ingress accept failed"); continue; }
             },
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => break,
         };
         let agent = agent.clone();
         let acceptor = acceptor.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        workers.serve(&mut links, tcp, move |tcp| async move {
             let _permit = permit;
             let _ = tcp.set_nodelay(true);
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
@@ -135,7 +140,10 @@ pub async fn serve(
                 .instrument(info_span!("ingress", peer = %site))
                 .await;
         });
+        while links.try_join_next().is_some() {}
     }
+    while links.join_next().await.is_some() {}
+    Ok(())
 }
 
 /// Serves calls arriving on one authenticated link until it closes or `shutdown`.

@@ -3,7 +3,8 @@
 //! Pure core: [`routes`] (the route table and host parsing) and [`balance`] (weighted choice
 //! and outlier detection). I/O at the edges: [`peers`] (one HTTP/2-over-mTLS link per site),
 //! [`egress`] and [`ingress`] (the two proxy directions), [`tunnel`] (TCP over HTTP/2
-//! CONNECT), [`feed`] (route file or federationd watch), [`serve`] (listeners and wiring).
+//! CONNECT), [`feed`] (route file or federationd watch), [`serve`] (listeners and wiring),
+//! [`workers`] (the data-plane threads, each serving its connections start to end).
 
 pub mod agent;
 pub mod balance;
@@ -22,3 +23,4 @@ pub mod routes;
 pub mod serve;
 pub mod tunnel;
 pub mod upstream;
+pub mod workers;

@@ -47,7 +47,9 @@ enum Command {
     },
 }
 
-#[tokio::main]
+/// The control runtime (signals, route feed, accepting); calls are served on the agent's own
+/// data-plane threads (workers.rs).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {

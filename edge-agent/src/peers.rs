@@ -1,5 +1,6 @@
 //! Connections to other sites' edge agents: one multiplexed HTTP/2-over-mTLS connection per
-//! site, opened on first use, reused by every call, and re-opened when it closes. An edge
+//! site and data-plane thread, opened on first use, reused by every call on that thread, and
+//! re-opened when it closes. An edge
 //! node's link is adopted here too: the node dials in, and this side then uses that same
 //! connection as the HTTP/2 *client* (the node has no listening port).
 
@@ -16,6 +17,7 @@ use tokio_rustls::TlsConnector;
 use tracing::info;
 
 use crate::link::Link;
+use crate::workers::PerThread;
 
 /// ALPN protocol of ordinary edge-to-edge connections.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -23,13 +25,11 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// and the node serves HTTP/2 on it.
 pub const ALPN_REVERSE: &[u8] = b"multimesh-reverse";
 
+/// One data-plane thread's link to a site.
 #[derive(Default)]
-struct Slot {
+struct Dialled {
     conn: Mutex<Option<Link>>,
     connecting: tokio::sync::Mutex<()>,
-    connector: Mutex<Option<TlsConnector>>,
-    /// The connection is an edge node's inbound link (never dialled from here).
-    reverse: Mutex<bool>,
 }
 
 /// The pool.
@@ -38,7 +38,13 @@ pub struct PeerPool {
     trust_domain: String,
     resolver: TokioResolver,
     connect_timeout: Duration,
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Dialled links, by site: each data-plane thread has its own, so a call's streams stay
+    /// on the thread that serves the call (workers.rs).
+    dialled: PerThread<Mutex<HashMap<String, Arc<Dialled>>>>,
+    /// Edge nodes that have dialled in since start, with their link while it is up. A node
+    /// has one link, used from every thread.
+    children: Mutex<HashMap<String, Option<Link>>>,
+    connectors: Mutex<HashMap<String, TlsConnector>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -46,55 +52,56 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl PeerPool {
-    /// A pool dialling with `tls` as this site's identity.
-    pub fn new(tls: Arc<SiteTls>, trust_domain: &str, connect_timeout: Duration) -> Self {
+    /// A pool dialling with `tls` as this site's identity, for `threads` data-plane threads.
+    pub fn new(
+        tls: Arc<SiteTls>,
+        trust_domain: &str,
+        connect_timeout: Duration,
+        threads: usize,
+    ) -> Self {
         Self {
             tls,
             trust_domain: trust_domain.to_string(),
             resolver: system_resolver(),
             connect_timeout,
-            slots: Mutex::default(),
+            dialled: PerThread::new(threads, Mutex::default),
+            children: Mutex::default(),
+            connectors: Mutex::default(),
         }
-    }
-
-    fn slot(&self, site: &str) -> Arc<Slot> {
-        lock(&self.slots)
-            .entry(site.to_string())
-            .or_default()
-            .clone()
     }
 
     /// Whether `site` is an edge node of this site: it has dialled in with its own identity
     /// since start (its link may be down now; calls to it then fail with 503, not 403).
     pub fn is_child(&self, site: &str) -> bool {
-        let Some(slot) = lock(&self.slots).get(site).cloned() else {
-            return false;
-        };
-        *lock(&slot.reverse)
+        lock(&self.children).contains_key(site)
     }
 
-    /// A ready connection to `site`, dialling one of `addresses` if there is none. Errors say
-    /// why in plain words (refused, TLS failure with reason, no link to an edge node).
+    /// A ready connection to `site`, dialling one of `addresses` if this thread has none.
+    /// Errors say why in plain words (refused, TLS failure with reason, no link to an edge
+    /// node).
     pub async fn get(&self, site: &str, addresses: &[String]) -> Result<Link, String> {
-        let slot = self.slot(site);
-        if let Some(c) = lock(&slot.conn).as_ref()
-            && !c.is_closed()
-        {
-            return Ok(c.clone());
+        let d = lock(self.dialled.get())
+            .entry(site.to_string())
+            .or_default()
+            .clone();
+        let open = |d: &Dialled| lock(&d.conn).clone().filter(|c| !c.is_closed());
+        if let Some(c) = open(&d) {
+            return Ok(c);
         }
-        let _one_dialler = slot.connecting.lock().await;
-        if let Some(c) = lock(&slot.conn).as_ref()
-            && !c.is_closed()
-        {
-            return Ok(c.clone());
+        if let Some(child) = lock(&self.children).get(site) {
+            return child
+                .clone()
+                .filter(|c| !c.is_closed())
+                .ok_or_else(|| format!("edge node {site} is not connected"));
         }
-        if *lock(&slot.reverse) {
-            return Err(format!("edge node {site} is not connected"));
+        let _one_dialler = d.connecting.lock().await;
+        if let Some(c) = open(&d) {
+            return Ok(c);
         }
         if addresses.is_empty() {
             return Err(format!("site {site} has no edge address"));
         }
-        let connector = self.connector(&slot, site, ALPN_H2)?;
+        let connector = self.connector(site, ALPN_H2)?;
         let mut last = String::new();
         for address in addresses {
             match connect_site(
@@ -111,7 +118,7 @@ impl PeerPool {
                         .await
                         .map_err(|e| format!("HTTP/2 handshake with {site}: {e}"))?;
                     info!(peer = site, %address, "edge link up");
-                    *lock(&slot.conn) = Some(send.clone());
+                    *lock(&d.conn) = Some(send.clone());
                     return Ok(send);
                 }
                 Err(e) => last = e,
@@ -120,16 +127,16 @@ impl PeerPool {
         Err(last)
     }
 
-    fn connector(&self, slot: &Slot, site: &str, alpn: &[u8]) -> Result<TlsConnector, String> {
-        let mut c = lock(&slot.connector);
-        if let Some(c) = c.as_ref() {
+    fn connector(&self, site: &str, alpn: &[u8]) -> Result<TlsConnector, String> {
+        let mut c = lock(&self.connectors);
+        if let Some(c) = c.get(site) {
             return Ok(c.clone());
         }
         let expected = SiteId::new(&self.trust_domain, site).map_err(|e| e.to_string())?;
         let cfg = client_config_alpn(&self.tls, expected, vec![alpn.to_vec()])
             .map_err(|e| e.to_string())?;
         let made = TlsConnector::from(cfg);
-        *c = Some(made.clone());
+        c.insert(site.to_string(), made.clone());
         Ok(made)
     }
 
@@ -161,17 +168,17 @@ impl PeerPool {
         let link = Link::handshake(io, site)
             .await
             .map_err(|e| format!("HTTP/2 handshake with edge node {site}: {e}"))?;
-        let slot = self.slot(site);
-        *lock(&slot.reverse) = true;
-        *lock(&slot.conn) = Some(link.clone());
+        lock(&self.children).insert(site.to_string(), Some(link.clone()));
         info!(peer = site, "edge node link up");
         link.closed().await;
-        // One guard: locking `slot.conn` again inside an `if let` on a guard of it would
-        // deadlock this worker thread (found by the demo: the parent hung when its edge node
-        // went away, and then ignored SIGTERM).
+        // One guard: locking `children` again inside an `if let` on a guard of it would
+        // deadlock this thread (found by the demo: the parent hung when its edge node went
+        // away, and then ignored SIGTERM).
         {
-            let mut conn = lock(&slot.conn);
-            if conn.as_ref().is_some_and(|c| c.is_closed()) {
+            let mut children = lock(&self.children);
+            if let Some(conn) = children.get_mut(site)
+                && conn.as_ref().is_some_and(|c| c.is_closed())
+            {
                 *conn = None;
             }
         }

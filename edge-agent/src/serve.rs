@@ -24,6 +24,7 @@ use crate::coalesce::Coalesce;
 use crate::config::AgentConfig;
 use crate::http::{self as h, Body};
 use crate::ingress::{self, Caller};
+use crate::workers::Workers;
 use crate::{egress, feed};
 
 /// Why the agent could not start.
@@ -48,6 +49,9 @@ pub enum StartError {
     /// The ready file could not be written.
     #[error("ready file: {0}")]
     ReadyFile(String),
+    /// The data-plane threads could not be started.
+    #[error("cannot start data-plane threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// The addresses the agent bound (written to the ready file as JSON).
@@ -71,6 +75,8 @@ pub struct Running {
     pub agent: Arc<Agent>,
     tasks: JoinSet<()>,
     shutdown: CancellationToken,
+    /// Stopped when the last handle goes, after the listeners' tasks have ended.
+    _workers: Arc<Workers>,
 }
 
 impl Running {
@@ -107,6 +113,8 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
         &config.site,
     )?);
     let agent = Arc::new(Agent::new(config.clone(), site_tls.clone()));
+    let workers =
+        Workers::start(config.data_plane_threads(), &config.site).map_err(StartError::Threads)?;
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let mut bound = Bound::default();
@@ -131,9 +139,14 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
     if let Some(addr) = config.ingress {
         let l = bind("ingress", addr).await?;
         bound.ingress = l.local_addr().ok();
-        let (a, t, s) = (agent.clone(), site_tls.clone(), shutdown.clone());
+        let (a, t, s, w) = (
+            agent.clone(),
+            site_tls.clone(),
+            shutdown.clone(),
+            workers.clone(),
+        );
         tasks.spawn(async move {
-            if let Err(e) = ingress::serve(a, t, l, s).await {
+            if let Err(e) = ingress::serve(a, t, l, s, w).await {
                 error!(error = %e, "ingress stopped");
             }
         });
@@ -145,6 +158,7 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
             agent.clone(),
             l,
             shutdown.clone(),
+            workers.clone(),
             Listener::Egress,
         ));
     }
@@ -158,7 +172,14 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
                 source,
             })?);
         let key = crate::routes::ServiceKey::new(&t.namespace, &t.service);
-        tasks.spawn(serve_tcp(agent.clone(), l, key, t.port, shutdown.clone()));
+        tasks.spawn(serve_tcp(
+            agent.clone(),
+            l,
+            key,
+            t.port,
+            shutdown.clone(),
+            workers.clone(),
+        ));
     }
     if let Some(addr) = config.admin {
         let l = bind("admin", addr).await?;
@@ -167,11 +188,12 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
             agent.clone(),
             l,
             shutdown.clone(),
+            workers.clone(),
             Listener::Admin,
         ));
     }
     if config.parent.is_some() {
-        tasks.spawn(parent_link(agent.clone(), shutdown.clone()));
+        tasks.spawn_on(parent_link(agent.clone(), shutdown.clone()), workers.first());
     }
     if let Some(path) = &config.ready_file {
         let body = serde_json::to_string_pretty(&bound).unwrap_or_default();
@@ -183,6 +205,7 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
         ingress = ?bound.ingress,
         egress_http = ?bound.egress_http,
         admin = ?bound.admin,
+        threads = workers.len(),
         "edge agent serving"
     );
     Ok(Running {
@@ -190,6 +213,7 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
         agent,
         tasks,
         shutdown,
+        _workers: workers,
     })
 }
 
@@ -199,11 +223,13 @@ enum Listener {
     Admin,
 }
 
-/// Serves plain HTTP/1.1 and h2c (prior knowledge) on `l`.
+/// Serves plain HTTP/1.1 and h2c (prior knowledge) on `l`, each connection on a data-plane
+/// thread.
 async fn serve_http(
     agent: Arc<Agent>,
     l: TcpListener,
     shutdown: CancellationToken,
+    workers: Arc<Workers>,
     kind: Listener,
 ) {
     let slots = Arc::new(Semaphore::new(agent.config.limits.max_connections));
@@ -223,7 +249,7 @@ async fn serve_http(
         let _ = tcp.set_nodelay(true);
         let agent = agent.clone();
         let stop = shutdown.clone();
-        conns.spawn(async move {
+        workers.serve(&mut conns, tcp, move |tcp| async move {
             let _permit = permit;
             // h2c callers multiplex many calls on a connection: served on the h2 crate, their
             // calls run in the connection's task and their responses are coalesced into fewer
@@ -290,36 +316,43 @@ async fn speaks_h2(tcp: &TcpStream) -> bool {
     matches!(tcp.peek(&mut head).await, Ok(4) if &head == b"PRI ")
 }
 
+/// Serves a TCP egress listener: each connection is tunnelled, on a data-plane thread.
 async fn serve_tcp(
     agent: Arc<Agent>,
     l: TcpListener,
     key: crate::routes::ServiceKey,
     port: u16,
     shutdown: CancellationToken,
+    workers: Arc<Workers>,
 ) {
     let slots = Arc::new(Semaphore::new(agent.config.limits.max_connections));
+    let mut conns = JoinSet::new();
     loop {
         let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            () = shutdown.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = shutdown.cancelled() => break,
         };
         let tcp = tokio::select! {
             r = l.accept() => match r {
                 Ok((t, _)) => t,
                 Err(e) => { warn!(error = %e, "TCP egress accept failed"); continue; }
             },
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => break,
         };
         let _ = tcp.set_nodelay(true);
         let (a, k) = (agent.clone(), key.clone());
-        tokio::spawn(
+        let span = info_span!("tcp-egress", service = %key);
+        workers.serve(&mut conns, tcp, move |tcp| {
             async move {
                 let _permit = permit;
                 egress::tcp(a, tcp, k, port).await;
             }
-            .instrument(info_span!("tcp-egress", service = %key)),
-        );
+            .instrument(span)
+        });
+        while conns.try_join_next().is_some() {}
     }
+    // A tunnel has no graceful end of its own: open ones are cut when the agent stops.
+    conns.abort_all();
 }
 
 /// `/metrics`, `/healthz`, `/readyz`, `/routes`.
