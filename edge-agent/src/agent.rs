@@ -278,8 +278,14 @@ impl Agent {
                 code: "bad-upstream",
             })?;
         *req.version_mut() = Version::HTTP_2;
-        self.timed(async { self.h2c.get().request(req).await.map(|r| r.map(h::incoming)) })
-            .await
+        self.timed(async {
+            self.h2c
+                .get()
+                .request(req)
+                .await
+                .map(|r| r.map(h::incoming))
+        })
+        .await
     }
 
     async fn timed<F, E>(&self, f: F) -> Result<Response<Body>, SendError>

@@ -236,11 +236,7 @@ impl AgentConfig {
         if let Some(n) = self.threads
             && !(1..=256).contains(&n)
         {
-            return Err(InvalidField::new(
-                "threads",
-                n,
-                "must be between 1 and 256",
-            ));
+            return Err(InvalidField::new("threads", n, "must be between 1 and 256"));
         }
         if self.limits.max_connections == 0 || self.limits.max_streams == 0 {
             return Err(InvalidField::new(

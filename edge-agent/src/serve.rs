@@ -193,7 +193,10 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
         ));
     }
     if config.parent.is_some() {
-        tasks.spawn_on(parent_link(agent.clone(), shutdown.clone()), workers.first());
+        tasks.spawn_on(
+            parent_link(agent.clone(), shutdown.clone()),
+            workers.first(),
+        );
     }
     if let Some(path) = &config.ready_file {
         let body = serde_json::to_string_pretty(&bound).unwrap_or_default();

@@ -187,8 +187,21 @@ mod tests {
         drop(clients);
         while set.join_next().await.is_some() {}
         assert_eq!(names, ["t-dp-0", "t-dp-1", "t-dp-0", "t-dp-1"]);
-        let counts: Vec<usize> = values.all().iter().map(|v| v.load(Ordering::Relaxed)).collect();
-        assert_eq!(counts, [2, 2, 0], "each thread's own value; none on other threads");
-        assert!(workers.threads.iter().all(|w| w.load.load(Ordering::Relaxed) == 0));
+        let counts: Vec<usize> = values
+            .all()
+            .iter()
+            .map(|v| v.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(
+            counts,
+            [2, 2, 0],
+            "each thread's own value; none on other threads"
+        );
+        assert!(
+            workers
+                .threads
+                .iter()
+                .all(|w| w.load.load(Ordering::Relaxed) == 0)
+        );
     }
 }
