@@ -1,12 +1,12 @@
-//! h2c (HTTP/2 with prior knowledge, gRPC) from local callers, served on the `h2` crate with
-//! every stream of a connection handled inside that connection's task.
+//! The serving side of HTTP/2, on the `h2` crate with every stream of a connection handled
+//! inside that connection's task ([`serve_streams`]): h2c (with prior knowledge, gRPC) from
+//! local callers ([`serve`]), and edge links from peer sites (`ingress::serve_link`).
 //!
-//! hyper's server spawns a task per stream, so a call crossed two more task hand-offs (caller
-//! connection → stream task → edge link, and back) and paid a spawn. Here a call's future lives
-//! in the connection's own set of futures: the connection's task reads the request, runs the
-//! call to the point where it waits on the edge link, and writes the response when the link
-//! wakes it. Connections still run in parallel on the runtime's workers; one connection's calls
-//! share a worker (as Envoy and HAProxy bind a connection to one thread).
+//! hyper's server spawns a task per stream, so a call crossed two more task hand-offs (the
+//! connection's task → stream task → the next hop, and back) and paid a spawn. Here a call's
+//! future lives in the connection's own set of futures: the connection's task reads the
+//! request, runs the call to the point where it waits on the next hop, and writes the response
+//! when that hop wakes it. A connection is served on one data-plane thread anyway (workers.rs).
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -46,19 +46,47 @@ where
         .max_header_list_size(MAX_HEADER_LIST)
         .initial_window_size(2 << 20)
         .initial_connection_window_size(5 << 20);
-    let mut conn = match b.handshake::<_, Bytes>(io).await {
+    let conn = match b.handshake::<_, Bytes>(io).await {
         Ok(c) => c,
         Err(e) => {
             debug!(error = %e, "h2c caller: handshake failed");
             return;
         }
     };
+    let ended = serve_streams(conn, &stop, None, |req, respond| {
+        Box::pin(call(agent.clone(), req, respond))
+    })
+    .await;
+    if let Err(e) = ended {
+        debug!(error = %e, "h2c caller: connection ended");
+    }
+}
+
+/// Serves an HTTP/2 connection's streams inside the calling task: each accepted stream's
+/// future, made by `handle`, joins the connection's set and is polled when woken. Returns when
+/// the connection closes (an open call's stream is then gone too), or after `stop` once open
+/// calls finish or [`DRAIN`] passes. With `keepalive = (every, within)` the peer is pinged
+/// every `every` and the connection ends when a pong is `within` late.
+pub(crate) async fn serve_streams<S, H>(
+    mut conn: h2::server::Connection<S, Bytes>,
+    stop: &CancellationToken,
+    keepalive: Option<(Duration, Duration)>,
+    mut handle: H,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: FnMut(Request<RecvStream>, SendResponse<Bytes>) -> Call,
+{
     let mut calls: FuturesUnordered<Call> = FuturesUnordered::new();
     let mut draining = false;
     let deadline = tokio::time::sleep(Duration::MAX);
     tokio::pin!(deadline);
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
+    let mut pinger = keepalive.and_then(|k| Some((conn.ping_pong()?, k)));
+    let mut awaiting_pong = false;
+    let next_ping = tokio::time::sleep(keepalive.map_or(Duration::MAX, |(every, _)| every));
+    tokio::pin!(next_ping);
     poll_fn(|cx| {
         if !draining && stopped.as_mut().poll(cx).is_ready() {
             draining = true;
@@ -66,34 +94,51 @@ where
             deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN);
         }
         if draining && deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(());
+            return Poll::Ready(Ok(()));
         }
-        let mut open = true;
-        loop {
-            match conn.poll_accept(cx) {
-                Poll::Ready(Some(Ok((req, respond)))) => {
-                    calls.push(Box::pin(call(agent.clone(), req, respond)));
+        if let Some((pp, (every, within))) = pinger.as_mut() {
+            if awaiting_pong {
+                match pp.poll_pong(cx) {
+                    Poll::Ready(Ok(_)) => {
+                        awaiting_pong = false;
+                        next_ping.as_mut().reset(tokio::time::Instant::now() + *every);
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(format!("ping failed: {e}"))),
+                    Poll::Pending => {}
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    debug!(error = %e, "h2c caller: connection error");
-                    open = false;
-                    break;
+            }
+            if next_ping.as_mut().poll(cx).is_ready() {
+                if awaiting_pong {
+                    return Poll::Ready(Err(format!(
+                        "no pong within {} ms",
+                        within.as_millis()
+                    )));
                 }
-                Poll::Ready(None) => {
-                    open = false;
-                    break;
+                if let Err(e) = pp.send_ping(h2::Ping::opaque()) {
+                    return Poll::Ready(Err(format!("ping failed: {e}")));
                 }
-                Poll::Pending => break,
+                awaiting_pong = true;
+                next_ping.as_mut().reset(tokio::time::Instant::now() + *within);
+                // Registers the waker for the pong and the deadline.
+                let _ = pp.poll_pong(cx);
+                let _ = next_ping.as_mut().poll(cx);
             }
         }
+        let ended = loop {
+            match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((req, respond)))) => calls.push(handle(req, respond)),
+                Poll::Ready(Some(Err(e))) => break Some(Err(e.to_string())),
+                Poll::Ready(None) => break Some(Ok(())),
+                Poll::Pending => break None,
+            }
+        };
         while let Poll::Ready(Some(())) = calls.poll_next_unpin(cx) {}
-        // A closed connection ends its calls too: their streams are gone.
-        if !open {
-            return Poll::Ready(());
+        match ended {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
         }
-        Poll::Pending
     })
-    .await;
+    .await
 }
 
 /// One call: routed by egress, its response (head, then body within the caller's window)
@@ -106,5 +151,43 @@ async fn call(agent: Arc<Agent>, req: Request<RecvStream>, mut respond: SendResp
         Ok(stream) if !end => pipe(body, stream).await,
         Ok(_) => {}
         Err(e) => debug!(error = %e, "h2c caller: stream gone before the response"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::net::{TcpListener, TcpStream};
+
+    #[tokio::test]
+    async fn a_peer_that_stops_answering_pings_is_dropped_and_one_that_answers_is_kept() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let (_send, mut conn) = h2::client::handshake(tcp).await.unwrap();
+            // Answers pings for 400 ms, then holds the connection open without reading it.
+            let _ = tokio::time::timeout(Duration::from_millis(400), &mut conn).await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(conn);
+        });
+        let (tcp, _) = l.accept().await.unwrap();
+        let conn = h2::server::handshake(tcp).await.unwrap();
+        let stop = CancellationToken::new();
+        let started = std::time::Instant::now();
+        let ended = serve_streams(
+            conn,
+            &stop,
+            Some((Duration::from_millis(50), Duration::from_millis(100))),
+            |_, _| Box::pin(async {}),
+        )
+        .await;
+        let took = started.elapsed();
+        client.abort();
+        assert_eq!(ended, Err("no pong within 100 ms".to_string()));
+        // Kept while pings were answered (about 8 of them), dropped soon after they stopped.
+        assert!(took >= Duration::from_millis(400), "{took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
     }
 }

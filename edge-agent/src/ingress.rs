@@ -13,10 +13,10 @@ use federation::tls::{
 use http::header::HeaderValue;
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
+use hyper::body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -26,6 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::agent::{Agent, Head, relay_response};
+use crate::coalesce::Coalesce;
+use crate::h2c::serve_streams;
+use crate::link::{Tunnel, pipe, recv_body};
 use crate::http::{self as h, Body, error_response};
 use crate::metrics::Direction;
 use crate::peers::{ALPN_H2, ALPN_REVERSE};
@@ -47,17 +50,20 @@ pub struct Caller {
     pub from_parent: bool,
 }
 
-/// HTTP/2 server settings for edge links.
-pub fn h2_server(agent: &Agent) -> http2::Builder<TokioExecutor> {
-    let mut b = http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new())
-        .max_concurrent_streams(agent.config.limits.max_streams)
-        .initial_stream_window_size(1 << 20)
+/// How often a link's peer is pinged, and how long its pong may take.
+const PING_EVERY: Duration = Duration::from_secs(10);
+const PONG_WITHIN: Duration = Duration::from_secs(5);
+/// The largest header list a peer may send.
+const MAX_HEADER_LIST: u32 = 16 << 10;
+
+/// HTTP/2 server settings for edge links: large windows, as on the calling side.
+fn h2_server(agent: &Agent) -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.max_concurrent_streams(agent.config.limits.max_streams)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .initial_window_size(1 << 20)
         .initial_connection_window_size(8 << 20)
-        .max_frame_size(64 << 10)
-        .enable_connect_protocol()
-        .keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5));
+        .max_frame_size(64 << 10);
     b
 }
 
@@ -152,30 +158,87 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     agent.metrics.active_ingress.fetch_add(1, Ordering::Relaxed);
-    let svc_agent = agent.clone();
-    let service = service_fn(move |req| {
-        let agent = svc_agent.clone();
-        let caller = caller.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(agent, caller, req).await) }
-    });
-    let conn = h2_server(&agent).serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "ingress link ended") },
-        () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    match h2_server(&agent)
+        .handshake::<_, Bytes>(Coalesce::new(io))
+        .await
+    {
+        Ok(conn) => {
+            let ended = serve_streams(
+                conn,
+                &shutdown,
+                Some((PING_EVERY, PONG_WITHIN)),
+                |req, respond| Box::pin(call(agent.clone(), caller.clone(), req, respond)),
+            )
+            .await;
+            match ended {
+                Ok(()) => debug!("ingress link ended"),
+                Err(e) => debug!(error = %e, "ingress link ended"),
+            }
         }
+        Err(e) => debug!(error = %e, "ingress link: HTTP/2 handshake failed"),
     }
     agent.metrics.active_ingress.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Handles one call from another site.
-pub async fn handle(
+/// What a call from another site is answered with.
+pub enum Answer {
+    /// A response (head, then its body).
+    Response(Response<Body>),
+    /// `200` to a `CONNECT`: the stream then carries the bytes of `upstream`.
+    Tunnel {
+        /// The response head.
+        head: Response<()>,
+        /// The stream's incoming half.
+        recv: RecvStream,
+        /// Where the bytes go.
+        upstream: Box<dyn tunnel::Io>,
+    },
+}
+
+impl From<Response<Body>> for Answer {
+    fn from(r: Response<Body>) -> Self {
+        Answer::Response(r)
+    }
+}
+
+/// One stream of a link: handled, and its answer written back.
+async fn call(
     agent: Arc<Agent>,
     caller: Caller,
-    mut req: Request<Incoming>,
-) -> Response<Body> {
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    match handle(agent.clone(), caller, req).await {
+        Answer::Response(resp) => {
+            let (parts, body) = resp.into_parts();
+            let end = body.is_end_stream();
+            match respond.send_response(Response::from_parts(parts, ()), end) {
+                Ok(stream) if !end => pipe(body, stream).await,
+                Ok(_) => {}
+                Err(e) => debug!(error = %e, "ingress: stream gone before the response"),
+            }
+        }
+        Answer::Tunnel {
+            head,
+            recv,
+            mut upstream,
+        } => match respond.send_response(head, false) {
+            Ok(send) => {
+                let mut io = Tunnel::new(send, recv);
+                tunnel::splice(&agent, &mut io, &mut upstream).await;
+            }
+            Err(e) => debug!(error = %e, "ingress: tunnel stream gone before the response"),
+        },
+    }
+}
+
+/// An error answer (see [`error_response`]).
+fn refuse(status: StatusCode, code: &'static str, message: String) -> Answer {
+    error_response(status, code, message).into()
+}
+
+/// Handles one call from another site.
+pub async fn handle(agent: Arc<Agent>, caller: Caller, mut req: Request<RecvStream>) -> Answer {
     let start = Instant::now();
     // The original caller: only a parent may speak for another site.
     let source = match req.headers().get(SOURCE).and_then(|v| v.to_str().ok()) {
@@ -193,7 +256,7 @@ pub async fn handle(
                 .map(str::to_string)
         });
     let Some(target) = raw.as_deref().and_then(parse_host) else {
-        return error_response(
+        return refuse(
             StatusCode::BAD_REQUEST,
             "bad-destination",
             format!("destination {raw:?} is not NAME.NAMESPACE.svc.clusterset.local:PORT"),
@@ -211,7 +274,7 @@ pub async fn handle(
     let key = &target.service;
     let Some(route) = table.service(key) else {
         let service = key.to_string();
-        return error_response(
+        return refuse(
             StatusCode::NOT_FOUND,
             "not-exported",
             format!("{service} is not served by site {}", agent.site()),
@@ -220,14 +283,14 @@ pub async fn handle(
     let service = route.id.as_str();
     if !route.admits(&source) {
         warn!(service = %service, caller = %source, "ingress: caller outside the service's consumer scope");
-        return error_response(
+        return refuse(
             StatusCode::FORBIDDEN,
             "scope",
             format!("site {source} may not call {service}"),
         );
     }
     let Some(port) = route.port(target.port) else {
-        return error_response(
+        return refuse(
             StatusCode::NOT_FOUND,
             "unknown-port",
             format!("{service} has no port {:?}", target.port),
@@ -240,13 +303,13 @@ pub async fn handle(
             Ok(u) => u,
             Err(e) => {
                 warn!(service = %service, error = %e, "ingress: tunnel upstream unreachable");
-                return error_response(StatusCode::BAD_GATEWAY, "upstream-failed", e);
+                return refuse(StatusCode::BAD_GATEWAY, "upstream-failed", e);
             }
         };
-        return accept_tunnel(agent, req, upstream, service.to_string(), start);
+        return accept_tunnel(&agent, req, upstream, service, start);
     }
     let Some(upstream) = agent.config.upstream(&key.namespace, &key.name, port_no) else {
-        return error_response(
+        return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "no-local-endpoint",
             format!(
@@ -257,10 +320,10 @@ pub async fn handle(
     };
     let authority = match Authority::try_from(format!("{}:{port_no}", route.host)) {
         Ok(a) => a,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad-destination", e.to_string()),
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad-destination", e.to_string()),
     };
     let head = take_head(&mut req);
-    let body = h::incoming(req.into_body());
+    let body = recv_body(req.into_body());
     let result = agent
         .send_local(upstream, protocol, &authority, &head, body)
         .await;
@@ -273,15 +336,15 @@ pub async fn handle(
         start.elapsed(),
     );
     match result {
-        Ok(resp) => relay_response(resp, Some(agent.site())),
+        Ok(resp) => relay_response(resp, Some(agent.site())).into(),
         Err(e) => {
             warn!(service = %service, caller = %source, error = %e.reason, "ingress: upstream failed");
-            error_response(e.status, e.code, format!("{service}: {}", e.reason))
+            refuse(e.status, e.code, format!("{service}: {}", e.reason))
         }
     }
 }
 
-fn take_head(req: &mut Request<Incoming>) -> Head {
+fn take_head(req: &mut Request<RecvStream>) -> Head {
     let mut headers = std::mem::take(req.headers_mut());
     h::strip_hop_by_hop(&mut headers);
     headers.remove(h::SITE);
@@ -297,37 +360,30 @@ fn take_head(req: &mut Request<Incoming>) -> Head {
     }
 }
 
-/// Answers a CONNECT with 200 and splices the tunnel to `upstream` once upgraded.
+/// Answers a CONNECT with 200; its stream then carries the bytes of `upstream`.
 fn accept_tunnel(
-    agent: Arc<Agent>,
-    mut req: Request<Incoming>,
-    mut upstream: Box<dyn tunnel::Io>,
-    service: String,
+    agent: &Agent,
+    req: Request<RecvStream>,
+    upstream: Box<dyn tunnel::Io>,
+    service: &str,
     start: Instant,
-) -> Response<Body> {
-    let upgrade = hyper::upgrade::on(&mut req);
-    let a = agent.clone();
+) -> Answer {
     agent.metrics.call(
         Direction::Ingress,
-        &service,
+        service,
         "tunnel",
         Some(200),
         start.elapsed(),
     );
-    tokio::spawn(async move {
-        match upgrade.await {
-            Ok(up) => {
-                let mut io = TokioIo::new(up);
-                tunnel::splice(&a, &mut io, &mut upstream).await;
-            }
-            Err(e) => debug!(service = %service, error = %e, "tunnel upgrade failed"),
-        }
-    });
-    let mut r = Response::new(h::empty());
+    let mut head = Response::new(());
     if let Ok(v) = HeaderValue::from_str(agent.site()) {
-        r.headers_mut().insert(h::SERVED_BY, v);
+        head.headers_mut().insert(h::SERVED_BY, v);
     }
-    r
+    Answer::Tunnel {
+        head,
+        recv: req.into_body(),
+        upstream,
+    }
 }
 
 fn req_service<B>(req: &Request<B>) -> String {
@@ -344,14 +400,14 @@ async fn relay(
     caller: &Caller,
     source: &str,
     site: &str,
-    mut req: Request<Incoming>,
-) -> Response<Body> {
+    mut req: Request<RecvStream>,
+) -> Answer {
     let start = Instant::now();
     let into_child = agent.pool.is_child(site);
     let from_child = agent.pool.is_child(&caller.site);
     if !into_child && !from_child {
         warn!(caller = %caller.site, target_site = site, "ingress: relay refused");
-        return error_response(
+        return refuse(
             StatusCode::FORBIDDEN,
             "relay-refused",
             format!(
@@ -379,7 +435,7 @@ async fn relay(
                 (l.to_string(), a.to_vec())
             }
             None => {
-                return error_response(
+                return refuse(
                     StatusCode::NOT_FOUND,
                     "unknown-service",
                     format!("no route to {service} at site {site}"),
@@ -391,23 +447,23 @@ async fn relay(
         Ok(s) => s,
         Err(e) => {
             warn!(service = %service, target_site = site, error = %e, "relay: link down");
-            return error_response(StatusCode::SERVICE_UNAVAILABLE, "site-unreachable", e);
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "site-unreachable", e);
         }
     };
     if req.method() == Method::CONNECT {
         let authority = req.uri().to_string();
         let upstream = match tunnel::connect_over(&agent, send, site, &authority).await {
             Ok(u) => u,
-            Err(e) => return error_response(StatusCode::BAD_GATEWAY, "upstream-failed", e),
+            Err(e) => return refuse(StatusCode::BAD_GATEWAY, "upstream-failed", e),
         };
-        return accept_tunnel(agent, req, upstream, service, start);
+        return accept_tunnel(&agent, req, upstream, &service, start);
     }
     if let Ok(v) = HeaderValue::from_str(source) {
         req.headers_mut().insert(SOURCE, v);
     }
     let (mut parts, body) = req.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
-    let fwd = Request::from_parts(parts, h::incoming(body));
+    let fwd = Request::from_parts(parts, recv_body(body));
     let limit = Duration::from_millis(agent.config.limits.request_timeout_ms);
     let result = tokio::time::timeout(limit, send.request(fwd)).await;
     let status = match &result {
@@ -420,14 +476,14 @@ async fn relay(
     match result {
         Ok(Ok(resp)) => {
             info!(service = %service, caller = %source, target_site = site, "relayed");
-            relay_response(resp, None)
+            relay_response(resp, None).into()
         }
-        Ok(Err(e)) => error_response(
+        Ok(Err(e)) => refuse(
             StatusCode::BAD_GATEWAY,
             "relay-failed",
             crate::agent::error_chain(&e),
         ),
-        Err(_) => error_response(
+        Err(_) => refuse(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",
             "relay timed out".into(),

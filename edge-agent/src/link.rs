@@ -117,11 +117,7 @@ impl Link {
         let mut send = self.send.clone().ready().await?;
         let (response, stream) = send.send_request(head, false)?;
         let (parts, recv) = response.await?.into_parts();
-        let tunnel = (parts.status == http::StatusCode::OK).then(|| Tunnel {
-            send: stream,
-            recv,
-            buf: Bytes::new(),
-        });
+        let tunnel = (parts.status == http::StatusCode::OK).then(|| Tunnel::new(stream, recv));
         Ok((Response::from_parts(parts, ()), tunnel))
     }
 }
@@ -260,6 +256,17 @@ pub struct Tunnel {
     send: SendStream<Bytes>,
     recv: RecvStream,
     buf: Bytes,
+}
+
+impl Tunnel {
+    /// The tunnel carried by an HTTP/2 stream's two halves.
+    pub(crate) fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Tunnel {
+            send,
+            recv,
+            buf: Bytes::new(),
+        }
+    }
 }
 
 fn io_error(e: h2::Error) -> std::io::Error {
