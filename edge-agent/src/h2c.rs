@@ -101,7 +101,9 @@ where
                 match pp.poll_pong(cx) {
                     Poll::Ready(Ok(_)) => {
                         awaiting_pong = false;
-                        next_ping.as_mut().reset(tokio::time::Instant::now() + *every);
+                        next_ping
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + *every);
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(format!("ping failed: {e}"))),
                     Poll::Pending => {}
@@ -109,16 +111,15 @@ where
             }
             if next_ping.as_mut().poll(cx).is_ready() {
                 if awaiting_pong {
-                    return Poll::Ready(Err(format!(
-                        "no pong within {} ms",
-                        within.as_millis()
-                    )));
+                    return Poll::Ready(Err(format!("no pong within {} ms", within.as_millis())));
                 }
                 if let Err(e) = pp.send_ping(h2::Ping::opaque()) {
                     return Poll::Ready(Err(format!("ping failed: {e}")));
                 }
                 awaiting_pong = true;
-                next_ping.as_mut().reset(tokio::time::Instant::now() + *within);
+                next_ping
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + *within);
                 // Registers the waker for the pong and the deadline.
                 let _ = pp.poll_pong(cx);
                 let _ = next_ping.as_mut().poll(cx);

@@ -6,16 +6,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use federation::identity::site_id_of;
 use federation::tls::{
     SiteTls, any_site_server_config, describe_handshake_error, handshake_failure_kind,
 };
+use h2::RecvStream;
+use h2::server::SendResponse;
 use http::header::HeaderValue;
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode};
-use bytes::Bytes;
-use h2::RecvStream;
-use h2::server::SendResponse;
 use hyper::body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -28,8 +28,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::agent::{Agent, Head, relay_response};
 use crate::coalesce::Coalesce;
 use crate::h2c::serve_streams;
-use crate::link::{Tunnel, pipe, recv_body};
 use crate::http::{self as h, Body, error_response};
+use crate::link::{Tunnel, pipe, recv_body};
 use crate::metrics::Direction;
 use crate::peers::{ALPN_H2, ALPN_REVERSE};
 use crate::routes::parse_host;

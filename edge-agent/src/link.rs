@@ -178,6 +178,12 @@ pub(crate) async fn pipe(mut body: Body, mut stream: SendStream<Bytes>) {
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(mut data) => {
+                    // The body's last DATA frame carries END_STREAM: no empty frame after it.
+                    let last = body.is_end_stream();
+                    if last && data.is_empty() {
+                        let _ = stream.send_data(data, true);
+                        return;
+                    }
                     while data.has_remaining() {
                         stream.reserve_capacity(data.len());
                         let n = match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
@@ -186,7 +192,8 @@ pub(crate) async fn pipe(mut body: Body, mut stream: SendStream<Bytes>) {
                             _ => return,
                         };
                         let chunk = data.split_to(n.min(data.len()));
-                        if stream.send_data(chunk, false).is_err() {
+                        let end = last && data.is_empty();
+                        if stream.send_data(chunk, end).is_err() || end {
                             return;
                         }
                     }
