@@ -278,13 +278,14 @@ impl Agent {
                 code: "bad-upstream",
             })?;
         *req.version_mut() = Version::HTTP_2;
-        self.timed(async {
+        // Boxed: hyper-util's client future is large, and HTTP/1.1 calls should not carry it.
+        Box::pin(self.timed(async {
             self.h2c
                 .get()
                 .request(req)
                 .await
                 .map(|r| r.map(h::incoming))
-        })
+        }))
         .await
     }
 

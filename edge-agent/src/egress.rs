@@ -112,9 +112,9 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
                 Some(up) => {
                     sent += 1;
                     let b = body.take().unwrap_or_else(h::empty);
-                    agent
-                        .send_local(up, port.protocol, &authority, &head, b)
-                        .await
+                    // Boxed: the workload hop's future is large, and calls to other sites
+                    // (this function's usual path) should not carry its size.
+                    Box::pin(agent.send_local(up, port.protocol, &authority, &head, b)).await
                 }
                 None => Err(SendError {
                     reason: format!("{service} port {} has no local upstream", port.port),

@@ -268,7 +268,9 @@ pub async fn handle(agent: Arc<Agent>, caller: Caller, mut req: Request<RecvStre
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     if let Some(site) = for_site.filter(|s| s != agent.site()) {
-        return relay(agent, &caller, &source, &site, req).await;
+        // Boxed, as the tunnel below: rare paths with large futures, which would otherwise
+        // make every call's future as large.
+        return Box::pin(relay(agent, &caller, &source, &site, req)).await;
     }
     let table = agent.table();
     let key = &target.service;
@@ -299,7 +301,7 @@ pub async fn handle(agent: Arc<Agent>, caller: Caller, mut req: Request<RecvStre
     let port_no = port.port;
     let protocol = port.protocol;
     if req.method() == Method::CONNECT {
-        let upstream = match tunnel::open_local(&agent, key, port_no).await {
+        let upstream = match Box::pin(tunnel::open_local(&agent, key, port_no)).await {
             Ok(u) => u,
             Err(e) => {
                 warn!(service = %service, error = %e, "ingress: tunnel upstream unreachable");

@@ -80,12 +80,14 @@ impl PeerPool {
     /// Errors say why in plain words (refused, TLS failure with reason, no link to an edge
     /// node).
     pub async fn get(&self, site: &str, addresses: &[String]) -> Result<Link, String> {
-        let d = lock(self.dialled.get())
-            .entry(site.to_string())
-            .or_default()
-            .clone();
-        let open = |d: &Dialled| lock(&d.conn).clone().filter(|c| !c.is_closed());
-        if let Some(c) = open(&d) {
+        let d = {
+            let mut dialled = lock(self.dialled.get());
+            match dialled.get(site) {
+                Some(d) => d.clone(),
+                None => dialled.entry(site.to_string()).or_default().clone(),
+            }
+        };
+        if let Some(c) = lock(&d.conn).clone().filter(|c| !c.is_closed()) {
             return Ok(c);
         }
         if let Some(child) = lock(&self.children).get(site) {
@@ -94,8 +96,16 @@ impl PeerPool {
                 .filter(|c| !c.is_closed())
                 .ok_or_else(|| format!("edge node {site} is not connected"));
         }
+        // Boxed: dialling (DNS, TCP, TLS, HTTP/2) is a large future, and every call's future
+        // would otherwise carry its size.
+        Box::pin(self.dial(site, addresses, &d)).await
+    }
+
+    /// Dials `site` for this thread, unless a concurrent call of it just did.
+    async fn dial(&self, site: &str, addresses: &[String], d: &Dialled) -> Result<Link, String> {
+        let open = |d: &Dialled| lock(&d.conn).clone().filter(|c| !c.is_closed());
         let _one_dialler = d.connecting.lock().await;
-        if let Some(c) = open(&d) {
+        if let Some(c) = open(d) {
             return Ok(c);
         }
         if addresses.is_empty() {
