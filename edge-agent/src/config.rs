@@ -266,3 +266,32 @@ impl AgentConfig {
             .map(|p| p.upstream.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(extra: &str) -> AgentConfig {
+        toml::from_str(&format!(
+            "site = \"a\"\ntrust_domain = \"t.example\"\n{extra}\n\
+             [tls]\nca = \"ca.pem\"\ncert = \"a.pem\"\nkey = \"a-key.pem\"\n\
+             [routes]\nfile = \"routes.yaml\"\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn data_plane_threads_default_to_the_cpus_and_a_bad_count_is_named() {
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(parse("").data_plane_threads(), cpus);
+        let one = parse("threads = 1");
+        assert!(one.validate().is_ok());
+        assert_eq!(one.data_plane_threads(), 1);
+        for bad in ["threads = 0", "threads = 257"] {
+            let e = parse(bad).validate().unwrap_err();
+            assert_eq!(e.field, "threads", "{bad}: {e}");
+            assert!(e.reason.contains("between 1 and 256"), "{bad}: {e}");
+        }
+    }
+}
