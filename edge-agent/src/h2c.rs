@@ -26,6 +26,7 @@ use tracing::debug;
 
 use crate::agent::Agent;
 use crate::egress;
+use crate::http::Body;
 use crate::link::{pipe, recv_body};
 
 /// The largest header list a caller may send (hyper's server default, kept from before).
@@ -144,15 +145,26 @@ where
 
 /// One call: routed by egress, its response (head, then body within the caller's window)
 /// written to the caller's stream.
-async fn call(agent: Arc<Agent>, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+async fn call(agent: Arc<Agent>, req: Request<RecvStream>, respond: SendResponse<Bytes>) {
     let resp = egress::handle(agent, req.map(recv_body)).await;
+    if let Err(e) = answer(respond, resp).await {
+        debug!(error = %e, "h2c caller: stream gone before the response");
+    }
+}
+
+/// Writes `resp` to a served stream: its head, then its body within the peer's window. Fails
+/// only when the stream was gone before the head could be sent.
+pub(crate) async fn answer(
+    mut respond: SendResponse<Bytes>,
+    resp: Response<Body>,
+) -> Result<(), h2::Error> {
     let (parts, body) = resp.into_parts();
     let end = body.is_end_stream();
-    match respond.send_response(Response::from_parts(parts, ()), end) {
-        Ok(stream) if !end => pipe(body, stream).await,
-        Ok(_) => {}
-        Err(e) => debug!(error = %e, "h2c caller: stream gone before the response"),
+    let stream = respond.send_response(Response::from_parts(parts, ()), end)?;
+    if !end {
+        pipe(body, stream).await;
     }
+    Ok(())
 }
 
 #[cfg(test)]

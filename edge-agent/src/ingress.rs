@@ -16,7 +16,6 @@ use h2::server::SendResponse;
 use http::header::HeaderValue;
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -27,9 +26,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::agent::{Agent, Head, relay_response};
 use crate::coalesce::Coalesce;
-use crate::h2c::serve_streams;
+use crate::h2c::{answer, serve_streams};
 use crate::http::{self as h, Body, error_response};
-use crate::link::{Tunnel, pipe, recv_body};
+use crate::link::{Tunnel, recv_body};
 use crate::metrics::Direction;
 use crate::peers::{ALPN_H2, ALPN_REVERSE};
 use crate::routes::parse_host;
@@ -210,12 +209,8 @@ async fn call(
 ) {
     match handle(agent.clone(), caller, req).await {
         Answer::Response(resp) => {
-            let (parts, body) = resp.into_parts();
-            let end = body.is_end_stream();
-            match respond.send_response(Response::from_parts(parts, ()), end) {
-                Ok(stream) if !end => pipe(body, stream).await,
-                Ok(_) => {}
-                Err(e) => debug!(error = %e, "ingress: stream gone before the response"),
+            if let Err(e) = answer(respond, resp).await {
+                debug!(error = %e, "ingress: stream gone before the response");
             }
         }
         Answer::Tunnel {

@@ -1,8 +1,8 @@
 //! Connections to other sites' edge agents: one multiplexed HTTP/2-over-mTLS connection per
 //! site and data-plane thread, opened on first use, reused by every call on that thread, and
-//! re-opened when it closes. An edge
-//! node's link is adopted here too: the node dials in, and this side then uses that same
-//! connection as the HTTP/2 *client* (the node has no listening port).
+//! re-opened when it closes. An edge node's link is adopted here too: the node dials in, and
+//! this side then uses that same connection as the HTTP/2 *client* (the node has no listening
+//! port); it is one connection, used from every thread.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -103,9 +103,8 @@ impl PeerPool {
 
     /// Dials `site` for this thread, unless a concurrent call of it just did.
     async fn dial(&self, site: &str, addresses: &[String], d: &Dialled) -> Result<Link, String> {
-        let open = |d: &Dialled| lock(&d.conn).clone().filter(|c| !c.is_closed());
         let _one_dialler = d.connecting.lock().await;
-        if let Some(c) = open(d) {
+        if let Some(c) = lock(&d.conn).clone().filter(|c| !c.is_closed()) {
             return Ok(c);
         }
         if addresses.is_empty() {
