@@ -29,8 +29,9 @@ use crate::egress;
 use crate::http::Body;
 use crate::link::{pipe, recv_body};
 
-/// The largest header list a caller may send (hyper's server default, kept from before).
-const MAX_HEADER_LIST: u32 = 16 << 10;
+/// The largest header list a caller or a peer may send (hyper's server default, kept from
+/// before).
+pub(crate) const MAX_HEADER_LIST: u32 = 16 << 10;
 /// How long open calls may take to finish when the agent stops.
 const DRAIN: Duration = Duration::from_secs(5);
 

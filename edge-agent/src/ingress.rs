@@ -26,7 +26,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::agent::{Agent, Head, relay_response};
 use crate::coalesce::Coalesce;
-use crate::h2c::{answer, serve_streams};
+use crate::h2c::{MAX_HEADER_LIST, answer, serve_streams};
 use crate::http::{self as h, Body, error_response};
 use crate::link::{Tunnel, recv_body};
 use crate::metrics::Direction;
@@ -52,8 +52,6 @@ pub struct Caller {
 /// How often a link's peer is pinged, and how long its pong may take.
 const PING_EVERY: Duration = Duration::from_secs(10);
 const PONG_WITHIN: Duration = Duration::from_secs(5);
-/// The largest header list a peer may send.
-const MAX_HEADER_LIST: u32 = 16 << 10;
 
 /// HTTP/2 server settings for edge links: large windows, as on the calling side.
 fn h2_server(agent: &Agent) -> h2::server::Builder {

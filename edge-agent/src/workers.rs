@@ -6,7 +6,7 @@
 //! and the connection to the workload are all that thread's ([`PerThread`]), so a call never
 //! wakes another thread and the HTTP/2 stream store's lock is never contended. Listeners
 //! accept on the control runtime and hand each new connection to the thread serving the
-//! fewest (see ARCHITECTURE.md, "Threads").
+//! fewest (see ARCHITECTURE.md, "Decision: thread per core").
 
 use std::cell::Cell;
 use std::future::Future;
