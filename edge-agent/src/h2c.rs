@@ -27,7 +27,7 @@ use tracing::debug;
 use crate::agent::Agent;
 use crate::egress;
 use crate::http::Body;
-use crate::link::{pipe, recv_body};
+use crate::link::{self, pipe, recv_body};
 
 /// The largest header list a caller or a peer may send (hyper's server default, kept from
 /// before).
@@ -85,10 +85,9 @@ where
     tokio::pin!(deadline);
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
-    let mut pinger = keepalive.and_then(|k| Some((conn.ping_pong()?, k)));
-    let mut awaiting_pong = false;
-    let next_ping = tokio::time::sleep(keepalive.map_or(Duration::MAX, |(every, _)| every));
-    tokio::pin!(next_ping);
+    let (every, within) = keepalive.unwrap_or((Duration::MAX, Duration::MAX));
+    let pings = link::keepalive(keepalive.and_then(|_| conn.ping_pong()), every, within);
+    tokio::pin!(pings);
     poll_fn(|cx| {
         if !draining && stopped.as_mut().poll(cx).is_ready() {
             draining = true;
@@ -98,34 +97,8 @@ where
         if draining && deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Ok(()));
         }
-        if let Some((pp, (every, within))) = pinger.as_mut() {
-            if awaiting_pong {
-                match pp.poll_pong(cx) {
-                    Poll::Ready(Ok(_)) => {
-                        awaiting_pong = false;
-                        next_ping
-                            .as_mut()
-                            .reset(tokio::time::Instant::now() + *every);
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(format!("ping failed: {e}"))),
-                    Poll::Pending => {}
-                }
-            }
-            if next_ping.as_mut().poll(cx).is_ready() {
-                if awaiting_pong {
-                    return Poll::Ready(Err(format!("no pong within {} ms", within.as_millis())));
-                }
-                if let Err(e) = pp.send_ping(h2::Ping::opaque()) {
-                    return Poll::Ready(Err(format!("ping failed: {e}")));
-                }
-                awaiting_pong = true;
-                next_ping
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + *within);
-                // Registers the waker for the pong and the deadline.
-                let _ = pp.poll_pong(cx);
-                let _ = next_ping.as_mut().poll(cx);
-            }
+        if let Poll::Ready(why) = pings.as_mut().poll(cx) {
+            return Poll::Ready(Err(why));
         }
         let ended = loop {
             match conn.poll_accept(cx) {

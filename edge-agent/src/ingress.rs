@@ -28,7 +28,7 @@ use crate::agent::{Agent, Head, relay_response};
 use crate::coalesce::Coalesce;
 use crate::h2c::{MAX_HEADER_LIST, answer, serve_streams};
 use crate::http::{self as h, Body, error_response};
-use crate::link::{Tunnel, recv_body};
+use crate::link::{PING_EVERY, PONG_WITHIN, Tunnel, recv_body};
 use crate::metrics::Direction;
 use crate::peers::{ALPN_H2, ALPN_REVERSE};
 use crate::routes::parse_host;
@@ -48,10 +48,6 @@ pub struct Caller {
     /// caller in `x-multimesh-source-site`).
     pub from_parent: bool,
 }
-
-/// How often a link's peer is pinged, and how long its pong may take.
-const PING_EVERY: Duration = Duration::from_secs(10);
-const PONG_WITHIN: Duration = Duration::from_secs(5);
 
 /// HTTP/2 server settings for edge links: large windows, as on the calling side.
 fn h2_server(agent: &Agent) -> h2::server::Builder {

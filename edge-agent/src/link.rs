@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use h2::client::SendRequest;
-use h2::{Ping, RecvStream, SendStream};
+use h2::{Ping, PingPong, RecvStream, SendStream};
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
@@ -25,9 +25,9 @@ use tracing::{debug, warn};
 use crate::coalesce::Coalesce;
 use crate::http::{Body, BoxError};
 
-/// How often an idle or busy link is pinged, and how long a pong may take.
-const PING_EVERY: Duration = Duration::from_secs(10);
-const PONG_WITHIN: Duration = Duration::from_secs(5);
+/// How often an idle or busy link is pinged (from either side), and how long a pong may take.
+pub(crate) const PING_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const PONG_WITHIN: Duration = Duration::from_secs(5);
 
 /// A handle on an open edge link; clones share the connection.
 #[derive(Clone)]
@@ -133,20 +133,7 @@ async fn drive<T>(
 ) where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let pinger = conn.ping_pong();
-    let pings = async move {
-        let Some(mut pp) = pinger else {
-            return std::future::pending::<String>().await;
-        };
-        loop {
-            tokio::time::sleep(every).await;
-            match tokio::time::timeout(within, pp.ping(Ping::opaque())).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return format!("ping failed: {e}"),
-                Err(_) => return format!("no pong within {} ms", within.as_millis()),
-            }
-        }
-    };
+    let pings = keepalive(conn.ping_pong(), every, within);
     tokio::select! {
         r = &mut conn => match r {
             Ok(()) => debug!(peer = %peer, "edge link closed"),
@@ -156,6 +143,27 @@ async fn drive<T>(
     }
     ended.flag.store(true, Ordering::Release);
     ended.notify.notify_waiters();
+}
+
+/// Pings the peer every `every` with `pinger` (a connection's, polled alongside it) and returns
+/// why the link is dead: a pong `within` late, or a failed ping. Without a pinger it never
+/// returns.
+pub(crate) async fn keepalive(
+    pinger: Option<PingPong>,
+    every: Duration,
+    within: Duration,
+) -> String {
+    let Some(mut pp) = pinger else {
+        return std::future::pending::<String>().await;
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        match tokio::time::timeout(within, pp.ping(Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return format!("ping failed: {e}"),
+            Err(_) => return format!("no pong within {} ms", within.as_millis()),
+        }
+    }
 }
 
 /// Streams a body into its HTTP/2 stream, within the peer's flow-control window; stops
