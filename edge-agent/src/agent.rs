@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::balance::{Candidate, Change, Health};
 use crate::config::AgentConfig;
+use crate::deadline::{Deadlines, Within};
 use crate::http::{self as h, Body};
 use crate::metrics::Metrics;
 use crate::peers::PeerPool;
@@ -51,6 +52,8 @@ pub struct Agent {
     /// Connections to local workloads: each data-plane thread has its own.
     h1: PerThread<Http1Pool>,
     h2c: PerThread<Client<HttpConnector, Body>>,
+    /// Deadlines of calls: each data-plane thread keeps its own.
+    deadlines: PerThread<Deadlines>,
     /// Whether an edge node's link to its parent is up.
     pub parent_up: AtomicBool,
 }
@@ -87,6 +90,7 @@ impl Agent {
             pool,
             h1,
             h2c,
+            deadlines: PerThread::new(threads, Deadlines::default),
             parent_up: AtomicBool::new(false),
         }
     }
@@ -289,13 +293,18 @@ impl Agent {
         .await
     }
 
+    /// Runs `call` until it ends or `limits.request_timeout_ms` passes.
+    pub fn with_request_timeout<F: Future>(&self, call: F) -> Within<'_, F> {
+        let limit = Duration::from_millis(self.config.limits.request_timeout_ms);
+        self.deadlines.get().within(Instant::now() + limit, call)
+    }
+
     async fn timed<F, E>(&self, f: F) -> Result<Response<Body>, SendError>
     where
         F: Future<Output = Result<Response<Body>, E>>,
         E: std::error::Error,
     {
-        let limit = Duration::from_millis(self.config.limits.request_timeout_ms);
-        match tokio::time::timeout(limit, f).await {
+        match self.with_request_timeout(f).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(SendError {
                 reason: error_chain(&e),
@@ -303,7 +312,10 @@ impl Agent {
                 code: "upstream-failed",
             }),
             Err(_) => Err(SendError {
-                reason: format!("no response within {} ms", limit.as_millis()),
+                reason: format!(
+                    "no response within {} ms",
+                    self.config.limits.request_timeout_ms
+                ),
                 status: StatusCode::GATEWAY_TIMEOUT,
                 code: "timeout",
             }),

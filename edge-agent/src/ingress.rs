@@ -455,8 +455,7 @@ async fn relay(
     let (mut parts, body) = req.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
     let fwd = Request::from_parts(parts, recv_body(body));
-    let limit = Duration::from_millis(agent.config.limits.request_timeout_ms);
-    let result = tokio::time::timeout(limit, send.request(fwd)).await;
+    let result = agent.with_request_timeout(send.request(fwd)).await;
     let status = match &result {
         Ok(Ok(r)) => Some(r.status().as_u16()),
         _ => None,

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod balance;
 pub mod coalesce;
 pub mod config;
+pub mod deadline;
 pub mod egress;
 pub mod feed;
 pub mod h1codec;

@@ -64,8 +64,7 @@ pub async fn connect_over(
     if let Ok(v) = HeaderValue::from_str(site) {
         req.headers_mut().insert(h::SITE, v);
     }
-    let limit = Duration::from_millis(agent.config.limits.request_timeout_ms);
-    let (resp, tunnel) = match tokio::time::timeout(limit, link.connect(req)).await {
+    let (resp, tunnel) = match agent.with_request_timeout(link.connect(req)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return Err(error_chain(&e)),
         Err(_) => return Err("CONNECT timed out".into()),

@@ -427,6 +427,90 @@ async fn a_90_10_split_between_sites_lands_within_2_points_over_10000_calls() {
     assert_eq!(from_metrics as u64, seen["a"]);
 }
 
+/// A call nobody answers ends with 504 at the request timeout: at the serving edge when its
+/// limit is the shorter, at the calling edge when its own is. Each edge's link then carries
+/// the next call, over HTTP/1.1 and h2c.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_nobody_answers_ends_at_the_request_timeout_of_either_edge() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let (silent, booking) = (silent_backend().await, http_backend("a").await);
+    let service = |name: &str, dest: &str| {
+        format!(
+            "- {{name: {name}, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: a{dest}}}]}}\n"
+        )
+    };
+    Agent::write_routes(
+        root,
+        "a",
+        &format!(
+            "services:\n{}{}",
+            service("payment", ""),
+            service("booking", "")
+        ),
+    );
+    let a = Agent::start(
+        &pki,
+        root,
+        "a",
+        &agent_toml(&format!(
+            "ingress = \"127.0.0.1:0\"\n{}{}[limits]\nrequest_timeout_ms = 400\n",
+            local("payment", 8080, silent.addr),
+            local("booking", 8080, booking.addr)
+        )),
+    );
+    let to_a = format!(", addresses: ['{}']", a.ingress());
+    let callers: Vec<(Agent, u64)> = [("b", 5_000), ("d", 150)]
+        .into_iter()
+        .map(|(site, limit)| {
+            Agent::write_routes(
+                root,
+                site,
+                &format!(
+                    "services:\n{}{}",
+                    service("payment", &to_a),
+                    service("booking", &to_a)
+                ),
+            );
+            let config =
+                format!("egress_http = \"127.0.0.1:0\"\n[limits]\nrequest_timeout_ms = {limit}\n");
+            (Agent::start(&pki, root, site, &agent_toml(&config)), limit)
+        })
+        .collect();
+    for (caller, limit) in &callers {
+        let egress = caller.egress();
+        for c in [client_h1(), client_h2c()] {
+            let start = std::time::Instant::now();
+            let to_payment = [("x-multimesh-destination", PAY)];
+            let url = format!("http://{egress}/");
+            let call = get(&c, &url, &to_payment);
+            let (status, headers, body) = tokio::time::timeout(Duration::from_secs(10), call)
+                .await
+                .expect("no answer within 10 s")
+                .unwrap();
+            let took = start.elapsed().as_millis() as u64;
+            assert_eq!(status, 504, "{body}");
+            assert_eq!(headers["x-multimesh-error"], "timeout", "{body}");
+            // The shorter of the two limits ends the call, and not much later.
+            let first = (*limit).min(400);
+            assert!(
+                (first..first + 1_500).contains(&took),
+                "504 after {took} ms: {body}"
+            );
+            let to_booking = [(
+                "x-multimesh-destination",
+                "booking.shop.svc.clusterset.local:8080",
+            )];
+            let (status, _, body) = get(&c, &url, &to_booking).await.unwrap();
+            assert_eq!((status, served_site(&body)), (200, "a"), "{body}");
+        }
+    }
+    // Every call for payment reached the silent workload.
+    assert!(silent.calls.load(Ordering::Relaxed) >= 1);
+    assert_eq!(booking.calls.load(Ordering::Relaxed), 4);
+}
+
 /// SIGTERM stops an agent promptly although callers hold connections open: one that has sent
 /// nothing yet (egress waits to see whether it speaks HTTP/2) and an idle keep-alive one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

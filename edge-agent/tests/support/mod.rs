@@ -134,6 +134,28 @@ pub async fn tcp_echo(label: &str) -> Backend {
     Backend { addr, calls, task }
 }
 
+/// A TCP server that reads what callers send and never answers.
+pub async fn silent_backend() -> Backend {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = calls.clone();
+    let task = tokio::spawn(async move {
+        let mut held = tokio::task::JoinSet::new();
+        loop {
+            let Ok((mut tcp, _)) = l.accept().await else {
+                return;
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+            held.spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    Backend { addr, calls, task }
+}
+
 /// A gRPC server (the standard health service, reporting SERVING for `multimesh.demo`).
 pub async fn grpc_backend() -> Backend {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
