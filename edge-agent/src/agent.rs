@@ -22,7 +22,7 @@ use crate::deadline::{Deadlines, Within};
 use crate::http::{self as h, Body};
 use crate::metrics::Metrics;
 use crate::peers::PeerPool;
-use crate::routes::{Destination, RouteTable, ServiceKey, ServiceRoute};
+use crate::routes::{Destination, PortAddress, RouteTable, ServiceKey, ServiceRoute};
 use crate::upstream::Http1Pool;
 use crate::workers::PerThread;
 
@@ -245,8 +245,8 @@ impl Agent {
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_2;
         *req.headers_mut() = head.headers.clone();
-        if let Ok(v) = HeaderValue::from_str(&d.site) {
-            req.headers_mut().insert(h::SITE, v);
+        if let Some(v) = &d.site_header {
+            req.headers_mut().insert(h::SITE, v.clone());
         }
         self.timed(send.request(req)).await
     }
@@ -257,24 +257,23 @@ impl Agent {
         &self,
         upstream: &str,
         protocol: Protocol,
-        authority: &Authority,
-        head: &Head,
+        address: &PortAddress,
+        head: Head,
         body: Body,
     ) -> Result<Response<Body>, SendError> {
         let mut req = Request::new(body);
-        *req.method_mut() = head.method.clone();
-        *req.headers_mut() = head.headers.clone();
+        *req.method_mut() = head.method;
+        *req.headers_mut() = head.headers;
         if protocol == Protocol::Http {
-            *req.uri_mut() = Uri::from(head.path.clone());
-            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-                req.headers_mut().insert(http::header::HOST, v);
-            }
+            *req.uri_mut() = Uri::from(head.path);
+            req.headers_mut()
+                .insert(http::header::HOST, address.host.clone());
             return self.timed(self.h1.get().send(upstream, req)).await;
         }
         *req.uri_mut() = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(upstream)
-            .path_and_query(head.path.clone())
+            .path_and_query(head.path)
             .build()
             .map_err(|e| SendError {
                 reason: e.to_string(),
@@ -324,6 +323,7 @@ impl Agent {
 }
 
 /// The parts of a request needed to send it (again).
+#[derive(Clone)]
 pub struct Head {
     /// Method.
     pub method: Method,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Body as _;
 use tokio::net::TcpStream;
@@ -72,11 +72,12 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
             "CONNECT is not offered to local callers; use a TCP egress port".into(),
         );
     }
-    let authority = match Authority::try_from(format!("{}:{}", route.host, port.port)) {
-        Ok(a) => a,
-        Err(e) => {
-            return error_response(StatusCode::BAD_REQUEST, "bad-destination", e.to_string());
-        }
+    let Some(address) = &port.address else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "bad-destination",
+            format!("{service} port {} has no address", port.port),
+        );
     };
     let (mut parts, body) = req.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
@@ -114,7 +115,8 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
                     let b = body.take().unwrap_or_else(h::empty);
                     // Boxed: the workload hop's future is large, and calls to other sites
                     // (this function's usual path) should not carry its size.
-                    Box::pin(agent.send_local(up, port.protocol, &authority, &head, b)).await
+                    Box::pin(agent.send_local(up, port.protocol, address, head.clone(), b))
+                        .await
                 }
                 None => Err(SendError {
                     reason: format!("{service} port {} has no local upstream", port.port),
@@ -124,7 +126,7 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
             }
         } else {
             let had_body = body.is_some();
-            let r = agent.send_remote(dest, &authority, &head, &mut body).await;
+            let r = agent.send_remote(dest, &address.authority, &head, &mut body).await;
             if had_body && body.is_none() {
                 sent += 1;
             }

@@ -78,6 +78,7 @@ pub fn from_wire(t: wire::RouteTable) -> Result<RouteDocument, String> {
                     name: p.name,
                     port: p.port,
                     protocol: p.protocol,
+                    address: None,
                 })
                 .collect(),
             destinations: s
@@ -88,6 +89,7 @@ pub fn from_wire(t: wire::RouteTable) -> Result<RouteDocument, String> {
                     addresses: d.addresses,
                     weight: d.weight,
                     via: (!d.via.is_empty()).then_some(d.via),
+                    site_header: None,
                 })
                 .collect(),
             consumers: s.consumers,

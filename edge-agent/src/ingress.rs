@@ -2,6 +2,7 @@
 //! under the federation CA); each call is then admitted by the service's consumer scope and
 //! forwarded to the local workload, or relayed to/from an edge node this site parents.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use federation::tls::{
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::header::HeaderValue;
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -230,33 +231,31 @@ fn refuse(status: StatusCode, code: &'static str, message: String) -> Answer {
 pub async fn handle(agent: Arc<Agent>, caller: Caller, mut req: Request<RecvStream>) -> Answer {
     let start = Instant::now();
     // The original caller: only a parent may speak for another site.
-    let source = match req.headers().get(SOURCE).and_then(|v| v.to_str().ok()) {
-        Some(s) if caller.from_parent => s.to_string(),
-        _ => caller.site.clone(),
+    let source: Cow<'_, str> = match req.headers().get(SOURCE).and_then(|v| v.to_str().ok()) {
+        Some(s) if caller.from_parent => Cow::Owned(s.to_string()),
+        _ => Cow::Borrowed(&caller.site),
     };
-    let raw = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(h::DESTINATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        });
-    let Some(target) = raw.as_deref().and_then(parse_host) else {
+    let raw = match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req
+            .headers()
+            .get(h::DESTINATION)
+            .and_then(|v| v.to_str().ok()),
+    };
+    let Some(target) = raw.and_then(parse_host) else {
         return refuse(
             StatusCode::BAD_REQUEST,
             "bad-destination",
             format!("destination {raw:?} is not NAME.NAMESPACE.svc.clusterset.local:PORT"),
         );
     };
-    let for_site = req
+    let relay_to = req
         .headers()
         .get(h::SITE)
         .and_then(|v| v.to_str().ok())
+        .filter(|s| *s != agent.site())
         .map(str::to_string);
-    if let Some(site) = for_site.filter(|s| s != agent.site()) {
+    if let Some(site) = relay_to {
         // Boxed, as the tunnel below: rare paths with large futures, which would otherwise
         // make every call's future as large.
         return Box::pin(relay(agent, &caller, &source, &site, req)).await;
@@ -309,14 +308,17 @@ pub async fn handle(agent: Arc<Agent>, caller: Caller, mut req: Request<RecvStre
             ),
         );
     };
-    let authority = match Authority::try_from(format!("{}:{port_no}", route.host)) {
-        Ok(a) => a,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad-destination", e.to_string()),
+    let Some(address) = &port.address else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad-destination",
+            format!("{service} port {port_no} has no address"),
+        );
     };
     let head = take_head(&mut req);
     let body = recv_body(req.into_body());
     let result = agent
-        .send_local(upstream, protocol, &authority, &head, body)
+        .send_local(upstream, protocol, address, head, body)
         .await;
     let status = result.as_ref().ok().map(|r| r.status().as_u16());
     agent.metrics.call(

@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use federation::error::InvalidField;
 use federation::model::Protocol;
 use federation::names;
+use http::HeaderValue;
+use http::uri::Authority;
 use serde::{Deserialize, Serialize};
 
 /// The suffix of imported host names.
@@ -94,6 +96,27 @@ pub struct PortSpec {
     /// Application protocol.
     #[serde(default = "default_protocol")]
     pub protocol: Protocol,
+    /// How calls name this port, made once when the table is built.
+    #[serde(skip)]
+    pub address: Option<PortAddress>,
+}
+
+/// A service port as calls name it, `NAME.NAMESPACE.svc.clusterset.local:PORT`: the
+/// `:authority` of calls to other sites and the `Host` of HTTP/1.1 calls to workloads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortAddress {
+    /// As a URI authority.
+    pub authority: Authority,
+    /// As a header value.
+    pub host: HeaderValue,
+}
+
+impl PortAddress {
+    fn new(host: &str, port: u16) -> Option<Self> {
+        let authority = Authority::try_from(format!("{host}:{port}")).ok()?;
+        let host = HeaderValue::from_str(authority.as_str()).ok()?;
+        Some(Self { authority, host })
+    }
 }
 
 fn default_protocol() -> Protocol {
@@ -117,6 +140,10 @@ pub struct Destination {
     /// `addresses` are then the relay's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// `site` as a header value (`x-multimesh-site` of calls to it), made when the table is
+    /// built.
+    #[serde(skip)]
+    pub site_header: Option<HeaderValue>,
 }
 
 fn default_weight() -> u32 {
@@ -263,6 +290,12 @@ impl RouteTable {
             let key = ServiceKey::new(&s.namespace, &s.name);
             s.id = key.to_string();
             s.host = key.host();
+            for p in &mut s.ports {
+                p.address = PortAddress::new(&s.host, p.port);
+            }
+            for d in &mut s.destinations {
+                d.site_header = HeaderValue::from_str(&d.site).ok();
+            }
             if services.contains_key(&key) {
                 return Err(InvalidField::new(
                     &format!("services[{i}]"),
