@@ -115,8 +115,7 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
                     let b = body.take().unwrap_or_else(h::empty);
                     // Boxed: the workload hop's future is large, and calls to other sites
                     // (this function's usual path) should not carry its size.
-                    Box::pin(agent.send_local(up, port.protocol, address, head.clone(), b))
-                        .await
+                    Box::pin(agent.send_local(up, port.protocol, address, head.clone(), b)).await
                 }
                 None => Err(SendError {
                     reason: format!("{service} port {} has no local upstream", port.port),
@@ -126,7 +125,9 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
             }
         } else {
             let had_body = body.is_some();
-            let r = agent.send_remote(dest, &address.authority, &head, &mut body).await;
+            let r = agent
+                .send_remote(dest, &address.authority, &head, &mut body)
+                .await;
             if had_body && body.is_none() {
                 sent += 1;
             }
