@@ -33,6 +33,8 @@ struct Table {
     sweeper: Option<Instant>,
     /// Wakes the sweeper before `sweeper`, for a call whose deadline is earlier.
     sweeper_waker: Option<Waker>,
+    /// Counts sweepers started: the live one's number.
+    sweepers: u64,
 }
 
 struct Call {
@@ -106,8 +108,13 @@ impl<F: Future> Future for Within<'_, F> {
         match t.sweeper {
             None => {
                 t.sweeper = Some(at);
+                t.sweepers += 1;
+                let sweeper = Sweeper {
+                    table: Arc::clone(this.table),
+                    number: t.sweepers,
+                };
                 drop(t);
-                tokio::spawn(sweep(Arc::clone(this.table), at));
+                tokio::spawn(sweeper.run(at));
             }
             Some(next) if at < next => {
                 t.sweeper = Some(at);
@@ -121,63 +128,65 @@ impl<F: Future> Future for Within<'_, F> {
     }
 }
 
-/// Clears the table's sweeper when the sweeper task ends, however it ends (a runtime that
-/// shuts down drops it), so that the next call starts another.
-struct Sweeper(Arc<Mutex<Table>>);
+/// The sweeper task's state. Dropping it (the task ended, or its runtime shut down and dropped
+/// it) clears the table's sweeper, unless a newer one has started, so the next call starts one.
+struct Sweeper {
+    table: Arc<Mutex<Table>>,
+    number: u64,
+}
 
 impl Drop for Sweeper {
     fn drop(&mut self) {
-        let mut t = lock(&self.0);
-        t.sweeper = None;
-        t.sweeper_waker = None;
+        let mut t = lock(&self.table);
+        if t.sweepers == self.number {
+            t.sweeper = None;
+            t.sweeper_waker = None;
+        }
     }
 }
 
-/// The sweeper task: sleeps until `next`, wakes every call whose deadline has passed, and
-/// repeats with the earliest deadline left.
-async fn sweep(table: Arc<Mutex<Table>>, mut next: Instant) {
-    let guard = Sweeper(table);
-    let table = &guard.0;
-    loop {
-        let sleep = tokio::time::sleep_until(next.into());
-        tokio::pin!(sleep);
-        poll_fn(|cx| {
-            if sleep.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(());
-            }
-            let mut t = lock(table);
-            if t.sweeper.is_some_and(|s| s < next) {
-                return Poll::Ready(());
-            }
-            t.sweeper_waker = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await;
-        let now = Instant::now();
-        let mut due = Vec::new();
-        {
-            let mut t = lock(table);
-            let before = t.reached;
-            t.reached = Some(now);
-            let mut earliest: Option<Instant> = None;
-            for (_, c) in &t.calls {
-                if c.at > now {
-                    earliest = Some(earliest.map_or(c.at, |e| e.min(c.at)));
-                } else if before.is_none_or(|b| c.at > b) {
-                    due.push(c.waker.clone());
+impl Sweeper {
+    /// Sleeps until `next`, wakes every call whose deadline has passed, and repeats with the
+    /// earliest deadline left; ends when none is left.
+    async fn run(self, mut next: Instant) {
+        loop {
+            let sleep = tokio::time::sleep_until(next.into());
+            tokio::pin!(sleep);
+            poll_fn(|cx| {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
                 }
-            }
-            t.sweeper = earliest;
+                let mut t = lock(&self.table);
+                if t.sweeper.is_some_and(|s| s < next) {
+                    return Poll::Ready(());
+                }
+                t.sweeper_waker = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+            let now = Instant::now();
+            let mut due = Vec::new();
+            let earliest = {
+                let mut t = lock(&self.table);
+                let before = t.reached;
+                t.reached = Some(now);
+                let mut earliest: Option<Instant> = None;
+                for (_, c) in &t.calls {
+                    if c.at > now {
+                        earliest = Some(earliest.map_or(c.at, |e| e.min(c.at)));
+                    } else if before.is_none_or(|b| c.at > b) {
+                        due.push(c.waker.clone());
+                    }
+                }
+                t.sweeper = earliest;
+                earliest
+            };
+            due.into_iter().for_each(Waker::wake);
             match earliest {
                 Some(e) => next = e,
-                None => {
-                    drop(t);
-                    due.into_iter().for_each(Waker::wake);
-                    return;
-                }
+                None => return,
             }
         }
-        due.into_iter().for_each(Waker::wake);
     }
 }
 
@@ -253,6 +262,37 @@ mod tests {
             "the later call goes on"
         );
         assert_eq!(calls(&d), 1);
+    }
+
+    #[test]
+    fn a_sweeper_lost_with_its_runtime_is_replaced_by_the_next_call() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap()
+        };
+        let d = Deadlines::default();
+        let first = runtime();
+        first.block_on(async {
+            let far = d.within(
+                Instant::now() + Duration::from_secs(60),
+                std::future::pending::<()>(),
+            );
+            tokio::pin!(far);
+            assert!(futures::poll!(far.as_mut()).is_pending());
+            // The sweeper task starts on this runtime.
+            tokio::task::yield_now().await;
+            assert!(lock(&d.table).sweeper.is_some());
+        });
+        // Shutting the runtime down drops its tasks, the sweeper among them.
+        drop(first);
+        assert!(lock(&d.table).sweeper.is_none());
+        let out = runtime().block_on(bounded(d.within(
+            Instant::now() + Duration::from_millis(30),
+            std::future::pending::<()>(),
+        )));
+        assert_eq!(out, Err(Elapsed));
     }
 
     #[tokio::test]
