@@ -110,7 +110,7 @@ impl PeerPool {
         if addresses.is_empty() {
             return Err(format!("site {site} has no edge address"));
         }
-        let connector = self.connector(site, ALPN_H2)?;
+        let connector = self.connector(site)?;
         let mut last = String::new();
         for address in addresses {
             match connect_site(
@@ -136,13 +136,14 @@ impl PeerPool {
         Err(last)
     }
 
-    fn connector(&self, site: &str, alpn: &[u8]) -> Result<TlsConnector, String> {
+    /// The TLS connector for dialling `site` (offering [`ALPN_H2`]), made once per site.
+    fn connector(&self, site: &str) -> Result<TlsConnector, String> {
         let mut c = lock(&self.connectors);
         if let Some(c) = c.get(site) {
             return Ok(c.clone());
         }
         let expected = SiteId::new(&self.trust_domain, site).map_err(|e| e.to_string())?;
-        let cfg = client_config_alpn(&self.tls, expected, vec![alpn.to_vec()])
+        let cfg = client_config_alpn(&self.tls, expected, vec![ALPN_H2.to_vec()])
             .map_err(|e| e.to_string())?;
         let made = TlsConnector::from(cfg);
         c.insert(site.to_string(), made.clone());
