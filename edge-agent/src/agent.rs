@@ -56,6 +56,8 @@ pub struct Agent {
     deadlines: PerThread<Deadlines>,
     /// Whether an edge node's link to its parent is up.
     pub parent_up: AtomicBool,
+    /// This site's name as a header value (`x-multimesh-served-by` of the calls it serves).
+    site_header: Option<HeaderValue>,
 }
 
 impl Agent {
@@ -81,6 +83,7 @@ impl Agent {
                 .build(conn)
         });
         let pool = PeerPool::new(tls, &config.trust_domain, connect_timeout, threads);
+        let site_header = HeaderValue::from_str(&config.site).ok();
         Self {
             health: Health::new(config.outlier),
             config,
@@ -92,12 +95,18 @@ impl Agent {
             h2c,
             deadlines: PerThread::new(threads, Deadlines::default),
             parent_up: AtomicBool::new(false),
+            site_header,
         }
     }
 
     /// This site's name.
     pub fn site(&self) -> &str {
         &self.config.site
+    }
+
+    /// This site's name as a header value, made once.
+    pub fn site_header(&self) -> Option<&HeaderValue> {
+        self.site_header.as_ref()
     }
 
     /// The current route table (calls keep the table they started with).
@@ -334,13 +343,11 @@ pub struct Head {
 }
 
 /// A response from upstream, with hop-by-hop headers removed and `served_by` added.
-pub fn relay_response(resp: Response<Body>, served_by: Option<&str>) -> Response<Body> {
+pub fn relay_response(resp: Response<Body>, served_by: Option<&HeaderValue>) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
-    if let Some(site) = served_by
-        && let Ok(v) = HeaderValue::from_str(site)
-    {
-        parts.headers.insert(h::SERVED_BY, v);
+    if let Some(site) = served_by {
+        parts.headers.insert(h::SERVED_BY, site.clone());
     }
     Response::from_parts(parts, body)
 }

@@ -329,7 +329,7 @@ pub async fn handle(agent: Arc<Agent>, caller: Caller, mut req: Request<RecvStre
         start.elapsed(),
     );
     match result {
-        Ok(resp) => relay_response(resp, Some(agent.site())).into(),
+        Ok(resp) => relay_response(resp, agent.site_header()).into(),
         Err(e) => {
             warn!(service = %service, caller = %source, error = %e.reason, "ingress: upstream failed");
             refuse(e.status, e.code, format!("{service}: {}", e.reason))
@@ -369,8 +369,8 @@ fn accept_tunnel(
         start.elapsed(),
     );
     let mut head = Response::new(());
-    if let Ok(v) = HeaderValue::from_str(agent.site()) {
-        head.headers_mut().insert(h::SERVED_BY, v);
+    if let Some(v) = agent.site_header() {
+        head.headers_mut().insert(h::SERVED_BY, v.clone());
     }
     Answer::Tunnel {
         head,
