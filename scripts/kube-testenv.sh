@@ -21,6 +21,7 @@ set -euo pipefail
 CACHE=${MULTIMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/multimesh}
 APISERVER="$CACHE/kube-apiserver-v1.20.2"
 PORT_BASE=${MULTIMESH_KUBE_PORT_BASE:-26400}
+GO119=/usr/lib/go-1.19/bin
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'kube-testenv: %s\n' "$*" >&2; exit 1; }
@@ -32,7 +33,10 @@ as_root() {
 install_packages() {
   local need=()
   command -v etcd >/dev/null || need+=(etcd-server)
-  command -v go >/dev/null || need+=(golang-go)
+  # The v1.20 source does not build with a current Go (1.26 refuses its vendored runtime
+  # internals); Debian's Go 1.19 does. Pinned here until the test environment moves to a
+  # current kube-apiserver built from its Go module (issue 18).
+  [ -x "$GO119/go" ] || need+=(golang-1.19-go)
   command -v rsync >/dev/null || need+=(rsync)
   command -v openssl >/dev/null || need+=(openssl)
   command -v curl >/dev/null || need+=(curl)
@@ -85,7 +89,7 @@ build_apiserver() {
     cd "$work/src"
     mkdir -p .go/src/k8s.io
     ln -s ../../.. .go/src/k8s.io/kubernetes
-    HOME=$(mktemp -d) GOPATH=$PWD/.go CGO_ENABLED=0 GOFLAGS=-mod=vendor \
+    PATH="$GO119:$PATH" HOME=$(mktemp -d) GOPATH=$PWD/.go CGO_ENABLED=0 GOFLAGS=-mod=vendor GOTOOLCHAIN=local \
       make WHAT=cmd/kube-apiserver >"$work/build.log" 2>&1 \
       || { tail -40 "$work/build.log" >&2; exit 1; }
   ) || die "kube-apiserver build failed (log: $work/build.log)"

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{AdminError, Refusal};
 use crate::model::{Body, Key, Record, Scope, Service, Site, Stamp};
+use crate::proof::{CertDer, Fingerprint, Seal};
 
 /// A position in one site's change stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +43,8 @@ pub struct Limits {
     /// Withdrawals kept in the merged view to serve deltas; older ones are compacted (a peer
     /// that is further behind gets a snapshot).
     pub max_tombstones: usize,
+    /// Most origins whose heads this site keeps (besides its own).
+    pub max_origins: usize,
 }
 
 impl Default for Limits {
@@ -50,17 +53,31 @@ impl Default for Limits {
             max_records_per_link: 50_000,
             max_exports: 20_000,
             max_tombstones: 10_000,
+            max_origins: 1024,
         }
     }
 }
 
 /// What one origin is known to be at: its stamp and its latest liveness beat.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Head {
     /// Highest stamp known of the origin.
     pub stamp: Stamp,
     /// Highest liveness beat known of the origin.
     pub beat: u64,
+    /// The origin's signed head carrying `beat`, forwarded unchanged to peers. `None` for this
+    /// site's own head (sealed when sent) and in unit tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<Arc<Seal>>,
+}
+
+/// One change a peer sends in a delta.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Change {
+    /// The origin's record of the key (signed by the origin on the wire).
+    Put(Record),
+    /// The peer no longer carries the key: drop what it relayed of it (and nothing else).
+    Retract,
 }
 
 /// One merged entry with its change-stream bookkeeping.
@@ -71,6 +88,10 @@ struct Merged {
     /// withdrawn entries reach exactly those who may still hold them.
     audience: Scope,
     seq: u64,
+    /// This site made up this withdrawal because no peer carries the key any more (no origin
+    /// signed it): peers get a retraction, not a record.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    retracted: bool,
 }
 
 /// The replica of what one peer sent us.
@@ -91,8 +112,8 @@ pub enum Outgoing {
         from: Position,
         /// The position after applying.
         to: Position,
-        /// Records, filtered for the peer, in change order.
-        records: Vec<(Key, Record)>,
+        /// Changes, filtered for the peer, in change order.
+        records: Vec<(Key, Change)>,
     },
     /// The peer cannot resume: everything it may see, as of `at`.
     Snapshot {
@@ -129,6 +150,11 @@ pub struct Catalog {
     heads: BTreeMap<Site, Head>,
     /// Exports declared by the site config (namespace, name).
     declared: BTreeSet<(String, String)>,
+    /// The configured peers; `None` until set (every link is then kept).
+    peers: Option<BTreeSet<Site>>,
+    /// Certificates of the signers of the seals held (DER), so relayed items can travel with
+    /// them.
+    certs: BTreeMap<Fingerprint, Arc<CertDer>>,
     limits: Limits,
     /// Live entries in the merged view: all of them, and this site's own.
     live: usize,
@@ -144,6 +170,7 @@ impl Catalog {
             Head {
                 stamp: Stamp { epoch, version: 0 },
                 beat: 0,
+                seal: None,
             },
         );
         Self {
@@ -158,6 +185,8 @@ impl Catalog {
             links: BTreeMap::new(),
             heads,
             declared: BTreeSet::new(),
+            peers: None,
+            certs: BTreeMap::new(),
             limits,
             live: 0,
             own_live: 0,
@@ -216,13 +245,20 @@ impl Catalog {
             return Err(AdminError::TooMany(self.limits.max_exports));
         }
         let stamp = self.next_version();
-        self.set_merged(
-            key,
-            Record {
-                stamp,
-                body: Body::Live(Arc::new(svc)),
-            },
-        );
+        let record = Record::new(stamp, Body::Live(Arc::new(svc)));
+        let size = record.encode(&key).len();
+        if size > crate::model::MAX_RECORD_BYTES {
+            self.version -= 1;
+            if let Some(h) = self.heads.get_mut(&self.site) {
+                h.stamp.version = self.version;
+            }
+            return Err(AdminError::Invalid(crate::error::InvalidField::new(
+                "service",
+                format!("{size} bytes encoded"),
+                "is over the record size limit of 16384 bytes",
+            )));
+        }
+        self.set_merged(key, record, false);
         Ok(stamp)
     }
 
@@ -237,13 +273,7 @@ impl Catalog {
         }
         let stamp = self.next_version();
         let audience = self.merged[&key].audience.clone();
-        self.set_merged(
-            key,
-            Record {
-                stamp,
-                body: Body::Withdrawn { audience },
-            },
-        );
+        self.set_merged(key, Record::new(stamp, Body::Withdrawn { audience }), false);
         Ok(stamp)
     }
 
@@ -296,7 +326,7 @@ impl Catalog {
 
     /// Sets the merged record of `key`, records the change in the stream, and compacts old
     /// tombstones.
-    fn set_merged(&mut self, key: Key, record: Record) {
+    fn set_merged(&mut self, key: Key, record: Record, retracted: bool) {
         self.seq += 1;
         let seq = self.seq;
         let (audience, was_live) = match self.merged.get(&key) {
@@ -327,6 +357,7 @@ impl Catalog {
                 record,
                 audience,
                 seq,
+                retracted,
             },
         );
         self.compact();
@@ -384,7 +415,7 @@ impl Catalog {
         match best {
             Some(r) if Some(r.rank()) != current => {
                 self.bump_head(key, r.stamp);
-                self.set_merged(key.clone(), r);
+                self.set_merged(key.clone(), r, false);
                 true
             }
             Some(_) => false,
@@ -396,10 +427,8 @@ impl Catalog {
                     let audience = m.audience.clone();
                     self.set_merged(
                         key.clone(),
-                        Record {
-                            stamp,
-                            body: Body::Withdrawn { audience },
-                        },
+                        Record::new(stamp, Body::Withdrawn { audience }),
+                        true,
                     );
                     true
                 }
@@ -415,22 +444,34 @@ impl Catalog {
         }
     }
 
-    /// The record `peer` may receive for a merged entry, if any: the live entry when its scope
-    /// allows the peer; a withdrawal when the peer may have seen an earlier version; nothing
-    /// otherwise (and never an origin's own entries back to it).
-    fn for_peer(&self, peer: &str, key: &Key, m: &Merged) -> Option<Record> {
+    /// What `peer` may receive of a merged entry, if anything: the record when its scope
+    /// allows the peer (a live entry, or the origin's withdrawal); when the peer may have seen
+    /// an earlier version but may not see this one, this site's own withdrawal or, for
+    /// another origin's key, the origin's proof without the record (hidden at its stamp);
+    /// a retraction for a withdrawal this site made up; nothing otherwise (and never an
+    /// origin's own entries back to it).
+    fn for_peer(&self, peer: &str, key: &Key, m: &Merged) -> Option<Change> {
         if key.origin == peer {
             return None;
         }
+        let own = key.origin == self.site;
         match &m.record.body {
-            Body::Live(s) if s.scope.allows(peer) => Some(m.record.clone()),
-            _ if m.audience.allows(peer) => Some(Record {
-                stamp: m.record.stamp,
-                body: Body::Withdrawn {
+            Body::Live(s) if s.scope.allows(peer) => Some(Change::Put(m.record.clone())),
+            Body::Withdrawn { .. } if !m.retracted && m.audience.allows(peer) => {
+                Some(Change::Put(m.record.clone()))
+            }
+            _ if !m.audience.allows(peer) => None,
+            _ if own => Some(Change::Put(Record::new(
+                m.record.stamp,
+                Body::Withdrawn {
                     audience: m.audience.clone(),
                 },
-            }),
-            _ => None,
+            ))),
+            Body::Live(_) if m.record.proof.is_some() => Some(Change::Put(Record::hidden(
+                m.record.stamp,
+                m.record.proof.as_ref().map(|p| Arc::new(p.redacted())),
+            ))),
+            _ => Some(Change::Retract),
         }
     }
 
@@ -462,7 +503,10 @@ impl Catalog {
                 records: self
                     .merged
                     .iter()
-                    .filter_map(|(k, m)| self.for_peer(peer, k, m).map(|r| (k.clone(), r)))
+                    .filter_map(|(k, m)| match self.for_peer(peer, k, m) {
+                        Some(Change::Put(r)) => Some((k.clone(), r)),
+                        _ => None,
+                    })
                     .collect(),
             },
         }
@@ -490,15 +534,18 @@ impl Catalog {
         }
     }
 
-    /// Checks records from `peer` before anything is applied: scope, and no entry of ours.
-    fn check_records(&self, records: &[(Key, Record)]) -> Result<(), Refusal> {
-        for (i, (k, r)) in records.iter().enumerate() {
+    /// Checks changes from a peer before anything is applied: scope, and no entry of ours.
+    fn check_records<'r>(
+        &self,
+        records: impl Iterator<Item = (&'r Key, Option<&'r Record>)>,
+    ) -> Result<(), Refusal> {
+        for (i, (k, r)) in records.enumerate() {
             if k.origin == self.site {
                 return Err(Refusal::Protocol(format!(
                     "records[{i}]: {k} is this site's own entry; peers must not send it back"
                 )));
             }
-            if let Body::Live(s) = &r.body
+            if let Some(Body::Live(s)) = r.map(|r| &r.body)
                 && !s.scope.allows(&self.site)
             {
                 return Err(Refusal::ScopeViolation(format!(
@@ -516,7 +563,7 @@ impl Catalog {
         peer: &str,
         from: Position,
         to: Position,
-        records: Vec<(Key, Record)>,
+        records: Vec<(Key, Change)>,
     ) -> Result<Applied, Refusal> {
         if from.epoch != to.epoch || from.seq > to.seq {
             return Err(Refusal::Protocol(format!(
@@ -538,11 +585,19 @@ impl Catalog {
                 )));
             }
         }
-        self.check_records(&records)?;
+        self.check_records(records.iter().map(|(k, c)| {
+            (
+                k,
+                match c {
+                    Change::Put(r) => Some(r),
+                    Change::Retract => None,
+                },
+            )
+        }))?;
         let link = self.links.entry(peer.to_string()).or_default();
         let new_keys = records
             .iter()
-            .filter(|(k, _)| !link.records.contains_key(k))
+            .filter(|(k, c)| matches!(c, Change::Put(_)) && !link.records.contains_key(k))
             .map(|(k, _)| k)
             .collect::<BTreeSet<_>>()
             .len();
@@ -557,11 +612,18 @@ impl Catalog {
         // of a key, so the last record received for a key is the link's truth.
         let mut applied = Applied::default();
         let mut touched = Vec::new();
-        for (k, r) in records {
-            if link.records.get(&k) != Some(&r) {
-                link.records.insert(k.clone(), r);
-                applied.records += 1;
-                touched.push(k);
+        for (k, c) in records {
+            match c {
+                Change::Put(r) if link.records.get(&k) != Some(&r) => {
+                    link.records.insert(k.clone(), r);
+                    applied.records += 1;
+                    touched.push(k);
+                }
+                Change::Retract if link.records.remove(&k).is_some() => {
+                    applied.records += 1;
+                    touched.push(k);
+                }
+                _ => {}
             }
         }
         if let Some(p) = link.position.as_mut() {
@@ -589,7 +651,7 @@ impl Catalog {
                 self.limits.max_records_per_link
             )));
         }
-        self.check_records(&records)?;
+        self.check_records(records.iter().map(|(k, r)| (k, Some(r))))?;
         let mut fresh = BTreeMap::new();
         for (i, (k, r)) in records.into_iter().enumerate() {
             if fresh.insert(k.clone(), r).is_some() {
@@ -612,7 +674,95 @@ impl Catalog {
                 applied.changed += 1;
             }
         }
+        self.prune_certs();
         Ok(applied)
+    }
+
+    /// Sets the configured peers: the replicas of links to sites no longer configured are
+    /// dropped (what only they carried is withdrawn here), and so are the heads of origins this
+    /// site has no reason to track. Returns the peers whose replicas were dropped.
+    pub fn set_peers(&mut self, peers: BTreeSet<Site>) -> Vec<Site> {
+        let gone: Vec<Site> = self
+            .links
+            .keys()
+            .filter(|p| !peers.contains(*p))
+            .cloned()
+            .collect();
+        self.peers = Some(peers);
+        for p in &gone {
+            if let Some(link) = self.links.remove(p) {
+                for k in link.records.keys() {
+                    self.recompute(k);
+                }
+            }
+        }
+        self.prune_heads();
+        self.prune_certs();
+        gone
+    }
+
+    /// Whether this site tracks `origin`'s head: itself, a configured peer, or the origin of an
+    /// entry it holds.
+    fn tracks(&self, origin: &str) -> bool {
+        origin == self.site
+            || self.peers.as_ref().is_none_or(|p| p.contains(origin))
+            || self
+                .merged
+                .range(
+                    Key {
+                        origin: origin.to_string(),
+                        namespace: String::new(),
+                        name: String::new(),
+                    }..,
+                )
+                .next()
+                .is_some_and(|(k, _)| k.origin == origin)
+    }
+
+    /// Drops the heads of origins this site does not track.
+    fn prune_heads(&mut self) {
+        let keep: BTreeSet<Site> = self
+            .heads
+            .keys()
+            .filter(|o| self.tracks(o))
+            .cloned()
+            .collect();
+        self.heads.retain(|o, _| keep.contains(o));
+    }
+
+    /// Adds signer certificates (DER) that came with accepted records or heads.
+    pub fn add_certs(&mut self, certs: impl IntoIterator<Item = Arc<CertDer>>) {
+        for c in certs {
+            self.certs.insert(crate::proof::fingerprint(&c.0), c);
+        }
+    }
+
+    /// The certificate of a signer, if held.
+    pub fn cert(&self, fp: &Fingerprint) -> Option<&Arc<CertDer>> {
+        self.certs.get(fp)
+    }
+
+    /// Drops the certificates no held seal refers to.
+    fn prune_certs(&mut self) {
+        let mut used: BTreeSet<Fingerprint> = BTreeSet::new();
+        for l in self.links.values() {
+            used.extend(
+                l.records
+                    .values()
+                    .filter_map(|r| r.proof.as_ref().map(|p| p.header.signer)),
+            );
+        }
+        used.extend(
+            self.merged
+                .values()
+                .filter_map(|m| m.record.proof.as_ref().map(|p| p.header.signer)),
+        );
+        used.extend(
+            self.heads
+                .values()
+                .filter_map(|h| h.seal.as_ref().map(|s| s.signer)),
+        );
+        self.certs.retain(|fp, _| used.contains(fp));
     }
 
     /// Forgets our position in `peer`'s stream, so the next session asks it for a snapshot.
@@ -636,11 +786,21 @@ impl Catalog {
         }
     }
 
-    /// Merges heads heard from a peer; returns the origins whose beat advanced.
+    /// The configured peers, once set.
+    pub fn configured_peers(&self) -> Option<&BTreeSet<Site>> {
+        self.peers.as_ref()
+    }
+
+    /// Merges heads heard from a peer (each the origin's own, checked by the caller); returns
+    /// the origins whose beat advanced. Heads of origins this site does not track are ignored,
+    /// and so are new origins beyond [`Limits::max_origins`].
     pub fn observe_heads(&mut self, heads: &[(Site, Head)]) -> Vec<(Site, u64)> {
         let mut advanced = Vec::new();
         for (origin, h) in heads {
-            if *origin == self.site {
+            if *origin == self.site || !self.tracks(origin) {
+                continue;
+            }
+            if !self.heads.contains_key(origin) && self.heads.len() > self.limits.max_origins {
                 continue;
             }
             let cur = self.heads.entry(origin.clone()).or_default();
@@ -649,6 +809,7 @@ impl Catalog {
             }
             if h.beat > cur.beat {
                 cur.beat = h.beat;
+                cur.seal = h.seal.clone();
                 advanced.push((origin.clone(), h.beat));
             }
         }
@@ -695,6 +856,19 @@ impl Catalog {
 
     // ----- persistence ---------------------------------------------------------------------
 
+    /// Starts a new epoch of this site's change stream and origin stamps (every peer then
+    /// gets a snapshot), e.g. after a state was migrated and lost what peers had sent.
+    pub fn restart_stream(&mut self, epoch: u64) {
+        self.epoch = epoch;
+        self.horizon = self.seq;
+        if let Some(h) = self.heads.get_mut(&self.site) {
+            h.stamp = Stamp {
+                epoch,
+                version: self.version,
+            };
+        }
+    }
+
     /// A serialisable copy of the whole state.
     pub fn to_state(&self) -> State {
         State {
@@ -722,8 +896,13 @@ impl Catalog {
                         .collect(),
                 })
                 .collect(),
-            heads: self.heads.iter().map(|(s, h)| (s.clone(), *h)).collect(),
+            heads: self
+                .heads
+                .iter()
+                .map(|(s, h)| (s.clone(), h.clone()))
+                .collect(),
             declared: self.declared.iter().cloned().collect(),
+            certs: self.certs.values().cloned().collect(),
             journal: 0,
         }
     }
@@ -733,24 +912,38 @@ impl Catalog {
         &self.declared
     }
 
-    /// Rebuilds a catalog from its saved state.
+    /// Rebuilds a catalog from its saved state, validating it again as if it came from a peer
+    /// (names, fields, sizes, sequence numbers, and that every record held for another origin
+    /// carries a proof whose bytes are that record).
+    ///
+    /// A state of format 1 (before origin proofs) keeps this site's own entries only: what it
+    /// held of other origins has no proofs to relay, so peers send it again.
     pub fn from_state(state: State, limits: Limits) -> Result<Self, String> {
-        if state.format != STATE_FORMAT {
+        if state.format != STATE_FORMAT && state.format != 1 {
             return Err(format!(
                 "state format {} is not supported (expected {STATE_FORMAT})",
                 state.format
             ));
         }
+        let unproven = state.format == 1;
+        crate::names::dns_label("site", &state.site).map_err(|e| e.to_string())?;
         let mut c = Catalog::new(&state.site, state.epoch, limits);
         c.version = state.version;
         c.seq = state.seq;
         c.horizon = state.horizon;
         for (k, m) in state.merged {
+            if unproven && k.origin != c.site {
+                continue;
+            }
+            check_saved(&c.site, &k, &m.record).map_err(|e| format!("entry {k}: {e}"))?;
             if m.seq > c.seq {
                 return Err(format!(
                     "entry {k} has seq {} beyond the stream head {}",
                     m.seq, c.seq
                 ));
+            }
+            if c.by_seq.contains_key(&m.seq) {
+                return Err(format!("entry {k} repeats seq {}", m.seq));
             }
             if matches!(m.record.body, Body::Withdrawn { .. }) {
                 c.tombstones.insert(m.seq, k.clone());
@@ -761,7 +954,26 @@ impl Catalog {
             }
             c.merged.insert(k, m);
         }
-        for l in state.links {
+        for l in state.links.into_iter().filter(|_| !unproven) {
+            crate::names::dns_label("links.peer", &l.peer).map_err(|e| e.to_string())?;
+            if l.records.len() > limits.max_records_per_link {
+                return Err(format!(
+                    "link {} holds {} records, over the limit of {}",
+                    l.peer,
+                    l.records.len(),
+                    limits.max_records_per_link
+                ));
+            }
+            for (k, r) in &l.records {
+                check_saved(&c.site, k, r)
+                    .map_err(|e| format!("link {}: entry {k}: {e}", l.peer))?;
+                if k.origin == c.site {
+                    return Err(format!(
+                        "link {}: entry {k} is this site's own entry",
+                        l.peer
+                    ));
+                }
+            }
             c.links.insert(
                 l.peer,
                 Link {
@@ -770,9 +982,22 @@ impl Catalog {
                 },
             );
         }
-        for (s, h) in state.heads {
+        for (s, h) in state.heads.into_iter().filter(|_| !unproven) {
+            crate::names::dns_label("heads", &s).map_err(|e| e.to_string())?;
             c.heads.insert(s, h);
         }
+        if c.heads.len() > limits.max_origins + 1 {
+            return Err(format!(
+                "{} origin heads, over the limit of {}",
+                c.heads.len(),
+                limits.max_origins
+            ));
+        }
+        c.certs = state
+            .certs
+            .into_iter()
+            .map(|c| (crate::proof::fingerprint(&c.0), c))
+            .collect();
         c.declared = state.declared.into_iter().collect();
         if let Some(h) = c.heads.get_mut(&c.site) {
             h.stamp = Stamp {
@@ -784,8 +1009,33 @@ impl Catalog {
     }
 }
 
-/// Version of the state file layout.
-pub const STATE_FORMAT: u32 = 1;
+/// Checks one record of a saved state: its fields, and for another origin's record that it
+/// carries a proof whose signed bytes are exactly this record (the signature itself was checked
+/// when the record arrived; the state file is this daemon's own, mode 0600).
+fn check_saved(site: &str, k: &Key, r: &Record) -> Result<(), String> {
+    crate::names::dns_label("origin", &k.origin).map_err(|e| e.to_string())?;
+    crate::names::dns_label("namespace", &k.namespace).map_err(|e| e.to_string())?;
+    crate::names::dns_label("name", &k.name).map_err(|e| e.to_string())?;
+    if let Body::Live(s) = &r.body {
+        s.validate().map_err(|e| e.to_string())?;
+    }
+    match &r.proof {
+        Some(proof) => {
+            let (sk, sr) = Record::from_proof("proof", proof.clone()).map_err(|e| e.to_string())?;
+            if sk != *k || sr.stamp != r.stamp || sr.body != r.body {
+                return Err("its proof is of another record".into());
+            }
+            Ok(())
+        }
+        None if k.origin == site => Ok(()),
+        // A withdrawal this site made up (no peer carries the key any more) has no proof.
+        None if matches!(r.body, Body::Withdrawn { .. }) => Ok(()),
+        None => Err("has no origin proof".into()),
+    }
+}
+
+/// Version of the state file layout (2: records of other origins carry origin proofs).
+pub const STATE_FORMAT: u32 = 2;
 
 /// The persisted form of a [`Catalog`].
 #[derive(Debug, Serialize, Deserialize)]
@@ -801,12 +1051,20 @@ pub struct State {
     heads: Vec<(Site, Head)>,
     #[serde(default)]
     declared: Vec<(String, String)>,
+    /// Certificates of the signers of the seals held.
+    #[serde(default)]
+    certs: Vec<Arc<CertDer>>,
     /// The generation of the journal that continues this snapshot (see `store`).
     #[serde(default)]
     journal: u64,
 }
 
 impl State {
+    /// The layout version this state was saved with.
+    pub fn format(&self) -> u32 {
+        self.format
+    }
+
     /// The site this state belongs to.
     pub fn site(&self) -> &str {
         &self.site
@@ -927,4 +1185,4 @@ impl Liveness {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -42,6 +42,9 @@ pub enum DaemonError {
     /// The saved traffic splits are unreadable.
     #[error("traffic splits: {0}")]
     Splits(String),
+    /// The site's certificate or key cannot make or check origin proofs.
+    #[error("origin proofs: {0}")]
+    Proof(#[from] crate::proof::ProofError),
     /// A socket could not be bound.
     #[error("{what} {addr}: {source}")]
     Bind {
@@ -98,7 +101,16 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
         max_records_per_link: s.max_records_per_link,
         max_exports: Limits::default().max_exports,
         max_tombstones: s.max_tombstones,
+        ..Limits::default()
     };
+    let signer = Arc::new(crate::proof::Signer::new(
+        &tls_material.chain[0],
+        &tls_material.key,
+    )?);
+    let verifier = Arc::new(crate::proof::Verifier::from_roots(
+        &tls_material.roots,
+        &cfg.trust_domain,
+    )?);
     let (mut catalog, generation) = store::load(&cfg.state_file, &cfg.site, limits)?;
     let restored = generation.is_some();
     catalog.set_limits(limits);
@@ -121,6 +133,11 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
         }
         catalog.set_declared(declared);
     }
+    // What peers removed from the config sent is dropped with their links.
+    for peer in catalog.set_peers(cfg.peers.iter().map(|p| p.site.clone()).collect()) {
+        info!(peer = %peer, "dropped what this peer sent: it is no longer configured");
+    }
+    catalog.add_certs([signer.certificate().clone()]);
     info!(
         site = %cfg.site,
         restored,
@@ -155,6 +172,8 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
         peers: PeerTable::new(&cfg.site, &peer_list, s.liveness_timeout()),
         settings: s,
         tls: tls_material.clone(),
+        sealer: Arc::new(crate::sync::codec::Sealer::new(&cfg.site, signer)),
+        verifier,
         started,
     });
     let shutdown = CancellationToken::new();

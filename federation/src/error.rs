@@ -58,6 +58,10 @@ pub enum Refusal {
     /// The message does not fit the protocol state.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// An item's origin proof is missing, does not verify, or was made by another site than
+    /// the item's origin.
+    #[error("origin proof: {0}")]
+    Proof(String),
 }
 
 /// Errors of local (admin) operations on the catalog.

@@ -17,6 +17,7 @@ pub mod kubernetes;
 pub mod model;
 pub mod names;
 pub mod process;
+pub mod proof;
 pub mod routes;
 pub mod splits;
 pub mod store;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::InvalidField;
 use crate::names;
+use crate::proof::Seal;
 
 /// A site name (a DNS-1123 label).
 pub type Site = String;
@@ -436,9 +437,113 @@ pub struct Record {
     pub stamp: Stamp,
     /// The service or its withdrawal.
     pub body: Body,
+    /// The origin's proof: the signed header and the bytes this record was decoded from,
+    /// forwarded unchanged when relayed. `None` for this site's own records (sealed when sent),
+    /// for withdrawals this site made up, and in the pure catalog's unit tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<Arc<Proof>>,
 }
 
+/// An origin's proof of one record: its signed [`wire::RecordHeader`], and the encoded record
+/// whose hash the header names, unless the proof was redacted for a site outside the scope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    /// The signed header.
+    pub header: Seal,
+    /// The encoded record; `None` when redacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<crate::proof::Blob>,
+}
+
+impl Proof {
+    /// The same proof without the record: it proves the key's stamp, and shows nothing else.
+    pub fn redacted(&self) -> Proof {
+        Proof {
+            header: self.header.clone(),
+            record: None,
+        }
+    }
+}
+
+/// The header an origin signs for `record` of `key` encoded as `bytes`.
+pub fn header_of(key: &Key, record: &Record, bytes: &[u8]) -> wire::RecordHeader {
+    wire::RecordHeader {
+        origin: key.origin.clone(),
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        origin_epoch: record.stamp.epoch,
+        version: record.stamp.version,
+        withdrawn: record.service().is_none(),
+        record_sha256: ring::digest::digest(&ring::digest::SHA256, bytes)
+            .as_ref()
+            .to_vec(),
+    }
+}
+
+/// Largest encoded record accepted from a peer or made by an export (bytes).
+pub const MAX_RECORD_BYTES: usize = 16 * 1024;
+
 impl Record {
+    /// A record without a proof (this site's own, or a test's).
+    pub fn new(stamp: Stamp, body: Body) -> Self {
+        Self {
+            stamp,
+            body,
+            proof: None,
+        }
+    }
+
+    /// What a site outside a record's scope is told of it: hidden at this stamp.
+    pub fn hidden(stamp: Stamp, proof: Option<Arc<Proof>>) -> Self {
+        Self {
+            stamp,
+            body: Body::Withdrawn {
+                audience: Scope::Sites(BTreeSet::new()),
+            },
+            proof,
+        }
+    }
+
+    /// The record's wire encoding: the bytes its origin signs.
+    pub fn encode(&self, key: &Key) -> Vec<u8> {
+        use prost::Message;
+        self.to_wire(key).encode_to_vec()
+    }
+
+    /// Decodes and validates what a proof carries: the signed header, and the record unless
+    /// redacted (then the record is [`Record::hidden`] at the header's stamp). The record keeps
+    /// the proof. The caller has checked the header's signature, and compares the key's origin
+    /// with the signer.
+    pub fn from_proof(field: &str, proof: Arc<Proof>) -> Result<(Key, Record), InvalidField> {
+        use prost::Message;
+        let bad = |what: &str| InvalidField::new(field, "<signed bytes>", what);
+        let h = wire::RecordHeader::decode(proof.header.bytes.as_slice())
+            .map_err(|e| bad(&format!("has a header that is not a RecordHeader: {e}")))?;
+        let key = key_from_wire(&h.origin, &h.namespace, &h.name).map_err(|e| e.within(field))?;
+        let stamp = stamp_from_wire(h.origin_epoch, h.version).map_err(|e| e.within(field))?;
+        let Some(bytes) = &proof.record else {
+            return Ok((key, Record::hidden(stamp, Some(proof))));
+        };
+        if bytes.0.len() > MAX_RECORD_BYTES {
+            return Err(InvalidField::new(
+                field,
+                format!("{} bytes", bytes.0.len()),
+                "is over the record size limit of 16384 bytes",
+            ));
+        }
+        if ring::digest::digest(&ring::digest::SHA256, &bytes.0).as_ref() != h.record_sha256 {
+            return Err(bad("has a record whose SHA-256 is not the header's"));
+        }
+        let w = wire::Record::decode(bytes.0.as_slice())
+            .map_err(|e| bad(&format!("is not a Record: {e}")))?;
+        let (rkey, mut record) = Record::from_wire(field, &w)?;
+        if rkey != key || record.stamp != stamp || record.service().is_none() != h.withdrawn {
+            return Err(bad("has a record that is not the one its header names"));
+        }
+        record.proof = Some(proof);
+        Ok((key, record))
+    }
+
     /// Order of records of one key learned along different paths: the higher origin stamp
     /// wins; at an equal stamp a live entry wins. A withdrawal at the same stamp as a live entry
     /// only ever means "hidden from the relay that sent it" (its scope was narrowed, or the relay
@@ -484,13 +589,7 @@ impl Record {
         match &w.kind {
             Some(wire::record::Kind::Service(s)) => {
                 let (key, stamp, svc) = service_from_wire(s).map_err(|e| e.within(field))?;
-                Ok((
-                    key,
-                    Record {
-                        stamp,
-                        body: Body::Live(Arc::new(svc)),
-                    },
-                ))
+                Ok((key, Record::new(stamp, Body::Live(Arc::new(svc)))))
             }
             Some(wire::record::Kind::Withdrawn(t)) => {
                 let key =
@@ -499,13 +598,7 @@ impl Record {
                     .map_err(|e| e.within(field))?;
                 let stamp =
                     stamp_from_wire(t.origin_epoch, t.version).map_err(|e| e.within(field))?;
-                Ok((
-                    key,
-                    Record {
-                        stamp,
-                        body: Body::Withdrawn { audience },
-                    },
-                ))
+                Ok((key, Record::new(stamp, Body::Withdrawn { audience })))
             }
             None => Err(InvalidField::new(
                 &format!("{field}.kind"),
@@ -652,6 +745,7 @@ mod tests {
     #[test]
     fn wire_round_trip() {
         let r = Record {
+            proof: None,
             stamp: Stamp {
                 epoch: 7,
                 version: 3,
@@ -662,6 +756,7 @@ mod tests {
         assert_eq!(k, key());
         assert_eq!(back, r);
         let t = Record {
+            proof: None,
             stamp: Stamp {
                 epoch: 7,
                 version: 4,
@@ -755,6 +850,7 @@ mod tests {
     #[test]
     fn live_wins_ties_and_newer_stamps_win() {
         let live = Record {
+            proof: None,
             stamp: Stamp {
                 epoch: 1,
                 version: 5,
@@ -762,6 +858,7 @@ mod tests {
             body: Body::Live(Arc::new(svc())),
         };
         let gone = Record {
+            proof: None,
             stamp: Stamp {
                 epoch: 1,
                 version: 5,
@@ -772,6 +869,7 @@ mod tests {
         };
         assert!(live.rank() > gone.rank());
         let later = Record {
+            proof: None,
             stamp: Stamp {
                 epoch: 1,
                 version: 6,
@@ -782,6 +880,7 @@ mod tests {
         };
         assert!(later.rank() > live.rank());
         let newer = Record {
+            proof: None,
             stamp: Stamp {
                 epoch: 2,
                 version: 1,

@@ -31,9 +31,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::catalog::{Applied, Catalog, Limits, Liveness, Position, State};
+use std::sync::Arc;
+
+use crate::catalog::{Applied, Catalog, Change, Limits, Liveness, Position, State};
 use crate::error::{AdminError, Refusal};
 use crate::model::{Key, Record, Service, Stamp};
+use crate::proof::CertDer;
 
 /// Errors reading or writing the state files.
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +88,11 @@ pub enum Op {
         from: Position,
         /// End of the range.
         to: Position,
-        /// Records.
-        records: Vec<(Key, Record)>,
+        /// Changes.
+        changes: Vec<(Key, Change)>,
+        /// Certificates of the signers of the records.
+        #[serde(default)]
+        certs: Vec<Arc<CertDer>>,
     },
     /// [`Catalog::apply_snapshot`].
     Snapshot {
@@ -96,6 +102,9 @@ pub enum Op {
         at: Position,
         /// Records.
         records: Vec<(Key, Record)>,
+        /// Certificates of the signers of the records.
+        #[serde(default)]
+        certs: Vec<Arc<CertDer>>,
     },
     /// [`Catalog::advance_link`].
     AdvanceLink {
@@ -137,10 +146,26 @@ impl Op {
                 peer,
                 from,
                 to,
+                changes,
+                certs,
+            } => {
+                let r = c.apply_delta(&peer, from, to, changes);
+                if r.is_ok() {
+                    c.add_certs(certs);
+                }
+                Outcome::Applied(r)
+            }
+            Op::Snapshot {
+                peer,
+                at,
                 records,
-            } => Outcome::Applied(c.apply_delta(&peer, from, to, records)),
-            Op::Snapshot { peer, at, records } => {
-                Outcome::Applied(c.apply_snapshot(&peer, at, records))
+                certs,
+            } => {
+                let r = c.apply_snapshot(&peer, at, records);
+                if r.is_ok() {
+                    c.add_certs(certs);
+                }
+                Outcome::Applied(r)
             }
             Op::AdvanceLink { peer, to } => Outcome::Advanced(c.advance_link(&peer, to)),
         }
@@ -291,13 +316,15 @@ impl Store {
         peer: &str,
         from: Position,
         to: Position,
-        records: Vec<(Key, Record)>,
+        changes: Vec<(Key, Change)>,
+        certs: Vec<Arc<CertDer>>,
     ) -> Result<Applied, Refusal> {
         match self.apply(Op::Delta {
             peer: peer.into(),
             from,
             to,
-            records,
+            changes,
+            certs,
         }) {
             Outcome::Applied(r) => r,
             _ => unreachable!("a delta yields an Applied"),
@@ -310,11 +337,13 @@ impl Store {
         peer: &str,
         at: Position,
         records: Vec<(Key, Record)>,
+        certs: Vec<Arc<CertDer>>,
     ) -> Result<Applied, Refusal> {
         match self.apply(Op::Snapshot {
             peer: peer.into(),
             at,
             records,
+            certs,
         }) {
             Outcome::Applied(r) => r,
             _ => unreachable!("a snapshot yields an Applied"),
@@ -454,14 +483,28 @@ pub fn load(path: &Path, site: &str, limits: Limits) -> Result<(Catalog, Option<
         });
     }
     let generation = state.journal();
+    let migrate = state.format() == 1;
     let mut c = Catalog::from_state(state, limits)
         .map_err(|message| StateError::Corrupt { path: p, message })?;
-    replay(&journal_path(path), generation, &mut c, limits)?;
+    replay(&journal_path(path), generation, &mut c, limits, migrate)?;
+    if migrate {
+        tracing::warn!(file = %path.display(), "state of format 1 (before origin proofs): kept this site's own exports; peers send the rest again");
+        c.restart_stream(new_epoch());
+    }
     Ok((c, Some(generation)))
 }
 
 /// Replays the journal of `generation` onto `c`.
-fn replay(path: &Path, generation: u64, c: &mut Catalog, limits: Limits) -> Result<(), StateError> {
+///
+/// `own_only` (migrating a state of format 1) replays this site's own exports and unexports
+/// only; what peers sent then carries no origin proofs and is sent again.
+fn replay(
+    path: &Path,
+    generation: u64,
+    c: &mut Catalog,
+    limits: Limits,
+    own_only: bool,
+) -> Result<(), StateError> {
     let p = path.display().to_string();
     let text = match std::fs::read(path) {
         Ok(b) => b,
@@ -510,6 +553,12 @@ fn replay(path: &Path, generation: u64, c: &mut Catalog, limits: Limits) -> Resu
         if line.is_empty() {
             continue;
         }
+        if own_only
+            && serde_json::from_slice::<OpName>(line)
+                .is_ok_and(|o| o.op != "export" && o.op != "unexport")
+        {
+            continue;
+        }
         match serde_json::from_slice::<Op>(line) {
             Ok(op) => op.replay(c).map_err(|e| corrupt(i + 1, e))?,
             // A torn last line: the process died while appending it, before acknowledging it.
@@ -523,6 +572,12 @@ fn replay(path: &Path, generation: u64, c: &mut Catalog, limits: Limits) -> Resu
     c.set_limits(limits);
     tracing::debug!(file = %p, ops = replayed, "journal replayed");
     Ok(())
+}
+
+/// The name of a journaled op (to skip ops of an older layout).
+#[derive(Deserialize)]
+struct OpName {
+    op: String,
 }
 
 /// A new epoch: the current time in nanoseconds, so later incarnations compare higher.

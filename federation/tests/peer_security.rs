@@ -186,7 +186,11 @@ async fn malformed_and_oversized_peer_messages_are_nacked_and_change_nothing() {
             position: pos,
             index: 0,
             last: true,
-            records: vec![svc_record("c", "good", 1), svc_record("c", "Bad_Name", 2)],
+            records: vec![
+                t.sign(&svc_record("c", "good", 1)),
+                t.sign(&svc_record("c", "Bad_Name", 2)),
+            ],
+            certificates: vec![t.cert()],
         }))
         .await;
     // An oversized catalog: 101 records over two chunks, limit 100.
@@ -196,8 +200,9 @@ async fn malformed_and_oversized_peer_messages_are_nacked_and_change_nothing() {
             index: 0,
             last: false,
             records: (0..60)
-                .map(|i| svc_record("c", &format!("s{i}"), 1))
+                .map(|i| t.sign(&svc_record("c", &format!("s{i}"), 1)))
                 .collect(),
+            certificates: vec![t.cert()],
         }))
         .await;
     let big = t
@@ -206,8 +211,9 @@ async fn malformed_and_oversized_peer_messages_are_nacked_and_change_nothing() {
             index: 1,
             last: true,
             records: (60..101)
-                .map(|i| svc_record("c", &format!("s{i}"), 1))
+                .map(|i| t.sign(&svc_record("c", &format!("s{i}"), 1)))
                 .collect(),
+            certificates: vec![t.cert()],
         }))
         .await;
     // An entry claiming to be a's own.
@@ -216,7 +222,8 @@ async fn malformed_and_oversized_peer_messages_are_nacked_and_change_nothing() {
             position: pos,
             index: 0,
             last: true,
-            records: vec![svc_record("a", "payment", 99)],
+            records: vec![t.sign(&svc_record("a", "payment", 99))],
+            certificates: vec![t.cert()],
         }))
         .await;
     // A delta that does not follow anything a holds.
@@ -225,7 +232,10 @@ async fn malformed_and_oversized_peer_messages_are_nacked_and_change_nothing() {
             epoch: 1,
             from_seq: 3,
             to_seq: 4,
-            records: vec![svc_record("c", "x", 1)],
+            changes: vec![wire::Change {
+                kind: Some(wire::change::Kind::Signed(t.sign(&svc_record("c", "x", 1)))),
+            }],
+            certificates: vec![t.cert()],
         }))
         .await;
     eventually(5, "all answered", || async { t.nack_for(gap).is_some() }).await;
@@ -238,7 +248,8 @@ async fn malformed_and_oversized_peer_messages_are_nacked_and_change_nothing() {
     );
     assert!(t.nack_for(first).is_none(), "a partial snapshot is ACKed");
     assert_eq!(reason(big), wire::NackReason::TooLarge);
-    assert_eq!(reason(own), wire::NackReason::Protocol);
+    // Signed by c, so refused for its origin proof before the catalog sees it.
+    assert_eq!(reason(own), wire::NackReason::Proof);
     assert_eq!(reason(gap), wire::NackReason::Gap);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -252,7 +263,8 @@ async fn malformed_and_oversized_peer_messages_are_nacked_and_change_nothing() {
             position: pos,
             index: 0,
             last: true,
-            records: vec![svc_record("c", "good", 1)],
+            records: vec![t.sign(&svc_record("c", "good", 1))],
+            certificates: vec![t.cert()],
         }))
         .await;
     eventually(5, "good snapshot applied", || async {

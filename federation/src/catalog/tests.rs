@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::model::StalePolicy;
+use crate::sync::codec::Sealer;
 
 fn svc(scope: Scope) -> Service {
     crate::model::test_service(8080, scope)
@@ -22,7 +23,49 @@ struct Sent {
     snapshots: usize,
     deltas: usize,
     records: Vec<Key>,
-    bodies: Vec<(Key, Record)>,
+    bodies: Vec<(Key, Change)>,
+}
+
+thread_local! {
+    static SEALERS: std::cell::RefCell<std::collections::HashMap<String, Arc<Sealer>>> =
+        Default::default();
+}
+
+/// The sealer of `site` (one test key per site and thread).
+pub(crate) fn sealer(site: &str) -> Arc<Sealer> {
+    SEALERS.with(|m| {
+        m.borrow_mut()
+            .entry(site.to_string())
+            .or_insert_with(|| Arc::new(Sealer::new(site, crate::proof::test_pki::signer(site))))
+            .clone()
+    })
+}
+
+/// What a session of `from` puts on the wire: its own records sealed, others' as received.
+pub(crate) fn sealed(from: &str, records: Vec<(Key, Record)>) -> Vec<(Key, Record)> {
+    let s = sealer(from);
+    records
+        .into_iter()
+        .map(|(k, mut r)| {
+            r.proof = s.seal_of(&k, &r);
+            (k, r)
+        })
+        .collect()
+}
+
+/// The same for the changes of a delta.
+pub(crate) fn sealed_changes(from: &str, changes: Vec<(Key, Change)>) -> Vec<(Key, Change)> {
+    let s = sealer(from);
+    changes
+        .into_iter()
+        .map(|(k, c)| match c {
+            Change::Put(mut r) => {
+                r.proof = s.seal_of(&k, &r);
+                (k, Change::Put(r))
+            }
+            Change::Retract => (k, Change::Retract),
+        })
+        .collect()
 }
 
 /// One catch-up of `to` from `from`, as a session does it: resume from the position `to` holds,
@@ -40,6 +83,7 @@ fn sync(from: &Catalog, to: &mut Catalog) -> Sent {
             } => {
                 sent.deltas += 1;
                 sent.records.extend(records.iter().map(|(k, _)| k.clone()));
+                let records = sealed_changes(from.site(), records);
                 sent.bodies.extend(records.iter().cloned());
                 match to.apply_delta(from.site(), f, t, records) {
                     Ok(_) => return sent,
@@ -50,7 +94,12 @@ fn sync(from: &Catalog, to: &mut Catalog) -> Sent {
             Outgoing::Snapshot { at, records } => {
                 sent.snapshots += 1;
                 sent.records.extend(records.iter().map(|(k, _)| k.clone()));
-                sent.bodies.extend(records.iter().cloned());
+                let records = sealed(from.site(), records);
+                sent.bodies.extend(
+                    records
+                        .iter()
+                        .map(|(k, r)| (k.clone(), Change::Put(r.clone()))),
+                );
                 to.apply_snapshot(from.site(), at, records)
                     .expect("snapshot applies");
                 return sent;
@@ -375,8 +424,10 @@ fn random_topologies_converge() {
                     let (from, to) = if next(2) == 0 { (xi, yi) } else { (yi, xi) };
                     let (f, t) = pair(&mut cats, from, to);
                     let sent = sync(f, t);
-                    for (k, r) in &sent.bodies {
-                        if let Body::Live(s) = &r.body {
+                    for (k, c) in &sent.bodies {
+                        if let Change::Put(r) = c
+                            && let Body::Live(s) = &r.body
+                        {
                             assert!(
                                 s.scope.allows(t.site()),
                                 "round {round}: {k} sent to {}",
@@ -462,7 +513,11 @@ fn heads_and_lag() {
     a.export("shop", "x", svc(Scope::All)).unwrap();
     a.export("shop", "y", svc(Scope::All)).unwrap();
     a.set_own_beat(100);
-    let heads: Vec<_> = a.heads().iter().map(|(s, h)| (s.clone(), *h)).collect();
+    let heads: Vec<_> = a
+        .heads()
+        .iter()
+        .map(|(s, h)| (s.clone(), h.clone()))
+        .collect();
     assert_eq!(b.observe_heads(&heads), vec![("a".to_string(), 100)]);
     assert!(
         b.observe_heads(&heads).is_empty(),

@@ -22,6 +22,16 @@ fn reload(path: &Path, site: &str) -> Catalog {
     load(path, site, Limits::default()).unwrap().0
 }
 
+/// The certificate that signs b's records.
+fn certs() -> Vec<std::sync::Arc<crate::proof::CertDer>> {
+    vec![
+        crate::catalog::tests::sealer("b")
+            .signer()
+            .certificate()
+            .clone(),
+    ]
+}
+
 /// Brings `store` (site a) up to date with peer `b`, as a session would.
 fn pull(store: &Store, b: &Catalog) {
     let since = store.read(|c| c.link_position("b"));
@@ -30,10 +40,12 @@ fn pull(store: &Store, b: &Catalog) {
             store.advance_link("b", to);
         }
         Outgoing::Delta { from, to, records } => {
-            store.apply_delta("b", from, to, records).unwrap();
+            let records = crate::catalog::tests::sealed_changes("b", records);
+            store.apply_delta("b", from, to, records, certs()).unwrap();
         }
         Outgoing::Snapshot { at, records } => {
-            store.apply_snapshot("b", at, records).unwrap();
+            let records = crate::catalog::tests::sealed("b", records);
+            store.apply_snapshot("b", at, records, certs()).unwrap();
         }
     }
 }
@@ -170,7 +182,7 @@ fn refused_ops_are_not_journaled() {
     let before = std::fs::metadata(journal_path(&path)).unwrap().len();
     assert!(store.unexport("ns", "missing").is_err());
     let gap = Position { epoch: 1, seq: 5 };
-    assert!(store.apply_delta("b", gap, gap, vec![]).is_err());
+    assert!(store.apply_delta("b", gap, gap, vec![], vec![]).is_err());
     store.flush().unwrap();
     assert_eq!(
         std::fs::metadata(journal_path(&path)).unwrap().len(),

@@ -7,6 +7,7 @@
 //! * [`server`]: the TLS accept loop (refusals logged with their reason) and the gRPC service.
 //! * [`dialer`]: outbound links with DNS re-resolution, backoff and jitter.
 
+pub mod codec;
 pub mod dialer;
 pub mod peers;
 pub mod server;
@@ -35,6 +36,10 @@ pub struct Node {
     pub settings: SyncSettings,
     /// This site's TLS material.
     pub tls: Arc<SiteTls>,
+    /// Seals this site's own records and head (origin proofs).
+    pub sealer: Arc<codec::Sealer>,
+    /// Checks the origin proofs of what peers send.
+    pub verifier: Arc<crate::proof::Verifier>,
     /// When the daemon started.
     pub started: Instant,
 }

@@ -9,10 +9,9 @@
 //!   message with the reason (a refused message changes nothing), and feeds heartbeats into
 //!   health, version vectors and origin liveness.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use multimesh_proto::catalog::v1::{self as wire, sync_message::Body};
 use tokio::sync::mpsc;
@@ -21,12 +20,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Node;
+use super::codec::{self, Clock};
 use crate::catalog::{Head, Outgoing, Position};
 use crate::error::Refusal;
-use crate::model::{Key, Record, Site, Stamp};
+use crate::model::{Key, Record, Site};
+use crate::proof::CertDer;
 
-/// Protocol revision spoken by this build.
-pub const PROTOCOL: u32 = 1;
+/// Protocol revision spoken by this build (2: origin proofs).
+pub const PROTOCOL: u32 = 2;
 /// Capabilities announced in the hello.
 pub const CAPABILITIES: &[&str] = &["resume", "relay", "scope"];
 /// How long to wait for the peer's hello.
@@ -60,47 +61,14 @@ fn pos_from_wire(p: &wire::StreamPosition) -> Position {
     }
 }
 
-fn heads_to_wire(heads: &BTreeMap<Site, Head>) -> Vec<wire::OriginHead> {
-    heads
-        .iter()
-        .map(|(o, h)| wire::OriginHead {
-            origin: o.clone(),
-            epoch: h.stamp.epoch,
-            version: h.stamp.version,
-            beat: h.beat,
-        })
-        .collect()
+/// This site's heads, each signed by its origin, with the signers' certificates.
+fn heads_for_wire(node: &Node) -> (Vec<wire::SignedHead>, Vec<Vec<u8>>) {
+    let (heads, certs) = node.store.read(|c| codec::seal_heads(&node.sealer, c));
+    (heads, certs.into_values().map(|c| c.0.clone()).collect())
 }
 
-fn heads_from_wire(heads: &[wire::OriginHead]) -> Result<Vec<(Site, Head)>, Refusal> {
-    if heads.len() > 10_000 {
-        return Err(Refusal::TooLarge(format!("{} origin heads", heads.len())));
-    }
-    heads
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            crate::names::dns_label(&format!("heads[{i}].origin"), &h.origin)?;
-            Ok((
-                h.origin.clone(),
-                Head {
-                    stamp: Stamp {
-                        epoch: h.epoch,
-                        version: h.version,
-                    },
-                    beat: h.beat,
-                },
-            ))
-        })
-        .collect()
-}
-
-fn records_from_wire(records: &[wire::Record]) -> Result<Vec<(Key, Record)>, Refusal> {
-    records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| Record::from_wire(&format!("records[{i}]"), r).map_err(Refusal::from))
-        .collect()
+fn clock() -> Clock {
+    Clock::at(SystemTime::now())
 }
 
 fn nack_reason(r: &Refusal) -> wire::NackReason {
@@ -110,6 +78,7 @@ fn nack_reason(r: &Refusal) -> wire::NackReason {
         Refusal::TooLarge(_) => wire::NackReason::TooLarge,
         Refusal::ScopeViolation(_) => wire::NackReason::ScopeViolation,
         Refusal::Protocol(_) => wire::NackReason::Protocol,
+        Refusal::Proof(_) => wire::NackReason::Proof,
     }
 }
 
@@ -147,16 +116,16 @@ where
         tx: out,
         next: AtomicU64::new(1),
     });
-    let (resume, heads) = node
-        .store
-        .read(|c| (c.link_position(&peer), c.heads().clone()));
+    let resume = node.store.read(|c| c.link_position(&peer));
+    let (heads, certificates) = heads_for_wire(&node);
     outbox
         .send(Body::Hello(wire::Hello {
             site: node.site.clone(),
             trust_domain: node.trust_domain.clone(),
             capabilities: CAPABILITIES.iter().map(|s| s.to_string()).collect(),
             resume: resume.map(pos_to_wire),
-            heads: heads_to_wire(&heads),
+            heads,
+            certificates,
             protocol: PROTOCOL,
         }))
         .await?;
@@ -198,7 +167,8 @@ where
         )));
     }
     let their_heads =
-        heads_from_wire(&hello.heads).map_err(|e| SessionError::Protocol(format!("hello: {e}")))?;
+        codec::open_heads(&node.verifier, &clock(), &hello.heads, &hello.certificates)
+            .map_err(|e| SessionError::Protocol(format!("hello: {e}")))?;
     observe_heads(&node, &peer, their_heads);
     let their_position = hello.resume.as_ref().map(pos_from_wire);
     info!(
@@ -245,6 +215,9 @@ async fn send_loop(
     let mut tick = tokio::time::interval(Duration::from_millis(node.settings.heartbeat_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let chunk = node.settings.snapshot_chunk;
+    // Records per message are cut by bytes too; the rest of the message limit is left for the
+    // signers' certificates and the framing.
+    let budget = node.settings.max_message_bytes / 4;
     // `position` is what the peer holds of our stream, as far as we told it. When the changes
     // since then hold nothing for this peer, we do not move `position` (the peer could not
     // follow); `covered` remembers the head, and the next heartbeat tells the peer to skip
@@ -257,19 +230,31 @@ async fn send_loop(
             Outgoing::UpToDate(_) => {}
             Outgoing::Delta { to, records, .. } if records.is_empty() => covered = Some(to),
             Outgoing::Delta { from, to, records } => {
-                {
-                    let n = records.len() as u64;
-                    let parts = records.chunks(chunk).count();
-                    for (i, part) in records.chunks(chunk).enumerate() {
+                let items = codec::seal_changes(&node.sealer, &records);
+                let certs = node.store.read(|c| {
+                    codec::certificates_of(
+                        c,
+                        node.sealer.signer(),
+                        items.iter().filter_map(|(_, _, s)| *s),
+                    )
+                });
+                let parts = codec::batches(items, &certs, chunk, budget);
+                if parts.is_empty() {
+                    covered = Some(to);
+                } else {
+                    let n = parts.iter().map(|p| p.items.len()).sum::<usize>() as u64;
+                    let count = parts.len();
+                    for (i, part) in parts.into_iter().enumerate() {
                         // Only the last part advances the position; earlier parts re-apply
                         // idempotently if the stream breaks in between.
-                        let to_seq = if i + 1 == parts { to.seq } else { from.seq };
+                        let to_seq = if i + 1 == count { to.seq } else { from.seq };
                         outbox
                             .send(Body::Delta(wire::Delta {
                                 epoch: from.epoch,
                                 from_seq: from.seq,
                                 to_seq,
-                                records: part.iter().map(|(k, r)| r.to_wire(k)).collect(),
+                                changes: part.items,
+                                certificates: part.certificates,
                             }))
                             .await?;
                     }
@@ -278,21 +263,33 @@ async fn send_loop(
                         c.records_sent += n;
                     });
                     debug!(peer = %peer, records = n, from = from.seq, to = to.seq, "delta sent");
+                    position = Some(to);
+                    covered = None;
                 }
-                position = Some(to);
-                covered = None;
             }
             Outgoing::Snapshot { at, records } => {
-                let n = records.len() as u64;
-                let parts = records.chunks(chunk).count().max(1);
-                for i in 0..parts {
-                    let part = records.chunks(chunk).nth(i).unwrap_or(&[]);
+                let items = codec::seal_records(&node.sealer, &records);
+                let n = items.len() as u64;
+                let certs = node.store.read(|c| {
+                    codec::certificates_of(
+                        c,
+                        node.sealer.signer(),
+                        items.iter().filter_map(|(_, _, s)| *s),
+                    )
+                });
+                let mut parts = codec::batches(items, &certs, chunk, budget);
+                if parts.is_empty() {
+                    parts.push(codec::Batch::default());
+                }
+                let count = parts.len();
+                for (i, part) in parts.into_iter().enumerate() {
                     outbox
                         .send(Body::Snapshot(wire::SnapshotChunk {
                             position: Some(pos_to_wire(at)),
                             index: i as u32,
-                            last: i + 1 == parts,
-                            records: part.iter().map(|(k, r)| r.to_wire(k)).collect(),
+                            last: i + 1 == count,
+                            records: part.items,
+                            certificates: part.certificates,
                         }))
                         .await?;
                 }
@@ -308,13 +305,14 @@ async fn send_loop(
         tokio::select! {
             r = head.changed() => if r.is_err() { return Err(SessionError::Cancelled) },
             _ = tick.tick() => {
-                let heads = node.store.read(|c| c.heads().clone());
+                let (heads, certificates) = heads_for_wire(&node);
                 if position.is_some() {
                     position = covered.take().or(position);
                 }
                 outbox.send(Body::Heartbeat(wire::Heartbeat {
                     position: position.map(pos_to_wire),
-                    heads: heads_to_wire(&heads),
+                    heads,
+                    certificates,
                 })).await?;
             }
             r = resync.recv() => match r {
@@ -333,10 +331,21 @@ struct PendingSnapshot {
     at: Position,
     next_index: u32,
     records: Vec<(Key, Record)>,
+    certs: Vec<Arc<CertDer>>,
 }
 
-fn observe_heads(node: &Node, peer: &str, heads: Vec<(Site, Head)>) {
-    let advanced = node.store.touch(|c| c.observe_heads(&heads));
+fn observe_heads(node: &Node, peer: &str, opened: codec::Opened<(Site, Head)>) {
+    let codec::Opened {
+        items: heads,
+        certs,
+    } = opened;
+    let advanced = node.store.touch(|c| {
+        let advanced = c.observe_heads(&heads);
+        if !advanced.is_empty() {
+            c.add_certs(certs);
+        }
+        advanced
+    });
     let now = Instant::now();
     node.store.liveness(|l| {
         for (origin, _) in &advanced {
@@ -381,40 +390,47 @@ where
                 }
                 continue;
             }
-            Some(Body::Heartbeat(h)) => match heads_from_wire(&h.heads) {
-                Ok(heads) => {
-                    observe_heads(node, peer, heads);
-                    if let (true, Some(p)) = (clean, h.position.as_ref()) {
-                        let p = pos_from_wire(p);
-                        node.store.advance_link(peer, p);
+            Some(Body::Heartbeat(h)) => {
+                match codec::open_heads(&node.verifier, &clock(), &h.heads, &h.certificates) {
+                    Ok(heads) => {
+                        observe_heads(node, peer, heads);
+                        if let (true, Some(p)) = (clean, h.position.as_ref()) {
+                            let p = pos_from_wire(p);
+                            node.store.advance_link(peer, p);
+                        }
+                        Ok(())
                     }
-                    Ok(())
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
             Some(Body::Snapshot(chunk)) => {
                 receive_chunk(node, peer, chunk, &mut pending, max_records, &mut clean)
             }
-            Some(Body::Delta(d)) => match records_from_wire(&d.records) {
-                Ok(records) => {
-                    let n = records.len() as u64;
-                    let from = Position {
-                        epoch: d.epoch,
-                        seq: d.from_seq,
-                    };
-                    let to = Position {
-                        epoch: d.epoch,
-                        seq: d.to_seq,
-                    };
-                    node.peers.count(peer, |c| c.records_received += n);
-                    let r = node.store.apply_delta(peer, from, to, records);
-                    r.map(|applied| {
+            Some(Body::Delta(d)) => {
+                match codec::open_changes(&node.verifier, &clock(), &d.changes, &d.certificates) {
+                    Ok(codec::Opened {
+                        items: records,
+                        certs,
+                    }) => {
+                        let n = records.len() as u64;
+                        let from = Position {
+                            epoch: d.epoch,
+                            seq: d.from_seq,
+                        };
+                        let to = Position {
+                            epoch: d.epoch,
+                            seq: d.to_seq,
+                        };
+                        node.peers.count(peer, |c| c.records_received += n);
+                        let r = node.store.apply_delta(peer, from, to, records, certs);
+                        r.map(|applied| {
                         node.peers.count(peer, |c| c.deltas_received += 1);
                         debug!(peer = %peer, records = n, changed = applied.changed, to = d.to_seq, "delta applied");
                     })
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
             Some(Body::Hello(_)) => Err(Refusal::Protocol("second hello on one stream".into())),
             None => Err(Refusal::Protocol("message without a body".into())),
         };
@@ -458,6 +474,7 @@ fn receive_chunk(
             at,
             next_index: 0,
             records: Vec::new(),
+            certs: Vec::new(),
         });
     }
     let Some(p) = pending
@@ -470,8 +487,13 @@ fn receive_chunk(
             chunk.index
         )));
     };
-    let records = match records_from_wire(&chunk.records) {
-        Ok(r) => r,
+    let (records, certs) = match codec::open_records(
+        &node.verifier,
+        &clock(),
+        &chunk.records,
+        &chunk.certificates,
+    ) {
+        Ok(codec::Opened { items, certs }) => (items, certs),
         Err(e) => {
             *pending = None;
             return Err(e);
@@ -487,6 +509,7 @@ fn receive_chunk(
         )));
     }
     p.records.extend(records);
+    p.certs.extend(certs);
     p.next_index += 1;
     if !chunk.last {
         return Ok(());
@@ -495,7 +518,9 @@ fn receive_chunk(
         return Ok(());
     };
     let n = done.records.len();
-    let applied = node.store.apply_snapshot(peer, done.at, done.records)?;
+    let applied = node
+        .store
+        .apply_snapshot(peer, done.at, done.records, done.certs)?;
     *clean = true;
     node.peers.count(peer, |c| c.snapshots_received += 1);
     info!(peer = %peer, records = n, changed = applied.changed, seq = done.at.seq, "snapshot applied");

@@ -271,6 +271,52 @@ impl Drop for Site {
     }
 }
 
+/// `record` signed with `signer`'s key, as an origin signs it (header with the record's hash).
+pub fn sign_record(
+    signer: &federation::proof::Signer,
+    record: &wire::Record,
+) -> wire::SignedRecord {
+    use prost::Message;
+    let bytes = record.encode_to_vec();
+    let (origin, namespace, name, origin_epoch, version, withdrawn) = match &record.kind {
+        Some(wire::record::Kind::Service(s)) => (
+            s.origin.clone(),
+            s.namespace.clone(),
+            s.name.clone(),
+            s.origin_epoch,
+            s.version,
+            false,
+        ),
+        Some(wire::record::Kind::Withdrawn(w)) => (
+            w.origin.clone(),
+            w.namespace.clone(),
+            w.name.clone(),
+            w.origin_epoch,
+            w.version,
+            true,
+        ),
+        None => Default::default(),
+    };
+    let header = wire::RecordHeader {
+        origin,
+        namespace,
+        name,
+        origin_epoch,
+        version,
+        withdrawn,
+        record_sha256: ring::digest::digest(&ring::digest::SHA256, &bytes)
+            .as_ref()
+            .to_vec(),
+    };
+    let seal = signer.seal(federation::proof::Context::Record, header.encode_to_vec());
+    wire::SignedRecord {
+        header: seal.bytes,
+        signature: seal.signature,
+        signer: seal.signer.to_vec(),
+        record: bytes,
+    }
+}
+
 pub fn strs(v: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
     v.sort();
@@ -282,11 +328,14 @@ pub struct Tap {
     pub tx: mpsc::Sender<wire::SyncMessage>,
     pub received: Arc<std::sync::Mutex<Vec<wire::SyncMessage>>>,
     next_id: u64,
+    /// Signs with the key of the tap's certificate, as the site it poses as would.
+    pub signer: federation::proof::Signer,
 }
 
 /// Connects to `addr` with `tls`, expecting the server to be `server_site`. Returns the
 /// connection error (as text) when the handshake or the call is refused.
 pub async fn tap(tls: SiteTls, site: &str, server_site: &str, addr: &str) -> Result<Tap, String> {
+    let signer = federation::proof::Signer::new(&tls.chain[0], &tls.key).unwrap();
     let cfg = client_config(&tls, SiteId::new(TD, server_site).unwrap()).unwrap();
     let connector = tokio_rustls::TlsConnector::from(cfg);
     let tcp = tokio::net::TcpStream::connect(addr)
@@ -318,7 +367,8 @@ pub async fn tap(tls: SiteTls, site: &str, server_site: &str, addr: &str) -> Res
             capabilities: vec![],
             resume: None,
             heads: vec![],
-            protocol: 1,
+            certificates: vec![],
+            protocol: 2,
         })),
     })
     .await
@@ -352,6 +402,7 @@ pub async fn tap(tls: SiteTls, site: &str, server_site: &str, addr: &str) -> Res
         tx,
         received,
         next_id: 2,
+        signer,
     })
 }
 
@@ -369,25 +420,67 @@ impl Tap {
         id
     }
 
-    /// Names of every service record received so far (upserts and withdrawals).
-    pub fn record_names(&self) -> Vec<String> {
+    /// The tap's certificate (DER), to send with what it signs.
+    pub fn cert(&self) -> Vec<u8> {
+        self.signer.certificate().0.clone()
+    }
+
+    /// `record` signed with the tap's key.
+    pub fn sign(&self, record: &wire::Record) -> wire::SignedRecord {
+        sign_record(&self.signer, record)
+    }
+
+    /// A head of `origin` signed with the tap's key.
+    pub fn sign_head(&self, head: &wire::OriginHead) -> wire::SignedHead {
+        use prost::Message;
+        let seal = self
+            .signer
+            .seal(federation::proof::Context::Head, head.encode_to_vec());
+        wire::SignedHead {
+            head: seal.bytes,
+            signature: seal.signature,
+            signer: seal.signer.to_vec(),
+        }
+    }
+
+    /// Every record received so far (upserts and withdrawals), decoded from the signed bytes.
+    pub fn records(&self) -> Vec<wire::Record> {
+        use prost::Message;
         let msgs = self.received.lock().unwrap();
         let mut out = Vec::new();
         for m in msgs.iter() {
-            let recs = match &m.body {
-                Some(Body::Snapshot(s)) => &s.records,
-                Some(Body::Delta(d)) => &d.records,
+            let signed: Vec<&wire::SignedRecord> = match &m.body {
+                Some(Body::Snapshot(s)) => s.records.iter().collect(),
+                Some(Body::Delta(d)) => d
+                    .changes
+                    .iter()
+                    .filter_map(|c| match &c.kind {
+                        Some(wire::change::Kind::Signed(s)) => Some(s),
+                        _ => None,
+                    })
+                    .collect(),
                 _ => continue,
             };
-            for r in recs {
-                match &r.kind {
-                    Some(wire::record::Kind::Service(s)) => out.push(s.name.clone()),
-                    Some(wire::record::Kind::Withdrawn(w)) => out.push(w.name.clone()),
-                    None => {}
-                }
-            }
+            out.extend(
+                signed
+                    .into_iter()
+                    .filter(|s| !s.record.is_empty())
+                    .map(|s| wire::Record::decode(s.record.as_slice()).unwrap()),
+            );
         }
         out
+    }
+
+    /// Names of every service record received so far (upserts and withdrawals).
+    pub fn record_names(&self) -> Vec<String> {
+        self.records()
+            .into_iter()
+            .filter_map(|r| match r.kind {
+                Some(wire::record::Kind::Service(s)) => Some(s.name),
+                Some(wire::record::Kind::Withdrawn(w)) => Some(w.name),
+                None => None,
+            })
+            .collect()
     }
 
     /// The NACK answering message `id`, if any.

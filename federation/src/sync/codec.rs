@@ -1,0 +1,545 @@
+//! The sync messages' signed items, both ways, with no I/O: opening what a peer sent (origin
+//! proofs checked, fields validated, clocks bounded) and sealing what this site sends.
+//!
+//! Whatever a peer sends passes [`open_records`], [`open_changes`] or [`open_heads`] before it
+//! reaches the catalog. Each checks, per item: the signer's certificate (federation CA, trust
+//! domain, validity), the signature over the exact bytes, that the signer is the item's origin,
+//! and that the origin's stamp or beat is not from the future beyond [`MAX_CLOCK_SKEW`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use multimesh_proto::catalog::v1 as wire;
+use prost::Message;
+use rustls::pki_types::UnixTime;
+
+use crate::catalog::{Catalog, Change, Head};
+use crate::error::Refusal;
+use crate::model::{Key, Proof, Record, Site, Stamp};
+use crate::proof::{
+    CertDer, Context, Fingerprint, Seal, Signatory, Signer, Verifier, fingerprint_from_wire,
+};
+
+/// How far in the future an origin's epoch (its start time) or liveness beat (its clock) may
+/// lie before it is refused: clocks of sites may disagree by this much.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
+/// Most heads one message may carry (one per origin).
+pub const MAX_HEADS: usize = 1024;
+
+/// What a message carried, opened: its items, and the certificates that signed them (for the
+/// catalog to keep and relay).
+pub struct Opened<T> {
+    /// The items, in order.
+    pub items: Vec<T>,
+    /// The signers' certificates.
+    pub certs: Vec<Arc<CertDer>>,
+}
+
+/// The seal this site made for one own key: at which stamp, live or not.
+type OwnSeal = (Stamp, bool, Arc<Proof>);
+
+/// Wall-clock instants an item is checked against.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Now, as the certificate validity check sees it.
+    pub now: UnixTime,
+    /// The latest epoch accepted (ns since the Unix epoch).
+    pub max_epoch: u64,
+    /// The latest beat accepted (ms since the Unix epoch).
+    pub max_beat: u64,
+}
+
+impl Clock {
+    /// The bounds at `now`.
+    pub fn at(now: SystemTime) -> Self {
+        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let limit = since + MAX_CLOCK_SKEW;
+        Self {
+            now: UnixTime::since_unix_epoch(since),
+            max_epoch: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
+            max_beat: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    fn check_stamp(&self, field: &str, key: &Key, stamp: Stamp) -> Result<(), Refusal> {
+        if stamp.epoch > self.max_epoch {
+            return Err(Refusal::Proof(format!(
+                "{field}: {key} has epoch {} ns, more than {} s ahead of this site's clock",
+                stamp.epoch,
+                MAX_CLOCK_SKEW.as_secs()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn proof(field: &str, e: crate::proof::ProofError) -> Refusal {
+    Refusal::Proof(format!("{field}: {e}"))
+}
+
+fn seal_from_wire(
+    field: &str,
+    bytes: &[u8],
+    signature: &[u8],
+    signer: &[u8],
+) -> Result<Seal, Refusal> {
+    Ok(Seal {
+        bytes: bytes.to_vec(),
+        signature: signature.to_vec(),
+        signer: fingerprint_from_wire(field, signer).map_err(|e| Refusal::Proof(e.0))?,
+    })
+}
+
+/// The certificates of a message, checked.
+fn admit(
+    verifier: &Verifier,
+    clock: &Clock,
+    certs: &[Vec<u8>],
+) -> Result<HashMap<Fingerprint, Arc<Signatory>>, Refusal> {
+    verifier
+        .admit_all(certs, clock.now)
+        .map_err(|e| Refusal::Proof(e.0))
+}
+
+/// The certificates that signed what was accepted, for the catalog to keep and relay.
+fn used(
+    signatories: &HashMap<Fingerprint, Arc<Signatory>>,
+    signers: impl Iterator<Item = Fingerprint>,
+) -> Vec<Arc<CertDer>> {
+    let mut out: BTreeMap<Fingerprint, Arc<CertDer>> = BTreeMap::new();
+    for fp in signers {
+        if let Some(s) = signatories.get(&fp) {
+            out.entry(fp).or_insert_with(|| s.cert.clone());
+        }
+    }
+    out.into_values().collect()
+}
+
+fn open_record(
+    verifier: &Verifier,
+    clock: &Clock,
+    signatories: &HashMap<Fingerprint, Arc<Signatory>>,
+    field: &str,
+    w: &wire::SignedRecord,
+) -> Result<(Key, Record), Refusal> {
+    if w.record.len() > crate::model::MAX_RECORD_BYTES {
+        return Err(Refusal::TooLarge(format!(
+            "{field}: a record of {} bytes is over the limit of {}",
+            w.record.len(),
+            crate::model::MAX_RECORD_BYTES
+        )));
+    }
+    if w.header.len() > 1024 {
+        return Err(Refusal::TooLarge(format!(
+            "{field}: a record header of {} bytes is over the limit of 1024",
+            w.header.len()
+        )));
+    }
+    let header = seal_from_wire(field, &w.header, &w.signature, &w.signer)?;
+    let signer = verifier
+        .open(signatories, Context::Record, &header)
+        .map_err(|e| proof(field, e))?;
+    let proof_of = Proof {
+        header,
+        record: (!w.record.is_empty()).then(|| crate::proof::Blob(w.record.clone())),
+    };
+    let (key, record) = Record::from_proof(field, Arc::new(proof_of))?;
+    if key.origin != signer.site {
+        return Err(Refusal::Proof(format!(
+            "{field}: {key} is signed by site {}, not by its origin",
+            signer.site
+        )));
+    }
+    clock.check_stamp(field, &key, record.stamp)?;
+    Ok((key, record))
+}
+
+/// Opens the records of a snapshot chunk. Returns them with the certificates that signed them.
+pub fn open_records(
+    verifier: &Verifier,
+    clock: &Clock,
+    records: &[wire::SignedRecord],
+    certs: &[Vec<u8>],
+) -> Result<Opened<(Key, Record)>, Refusal> {
+    let signatories = admit(verifier, clock, certs)?;
+    let out = records
+        .iter()
+        .enumerate()
+        .map(|(i, w)| open_record(verifier, clock, &signatories, &format!("records[{i}]"), w))
+        .collect::<Result<Vec<_>, _>>()?;
+    let certs = used(
+        &signatories,
+        out.iter()
+            .filter_map(|(_, r)| r.proof.as_ref().map(|p| p.header.signer)),
+    );
+    Ok(Opened { items: out, certs })
+}
+
+/// Opens the changes of a delta. Returns them with the certificates that signed them.
+pub fn open_changes(
+    verifier: &Verifier,
+    clock: &Clock,
+    changes: &[wire::Change],
+    certs: &[Vec<u8>],
+) -> Result<Opened<(Key, Change)>, Refusal> {
+    let signatories = admit(verifier, clock, certs)?;
+    let out = changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let field = format!("changes[{i}]");
+            match &c.kind {
+                Some(wire::change::Kind::Signed(w)) => {
+                    open_record(verifier, clock, &signatories, &field, w)
+                        .map(|(k, r)| (k, Change::Put(r)))
+                }
+                Some(wire::change::Kind::Retracted(r)) => {
+                    let key = Key {
+                        origin: r.origin.clone(),
+                        namespace: r.namespace.clone(),
+                        name: r.name.clone(),
+                    };
+                    crate::names::dns_label(&format!("{field}.origin"), &key.origin)?;
+                    crate::names::dns_label(&format!("{field}.namespace"), &key.namespace)?;
+                    crate::names::dns_label(&format!("{field}.name"), &key.name)?;
+                    Ok((key, Change::Retract))
+                }
+                None => Err(Refusal::Invalid(crate::error::InvalidField::new(
+                    &format!("{field}.kind"),
+                    "<missing>",
+                    "is required",
+                ))),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let certs = used(
+        &signatories,
+        out.iter().filter_map(|(_, c)| match c {
+            Change::Put(r) => r.proof.as_ref().map(|p| p.header.signer),
+            Change::Retract => None,
+        }),
+    );
+    Ok(Opened { items: out, certs })
+}
+
+/// Opens the heads of a hello or heartbeat: each must be signed by its origin.
+pub fn open_heads(
+    verifier: &Verifier,
+    clock: &Clock,
+    heads: &[wire::SignedHead],
+    certs: &[Vec<u8>],
+) -> Result<Opened<(Site, Head)>, Refusal> {
+    if heads.len() > MAX_HEADS {
+        return Err(Refusal::TooLarge(format!(
+            "{} origin heads, over the limit of {MAX_HEADS}",
+            heads.len()
+        )));
+    }
+    let signatories = admit(verifier, clock, certs)?;
+    let out = heads
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let field = format!("heads[{i}]");
+            let seal = seal_from_wire(&field, &w.head, &w.signature, &w.signer)?;
+            let signer = verifier
+                .open(&signatories, Context::Head, &seal)
+                .map_err(|e| proof(&field, e))?;
+            let h = wire::OriginHead::decode(seal.bytes.as_slice()).map_err(|e| {
+                Refusal::Invalid(crate::error::InvalidField::new(
+                    &field,
+                    "<signed bytes>",
+                    &format!("is not an OriginHead: {e}"),
+                ))
+            })?;
+            crate::names::dns_label(&format!("{field}.origin"), &h.origin)?;
+            if h.origin != signer.site {
+                return Err(Refusal::Proof(format!(
+                    "{field}: the head of {} is signed by site {}",
+                    h.origin, signer.site
+                )));
+            }
+            if h.epoch > clock.max_epoch || h.beat > clock.max_beat {
+                return Err(Refusal::Proof(format!(
+                    "{field}: the head of {} (epoch {} ns, beat {} ms) is more than {} s ahead of this site's clock",
+                    h.origin,
+                    h.epoch,
+                    h.beat,
+                    MAX_CLOCK_SKEW.as_secs()
+                )));
+            }
+            Ok((
+                h.origin,
+                Head {
+                    stamp: Stamp {
+                        epoch: h.epoch,
+                        version: h.version,
+                    },
+                    beat: h.beat,
+                    seal: Some(Arc::new(seal)),
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let certs = used(
+        &signatories,
+        out.iter()
+            .filter_map(|(_, h)| h.seal.as_ref().map(|s| s.signer)),
+    );
+    Ok(Opened { items: out, certs })
+}
+
+/// Seals this site's own records and head, remembering the seal of each own key's current
+/// stamp (so a snapshot to a new peer does not sign every record again).
+pub struct Sealer {
+    site: Site,
+    signer: Arc<Signer>,
+    records: Mutex<HashMap<Key, OwnSeal>>,
+    head: Mutex<Option<(Stamp, u64, Arc<Seal>)>>,
+}
+
+impl Sealer {
+    /// A sealer for `site`'s items.
+    pub fn new(site: &str, signer: Arc<Signer>) -> Self {
+        Self {
+            site: site.to_string(),
+            signer,
+            records: Mutex::new(HashMap::new()),
+            head: Mutex::new(None),
+        }
+    }
+
+    /// The signer.
+    pub fn signer(&self) -> &Arc<Signer> {
+        &self.signer
+    }
+
+    fn seal_own(&self, key: &Key, record: &Record) -> Arc<Proof> {
+        let live = record.service().is_some();
+        let mut m = self
+            .records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((stamp, l, seal)) = m.get(key)
+            && *stamp == record.stamp
+            && *l == live
+        {
+            return seal.clone();
+        }
+        let bytes = record.encode(key);
+        let header = crate::model::header_of(key, record, &bytes).encode_to_vec();
+        let proof = Arc::new(Proof {
+            header: self.signer.seal(Context::Record, header),
+            record: Some(crate::proof::Blob(bytes)),
+        });
+        m.insert(key.clone(), (record.stamp, live, proof.clone()));
+        proof
+    }
+
+    /// This site's head, sealed.
+    pub fn seal_head(&self, head: &Head) -> Arc<Seal> {
+        let mut h = self
+            .head
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((stamp, beat, seal)) = h.as_ref()
+            && *stamp == head.stamp
+            && *beat == head.beat
+        {
+            return seal.clone();
+        }
+        let bytes = wire::OriginHead {
+            origin: self.site.clone(),
+            epoch: head.stamp.epoch,
+            version: head.stamp.version,
+            beat: head.beat,
+        }
+        .encode_to_vec();
+        let seal = Arc::new(self.signer.seal(Context::Head, bytes));
+        *h = Some((head.stamp, head.beat, seal.clone()));
+        seal
+    }
+
+    /// The proof of a record to send: this site's own (sealed here) or the origin's (as
+    /// received). `None` for another origin's record that has no proof (never sent).
+    pub fn seal_of(&self, key: &Key, record: &Record) -> Option<Arc<Proof>> {
+        if key.origin == self.site {
+            Some(self.seal_own(key, record))
+        } else {
+            record.proof.clone()
+        }
+    }
+}
+
+fn signed_record(p: &Proof) -> wire::SignedRecord {
+    wire::SignedRecord {
+        header: p.header.bytes.clone(),
+        signature: p.header.signature.clone(),
+        signer: p.header.signer.to_vec(),
+        record: p.record.as_ref().map(|r| r.0.clone()).unwrap_or_default(),
+    }
+}
+
+/// Looks up the certificates of `signers` (this site's own, or held in the catalog).
+pub fn certificates_of(
+    catalog: &Catalog,
+    own: &Signer,
+    signers: impl Iterator<Item = Fingerprint>,
+) -> HashMap<Fingerprint, Arc<CertDer>> {
+    let mut out = HashMap::new();
+    for fp in signers {
+        if out.contains_key(&fp) {
+            continue;
+        }
+        let cert = if fp == own.fingerprint() {
+            Some(own.certificate().clone())
+        } else {
+            catalog.cert(&fp).cloned()
+        };
+        if let Some(c) = cert {
+            out.insert(fp, c);
+        }
+    }
+    out
+}
+
+/// One message's worth of signed items and the certificates they need.
+#[derive(Debug)]
+pub struct Batch<T> {
+    /// The items, in order.
+    pub items: Vec<T>,
+    /// The certificates of the items' signers (DER).
+    pub certificates: Vec<Vec<u8>>,
+}
+
+impl<T> Default for Batch<T> {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            certificates: Vec::new(),
+        }
+    }
+}
+
+/// Cuts items into messages of at most `max_items` items and about `budget` bytes (an item
+/// larger than the budget travels alone). Each message carries the certificates its items
+/// need.
+pub fn batches<T>(
+    items: Vec<(T, usize, Option<Fingerprint>)>,
+    certs: &HashMap<Fingerprint, Arc<CertDer>>,
+    max_items: usize,
+    budget: usize,
+) -> Vec<Batch<T>> {
+    let mut out = Vec::new();
+    let mut cur: Batch<T> = Batch::default();
+    let mut bytes = 0usize;
+    let mut signers: Vec<Fingerprint> = Vec::new();
+    for (item, size, signer) in items {
+        let new_signer = signer.filter(|s| !signers.contains(s));
+        let extra = size
+            + new_signer
+                .and_then(|s| certs.get(&s))
+                .map_or(0, |c| c.0.len());
+        if !cur.items.is_empty()
+            && (cur.items.len() >= max_items
+                || bytes + extra > budget
+                || signers.len() + usize::from(new_signer.is_some())
+                    > crate::proof::MAX_CERTIFICATES)
+        {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+            signers.clear();
+        }
+        if let Some(s) = signer
+            && !signers.contains(&s)
+        {
+            signers.push(s);
+            if let Some(c) = certs.get(&s) {
+                cur.certificates.push(c.0.clone());
+                bytes += c.0.len();
+            }
+        }
+        bytes += size;
+        cur.items.push(item);
+    }
+    if !cur.items.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// The wire form of records to send, with their sizes and signers, ready for [`batches`].
+pub fn seal_records(
+    sealer: &Sealer,
+    records: &[(Key, Record)],
+) -> Vec<(wire::SignedRecord, usize, Option<Fingerprint>)> {
+    records
+        .iter()
+        .filter_map(|(k, r)| sealer.seal_of(k, r))
+        .map(|p| {
+            let w = signed_record(&p);
+            let size = w.encoded_len();
+            (w, size, Some(p.header.signer))
+        })
+        .collect()
+}
+
+/// The wire form of delta changes to send, with their sizes and signers.
+pub fn seal_changes(
+    sealer: &Sealer,
+    changes: &[(Key, Change)],
+) -> Vec<(wire::Change, usize, Option<Fingerprint>)> {
+    changes
+        .iter()
+        .filter_map(|(k, c)| {
+            let (kind, signer) = match c {
+                Change::Put(r) => {
+                    let p = sealer.seal_of(k, r)?;
+                    (
+                        wire::change::Kind::Signed(signed_record(&p)),
+                        Some(p.header.signer),
+                    )
+                }
+                Change::Retract => (
+                    wire::change::Kind::Retracted(wire::Retraction {
+                        origin: k.origin.clone(),
+                        namespace: k.namespace.clone(),
+                        name: k.name.clone(),
+                    }),
+                    None,
+                ),
+            };
+            let w = wire::Change { kind: Some(kind) };
+            let size = w.encoded_len();
+            Some((w, size, signer))
+        })
+        .collect()
+}
+
+/// The heads to send: this site's own (sealed here) and every other origin's signed head.
+pub fn seal_heads(
+    sealer: &Sealer,
+    catalog: &Catalog,
+) -> (Vec<wire::SignedHead>, HashMap<Fingerprint, Arc<CertDer>>) {
+    let mut out = Vec::new();
+    let mut signers = Vec::new();
+    for (origin, h) in catalog.heads() {
+        let seal = if *origin == catalog.site() {
+            sealer.seal_head(h)
+        } else {
+            match &h.seal {
+                Some(s) => s.clone(),
+                None => continue,
+            }
+        };
+        signers.push(seal.signer);
+        out.push(wire::SignedHead {
+            head: seal.bytes.clone(),
+            signature: seal.signature.clone(),
+            signer: seal.signer.to_vec(),
+        });
+    }
+    let certs = certificates_of(catalog, sealer.signer(), signers.into_iter());
+    (out, certs)
+}
