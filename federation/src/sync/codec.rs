@@ -29,6 +29,7 @@ pub const MAX_HEADS: usize = 1024;
 
 /// What a message carried, opened: its items, and the certificates that signed them (for the
 /// catalog to keep and relay).
+#[derive(Debug)]
 pub struct Opened<T> {
     /// The items, in order.
     pub items: Vec<T>,
@@ -542,4 +543,112 @@ pub fn seal_heads(
     }
     let certs = certificates_of(catalog, sealer.signer(), signers.into_iter());
     (out, certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Body, Scope};
+    use crate::proof::test_pki;
+
+    fn verifier() -> Verifier {
+        let ca = rustls_pemfile::certs(&mut test_pki::ca().cert_pem.as_bytes())
+            .next()
+            .and_then(Result::ok)
+            .expect("CA");
+        Verifier::new(&[ca], test_pki::TD).expect("verifier")
+    }
+
+    fn key(origin: &str) -> Key {
+        Key {
+            origin: origin.into(),
+            namespace: "shop".into(),
+            name: "payment".into(),
+        }
+    }
+
+    fn payment(version: u64) -> Record {
+        Record::new(
+            Stamp { epoch: 1, version },
+            Body::Live(Arc::new(crate::model::test_service(80, Scope::All))),
+        )
+    }
+
+    fn wire_of(p: &Proof) -> wire::SignedRecord {
+        signed_record(p)
+    }
+
+    #[test]
+    fn only_the_origin_can_sign_its_records_and_a_redacted_header_proves_only_a_stamp() {
+        let v = verifier();
+        let clock = Clock::at(SystemTime::now());
+        let b = Sealer::new("b", test_pki::signer("b"));
+        let m = Sealer::new("m", test_pki::signer("m"));
+        let certs = vec![
+            b.signer().certificate().0.clone(),
+            m.signer().certificate().0.clone(),
+        ];
+        // b's own record, sealed by b: accepted as b's.
+        let good = b.seal_of(&key("b"), &payment(3)).expect("own");
+        let opened = open_records(&v, &clock, &[wire_of(&good)], &certs).expect("b's own");
+        assert_eq!(opened.items[0].0, key("b"));
+        assert_eq!(
+            opened.certs.len(),
+            1,
+            "only the signer's certificate is kept"
+        );
+        // m "sealing" a record of b, as if it were its own: refused, naming the signer.
+        let forged = Sealer::new("b", m.signer().clone())
+            .seal_of(&key("b"), &payment(u64::MAX))
+            .expect("sealed");
+        let err = open_records(&v, &clock, &[wire_of(&forged)], &certs).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::Proof(d) if d.contains("signed by site m")),
+            "{err}"
+        );
+        // b's genuine header with another record under it: refused.
+        let mut swapped = wire_of(&good);
+        swapped.record = payment(4).encode(&key("b"));
+        assert!(open_records(&v, &clock, &[swapped], &certs).is_err());
+        // The header alone: hidden at b's stamp, nothing else.
+        let hidden = open_records(&v, &clock, &[wire_of(&good.redacted())], &certs).unwrap();
+        assert_eq!(
+            hidden.items[0].1.stamp,
+            Stamp {
+                epoch: 1,
+                version: 3
+            }
+        );
+        assert!(hidden.items[0].1.service().is_none());
+        // Without the signer's certificate in the message: refused.
+        let err = open_records(&v, &clock, &[wire_of(&good)], &certs[1..]).unwrap_err();
+        assert!(matches!(err, Refusal::Proof(_)), "{err}");
+    }
+
+    #[test]
+    fn messages_are_cut_by_bytes_and_carry_the_certificates_they_need() {
+        let b = Sealer::new("b", test_pki::signer("b"));
+        let records: Vec<(Key, Record)> = (0..40)
+            .map(|i| {
+                let mut k = key("b");
+                k.name = format!("s{i}");
+                (k, payment(1))
+            })
+            .collect();
+        let items = seal_records(&b, &records);
+        let one = items[0].1;
+        let certs: HashMap<Fingerprint, Arc<CertDer>> =
+            [(b.signer().fingerprint(), b.signer().certificate().clone())].into();
+        let cert_len = b.signer().certificate().0.len();
+        let budget = cert_len + 10 * one;
+        let parts = batches(items, &certs, 1000, budget);
+        // Names s10..s39 are a byte longer than s0..s9, so some messages hold 9.
+        assert!((4..=5).contains(&parts.len()), "{} messages", parts.len());
+        assert_eq!(parts.iter().map(|p| p.items.len()).sum::<usize>(), 40);
+        for p in &parts {
+            assert_eq!(p.certificates.len(), 1);
+            let bytes: usize = cert_len + p.items.iter().map(|i| i.encoded_len()).sum::<usize>();
+            assert!(bytes <= budget, "{bytes} > {budget}");
+        }
+    }
 }
