@@ -370,22 +370,15 @@ async fn heads_of_origins_a_site_does_not_track_are_not_kept_or_passed_on() {
         let site = format!("x{i}");
         let tls = pki.site_tls(&site);
         let signer = federation::proof::Signer::new(&tls.chain[0], &tls.key).unwrap();
-        use prost::Message;
-        let seal = signer.seal(
-            federation::proof::Context::Head,
-            wire::OriginHead {
+        heads.push(sign_head(
+            &signer,
+            &wire::OriginHead {
                 origin: site,
                 epoch: 1,
                 version: 1,
                 beat: now_ms(),
-            }
-            .encode_to_vec(),
-        );
-        heads.push(wire::SignedHead {
-            head: seal.bytes,
-            signature: seal.signature,
-            signer: seal.signer.to_vec(),
-        });
+            },
+        ));
         certificates.push(signer.certificate().0.clone());
     }
     let flood = m

@@ -317,6 +317,17 @@ pub fn sign_record(
     }
 }
 
+/// `head` signed with `signer`'s key.
+pub fn sign_head(signer: &federation::proof::Signer, head: &wire::OriginHead) -> wire::SignedHead {
+    use prost::Message;
+    let seal = signer.seal(federation::proof::Context::Head, head.encode_to_vec());
+    wire::SignedHead {
+        head: seal.bytes,
+        signature: seal.signature,
+        signer: seal.signer.to_vec(),
+    }
+}
+
 pub fn strs(v: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
     v.sort();
@@ -432,15 +443,7 @@ impl Tap {
 
     /// A head of `origin` signed with the tap's key.
     pub fn sign_head(&self, head: &wire::OriginHead) -> wire::SignedHead {
-        use prost::Message;
-        let seal = self
-            .signer
-            .seal(federation::proof::Context::Head, head.encode_to_vec());
-        wire::SignedHead {
-            head: seal.bytes,
-            signature: seal.signature,
-            signer: seal.signer.to_vec(),
-        }
+        sign_head(&self.signer, head)
     }
 
     /// Every record received so far (upserts and withdrawals), decoded from the signed bytes.
