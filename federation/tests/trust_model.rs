@@ -446,3 +446,36 @@ async fn a_peer_removed_from_the_config_leaves_nothing_behind() {
         "the drop is logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_agents_certificate_can_neither_sync_the_catalog_nor_sign_a_record() {
+    let tmp = test_dir();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let (a, _b) = victim(tmp.path(), &pki).await;
+    // m's edge agent (its data-plane key) poses as m's federationd: m is a configured peer.
+    let edge = pki.edge_tls("m");
+    let edge_signer = federation::proof::Signer::new(&edge.chain[0], &edge.key).unwrap();
+    let edge_cert = edge.chain[0].to_vec();
+    let as_edge = tap(edge, "m", "a", &a.listen).await;
+    if let Ok(t) = &as_edge {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            t.count(|_| true) == 0,
+            "a synced with m's edge certificate ({} messages)",
+            t.count(|_| true)
+        );
+    }
+    // m's real federationd session, carrying a record signed with m's edge key.
+    let mut m = tap(pki.site_tls("m"), "m", "a", &a.listen).await.unwrap();
+    let signed = sign_record(&edge_signer, &live(service("m", "rogue", 1, 1)));
+    let id = m.send(snapshot(vec![signed], vec![edge_cert])).await;
+    eventually(5, "answered", || async {
+        m.nack_for(id).is_some() || entry(&a, "rogue", "m").await.is_some()
+    })
+    .await;
+    assert!(
+        entry(&a, "rogue", "m").await.is_none(),
+        "a record signed by m's edge key was merged"
+    );
+    assert_eq!(reason(&m, id), wire::NackReason::Proof);
+}

@@ -461,3 +461,60 @@ pub async fn get_in(
         String::from_utf8_lossy(&body.to_bytes()).into_owned(),
     ))
 }
+
+/// An agent config's common part: an admin listener, routes from `routes.yaml`, and `extra`.
+pub fn agent_toml(extra: &str) -> String {
+    format!("admin = \"127.0.0.1:0\"\n{extra}\n[routes]\nfile = \"routes.yaml\"\n")
+}
+
+/// A `[[local]]` service of namespace `shop` with one port served by `upstream`.
+pub fn local(name: &str, port: u16, upstream: SocketAddr) -> String {
+    format!(
+        "[[local]]\nname = \"{name}\"\nnamespace = \"shop\"\nports = [{{ port = {port}, upstream = \"{upstream}\" }}]\n"
+    )
+}
+
+/// One GET over HTTP/2 straight to an edge agent's ingress at `addr` (site `server_site`),
+/// presenting `tls`: what a peer site's edge agent would send. `Err` when the connection or
+/// the call is refused.
+pub async fn call_ingress(
+    tls: &federation::tls::SiteTls,
+    server_site: &str,
+    addr: SocketAddr,
+    authority: &str,
+) -> Result<(u16, String), String> {
+    let expected = federation::identity::SiteId::new(TD, server_site).unwrap();
+    let cfg = federation::tls::client_config(tls, expected).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("peer.invalid").unwrap();
+    let s = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::get(format!("https://{authority}/"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let err = resp
+        .headers()
+        .get("x-multimesh-error")
+        .map(|v| v.to_str().unwrap_or("").to_string())
+        .unwrap_or_default();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((
+        status,
+        format!("{err} {}", String::from_utf8_lossy(&body.to_bytes())),
+    ))
+}

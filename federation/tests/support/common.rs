@@ -63,6 +63,11 @@ impl Pki {
         self.tls_from(&c, &k)
     }
 
+    /// The identity of `site`'s edge agent (its data plane).
+    pub fn edge_tls(&self, site: &str) -> SiteTls {
+        self.site_tls(site)
+    }
+
     pub fn tls_from(&self, cert: &Path, key: &Path) -> SiteTls {
         SiteTls::new(
             identity::read_certs(&self.dir.join("ca.pem")).unwrap(),

@@ -1,0 +1,245 @@
+//! The data plane's trust model, attacked with real `edge-agent` processes: who may link as an
+//! edge node, whose scope a relayed call is admitted by, what an ingress serves, who may speak
+//! for another site, and which certificate is a data-plane identity.
+//!
+//! Each test names the property it protects.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const PAY: &str = "payment.shop.svc.clusterset.local";
+
+/// The GET status and `x-multimesh-error` of a call for `host` through `egress`.
+async fn call(egress: std::net::SocketAddr, host: &str, extra: &[(&str, &str)]) -> (u16, String) {
+    let mut headers = vec![("host", host)];
+    headers.extend_from_slice(extra);
+    match get(&client_h1(), &format!("http://{egress}/"), &headers).await {
+        Ok((s, h, body)) => (
+            s,
+            format!(
+                "{} {body}",
+                h.get("x-multimesh-error").cloned().unwrap_or_default()
+            ),
+        ),
+        Err(e) => (0, e),
+    }
+}
+
+/// Site a serving `payment` from `pay` to `consumers` (a YAML list body), with an ingress.
+fn site_a(pki: &Pki, root: &std::path::Path, pay: &Backend, consumers: &str) -> Agent {
+    Agent::write_routes(
+        root,
+        "a",
+        &format!(
+            "services:\n- {{name: payment, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: a}}], consumers: [{consumers}]}}\n"
+        ),
+    );
+    Agent::start(
+        pki,
+        root,
+        "a",
+        &agent_toml(&format!(
+            "ingress = \"127.0.0.1:0\"\n{}",
+            local("payment", 8080, pay.addr)
+        )),
+    )
+}
+
+/// An edge node `site` behind parent `c` at `parent`, calling payment (at a) out through it.
+fn edge_node(pki: &Pki, root: &std::path::Path, site: &str, parent: &str, extra: &str) -> Agent {
+    Agent::write_routes(
+        root,
+        site,
+        "services:\n- {name: payment, namespace: shop, ports: [{port: 8080}], destinations: [{site: a}]}\n",
+    );
+    Agent::start(
+        pki,
+        root,
+        site,
+        &agent_toml(&format!(
+            "egress_http = \"127.0.0.1:0\"\n{extra}\n[parent]\nsite = \"c\"\naddress = \"{parent}\"\n"
+        )),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_not_configured_as_a_child_is_not_adopted_as_an_edge_node() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let pay = http_backend("a").await;
+    let a = site_a(&pki, root, &pay, "");
+    Agent::write_routes(
+        root,
+        "c",
+        &format!(
+            "services:\n- {{name: payment, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: a, addresses: ['{}']}}]}}\n",
+            a.ingress()
+        ),
+    );
+    // c parents no edge node at all; x holds a certificate of the federation CA and dials in.
+    let c = Agent::start(&pki, root, "c", &agent_toml("ingress = \"127.0.0.1:0\""));
+    let x = edge_node(&pki, root, "x", &c.ingress(), "");
+    let refused = within(10, || async {
+        call(x.egress(), &format!("{PAY}:8080"), &[]).await.0 == 200
+            || c.log().contains("edge node link refused")
+    })
+    .await;
+    assert!(refused, "neither relayed nor refused:\n{}", c.log());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s, why) = call(x.egress(), &format!("{PAY}:8080"), &[]).await;
+    assert_ne!(s, 200, "c relayed x's call under its own identity: {why}");
+    assert!(
+        c.log()
+            .contains("not configured as an edge node of this site"),
+        "the refusal says why:\n{}",
+        c.log()
+    );
+    assert_eq!(pay.calls.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_out_of_an_edge_node_is_admitted_by_the_destinations_scope_for_the_node() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let pay = http_backend("a").await;
+    // a exports payment to c only: not to c's edge node e.
+    let a = site_a(&pki, root, &pay, "c");
+    Agent::write_routes(
+        root,
+        "c",
+        &format!(
+            "services:\n- {{name: payment, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: a, addresses: ['{}']}}]}}\n",
+            a.ingress()
+        ),
+    );
+    let c = Agent::start(&pki, root, "c", &agent_toml("ingress = \"127.0.0.1:0\""));
+    let e = edge_node(&pki, root, "e", &c.ingress(), "");
+    eventually(10, "e linked to c", || async {
+        e.admin_get("/readyz").await.0 == 200
+    })
+    .await;
+    let (s, why) = call(e.egress(), &format!("{PAY}:8080"), &[]).await;
+    assert_eq!(
+        (s, why.split_whitespace().next().unwrap_or("")),
+        (403, "scope"),
+        "e reached a service not exported to it: {why}\n{}",
+        c.log()
+    );
+    assert_eq!(pay.calls.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingress_serves_only_what_its_own_site_exports() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let secret = http_backend("a").await;
+    // a runs `ledger` for itself and does not export it; b does export a `ledger`.
+    Agent::write_routes(
+        root,
+        "a",
+        "services:\n- {name: ledger, namespace: shop, ports: [{port: 8080}], destinations: [{site: b, addresses: ['127.0.0.1:9']}]}\n",
+    );
+    let a = Agent::start(
+        &pki,
+        root,
+        "a",
+        &agent_toml(&format!(
+            "ingress = \"127.0.0.1:0\"\n{}",
+            local("ledger", 8080, secret.addr)
+        )),
+    );
+    let (s, why) = call_ingress(
+        &pki.edge_tls("c"),
+        "a",
+        a.bound.ingress.unwrap(),
+        "ledger.shop.svc.clusterset.local:8080",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (s, why.split_whitespace().next().unwrap_or("")),
+        (404, "not-exported"),
+        "a served a workload it does not export: {why}"
+    );
+    assert_eq!(secret.calls.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_caller_cannot_speak_for_another_site_into_an_edge_node() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let notify = http_backend("e").await;
+    // e serves notification to site a only; c is its parent, and c's local callers are not a.
+    Agent::write_routes(
+        root,
+        "c",
+        "services:\n- {name: notification, namespace: shop, ports: [{port: 8080}], destinations: [{site: e}]}\n",
+    );
+    let c = Agent::start(
+        &pki,
+        root,
+        "c",
+        &agent_toml("ingress = \"127.0.0.1:0\"\negress_http = \"127.0.0.1:0\""),
+    );
+    Agent::write_routes(
+        root,
+        "e",
+        "services:\n- {name: notification, namespace: shop, ports: [{port: 8080}], destinations: [{site: e}], consumers: [a]}\n",
+    );
+    let e = Agent::start(
+        &pki,
+        root,
+        "e",
+        &agent_toml(&format!(
+            "{}\n[parent]\nsite = \"c\"\naddress = \"{}\"\n",
+            local("notification", 8080, notify.addr),
+            c.ingress()
+        )),
+    );
+    eventually(10, "e linked to c", || async {
+        e.admin_get("/readyz").await.0 == 200
+    })
+    .await;
+    let host = "notification.shop.svc.clusterset.local:8080";
+    // c's own callers reach e, which refuses them: c is not in the scope.
+    eventually(10, "c's callers reach e", || async {
+        call(c.egress(), host, &[]).await.0 == 403
+    })
+    .await;
+    let (s, why) = call(c.egress(), host, &[("x-multimesh-source-site", "a")]).await;
+    assert_eq!(
+        (s, why.split_whitespace().next().unwrap_or("")),
+        (403, "scope"),
+        "a local caller of c passed as site a: {why}\n{}",
+        e.log()
+    );
+    assert_eq!(notify.calls.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_federationd_certificate_is_not_a_data_plane_identity() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let pay = http_backend("a").await;
+    let a = site_a(&pki, root, &pay, "");
+    let addr = a.bound.ingress.unwrap();
+    let authority = format!("{PAY}:8080");
+    // b's edge agent is served; b's federationd, with a certificate of the same CA, is not.
+    let ok = call_ingress(&pki.edge_tls("b"), "a", addr, &authority).await;
+    assert_eq!(ok.as_ref().map(|r| r.0), Ok(200), "{ok:?}");
+    let refused = call_ingress(&pki.site_tls("b"), "a", addr, &authority).await;
+    assert!(
+        refused.is_err(),
+        "a federationd certificate called a service: {refused:?}"
+    );
+    assert_eq!(pay.calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
