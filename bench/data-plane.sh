@@ -64,8 +64,8 @@ BACKEND=28080 EDGE_OUT=28101 EDGE_IN=28102 HA_OUT=28201 HA_IN=28202 NG_OUT=28301
 # Identities: one CA, sites a (ingress side) and b (egress side).
 "$bin/federationctl" certs init --trust-domain bench.multimesh --out "$work/pki" >/dev/null
 for s in a b; do
-  "$bin/federationctl" certs issue --site "$s" --ca-dir "$work/pki" --out "$work/pki" >/dev/null
-  cat "$work/pki/$s.pem" "$work/pki/$s-key.pem" > "$work/pki/$s-bundle.pem"
+  "$bin/federationctl" certs issue --site "$s" --role edge --ca-dir "$work/pki" --out "$work/pki" >/dev/null
+  cat "$work/pki/$s-edge.pem" "$work/pki/$s-edge-key.pem" > "$work/pki/$s-bundle.pem"
 done
 
 # Backend: nginx answering "ok" (1 worker; the same for every topology).
@@ -87,8 +87,8 @@ site = "$s"
 trust_domain = "bench.multimesh"
 [tls]
 ca = "$work/pki/ca.pem"
-cert = "$work/pki/$s.pem"
-key = "$work/pki/$s-key.pem"
+cert = "$work/pki/$s-edge.pem"
+key = "$work/pki/$s-edge-key.pem"
 [routes]
 file = "routes.yaml"
 EOF
@@ -147,14 +147,14 @@ nginx_conf nginx-b "  upstream peer { server 127.0.0.1:$NG_IN; keepalive 256; }
     listen 127.0.0.1:$NG_OUT; listen 127.0.0.1:$NG_OUT_H2 http2;
     location / {
       proxy_pass https://peer; proxy_http_version 1.1; proxy_set_header Connection \"\";
-      proxy_ssl_certificate $work/pki/b.pem; proxy_ssl_certificate_key $work/pki/b-key.pem;
+      proxy_ssl_certificate $work/pki/b-edge.pem; proxy_ssl_certificate_key $work/pki/b-edge-key.pem;
       proxy_ssl_session_reuse on; proxy_ssl_protocols TLSv1.3;
     }
   }" 2
 nginx_conf nginx-a "  upstream app { server 127.0.0.1:$BACKEND; keepalive 256; }
   server {
     listen 127.0.0.1:$NG_IN ssl;
-    ssl_certificate $work/pki/a.pem; ssl_certificate_key $work/pki/a-key.pem;
+    ssl_certificate $work/pki/a-edge.pem; ssl_certificate_key $work/pki/a-edge-key.pem;
     ssl_client_certificate $work/pki/ca.pem; ssl_verify_client on; ssl_protocols TLSv1.3;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
   }" 2

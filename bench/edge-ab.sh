@@ -32,7 +32,9 @@ source bench/lib.sh
 bench_init multimesh-ab
 
 "$ctl" certs init --trust-domain bench.multimesh --out "$work/pki" >/dev/null 2>&1
-for s in a b; do "$ctl" certs issue --site "$s" --ca-dir "$work/pki" --out "$work/pki" >/dev/null 2>&1; done
+for s in a b; do
+  "$ctl" certs issue --site "$s" --role edge --ca-dir "$work/pki" --out "$work/pki" >/dev/null 2>&1
+done
 
 backend=28480
 start_backend backend "$backend"
@@ -45,7 +47,7 @@ pair() {
     {
       if [ "$s" = a ]; then echo "ingress = \"127.0.0.1:$in\""; else echo "egress_http = \"127.0.0.1:$out\""; fi
       printf 'site = "%s"\ntrust_domain = "bench.multimesh"\n' "$s"
-      printf '[tls]\nca = "%s"\ncert = "%s"\nkey = "%s"\n' "$work/pki/ca.pem" "$work/pki/$s.pem" "$work/pki/$s-key.pem"
+      printf '[tls]\nca = "%s"\ncert = "%s"\nkey = "%s"\n' "$work/pki/ca.pem" "$work/pki/$s-edge.pem" "$work/pki/$s-edge-key.pem"
       printf '[routes]\nfile = "routes.yaml"\n'
       if [ "$s" = a ]; then
         printf '[[local]]\nname = "payment"\nnamespace = "shop"\nports = [{ port = 8080, upstream = "127.0.0.1:%s" }]\n' "$backend"

@@ -42,6 +42,10 @@ pub struct AgentConfig {
     /// Edge-node mode: dial out to this parent site only, and be reached back through that link.
     #[serde(default)]
     pub parent: Option<Parent>,
+    /// The edge nodes this site parents: only these sites may link in as edge nodes (and have
+    /// their calls relayed). Any other site's edge-node link is refused.
+    #[serde(default)]
+    pub children: Vec<String>,
     /// Outlier detection.
     #[serde(default)]
     pub outlier: OutlierSettings,
@@ -220,6 +224,16 @@ impl AgentConfig {
             let at = |e: InvalidField| e.within(&format!("egress_tcp[{i}]"));
             names::dns_label("service", &t.service).map_err(at)?;
             names::dns_label("namespace", &t.namespace).map_err(at)?;
+        }
+        for (i, c) in self.children.iter().enumerate() {
+            names::dns_label(&format!("children[{i}]"), c)?;
+            if *c == self.site {
+                return Err(InvalidField::new(
+                    &format!("children[{i}]"),
+                    c,
+                    "is this site itself",
+                ));
+            }
         }
         if let Some(p) = &self.parent {
             names::dns_label("parent.site", &p.site)?;

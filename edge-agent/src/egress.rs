@@ -81,7 +81,10 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
     };
     let (mut parts, body) = req.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
+    // What only edge agents may say: a local caller speaks for no site but this one.
     parts.headers.remove(h::DESTINATION);
+    parts.headers.remove(h::SITE);
+    parts.headers.remove(h::SOURCE);
     let retryable = h::idempotent(&parts.method) && body.is_end_stream();
     let head = Head {
         method: parts.method,

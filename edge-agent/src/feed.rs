@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use federation::identity::SiteId;
+use federation::identity::{Role, SiteId};
 use federation::model;
 use federation::routes::fingerprint;
 use federation::sync::dialer::{channel_over, connect_site, system_resolver};
@@ -89,6 +89,7 @@ pub fn from_wire(t: wire::RouteTable) -> Result<RouteDocument, String> {
                     addresses: d.addresses,
                     weight: d.weight,
                     via: (!d.via.is_empty()).then_some(d.via),
+                    consumers: d.consumers,
                     site_header: None,
                 })
                 .collect(),
@@ -127,7 +128,7 @@ pub async fn watch_federation(
 ) {
     let resolver = system_resolver();
     let site = agent.site().to_string();
-    let connector = match SiteId::new(&agent.config.trust_domain, &site)
+    let connector = match SiteId::new(&agent.config.trust_domain, &site, Role::Federation)
         .map_err(|e| e.to_string())
         .and_then(|id| client_config(&tls, id).map_err(|e| e.to_string()))
     {

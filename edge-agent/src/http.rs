@@ -23,6 +23,9 @@ pub fn incoming(body: hyper::body::Incoming) -> Body {
 pub const DESTINATION: HeaderName = HeaderName::from_static("x-multimesh-destination");
 /// The site a call is meant for, set by the egress agent (lets a parent relay to an edge node).
 pub const SITE: HeaderName = HeaderName::from_static("x-multimesh-site");
+/// On calls relayed by a parent into its edge node: the site that made the call. Trusted only
+/// on the edge node's link from its parent; removed from every local caller's request.
+pub const SOURCE: HeaderName = HeaderName::from_static("x-multimesh-source-site");
 /// On responses: the site whose edge agent served the call (added by that site's ingress).
 pub const SERVED_BY: HeaderName = HeaderName::from_static("x-multimesh-served-by");
 /// On locally generated error responses: a short machine-readable reason.

@@ -37,8 +37,7 @@ use crate::tunnel;
 use crate::workers::Workers;
 
 /// On calls relayed by a parent to its edge node: the site that made the call.
-pub const SOURCE: http::header::HeaderName =
-    http::header::HeaderName::from_static("x-multimesh-source-site");
+pub use crate::http::SOURCE;
 
 /// Who is calling, as proven by the connection.
 #[derive(Clone, Debug)]
@@ -126,6 +125,11 @@ pub async fn serve(
                 }
             };
             if conn.alpn_protocol() == Some(ALPN_REVERSE) {
+                if !agent.config.children.contains(&site) {
+                    agent.metrics.tls_failure("ingress", "not-a-child");
+                    warn!(peer = %site, peer_addr = %addr, reason = "not configured as an edge node of this site (`children`)", "edge node link refused");
+                    return;
+                }
                 if let Err(e) = agent.pool.adopt_child(&site, tls).await {
                     warn!(peer = %site, error = %e, "edge node link refused");
                 }
@@ -271,6 +275,15 @@ pub async fn handle(agent: Arc<Agent>, caller: Caller, mut req: Request<RecvStre
         );
     };
     let service = route.id.as_str();
+    // Only this site's own export is served, by its own scope: a workload that another site
+    // exports under the same name is not thereby exported here.
+    if !route.destinations.iter().any(|d| d.site == agent.site()) {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "not-exported",
+            format!("{service} is not exported by site {}", agent.site()),
+        );
+    }
     if !route.admits(&source) {
         warn!(service = %service, caller = %source, "ingress: caller outside the service's consumer scope");
         return refuse(
@@ -423,6 +436,16 @@ async fn relay(
             .and_then(|t| table.service(&t.service).cloned())
             .and_then(|r| r.destinations.into_iter().find(|d| d.site == site));
         match dest {
+            // The edge node's call is admitted by the destination's scope for the node
+            // itself: its parent's own access lends it nothing.
+            Some(d) if !d.admits(&caller.site) => {
+                warn!(service = %service, caller = %caller.site, target_site = site, "relay refused: edge node outside the destination's consumer scope");
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "scope",
+                    format!("site {} may not call {service} at site {site}", caller.site),
+                );
+            }
             Some(d) => {
                 let (l, a) = agent.link_for(&d);
                 (l.to_string(), a.to_vec())

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use federation::identity::SiteId;
+use federation::identity::{Role, SiteId};
 use federation::sync::dialer::{connect_site, system_resolver};
 use federation::tls::{SiteTls, client_config_alpn};
 use hickory_resolver::TokioResolver;
@@ -142,7 +142,8 @@ impl PeerPool {
         if let Some(c) = c.get(site) {
             return Ok(c.clone());
         }
-        let expected = SiteId::new(&self.trust_domain, site).map_err(|e| e.to_string())?;
+        let expected =
+            SiteId::new(&self.trust_domain, site, Role::Edge).map_err(|e| e.to_string())?;
         let cfg = client_config_alpn(&self.tls, expected, vec![ALPN_H2.to_vec()])
             .map_err(|e| e.to_string())?;
         let made = TlsConnector::from(cfg);
@@ -156,7 +157,8 @@ impl PeerPool {
         parent: &str,
         address: &str,
     ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
-        let expected = SiteId::new(&self.trust_domain, parent).map_err(|e| e.to_string())?;
+        let expected =
+            SiteId::new(&self.trust_domain, parent, Role::Edge).map_err(|e| e.to_string())?;
         let cfg = client_config_alpn(&self.tls, expected, vec![ALPN_REVERSE.to_vec()])
             .map_err(|e| e.to_string())?;
         connect_site(

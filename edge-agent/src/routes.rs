@@ -140,6 +140,10 @@ pub struct Destination {
     /// `addresses` are then the relay's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// The sites whose callers that site admits for the service (empty: every site). A parent
+    /// relays its edge node's calls only where the node itself is admitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<String>,
     /// `site` as a header value (`x-multimesh-site` of calls to it), made when the table is
     /// built.
     #[serde(skip)]
@@ -278,6 +282,10 @@ impl RouteTable {
                 }
                 if let Some(v) = &d.via {
                     names::dns_label(&format!("destinations[{j}].via"), v).map_err(at)?;
+                }
+                for (k, c) in d.consumers.iter().enumerate() {
+                    names::dns_label(&format!("destinations[{j}].consumers[{k}]"), c)
+                        .map_err(at)?;
                 }
                 for (k, a) in d.addresses.iter().enumerate() {
                     names::host_port(&format!("destinations[{j}].addresses[{k}]"), a)
@@ -420,6 +428,13 @@ impl ServiceRoute {
     }
 
     /// Whether `site`'s callers may call this service here.
+    pub fn admits(&self, site: &str) -> bool {
+        self.consumers.is_empty() || self.consumers.iter().any(|c| c == site)
+    }
+}
+
+impl Destination {
+    /// Whether that site admits callers of `site` for the service.
     pub fn admits(&self, site: &str) -> bool {
         self.consumers.is_empty() || self.consumers.iter().any(|c| c == site)
     }

@@ -111,6 +111,7 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
         &config.tls,
         &config.trust_domain,
         &config.site,
+        federation::identity::Role::Edge,
     )?);
     let agent = Arc::new(Agent::new(config.clone(), site_tls.clone()));
     let workers =

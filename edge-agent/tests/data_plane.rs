@@ -323,7 +323,7 @@ async fn ingress_refuses_plaintext_foreign_ca_and_unknown_sites_calls() {
         identity::read_key(&fk).unwrap(),
     )
     .unwrap();
-    let cfg = client_config(&tls, SiteId::new(TD, "a").unwrap()).unwrap();
+    let cfg = client_config(&tls, SiteId::new(TD, "a", identity::Role::Edge).unwrap()).unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("a.site.multimesh.invalid").unwrap();
     let refused = async {
@@ -759,7 +759,7 @@ fn edge_node_sites(
         pki,
         root,
         "c",
-        &agent_toml(&format!("ingress = \"{c_host}:0\"")),
+        &agent_toml(&format!("ingress = \"{c_host}:0\"\nchildren = [\"e\"]")),
     );
     let ci = c.ingress();
     Agent::write_routes(

@@ -114,11 +114,16 @@ async fn a_relay_out_of_an_edge_node_is_admitted_by_the_destinations_scope_for_t
         root,
         "c",
         &format!(
-            "services:\n- {{name: payment, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: a, addresses: ['{}']}}]}}\n",
+            "services:\n- {{name: payment, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: a, addresses: ['{}'], consumers: [c]}}]}}\n",
             a.ingress()
         ),
     );
-    let c = Agent::start(&pki, root, "c", &agent_toml("ingress = \"127.0.0.1:0\""));
+    let c = Agent::start(
+        &pki,
+        root,
+        "c",
+        &agent_toml("ingress = \"127.0.0.1:0\"\nchildren = [\"e\"]"),
+    );
     let e = edge_node(&pki, root, "e", &c.ingress(), "");
     eventually(10, "e linked to c", || async {
         e.admin_get("/readyz").await.0 == 200
@@ -187,7 +192,7 @@ async fn a_local_caller_cannot_speak_for_another_site_into_an_edge_node() {
         &pki,
         root,
         "c",
-        &agent_toml("ingress = \"127.0.0.1:0\"\negress_http = \"127.0.0.1:0\""),
+        &agent_toml("ingress = \"127.0.0.1:0\"\negress_http = \"127.0.0.1:0\"\nchildren = [\"e\"]"),
     );
     Agent::write_routes(
         root,

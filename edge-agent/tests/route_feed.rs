@@ -1,6 +1,6 @@
 //! Routes from federationd: real `federationd` and `edge-agent` processes per site. An export on
 //! site a reaches b's edge agent as a route over the RouteDiscovery watch, calls flow, and a
-//! withdrawal takes the route away. Only a site's own identity may watch its routes.
+//! withdrawal takes the route away. Only a site's own edge agent may watch its routes.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -68,7 +68,7 @@ impl Daemon {
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = format!(
             "site = \"{site}\"\ntrust_domain = \"{TD}\"\nlisten = \"127.0.0.1:0\"\nadmin_socket = \"admin.sock\"\nstate_file = \"state.json\"\nready_file = \"ready.json\"\n{body}\n[sync]\nheartbeat_ms = 200\nbackoff_min_ms = 50\nbackoff_max_ms = 400\n{}",
-            tls_toml(pki, site)
+            tls_toml(pki, site, federation::identity::Role::Federation)
         );
         std::fs::write(dir.join("federationd.toml"), cfg).unwrap();
         let log = std::fs::File::create(dir.join("federationd.log")).unwrap();
@@ -186,26 +186,37 @@ async fn exports_become_routes_at_peer_edges_and_withdrawals_remove_them() {
     assert_eq!(call(b.egress(), pay_host).await.0, 200);
     assert!(b.metric("multimesh_edge_route_updates_total", &[]).await >= 3.0);
 
-    // Only the site's own identity may watch its routes: b's certificate is refused by a.
-    let tls = pki.site_tls("b");
-    let connector = tokio_rustls::TlsConnector::from(
-        client_config(&tls, SiteId::new(TD, "a").unwrap()).unwrap(),
-    );
-    let stream = connect_site(
-        &system_resolver(),
-        &connector,
-        "a",
-        &fed_a.listen,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    let mut client = RouteDiscoveryClient::new(channel_over(stream).await.unwrap());
-    let err = client
-        .watch(wire::WatchRoutesRequest {})
+    // Only the site's own edge agent may watch its routes: neither a peer's federationd (b, a
+    // configured peer) nor the site's own federationd identity.
+    for (who, tls) in [("b", pki.site_tls("b")), ("a", pki.site_tls("a"))] {
+        let connector = tokio_rustls::TlsConnector::from(
+            client_config(
+                &tls,
+                SiteId::new(TD, "a", federation::identity::Role::Federation).unwrap(),
+            )
+            .unwrap(),
+        );
+        let stream = connect_site(
+            &system_resolver(),
+            &connector,
+            "a",
+            &fed_a.listen,
+            Duration::from_secs(5),
+        )
         .await
-        .expect_err("a peer must not watch another site's routes");
-    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+        .unwrap();
+        let watched = match channel_over(stream).await {
+            Ok(ch) => RouteDiscoveryClient::new(ch)
+                .watch(wire::WatchRoutesRequest {})
+                .await
+                .map(|_| ()),
+            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        };
+        let err = watched.expect_err("only the site's own edge agent may watch its routes");
+        if who == "b" {
+            assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+        }
+    }
 
     // The route feed survives its federationd restarting: the last table stays in use.
     drop(fed_b);

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 use crate::admin::{self, AdminService};
 use crate::catalog::{Limits, Liveness};
 use crate::config::{BackendKind, Config};
-use crate::identity;
+use crate::identity::{self, Role};
 use crate::routes::RouteService;
 use crate::store::{self, Store};
 use crate::sync::peers::PeerTable;
@@ -95,7 +95,12 @@ impl Running {
 
 /// Starts a daemon for `cfg` (read from `config_path`).
 pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonError> {
-    let tls_material = Arc::new(tls::load_site(&cfg.tls, &cfg.trust_domain, &cfg.site)?);
+    let tls_material = Arc::new(tls::load_site(
+        &cfg.tls,
+        &cfg.trust_domain,
+        &cfg.site,
+        Role::Federation,
+    )?);
     let s = cfg.sync;
     let limits = Limits {
         max_records_per_link: s.max_records_per_link,
@@ -201,10 +206,13 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
         addr: cfg.listen.to_string(),
         source,
     })?;
-    // Peers sync the catalog; the site's own identity (its edge agent) watches routes.
-    let mut admitted = cfg.peer_names();
-    admitted.insert(cfg.site.clone());
-    let server_cfg = tls::server_config(&tls_material, &cfg.trust_domain, admitted)?;
+    // Peers' federationd sync the catalog; this site's own edge agent watches routes.
+    let server_cfg = tls::server_config(
+        &tls_material,
+        &cfg.trust_domain,
+        &cfg.site,
+        cfg.peer_names(),
+    )?;
     let incoming = accept_loop(listener, TlsAcceptor::from(server_cfg));
     let sd = shutdown.clone();
     let sync_service = SyncService::new(node.clone());

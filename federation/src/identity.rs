@@ -1,9 +1,9 @@
-//! Site identities: a federation CA, site certificates carrying the SPIFFE ID
-//! `spiffe://<trust-domain>/site/<name>` as a URI SAN, and reading that ID back from a peer's
-//! certificate.
+//! Site identities: a federation CA, and for each site two certificates, one per [`Role`],
+//! carrying the SPIFFE ID `spiffe://<trust-domain>/site/<name>/<role>` as a URI SAN; and
+//! reading that ID back from a peer's certificate.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -44,42 +44,104 @@ pub enum IdentityError {
     Invalid(#[from] crate::error::InvalidField),
 }
 
-/// The SPIFFE ID of a site: `spiffe://<trust_domain>/site/<site>`.
+impl IdentityError {
+    /// The same error, naming the certificate file it is about.
+    pub fn at(self, path: &Path) -> Self {
+        match self {
+            IdentityError::NoSpiffeId(what) => IdentityError::Pem {
+                path: path.display().to_string(),
+                what: format!("certificate has no valid site SPIFFE ID: {what}"),
+            },
+            other => other,
+        }
+    }
+}
+
+/// Which half of a site a certificate speaks for. A site holds two identities, so that the
+/// data plane's key can never assert the catalog, nor the control plane's carry calls:
+/// `federationd` syncs the catalog and signs the site's records; the edge agent carries calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// `federationd`: catalog sync and the site's origin proofs.
+    Federation,
+    /// The edge agent: calls between sites, edge-node links, and the site's route feed.
+    Edge,
+}
+
+impl Role {
+    /// Both roles.
+    pub const ALL: [Role; 2] = [Role::Federation, Role::Edge];
+
+    /// The last segment of the SPIFFE ID.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Federation => "federation",
+            Role::Edge => "edge",
+        }
+    }
+
+    /// Parses `federation` or `edge`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The SPIFFE ID of one half of a site: `spiffe://<trust_domain>/site/<site>/<role>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SiteId {
     /// The federation's trust domain.
     pub trust_domain: String,
     /// The site name.
     pub site: String,
+    /// Which half of the site.
+    pub role: Role,
 }
 
 impl SiteId {
     /// Builds and validates a site ID.
-    pub fn new(trust_domain: &str, site: &str) -> Result<Self, IdentityError> {
+    pub fn new(trust_domain: &str, site: &str, role: Role) -> Result<Self, IdentityError> {
         names::trust_domain("trust domain", trust_domain)?;
         names::dns_label("site", site)?;
         Ok(Self {
             trust_domain: trust_domain.to_string(),
             site: site.to_string(),
+            role,
         })
     }
 
-    /// Parses `spiffe://<td>/site/<name>`.
+    /// Parses `spiffe://<td>/site/<name>/<role>`. The role-less form of earlier releases is
+    /// refused with what to do about it.
     pub fn parse(uri: &str) -> Result<Self, IdentityError> {
         let bad = || {
             IdentityError::NoSpiffeId(format!(
-                "{uri:?} is not spiffe://<trust-domain>/site/<name>"
+                "{uri:?} is not spiffe://<trust-domain>/site/<name>/federation or .../edge"
             ))
         };
         let rest = uri.strip_prefix("spiffe://").ok_or_else(bad)?;
         let (td, path) = rest.split_once('/').ok_or_else(bad)?;
-        let site = path.strip_prefix("site/").ok_or_else(bad)?;
-        Self::new(td, site).map_err(|_| bad())
+        let path = path.strip_prefix("site/").ok_or_else(bad)?;
+        let Some((site, role)) = path.split_once('/') else {
+            return Err(IdentityError::NoSpiffeId(format!(
+                "{uri:?} names a site but no role (federation or edge): certificates of \
+                 earlier releases served both; issue one of each with `federationctl certs issue`"
+            )));
+        };
+        let role = Role::parse(role).ok_or_else(bad)?;
+        Self::new(td, site, role).map_err(|_| bad())
     }
 
     /// The URI form.
     pub fn uri(&self) -> String {
-        format!("spiffe://{}/site/{}", self.trust_domain, self.site)
+        format!(
+            "spiffe://{}/site/{}/{}",
+            self.trust_domain, self.site, self.role
+        )
     }
 }
 
@@ -153,7 +215,7 @@ pub fn issue_site(ca: &Pair, id: &SiteId, validity: Validity) -> Result<Pair, Id
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("site {}", id.site));
+    dn.push(DnType::CommonName, format!("site {} {}", id.site, id.role));
     dn.push(DnType::OrganizationName, "multimesh");
     params.distinguished_name = dn;
     params.subject_alt_names = vec![SanType::URI(id.uri().try_into()?)];
@@ -172,8 +234,33 @@ pub fn issue_site(ca: &Pair, id: &SiteId, validity: Validity) -> Result<Pair, Id
     })
 }
 
-/// Reads the site SPIFFE ID from a DER certificate: it must carry exactly one `spiffe://` URI
-/// SAN, of the form `spiffe://<td>/site/<name>`.
+/// Where `site`'s `role` certificate and key are kept in `dir`: `SITE-ROLE.pem` and
+/// `SITE-ROLE-key.pem`.
+pub fn identity_files(dir: &Path, site: &str, role: Role) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{site}-{role}.pem")),
+        dir.join(format!("{site}-{role}-key.pem")),
+    )
+}
+
+/// Issues `id`'s certificate and writes it, and its key (mode 0600), to [`identity_files`] in
+/// `dir`; returns their paths.
+pub fn issue_to(
+    dir: &Path,
+    ca: &Pair,
+    id: &SiteId,
+    validity: Validity,
+) -> Result<(PathBuf, PathBuf), IdentityError> {
+    let pair = issue_site(ca, id, validity)?;
+    let (cert, key) = identity_files(dir, &id.site, id.role);
+    write_file(&cert, &pair.cert_pem, false)?;
+    write_file(&key, &pair.key_pem, true)?;
+    Ok((cert, key))
+}
+
+/// Reads the site SPIFFE ID from a DER certificate: it must carry exactly one URI SAN, of the
+/// form `spiffe://<td>/site/<name>/<role>` (another URI beside it is refused: a certificate
+/// speaks for one identity).
 pub fn site_id_of(cert: &CertificateDer<'_>) -> Result<SiteId, IdentityError> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
         .map_err(|e| IdentityError::NoSpiffeId(format!("unparsable certificate: {e}")))?;
@@ -186,16 +273,17 @@ pub fn site_id_of(cert: &CertificateDer<'_>) -> Result<SiteId, IdentityError> {
         .general_names
         .iter()
         .filter_map(|g| match g {
-            x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => Some(*u),
+            x509_parser::extensions::GeneralName::URI(u) => Some(*u),
             _ => None,
         })
         .collect();
     match uris.as_slice() {
         [one] => SiteId::parse(one),
         [] => Err(IdentityError::NoSpiffeId("no spiffe:// URI SAN".into())),
-        _ => Err(IdentityError::NoSpiffeId(format!(
-            "{} spiffe:// URI SANs, expected one",
-            uris.len()
+        many => Err(IdentityError::NoSpiffeId(format!(
+            "{} URI SANs ({}), expected exactly one spiffe:// ID",
+            many.len(),
+            many.join(", ")
         ))),
     }
 }
@@ -282,20 +370,26 @@ mod tests {
     #[test]
     fn issued_certificate_carries_the_site_id() {
         let ca = init_ca("multimesh.test", 1).unwrap();
-        let id = SiteId::new("multimesh.test", "a").unwrap();
+        let id = SiteId::new("multimesh.test", "a", Role::Edge).unwrap();
         let site = issue_site(&ca, &id, Validity::days(1)).unwrap();
         let der = rustls_pemfile::certs(&mut site.cert_pem.as_bytes())
             .next()
             .unwrap()
             .unwrap();
         assert_eq!(site_id_of(&der).unwrap(), id);
-        assert_eq!(id.uri(), "spiffe://multimesh.test/site/a");
+        assert_eq!(id.uri(), "spiffe://multimesh.test/site/a/edge");
     }
 
     #[test]
     fn spiffe_ids_parse_strictly() {
-        assert!(SiteId::parse("spiffe://td.example/site/b").is_ok());
+        let b = SiteId::parse("spiffe://td.example/site/b/federation").unwrap();
+        assert_eq!((b.site.as_str(), b.role), ("b", Role::Federation));
+        let old = SiteId::parse("spiffe://td.example/site/b").unwrap_err();
+        assert!(old.to_string().contains("no role"), "{old}");
         for bad in [
+            "spiffe://td/site/a/admin",
+            "spiffe://td/site/a/edge/x",
+            "spiffe://td/site/a/Edge",
             "spiffe://td/ns/x/sa/y",
             "https://td/site/a",
             "spiffe://td/site/",

@@ -20,7 +20,7 @@ use rustls::SignatureScheme;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::site_id_of;
+use crate::identity::{Role, site_id_of};
 
 /// SHA-256 of a certificate's DER bytes: names the signer of a seal.
 pub type Fingerprint = [u8; 32];
@@ -271,6 +271,12 @@ impl Verifier {
                 self.trust_domain
             )));
         }
+        if id.role != Role::Federation {
+            return Err(ProofError(format!(
+                "certificate {} names {id}: only a site's federationd signs its catalog",
+                short(&fp)
+            )));
+        }
         let not_after = x509_parser::parse_x509_certificate(der)
             .map(|(_, c)| c.validity().not_after.timestamp().max(0) as u64)
             .unwrap_or(0);
@@ -400,7 +406,7 @@ pub(crate) mod test_pki {
     use std::sync::{Arc, OnceLock};
 
     use super::Signer;
-    use crate::identity::{Pair, SiteId, Validity, init_ca, issue_site};
+    use crate::identity::{Pair, Role, SiteId, Validity, init_ca, issue_site};
 
     /// The trust domain of the tests' CA.
     pub const TD: &str = "multimesh.test";
@@ -415,7 +421,7 @@ pub(crate) mod test_pki {
     pub fn signer(site: &str) -> Arc<Signer> {
         let pair = issue_site(
             ca(),
-            &SiteId::new(TD, site).expect("site"),
+            &SiteId::new(TD, site, Role::Federation).expect("site"),
             Validity::days(1),
         )
         .expect("site certificate");
@@ -433,7 +439,7 @@ pub(crate) mod test_pki {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::{SiteId, Validity, init_ca, issue_site};
+    use crate::identity::{Role, SiteId, Validity, init_ca, issue_site};
 
     fn der(pem: &str) -> CertificateDer<'static> {
         rustls_pemfile::certs(&mut pem.as_bytes())
@@ -453,7 +459,7 @@ mod tests {
         let ca = init_ca("multimesh.test", 1).unwrap();
         let b = issue_site(
             &ca,
-            &SiteId::new("multimesh.test", "b").unwrap(),
+            &SiteId::new("multimesh.test", "b", Role::Federation).unwrap(),
             Validity::days(1),
         )
         .unwrap();
@@ -479,7 +485,7 @@ mod tests {
     fn certificates_of_a_foreign_ca_or_trust_domain_are_not_admitted() {
         let ca = init_ca("multimesh.test", 1).unwrap();
         let foreign = init_ca("multimesh.test", 1).unwrap();
-        let id = SiteId::new("multimesh.test", "m").unwrap();
+        let id = SiteId::new("multimesh.test", "m", Role::Federation).unwrap();
         let m = issue_site(&foreign, &id, Validity::days(1)).unwrap();
         let v = Verifier::new(&[der(&ca.cert_pem)], "multimesh.test").unwrap();
         let err = v
@@ -492,7 +498,7 @@ mod tests {
         let other_td = init_ca("other.test", 1).unwrap();
         let o = issue_site(
             &other_td,
-            &SiteId::new("other.test", "o").unwrap(),
+            &SiteId::new("other.test", "o", Role::Federation).unwrap(),
             Validity::days(1),
         )
         .unwrap();

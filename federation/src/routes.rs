@@ -1,7 +1,7 @@
 //! RouteDiscovery: the route table this site's edge agent follows, derived from the catalog.
 //!
-//! Served on the peer listener to the site's *own* identity only (the edge agent presents the
-//! site certificate); peer sites are refused. Each served entry becomes a destination: the
+//! Served on the peer listener to the site's own edge agent only (its `edge` identity); peers
+//! and the site's own federationd identity are refused. Each served entry becomes a destination: the
 //! origin site with its advertised ingress (or its relay, for an edge node), weight 1. The
 //! site's own exports carry their consumer scope, which the agent's ingress enforces. The
 //! site's traffic splits ([`crate::splits`]) are served with the backends the table can reach.
@@ -39,6 +39,10 @@ pub fn route_table(node: &Node, now: Instant) -> wire::RouteTable {
                     continue;
                 }
                 let local = key.origin == node.site;
+                let consumers = match &svc.scope {
+                    Scope::All => vec![],
+                    Scope::Sites(s) => s.iter().cloned().collect(),
+                };
                 let route = services
                     .entry((key.namespace.clone(), key.name.clone()))
                     .or_insert_with(|| wire::ServiceRoute {
@@ -50,10 +54,7 @@ pub fn route_table(node: &Node, now: Instant) -> wire::RouteTable {
                 if local {
                     // This site's own export is authoritative for ports and admission.
                     route.ports = svc.ports.iter().map(Port::to_wire).collect();
-                    route.consumers = match &svc.scope {
-                        Scope::All => vec![],
-                        Scope::Sites(s) => s.iter().cloned().collect(),
-                    };
+                    route.consumers = consumers.clone();
                 }
                 // An edge node behind this very site is reached over its own outbound link:
                 // no relay and no address to dial.
@@ -71,6 +72,7 @@ pub fn route_table(node: &Node, now: Instant) -> wire::RouteTable {
                     } else {
                         svc.via.clone().unwrap_or_default()
                     },
+                    consumers,
                 });
             }
         })
@@ -155,11 +157,11 @@ impl route_discovery_server::RouteDiscovery for RouteService {
         let Some(info) = request.extensions().get::<PeerInfo>().cloned() else {
             return Err(Status::unauthenticated("no authenticated caller"));
         };
-        if info.site != self.node.site {
-            tracing::warn!(caller = %info.site, "route feed refused: only this site's own edge agent may watch its routes");
+        if info.site != self.node.site || info.role != crate::identity::Role::Edge {
+            tracing::warn!(caller = %info.site, role = %info.role, "route feed refused: only this site's own edge agent may watch its routes");
             return Err(Status::permission_denied(format!(
-                "site {} may not watch the routes of site {}",
-                info.site, self.node.site
+                "the {} of site {} may not watch the routes of site {}",
+                info.role, info.site, self.node.site
             )));
         }
         let node = self.node.clone();

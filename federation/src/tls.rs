@@ -1,9 +1,10 @@
 //! Mutual TLS between sites (rustls, ring provider, no OpenSSL).
 //!
 //! Both directions authorise the other side by its SPIFFE ID, not merely by the CA: the server
-//! accepts a client only if its certificate chains to the federation CA *and* carries
-//! `spiffe://<td>/site/<name>` for a configured peer; the client accepts a server only if it
-//! carries exactly the ID of the peer it meant to dial. Refusals are logged with the reason
+//! accepts a client only if its certificate chains to the federation CA *and* carries an ID its
+//! [`Callers`] admit (a configured peer's `federationd`, this site's own edge agent, or any
+//! site's edge agent, by listener); the client accepts a server only if it carries exactly the
+//! ID (site and role) it meant to dial. Refusals are logged with the reason
 //! (foreign CA, expired, unlisted SPIFFE ID, no certificate) by [`describe_handshake_error`].
 
 use std::collections::BTreeSet;
@@ -20,7 +21,7 @@ use rustls::{
     RootCertStore, ServerConfig, SignatureScheme,
 };
 
-use crate::identity::{SiteId, site_id_of};
+use crate::identity::{Role, SiteId, site_id_of};
 
 /// The crypto provider used everywhere (one TLS stack, one provider).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -55,18 +56,19 @@ pub enum TlsError {
 }
 
 /// Loads a site's TLS material from PEM files (CA bundle, certificate chain, key) and checks
-/// that the certificate carries `spiffe://<trust_domain>/site/<site>`.
+/// that the certificate carries `spiffe://<trust_domain>/site/<site>/<role>`.
 pub fn load_site(
     files: &crate::config::TlsFiles,
     trust_domain: &str,
     site: &str,
+    role: Role,
 ) -> Result<SiteTls, TlsError> {
     use crate::identity::{read_certs, read_key};
     let ca = read_certs(&files.ca)?;
     let chain = read_certs(&files.cert)?;
     let key = read_key(&files.key)?;
-    let expected = SiteId::new(trust_domain, site)?;
-    let found = site_id_of(&chain[0])?;
+    let expected = SiteId::new(trust_domain, site, role)?;
+    let found = site_id_of(&chain[0]).map_err(|e| TlsError::Identity(e.at(&files.cert)))?;
     if found != expected {
         return Err(TlsError::WrongCertificate {
             path: files.cert.display().to_string(),
@@ -126,14 +128,48 @@ fn refuse(msg: String) -> rustls::Error {
     )))))
 }
 
-/// Accepts a client certificate that chains to the CA and names a configured peer site.
+/// Who may connect to a listener (after the chain to the CA and the trust domain).
+#[derive(Clone, Debug)]
+pub enum Callers {
+    /// `federationd`'s peer listener: the `federationd` of each configured peer (catalog sync)
+    /// and this site's own edge agent (its route feed). Each RPC checks the role again.
+    Federation {
+        /// This site.
+        site: String,
+        /// The configured peers.
+        peers: BTreeSet<String>,
+    },
+    /// An edge agent's ingress: the edge agent of any site of the trust domain (each call is
+    /// then admitted by the service's consumer scope, each edge-node link by configuration).
+    AnyEdge,
+}
+
+impl Callers {
+    /// Why `id` may not connect, if it may not.
+    pub fn refusal(&self, id: &SiteId) -> Option<String> {
+        match self {
+            Callers::Federation { site, peers } => match id.role {
+                Role::Federation if peers.contains(&id.site) => None,
+                Role::Federation => Some(format!("SPIFFE ID {id} is not a configured peer")),
+                Role::Edge if &id.site == site => None,
+                Role::Edge => Some(format!(
+                    "SPIFFE ID {id} is another site's edge agent: only this site's own edge \
+                     agent may connect here"
+                )),
+            },
+            Callers::AnyEdge => (id.role != Role::Edge).then(|| {
+                format!("SPIFFE ID {id} is not an edge agent's: federationd carries no calls")
+            }),
+        }
+    }
+}
+
+/// Accepts a client certificate that chains to the CA and carries an ID `callers` admit.
 #[derive(Debug)]
 struct PeerClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust_domain: String,
-    /// The sites accepted; `None` accepts every site of the trust domain (authorisation is then
-    /// the caller's business, e.g. the edge agent's per-service consumer scope).
-    peers: Option<BTreeSet<String>>,
+    callers: Callers,
 }
 
 impl ClientCertVerifier for PeerClientVerifier {
@@ -156,10 +192,8 @@ impl ClientCertVerifier for PeerClientVerifier {
                 self.trust_domain
             )));
         }
-        if let Some(peers) = &self.peers
-            && !peers.contains(&id.site)
-        {
-            return Err(refuse(format!("SPIFFE ID {id} is not a configured peer")));
+        if let Some(why) = self.callers.refusal(&id) {
+            return Err(refuse(why));
         }
         Ok(ClientCertVerified::assertion())
     }
@@ -245,29 +279,34 @@ impl ServerCertVerifier for PeerServerVerifier {
     }
 }
 
-/// The server side of peer links: requires a client certificate from a configured peer.
+/// The server side of `federationd`'s peer listener (see [`Callers::Federation`]).
 pub fn server_config(
     tls: &SiteTls,
     trust_domain: &str,
+    site: &str,
     peers: BTreeSet<String>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    build_server_config(tls, trust_domain, Some(peers), vec![b"h2".to_vec()])
+    let callers = Callers::Federation {
+        site: site.to_string(),
+        peers,
+    };
+    build_server_config(tls, trust_domain, callers, vec![b"h2".to_vec()])
 }
 
-/// The server side of edge-agent ingress: requires a client certificate of any site of the
-/// trust domain (per-service consumer scopes are checked per request), offering `alpn`.
+/// The server side of edge-agent ingress: requires an edge agent's certificate of any site of
+/// the trust domain (per-service consumer scopes are checked per request), offering `alpn`.
 pub fn any_site_server_config(
     tls: &SiteTls,
     trust_domain: &str,
     alpn: Vec<Vec<u8>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    build_server_config(tls, trust_domain, None, alpn)
+    build_server_config(tls, trust_domain, Callers::AnyEdge, alpn)
 }
 
 fn build_server_config(
     tls: &SiteTls,
     trust_domain: &str,
-    peers: Option<BTreeSet<String>>,
+    callers: Callers,
     alpn: Vec<Vec<u8>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
@@ -277,7 +316,7 @@ fn build_server_config(
     let verifier = Arc::new(PeerClientVerifier {
         inner,
         trust_domain: trust_domain.to_string(),
-        peers,
+        callers,
     });
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?

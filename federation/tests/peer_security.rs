@@ -36,6 +36,7 @@ async fn foreign_ca_unlisted_id_and_expired_certificates_are_refused() {
     let now = time::OffsetDateTime::now_utc();
     let (cert, key) = pki.issue_with(
         "c",
+        federation::identity::Role::Federation,
         Validity {
             not_before: now - time::Duration::days(3),
             not_after: now - time::Duration::days(1),
@@ -60,7 +61,9 @@ async fn foreign_ca_unlisted_id_and_expired_certificates_are_refused() {
     eventually(5, "refusals logged with reasons", || async {
         let log = a.log();
         log.contains("foreign CA")
-            && log.contains("spiffe://multimesh.test/site/mallory is not a configured peer")
+            && log.contains(
+                "spiffe://multimesh.test/site/mallory/federation is not a configured peer",
+            )
             && log.contains("certificate has expired")
     })
     .await;
@@ -79,7 +82,7 @@ async fn a_server_with_the_wrong_spiffe_id_is_refused_by_the_dialer() {
         None,
     );
     eventually(5, "b refuses x posing as c", || async {
-        b.peers().await["c"].last_error.contains("server presented SPIFFE ID spiffe://multimesh.test/site/x, expected spiffe://multimesh.test/site/c")
+        b.peers().await["c"].last_error.contains("server presented SPIFFE ID spiffe://multimesh.test/site/x/federation, expected spiffe://multimesh.test/site/c/federation")
     })
     .await;
 }

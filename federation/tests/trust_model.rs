@@ -135,7 +135,8 @@ async fn a_peer_cannot_assert_or_withdraw_another_origins_service() {
         ))
         .await;
     // The same, with b's real certificate attached and m's signature under b's fingerprint.
-    let b_cert = federation::identity::read_certs(&pki.dir.join("b.pem")).unwrap()[0].to_vec();
+    let b_cert =
+        federation::identity::read_certs(&pki.dir.join("b-federation.pem")).unwrap()[0].to_vec();
     let mut forged = m.sign(&live(hijack));
     forged.signer = federation::proof::fingerprint(&b_cert).to_vec();
     let under_b = m.send(snapshot(vec![forged], vec![b_cert])).await;
@@ -228,7 +229,12 @@ async fn a_relay_forwards_genuine_records_and_cannot_widen_their_scope() {
     let b = Site::start(&pki, tmp.path(), &SiteSpec::new("b").accept("m"), None);
     b.export("public", &[]).await;
     b.export("secret", &["m"]).await;
-    let m_tls = || pki.tls_from(&pki.dir.join("m.pem"), &pki.dir.join("m-key.pem"));
+    let m_tls = || {
+        pki.tls_from(
+            &pki.dir.join("m-federation.pem"),
+            &pki.dir.join("m-federation-key.pem"),
+        )
+    };
     pki.issue("m");
     let from_b = tap(m_tls(), "m", "b", &b.listen).await.unwrap();
     eventually(5, "m got b's snapshot", || async {

@@ -77,15 +77,17 @@ up() {
   local run=(docker run --rm --user "$(id -u):$(id -g)" -v "$work/pki:/pki" --entrypoint /usr/local/bin/federationctl "multimesh/federationd:$version")
   [ -f "$work/pki/ca.pem" ] || "${run[@]}" certs init --trust-domain multimesh.kind --out /pki
   for s in "${sites[@]}"; do
-    [ -f "$work/pki/$s.pem" ] || "${run[@]}" certs issue --site "$s" --ca-dir /pki --out /pki
+    [ -f "$work/pki/$s-edge.pem" ] || "${run[@]}" certs issue --site "$s" --ca-dir /pki --out /pki
   done
   for s in "${sites[@]}"; do
     say "deploying federationd, the edge agent and the app at site $s"
     k "$s" apply -f "$root/deploy/kubernetes/namespace.yaml" -f "$root/deploy/kubernetes/rbac.yaml"
     docker run --rm --entrypoint /usr/local/bin/federationctl "multimesh/federationd:$version" crds | k "$s" apply -f -
-    k "$s" -n multimesh create secret generic multimesh-site-tls \
-      --from-file=ca.pem="$work/pki/ca.pem" --from-file=site.pem="$work/pki/$s.pem" \
-      --from-file=site-key.pem="$work/pki/$s-key.pem" --dry-run=client -o yaml | k "$s" apply -f -
+    for role in federation edge; do
+      k "$s" -n multimesh create secret generic "multimesh-$role-tls" \
+        --from-file=ca.pem="$work/pki/ca.pem" --from-file=site.pem="$work/pki/$s-$role.pem" \
+        --from-file=site-key.pem="$work/pki/$s-$role-key.pem" --dry-run=client -o yaml | k "$s" apply -f -
+    done
     k "$s" apply -f "$root/deploy/kubernetes/federationd.yaml" -f "$root/deploy/kubernetes/edge-agent.yaml"
     fill "$here/manifests/site-$s.yaml" | k "$s" apply -f -
     k "$s" apply -f "$here/manifests/app-$s.yaml"

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
-use federation::identity::{self, SiteId, Validity};
+use federation::identity::{self, Role, SiteId, Validity};
 use multimesh_proto::admin::v1 as api;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -103,9 +103,8 @@ fn write_pki(dir: &Path, names: &[String]) -> Result<()> {
     let ca = identity::init_ca(TD, 1)?;
     identity::write_file(&dir.join("ca.pem"), &ca.cert_pem, false)?;
     for n in names {
-        let pair = identity::issue_site(&ca, &SiteId::new(TD, n)?, Validity::days(1))?;
-        identity::write_file(&dir.join(format!("{n}.pem")), &pair.cert_pem, false)?;
-        identity::write_file(&dir.join(format!("{n}-key.pem")), &pair.key_pem, true)?;
+        let id = SiteId::new(TD, n, Role::Federation)?;
+        identity::issue_to(dir, &ca, &id, Validity::days(1))?;
     }
     Ok(())
 }
@@ -126,8 +125,8 @@ fn write_config(
          state_file = \"state.json\"\nready_file = \"ready.json\"\nedge_ingress = [\"127.0.0.1:15443\"]\n\n\
          [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
         pki.join("ca.pem").display(),
-        pki.join(format!("{name}.pem")).display(),
-        pki.join(format!("{name}-key.pem")).display(),
+        pki.join(format!("{name}-federation.pem")).display(),
+        pki.join(format!("{name}-federation-key.pem")).display(),
     );
     for (peer, addr) in dial {
         cfg.push_str(&format!(

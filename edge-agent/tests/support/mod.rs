@@ -201,17 +201,14 @@ impl Drop for Agent {
     }
 }
 
-/// The `[tls]` table of a site's config.
-pub fn tls_toml(pki: &Pki, site: &str) -> String {
-    let cert = pki.dir.join(format!("{site}.pem"));
-    if !cert.exists() {
-        pki.issue(site);
-    }
+/// The `[tls]` table of the config of `site`'s `role` daemon.
+pub fn tls_toml(pki: &Pki, site: &str, role: federation::identity::Role) -> String {
+    let (cert, key) = pki.ensure(site, role);
     format!(
         "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
         pki.dir.join("ca.pem").display(),
         cert.display(),
-        pki.dir.join(format!("{site}-key.pem")).display()
+        key.display()
     )
 }
 
@@ -234,7 +231,7 @@ impl Agent {
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = format!(
             "site = \"{site}\"\ntrust_domain = \"{TD}\"\nready_file = \"ready.json\"\n{config}\n{}",
-            tls_toml(pki, site)
+            tls_toml(pki, site, federation::identity::Role::Edge)
         );
         std::fs::write(dir.join("edge.toml"), cfg).unwrap();
         let _ = std::fs::remove_file(dir.join("ready.json"));
@@ -483,7 +480,9 @@ pub async fn call_ingress(
     addr: SocketAddr,
     authority: &str,
 ) -> Result<(u16, String), String> {
-    let expected = federation::identity::SiteId::new(TD, server_site).unwrap();
+    let expected =
+        federation::identity::SiteId::new(TD, server_site, federation::identity::Role::Edge)
+            .unwrap();
     let cfg = federation::tls::client_config(tls, expected).map_err(|e| e.to_string())?;
     let tcp = tokio::net::TcpStream::connect(addr)
         .await

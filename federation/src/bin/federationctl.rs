@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use federation::identity::{self, Pair, SiteId, Validity};
+use federation::identity::{self, Pair, Role, SiteId, Validity};
 use federation::model::{Port, StalePolicy};
 use multimesh_proto::admin::v1 as api;
 use multimesh_proto::catalog::v1 as wire;
@@ -176,12 +176,17 @@ enum Certs {
         #[arg(long)]
         force: bool,
     },
-    /// Issue a site certificate carrying spiffe://<trust-domain>/site/<SITE> (writes SITE.pem and
-    /// SITE-key.pem).
+    /// Issue a site's two certificates: SITE-federation.pem (federationd: catalog sync and the
+    /// site's record signatures, spiffe://<trust-domain>/site/<SITE>/federation) and
+    /// SITE-edge.pem (the edge agent: calls, spiffe://.../site/<SITE>/edge), each with its
+    /// -key.pem (mode 0600). Example: `federationctl certs issue --site a --ca-dir pki --out pki`
     Issue {
         /// Site name.
         #[arg(long)]
         site: String,
+        /// Issue only this identity: `federation` or `edge` (default: both).
+        #[arg(long, value_parser = parse_role)]
+        role: Option<Role>,
         /// Folder holding ca.pem and ca-key.pem.
         #[arg(long, default_value = ".")]
         ca_dir: PathBuf,
@@ -611,6 +616,7 @@ fn certs(c: Certs) -> Result<(), Failure> {
         }
         Certs::Issue {
             site,
+            role,
             ca_dir,
             out,
             days,
@@ -628,18 +634,20 @@ fn certs(c: Certs) -> Result<(), Failure> {
             };
             let der = identity::read_certs(&ca_cert)?;
             let td = identity::trust_domain_of_ca(&der[0])?;
-            let id = SiteId::new(&td, &site).map_err(|e| usage(format!("invalid --site: {e}")))?;
-            let pair = identity::issue_site(&ca, &id, Validity::days(days))?;
-            identity::write_file(&out.join(format!("{site}.pem")), &pair.cert_pem, false)?;
-            identity::write_file(&out.join(format!("{site}-key.pem")), &pair.key_pem, true)?;
-            eprintln!(
-                "issued {} -> {}",
-                id,
-                out.join(format!("{site}.pem")).display()
-            );
+            let roles = role.map_or(Role::ALL.to_vec(), |r| vec![r]);
+            for role in roles {
+                let id = SiteId::new(&td, &site, role)
+                    .map_err(|e| usage(format!("invalid --site: {e}")))?;
+                let (cert, _) = identity::issue_to(&out, &ca, &id, Validity::days(days))?;
+                eprintln!("issued {id} -> {}", cert.display());
+            }
             Ok(())
         }
     }
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| format!("{s:?} is not a role: federation or edge"))
 }
 
 fn scope_text(s: Option<&wire::ConsumerScope>) -> String {

@@ -20,7 +20,7 @@ use tracing::{Instrument, info, warn};
 
 use super::peers::Direction;
 use super::{Node, session};
-use crate::identity::SiteId;
+use crate::identity::{Role, SiteId};
 use crate::tls::{client_config, describe_handshake_error};
 
 /// Exponential backoff with full jitter.
@@ -100,7 +100,8 @@ async fn connect_tls(
     peer: &str,
     address: &str,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    let expected = SiteId::new(&node.trust_domain, peer).map_err(|e| e.to_string())?;
+    let expected =
+        SiteId::new(&node.trust_domain, peer, Role::Federation).map_err(|e| e.to_string())?;
     let cfg = client_config(&node.tls, expected).map_err(|e| e.to_string())?;
     connect_site(
         resolver,

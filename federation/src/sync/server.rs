@@ -18,7 +18,7 @@ use tracing::{Instrument, info, warn};
 
 use super::peers::Direction;
 use super::{Node, session};
-use crate::identity::site_id_of;
+use crate::identity::{Role, site_id_of};
 use crate::tls::describe_handshake_error;
 
 /// The authenticated peer of a connection, handed to gRPC handlers in request extensions.
@@ -26,6 +26,8 @@ use crate::tls::describe_handshake_error;
 pub struct PeerInfo {
     /// The peer's site name, from its certificate's SPIFFE ID.
     pub site: String,
+    /// Which half of that site (from the same ID).
+    pub role: Role,
     /// The peer's socket address.
     pub addr: std::net::SocketAddr,
 }
@@ -119,8 +121,8 @@ pub fn accept_loop(
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .map(site_id_of);
-                let site = match site {
-                    Some(Ok(id)) => id.site,
+                let (site, role) = match site {
+                    Some(Ok(id)) => (id.site, id.role),
                     _ => {
                         warn!(remote = %addr, reason = "no site SPIFFE ID after handshake", "refused peer connection");
                         return;
@@ -129,7 +131,7 @@ pub fn accept_loop(
                 let _ = tx
                     .send(Ok(PeerStream {
                         inner: tls,
-                        info: PeerInfo { site, addr },
+                        info: PeerInfo { site, role, addr },
                     }))
                     .await;
             });
@@ -169,10 +171,12 @@ impl catalog_sync_server::CatalogSync for SyncService {
                 "no authenticated peer on this connection",
             ));
         };
-        if info.site == self.node.site {
-            return Err(tonic::Status::permission_denied(
-                "this site's own identity (its edge agent) may watch routes, not sync the catalog",
-            ));
+        if info.role != Role::Federation || info.site == self.node.site {
+            warn!(caller = %info.site, role = %info.role, "catalog sync refused: not a peer's federationd");
+            return Err(tonic::Status::permission_denied(format!(
+                "the {} of site {} may not sync the catalog: only a peer's federationd may",
+                info.role, info.site
+            )));
         }
         let peer = info.site.clone();
         let (id, cancel) = self

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use federation::identity::{self, Pair, SiteId, Validity};
+use federation::identity::{self, Pair, Role, SiteId, Validity};
 use federation::tls::SiteTls;
 
 pub const TD: &str = "multimesh.test";
@@ -41,31 +41,43 @@ impl Pki {
         }
     }
 
-    /// Issues `site`'s certificate with the given validity; returns (cert, key) paths.
-    pub fn issue_with(&self, site: &str, validity: Validity) -> (PathBuf, PathBuf) {
-        let id = SiteId::new(TD, site).unwrap();
-        let pair = identity::issue_site(&self.ca, &id, validity).unwrap();
-        let (c, k) = (
-            self.dir.join(format!("{site}.pem")),
-            self.dir.join(format!("{site}-key.pem")),
-        );
-        identity::write_file(&c, &pair.cert_pem, false).unwrap();
-        identity::write_file(&k, &pair.key_pem, true).unwrap();
-        (c, k)
+    /// Where `site`'s certificate and key for `role` are (as `federationctl certs issue` names
+    /// them).
+    pub fn paths(&self, site: &str, role: Role) -> (PathBuf, PathBuf) {
+        identity::identity_files(&self.dir, site, role)
     }
 
+    /// Issues `site`'s certificate for `role` with the given validity; returns (cert, key).
+    pub fn issue_with(&self, site: &str, role: Role, validity: Validity) -> (PathBuf, PathBuf) {
+        let id = SiteId::new(TD, site, role).unwrap();
+        identity::issue_to(&self.dir, &self.ca, &id, validity).unwrap()
+    }
+
+    /// Issues the certificate of `site`'s federationd.
     pub fn issue(&self, site: &str) -> (PathBuf, PathBuf) {
-        self.issue_with(site, Validity::days(1))
+        self.issue_with(site, Role::Federation, Validity::days(1))
     }
 
+    /// The paths of `site`'s `role` identity, issued when it has none yet.
+    pub fn ensure(&self, site: &str, role: Role) -> (PathBuf, PathBuf) {
+        let (c, k) = self.paths(site, role);
+        if c.exists() {
+            (c, k)
+        } else {
+            self.issue_with(site, role, Validity::days(1))
+        }
+    }
+
+    /// A fresh identity of `site`'s federationd (its control plane).
     pub fn site_tls(&self, site: &str) -> SiteTls {
         let (c, k) = self.issue(site);
         self.tls_from(&c, &k)
     }
 
-    /// The identity of `site`'s edge agent (its data plane).
+    /// A fresh identity of `site`'s edge agent (its data plane).
     pub fn edge_tls(&self, site: &str) -> SiteTls {
-        self.site_tls(site)
+        let (c, k) = self.issue_with(site, Role::Edge, Validity::days(1));
+        self.tls_from(&c, &k)
     }
 
     pub fn tls_from(&self, cert: &Path, key: &Path) -> SiteTls {

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use federation::identity::SiteId;
+use federation::identity::{Role, SiteId};
 use federation::tls::{SiteTls, client_config};
 use hyper_util::rt::TokioIo;
 use multimesh_proto::admin::v1 as api;
@@ -79,13 +79,7 @@ impl Site {
     pub fn start(pki: &Pki, root: &Path, spec: &SiteSpec, listen: Option<&str>) -> Site {
         let dir = root.join(&spec.name);
         std::fs::create_dir_all(&dir).unwrap();
-        let (cert, key) = (
-            pki.dir.join(format!("{}.pem", spec.name)),
-            pki.dir.join(format!("{}-key.pem", spec.name)),
-        );
-        if !cert.exists() {
-            pki.issue(&spec.name);
-        }
+        let (cert, key) = pki.ensure(&spec.name, Role::Federation);
         let mut cfg = format!(
             "site = \"{}\"\ntrust_domain = \"{TD}\"\nlisten = \"{}\"\nadmin_socket = \"admin.sock\"\nstate_file = \"state.json\"\nready_file = \"ready.json\"\nedge_ingress = [\"127.0.0.1:15443\"]\n",
             spec.name,
@@ -347,7 +341,11 @@ pub struct Tap {
 /// connection error (as text) when the handshake or the call is refused.
 pub async fn tap(tls: SiteTls, site: &str, server_site: &str, addr: &str) -> Result<Tap, String> {
     let signer = federation::proof::Signer::new(&tls.chain[0], &tls.key).unwrap();
-    let cfg = client_config(&tls, SiteId::new(TD, server_site).unwrap()).unwrap();
+    let cfg = client_config(
+        &tls,
+        SiteId::new(TD, server_site, Role::Federation).unwrap(),
+    )
+    .unwrap();
     let connector = tokio_rustls::TlsConnector::from(cfg);
     let tcp = tokio::net::TcpStream::connect(addr)
         .await

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use federation::identity::{self, SiteId, Validity};
+use federation::identity::{self, Role, SiteId, Validity};
 use serde_json::Value;
 
 use super::status::{self, SiteEndpoints, Status};
@@ -60,7 +60,7 @@ impl Demo {
         std::fs::create_dir_all(&opts.dir)
             .with_context(|| format!("creating {}", opts.dir.display()))?;
         say(format!("working folder: {}", opts.dir.display()));
-        say("creating a federation CA and one certificate per site");
+        say("creating a federation CA and two certificates per site (federationd, edge agent)");
         write_pki(&opts.dir.join("pki"), &t)?;
         let mut procs = Supervisor::default();
         say("starting federationd at a, b, c and the edge node");
@@ -69,7 +69,10 @@ impl Demo {
             std::fs::create_dir_all(&dir)?;
             let _ = std::fs::remove_file(dir.join("ready.json"));
             std::fs::write(dir.join("federationd.toml"), topology::federationd_toml(s))?;
-            std::fs::write(dir.join("edge.toml"), topology::edge_toml(s))?;
+            std::fs::write(
+                dir.join("edge.toml"),
+                topology::edge_toml(s, &t.children(s.name)),
+            )?;
             procs.spawn(
                 &format!("{}/federationd", s.name),
                 &opts.bin_dir.join("federationd"),
@@ -324,14 +327,10 @@ fn write_pki(dir: &Path, t: &Topology) -> anyhow::Result<()> {
     identity::write_file(&dir.join("ca.pem"), &ca.cert_pem, false)?;
     identity::write_file(&dir.join("ca-key.pem"), &ca.key_pem, true)?;
     for s in &t.sites {
-        let id = SiteId::new(topology::TRUST_DOMAIN, s.name)?;
-        let pair = identity::issue_site(&ca, &id, Validity::days(30))?;
-        identity::write_file(&dir.join(format!("{}.pem", s.name)), &pair.cert_pem, false)?;
-        identity::write_file(
-            &dir.join(format!("{}-key.pem", s.name)),
-            &pair.key_pem,
-            true,
-        )?;
+        for role in Role::ALL {
+            let id = SiteId::new(topology::TRUST_DOMAIN, s.name, role)?;
+            identity::issue_to(dir, &ca, &id, Validity::days(30))?;
+        }
     }
     Ok(())
 }

@@ -79,6 +79,15 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// The edge nodes whose parent is `site`.
+    pub fn children(&self, site: &str) -> Vec<&'static str> {
+        self.sites
+            .iter()
+            .filter(|s| s.parent.is_some_and(|(p, _)| p == site))
+            .map(|s| s.name)
+            .collect()
+    }
+
     /// The layout with ports from `base` (`base + 99` must fit in a port).
     pub fn local(base: u16) -> Result<Self, String> {
         if base.checked_add(99).is_none() || base < 1024 {
@@ -185,9 +194,10 @@ impl Topology {
     }
 }
 
-fn tls_toml(site: &str) -> String {
+/// The `[tls]` table of `site`'s daemon with identity `role` (`federation` or `edge`).
+fn tls_toml(site: &str, role: &str) -> String {
     format!(
-        "[tls]\nca = \"../pki/ca.pem\"\ncert = \"../pki/{site}.pem\"\nkey = \"../pki/{site}-key.pem\"\n"
+        "[tls]\nca = \"../pki/ca.pem\"\ncert = \"../pki/{site}-{role}.pem\"\nkey = \"../pki/{site}-{role}-key.pem\"\n"
     )
 }
 
@@ -211,7 +221,7 @@ pub fn federationd_toml(site: &Site) -> String {
         (None, None) => {}
     }
     o.push('\n');
-    o.push_str(&tls_toml(site.name));
+    o.push_str(&tls_toml(site.name, "federation"));
     o.push_str("\n[sync]\nheartbeat_ms = 500\n");
     for (peer, port) in &site.peers {
         let _ = write!(o, "\n[[peers]]\nsite = \"{peer}\"\n");
@@ -231,8 +241,9 @@ pub fn federationd_toml(site: &Site) -> String {
     o
 }
 
-/// The edge agent config of `site` (paths relative to the site's folder).
-pub fn edge_toml(site: &Site) -> String {
+/// The edge agent config of `site`, parent of the edge nodes `children` (paths relative to the
+/// site's folder).
+pub fn edge_toml(site: &Site, children: &[&str]) -> String {
     let mut o = format!(
         "# edge agent of site {name} (written by multimesh-demo)\nsite = \"{name}\"\ntrust_domain = \"{TRUST_DOMAIN}\"\negress_http = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\nready_file = \"edge-ready.json\"\n",
         site.egress_port,
@@ -242,8 +253,11 @@ pub fn edge_toml(site: &Site) -> String {
     if let Some(i) = site.ingress_port {
         let _ = writeln!(o, "ingress = \"127.0.0.1:{i}\"");
     }
+    if !children.is_empty() {
+        let _ = writeln!(o, "children = {children:?}");
+    }
     o.push('\n');
-    o.push_str(&tls_toml(site.name));
+    o.push_str(&tls_toml(site.name, "edge"));
     let _ = write!(
         o,
         "\n[routes]\nfederation = \"127.0.0.1:{}\"\n\n[outlier]\nconsecutive_failures = 3\nbase_ejection_ms = 1000\nmax_ejection_ms = 4000\n",
@@ -338,7 +352,9 @@ mod tests {
         assert_eq!(t.exporters("payment"), vec!["b", "c"]);
         assert_eq!(t.exporters("notification"), vec!["b", "node"]);
         let node = t.site("node").unwrap();
-        let e = edge_toml(node);
+        let e = edge_toml(node, &t.children(node.name));
         assert!(e.contains("[parent]") && !e.contains("ingress ="), "{e}");
+        let c = t.site("c").unwrap();
+        assert!(edge_toml(c, &t.children("c")).contains("children = [\"node\"]"));
     }
 }
