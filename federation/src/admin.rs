@@ -438,20 +438,36 @@ pub fn catalog_view(node: &Node, now: Instant) -> api::CatalogResponse {
     }
 }
 
-/// Binds the admin socket with mode 0600 (replacing a stale socket file).
+/// Binds the admin socket with mode 0600 (replacing a stale socket file). The socket never
+/// exists at `path` with any other mode: it is bound inside a fresh folder only its owner can
+/// enter (0700), given its mode there, and then renamed into place.
 pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let l = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("admin socket {} has no file name", path.display()),
+        )
+    })?;
+    let mut private_name = name.to_owned();
+    private_name.push(format!(".{}.d", std::process::id()));
+    let private = dir.join(private_name);
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let inner = private.join("s");
+    let bound = (|| {
+        let l = tokio::net::UnixListener::bind(&inner)?;
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&inner, path)?;
+        Ok(l)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    bound
 }
 
 /// Connects to a daemon's admin socket.
@@ -471,4 +487,30 @@ pub async fn connect(path: &Path) -> Result<AdminClient<Channel>, String> {
         .await
         .map_err(|e| format!("cannot connect to admin socket {}: {e}", path.display()))?;
     Ok(AdminClient::new(channel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_admin_socket_appears_with_mode_0600_and_replaces_a_stale_one() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        drop(bind(&path).unwrap());
+        // A stale socket from an earlier run is replaced.
+        let l = bind(&path).unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("admin.sock")]);
+        let (accepted, connected) =
+            tokio::join!(l.accept(), tokio::net::UnixStream::connect(&path));
+        assert!(accepted.is_ok() && connected.is_ok());
+    }
 }

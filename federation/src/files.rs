@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 /// Writes `path` through `body` so that a reader sees the old file or the whole new one, never
 /// a part: a temporary file beside it (created with `mode`, buffered), fsync, rename, fsync of
 /// the folder. Ready files are read the moment they appear, and state files after a crash.
+///
+/// The temporary file is always a new file (`O_CREAT|O_EXCL`): a leftover one is removed first,
+/// and anything planted at its name meanwhile (a symlink to another file, a file with a wider
+/// mode) makes the write fail rather than write through it. So a key gets exactly `mode`.
 pub fn write_atomically(
     path: &Path,
     mode: u32,
@@ -21,13 +25,17 @@ pub fn write_atomically(
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)?;
     let written = (|| {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
         let mut w = BufWriter::with_capacity(1 << 16, f);
         body(&mut w)?;
         let f = w.into_inner().map_err(|e| e.into_error())?;
@@ -48,4 +56,39 @@ pub fn write_atomically(
 /// [`write_atomically`] of `bytes`.
 pub fn write_bytes_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     write_atomically(path, mode, |w| w.write_all(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_symlink_planted_at_the_temporary_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let key = dir.path().join("a-key.pem");
+        std::os::unix::fs::symlink(&victim, dir.path().join("a-key.pem.tmp")).unwrap();
+        write_bytes_atomically(&key, b"SECRET", 0o600).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), "SECRET");
+        assert_eq!(mode(&key), 0o600);
+        assert!(!dir.path().join("a-key.pem.tmp").exists());
+    }
+
+    #[test]
+    fn a_key_gets_its_mode_even_over_a_leftover_temporary_file_with_a_wider_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("a-key.pem");
+        let tmp = dir.path().join("a-key.pem.tmp");
+        std::fs::write(&tmp, "old").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666)).unwrap();
+        write_bytes_atomically(&key, b"SECRET", 0o600).unwrap();
+        assert_eq!(mode(&key), 0o600);
+    }
 }

@@ -309,12 +309,26 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityE
     Ok(certs)
 }
 
-/// Reads the private key of a PEM file.
+/// Reads the private key of a PEM file. A key that other users may read (any group or other
+/// permission bit, after symlinks) is refused: it may already be someone else's.
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, IdentityError> {
-    let data = std::fs::read(path).map_err(|source| IdentityError::Io {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| IdentityError::Io {
         path: path.display().to_string(),
         source,
-    })?;
+    };
+    let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(IdentityError::Pem {
+            path: path.display().to_string(),
+            what: format!(
+                "private key is readable by other users (mode {mode:04o}); make it readable by \
+                 its owner only: chmod 600 {}",
+                path.display()
+            ),
+        });
+    }
+    let data = std::fs::read(path).map_err(io)?;
     rustls_pemfile::private_key(&mut data.as_slice())
         .map_err(|e| IdentityError::Pem {
             path: path.display().to_string(),
@@ -378,6 +392,29 @@ mod tests {
             .unwrap();
         assert_eq!(site_id_of(&der).unwrap(), id);
         assert_eq!(id.uri(), "spiffe://multimesh.test/site/a/edge");
+    }
+
+    #[test]
+    fn a_key_readable_by_other_users_is_refused_with_the_file_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = init_ca("multimesh.test", 1).unwrap();
+        let id = SiteId::new("multimesh.test", "a", Role::Federation).unwrap();
+        let (_, key) = issue_to(dir.path(), &ca, &id, Validity::days(1)).unwrap();
+        assert!(read_key(&key).is_ok(), "0600 as issued");
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = read_key(&key).unwrap_err().to_string();
+            assert!(
+                err.contains("a-federation-key.pem") && err.contains("readable by other users"),
+                "{err}"
+            );
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(
+            read_key(&key).is_ok(),
+            "0400, as a Kubernetes Secret mounts it"
+        );
     }
 
     #[test]
