@@ -223,3 +223,77 @@ async fn exports_become_routes_at_peer_edges_and_withdrawals_remove_them() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(call(b.egress(), pay_host).await.0, 200, "last table kept");
 }
+
+/// federationd of `site` dialling the consumer `a` at `a_listen`, exporting payment with `extra`
+/// service lines, and its edge agent serving payment from `backend`.
+fn payment_exporter(
+    pki: &Pki,
+    root: &Path,
+    site: &str,
+    a_listen: &str,
+    backend: &Backend,
+    extra: &str,
+) -> (Daemon, Agent) {
+    let port = free_port();
+    let fed = Daemon::start(
+        pki,
+        root,
+        site,
+        &format!(
+            "edge_ingress = [\"127.0.0.1:{port}\"]\n[[peers]]\nsite = \"a\"\naddress = \"{a_listen}\"\n[[services]]\nname = \"payment\"\nnamespace = \"shop\"\nexport = true\nports = [{{ name = \"http\", port = 8080, protocol = \"http\" }}]\n{extra}"
+        ),
+    );
+    let agent = Agent::start(
+        pki,
+        root,
+        site,
+        &format!(
+            "ingress = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:0\"\n[[local]]\nname = \"payment\"\nnamespace = \"shop\"\nports = [{{ port = 8080, upstream = \"{}\" }}]\n[routes]\nfederation = \"{}\"\n",
+            backend.addr, fed.listen
+        ),
+    );
+    (fed, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_exporting_a_name_it_was_not_given_attracts_none_of_its_traffic() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let fed_a = Daemon::start(
+        &pki,
+        root,
+        "a",
+        "[[peers]]\nsite = \"b\"\n[[peers]]\nsite = \"z\"\n",
+    );
+    let a = Agent::start(
+        &pki,
+        root,
+        "a",
+        &format!(
+            "egress_http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[routes]\nfederation = \"{}\"\n",
+            fed_a.listen
+        ),
+    );
+    let pay_b = http_backend("b").await;
+    let pay_z = http_backend("z").await;
+    // b owns payment; z, another member of the federation, exports the same name.
+    let (_fed_b, _b) = payment_exporter(&pki, root, "b", &fed_a.listen, &pay_b, "");
+    let pay_host = "payment.shop.svc.clusterset.local";
+    eventually(15, "a routes payment to b", || async {
+        served_site(&call(a.egress(), pay_host).await.1) == "b"
+    })
+    .await;
+    let (_fed_z, _z) = payment_exporter(&pki, root, "z", &fed_a.listen, &pay_z, "");
+    eventually(15, "a learns z's payment", || async {
+        let (_, routes) = a.admin_get("/routes").await;
+        routes.contains("\"site\": \"z\"") || routes.contains("contested")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..40 {
+        let (_, body) = call(a.egress(), pay_host).await;
+        assert_ne!(served_site(&body), "z", "z took a share of b's payment");
+    }
+    assert_eq!(pay_z.calls.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
