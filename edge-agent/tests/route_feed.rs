@@ -109,6 +109,17 @@ impl Daemon {
     }
 }
 
+/// `federationctl catalog` at `fed`, as text.
+fn catalog(fed: &Daemon) -> String {
+    let out = Command::new(workspace_bin("federationctl"))
+        .arg("--admin-socket")
+        .arg(fed.dir.join("admin.sock"))
+        .arg("catalog")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 async fn call(egress: std::net::SocketAddr, host: &str) -> (u16, String) {
     match get(
         &client_h1(),
@@ -287,7 +298,7 @@ async fn a_site_exporting_a_name_it_was_not_given_attracts_none_of_its_traffic()
     let (_fed_z, _z) = payment_exporter(&pki, root, "z", &fed_a.listen, &pay_z, "");
     eventually(15, "a learns z's payment", || async {
         let (_, routes) = a.admin_get("/routes").await;
-        routes.contains("\"site\": \"z\"") || routes.contains("contested")
+        routes.contains("\"site\": \"z\"") || catalog(&fed_a).contains("CONFLICT")
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -296,4 +307,47 @@ async fn a_site_exporting_a_name_it_was_not_given_attracts_none_of_its_traffic()
         assert_ne!(served_site(&body), "z", "z took a share of b's payment");
     }
     assert_eq!(pay_z.calls.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // The conflict is reported, naming the exporters.
+    let text = catalog(&fed_a);
+    assert!(
+        text.contains("CONFLICT shop/payment") && text.contains("refused: b,z"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sites_that_list_each_other_in_share_with_serve_one_name_together() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let fed_a = Daemon::start(
+        &pki,
+        root,
+        "a",
+        "[[peers]]\nsite = \"b\"\n[[peers]]\nsite = \"c\"\n",
+    );
+    let a = Agent::start(
+        &pki,
+        root,
+        "a",
+        &format!(
+            "egress_http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[routes]\nfederation = \"{}\"\n",
+            fed_a.listen
+        ),
+    );
+    let (pay_b, pay_c) = (http_backend("b").await, http_backend("c").await);
+    let share = |with: &str| format!("share_with = [\"{with}\"]\n");
+    let _b = payment_exporter(&pki, root, "b", &fed_a.listen, &pay_b, &share("c"));
+    let _c = payment_exporter(&pki, root, "c", &fed_a.listen, &pay_c, &share("b"));
+    let pay_host = "payment.shop.svc.clusterset.local";
+    eventually(15, "a routes payment to both b and c", || async {
+        let (_, routes) = a.admin_get("/routes").await;
+        routes.contains("\"site\": \"b\"") && routes.contains("\"site\": \"c\"")
+    })
+    .await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(served_site(&call(a.egress(), pay_host).await.1).to_string());
+    }
+    assert_eq!(seen, ["b", "c"].map(String::from).into());
 }

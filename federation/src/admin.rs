@@ -88,12 +88,21 @@ impl AdminService {
                 .unwrap_or_else(|| self.config.default_identity(&r.namespace, &r.name)),
             scope,
             stale,
+            share_with: if r.share_with.is_empty() {
+                configured
+                    .map(|c| c.share_with.iter().cloned().collect())
+                    .unwrap_or_default()
+            } else {
+                r.share_with.iter().cloned().collect()
+            },
         };
         svc.validate().map_err(|e| {
             if e.field.starts_with("stale") {
                 crate::error::InvalidField::new("--stale-ttl", &e.value, &e.reason)
             } else if e.field.starts_with("labels") {
                 crate::error::InvalidField::new("--label", &e.value, &e.reason)
+            } else if e.field.starts_with("share_with") {
+                crate::error::InvalidField::new("--share-with", &e.value, &e.reason)
             } else {
                 e
             }
@@ -435,6 +444,7 @@ pub fn catalog_view(node: &Node, now: Instant) -> api::CatalogResponse {
     api::CatalogResponse {
         site: node.site.clone(),
         origins: origins.into_values().collect(),
+        conflicts: crate::routes::conflicts(&crate::routes::served_names(node, now)),
     }
 }
 

@@ -186,6 +186,10 @@ pub struct ServiceConfig {
     /// Sites that may see it (default: all).
     #[serde(default)]
     pub to: Vec<String>,
+    /// Other sites this site agrees to serve the name with (default: none; a name exported by
+    /// sites that do not list each other is contested and served by none of them elsewhere).
+    #[serde(default)]
+    pub share_with: Vec<String>,
     /// Labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -375,6 +379,7 @@ impl Config {
                 Scope::Sites(s.to.iter().cloned().collect())
             },
             stale: s.stale.unwrap_or_default(),
+            share_with: s.share_with.iter().cloned().collect(),
         }
     }
 

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod kubernetes;
 pub mod model;
 pub mod names;
+pub mod ownership;
 pub mod process;
 pub mod proof;
 pub mod routes;

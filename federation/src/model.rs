@@ -22,6 +22,8 @@ pub const MAX_PORTS: usize = 64;
 pub const MAX_LABELS: usize = 64;
 /// Upper bound on ingress addresses per service.
 pub const MAX_INGRESS: usize = 16;
+/// The most sites an export may share its name with.
+pub const MAX_SHARE_WITH: usize = 64;
 /// Upper bound on sites in a consumer scope.
 pub const MAX_SCOPE_SITES: usize = 256;
 
@@ -370,6 +372,9 @@ pub struct Service {
     pub scope: Scope,
     /// What to do while the origin is unreachable.
     pub stale: StalePolicy,
+    /// The other sites the origin agrees to serve this name with (see [`crate::ownership`]).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub share_with: BTreeSet<String>,
 }
 
 impl Service {
@@ -414,6 +419,16 @@ impl Service {
             ));
         }
         self.stale.validate("stale")?;
+        if self.share_with.len() > MAX_SHARE_WITH {
+            return Err(InvalidField::new(
+                "share_with",
+                self.share_with.len(),
+                "lists too many sites (max 64)",
+            ));
+        }
+        for s in &self.share_with {
+            names::dns_label("share_with", s)?;
+        }
         Ok(())
     }
 }
@@ -645,6 +660,7 @@ pub fn service_to_wire(key: &Key, stamp: Stamp, s: &Service) -> wire::ExportedSe
             ttl_seconds: s.stale.ttl_seconds,
             serve: s.stale.serve,
         }),
+        share_with: s.share_with.iter().cloned().collect(),
     }
 }
 
@@ -691,7 +707,15 @@ pub fn service_from_wire(s: &wire::ExportedService) -> Result<(Key, Stamp, Servi
         identity: s.identity.clone(),
         scope: Scope::from_wire("scope", s.scope.as_ref())?,
         stale: StalePolicy::from_wire("stale", s.stale.as_ref())?,
+        share_with: s.share_with.iter().cloned().collect(),
     };
+    if svc.share_with.len() != s.share_with.len() {
+        return Err(InvalidField::new(
+            "share_with",
+            s.share_with.join(","),
+            "lists a site twice",
+        ));
+    }
     svc.validate()?;
     Ok((key, stamp, svc))
 }
@@ -711,6 +735,7 @@ pub(crate) fn test_service(port: u16, scope: Scope) -> Service {
         identity: String::new(),
         scope,
         stale: StalePolicy::default(),
+        share_with: Default::default(),
     }
 }
 
@@ -731,6 +756,7 @@ mod tests {
             identity: "spiffe://multimesh.test/ns/shop/sa/payment".into(),
             scope: Scope::Sites(["b".to_string()].into()),
             stale: StalePolicy::default(),
+            share_with: Default::default(),
         }
     }
 

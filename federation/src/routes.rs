@@ -15,15 +15,17 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::catalog::{EntryState, Liveness};
-use crate::model::{Port, Scope};
+use crate::model::{Port, Scope, Service};
+use crate::ownership;
 use crate::splits::SplitRule;
 use crate::sync::Node;
 use crate::sync::server::PeerInfo;
+use multimesh_proto::admin::v1::NameConflict;
 
-/// The route table for `node`'s edge agent at `now`: every entry served here, grouped by
-/// service. Deterministic (sorted), so equal catalogs give equal tables and versions.
-pub fn route_table(node: &Node, now: Instant) -> wire::RouteTable {
-    let mut services: BTreeMap<(String, String), wire::ServiceRoute> = BTreeMap::new();
+/// The entries served at `now` (fresh, or stale with a policy to serve), grouped by name, with
+/// the verdict of [`ownership::decide`] on each name's exporters.
+pub fn served_names(node: &Node, now: Instant) -> BTreeMap<(String, String), ServedName> {
+    let mut names: BTreeMap<(String, String), ServedName> = BTreeMap::new();
     node.store.read(|c| {
         node.store.liveness(|live| {
             for (key, rec) in c.entries() {
@@ -35,48 +37,105 @@ pub fn route_table(node: &Node, now: Instant) -> wire::RouteTable {
                     EntryState::Stale { served, .. } => served,
                     EntryState::Expired => false,
                 };
-                if !served {
-                    continue;
+                if served {
+                    names
+                        .entry((key.namespace.clone(), key.name.clone()))
+                        .or_default()
+                        .exporters
+                        .push((key.origin.clone(), svc.clone()));
                 }
-                let local = key.origin == node.site;
-                let consumers = match &svc.scope {
-                    Scope::All => vec![],
-                    Scope::Sites(s) => s.iter().cloned().collect(),
-                };
-                let route = services
-                    .entry((key.namespace.clone(), key.name.clone()))
-                    .or_insert_with(|| wire::ServiceRoute {
-                        name: key.name.clone(),
-                        namespace: key.namespace.clone(),
-                        ports: svc.ports.iter().map(Port::to_wire).collect(),
-                        ..Default::default()
-                    });
-                if local {
-                    // This site's own export is authoritative for ports and admission.
-                    route.ports = svc.ports.iter().map(Port::to_wire).collect();
-                    route.consumers = consumers.clone();
-                }
-                // An edge node behind this very site is reached over its own outbound link:
-                // no relay and no address to dial.
-                let behind_us = svc.via.as_deref() == Some(node.site.as_str());
-                route.destinations.push(wire::Destination {
-                    site: key.origin.clone(),
-                    addresses: if local || behind_us {
-                        vec![]
-                    } else {
-                        svc.ingress.clone()
-                    },
-                    weight: 1,
-                    via: if behind_us {
-                        String::new()
-                    } else {
-                        svc.via.clone().unwrap_or_default()
-                    },
-                    consumers,
-                });
             }
         })
     });
+    for n in names.values_mut() {
+        let exporters: Vec<ownership::Exporter<'_>> = n
+            .exporters
+            .iter()
+            .map(|(site, svc)| ownership::Exporter {
+                site,
+                share_with: &svc.share_with,
+            })
+            .collect();
+        n.verdict = ownership::decide(&node.site, &exporters);
+    }
+    names
+}
+
+/// One name's served exporters and who may serve it here.
+#[derive(Debug, Default)]
+pub struct ServedName {
+    /// (origin, what it exports), in key order.
+    pub exporters: Vec<(String, Arc<Service>)>,
+    /// Who serves it here.
+    pub verdict: ownership::Verdict,
+}
+
+/// The names whose exporters disagree, as the admin API reports them.
+pub fn conflicts(names: &BTreeMap<(String, String), ServedName>) -> Vec<NameConflict> {
+    names
+        .iter()
+        .filter(|(_, n)| n.verdict.conflict())
+        .map(|((namespace, name), n)| NameConflict {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            serving: n.verdict.serving.clone(),
+            refused: n.verdict.refused.clone(),
+        })
+        .collect()
+}
+
+/// The route table for `node`'s edge agent at `now`: every name served here, with the
+/// exporters [`crate::ownership`] admits as its destinations. Deterministic (sorted), so equal
+/// catalogs give equal tables and versions.
+pub fn route_table(node: &Node, now: Instant) -> wire::RouteTable {
+    route_table_of(node, &served_names(node, now))
+}
+
+fn route_table_of(node: &Node, names: &BTreeMap<(String, String), ServedName>) -> wire::RouteTable {
+    let mut services: BTreeMap<(String, String), wire::ServiceRoute> = BTreeMap::new();
+    for ((namespace, name), n) in names {
+        for (origin, svc) in &n.exporters {
+            if !n.verdict.serving.contains(origin) {
+                continue;
+            }
+            let local = *origin == node.site;
+            let consumers = match &svc.scope {
+                Scope::All => vec![],
+                Scope::Sites(s) => s.iter().cloned().collect(),
+            };
+            let route = services
+                .entry((namespace.clone(), name.clone()))
+                .or_insert_with(|| wire::ServiceRoute {
+                    name: name.clone(),
+                    namespace: namespace.clone(),
+                    ports: svc.ports.iter().map(Port::to_wire).collect(),
+                    ..Default::default()
+                });
+            if local {
+                // This site's own export is authoritative for ports and admission.
+                route.ports = svc.ports.iter().map(Port::to_wire).collect();
+                route.consumers = consumers.clone();
+            }
+            // An edge node behind this very site is reached over its own outbound link:
+            // no relay and no address to dial.
+            let behind_us = svc.via.as_deref() == Some(node.site.as_str());
+            route.destinations.push(wire::Destination {
+                site: origin.clone(),
+                addresses: if local || behind_us {
+                    vec![]
+                } else {
+                    svc.ingress.clone()
+                },
+                weight: 1,
+                via: if behind_us {
+                    String::new()
+                } else {
+                    svc.via.clone().unwrap_or_default()
+                },
+                consumers,
+            });
+        }
+    }
     let splits = node
         .splits
         .list()
@@ -171,10 +230,19 @@ impl route_discovery_server::RouteDiscovery for RouteService {
         tokio::spawn(async move {
             let mut last = String::new();
             loop {
-                let table = route_table(&node, Instant::now());
+                let names = served_names(&node, Instant::now());
+                let table = route_table_of(&node, &names);
                 if table.version != last {
                     last = table.version.clone();
                     tracing::debug!(version = %last, services = table.services.len(), "route table sent");
+                    for c in conflicts(&names) {
+                        tracing::warn!(
+                            service = %format!("{}/{}", c.namespace, c.name),
+                            serving = ?c.serving,
+                            refused = ?c.refused,
+                            "name exported by sites that do not agree to share it (share_with): refused exporters get no calls from this site"
+                        );
+                    }
                     if tx.send(Ok(table)).await.is_err() {
                         return;
                     }

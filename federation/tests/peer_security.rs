@@ -166,6 +166,7 @@ fn svc_record(origin: &str, name: &str, version: u64) -> wire::Record {
                 ttl_seconds: 60,
                 serve: true,
             }),
+            share_with: vec![],
         })),
     }
 }

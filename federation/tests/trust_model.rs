@@ -43,6 +43,7 @@ fn service(origin: &str, name: &str, epoch: u64, version: u64) -> wire::Exported
             ttl_seconds: 60,
             serve: true,
         }),
+        share_with: vec![],
     }
 }
 

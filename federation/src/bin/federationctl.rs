@@ -57,6 +57,11 @@ enum Cmd {
         /// Only these sites may see the service; repeatable. Default: all sites.
         #[arg(long = "to")]
         to: Vec<String>,
+        /// Another site that may export the same name, serving it with this one; repeatable.
+        /// Both sites must list each other, or the name is contested and served by neither
+        /// elsewhere. Default: as in the site config (none).
+        #[arg(long = "share-with")]
+        share_with: Vec<String>,
         /// Label KEY=VALUE; repeatable.
         #[arg(long = "label")]
         labels: Vec<String>,
@@ -232,6 +237,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             namespace,
             ports,
             to,
+            share_with,
             labels,
             stale_ttl,
             no_serve_stale,
@@ -258,6 +264,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 to,
                 labels: label_map.into_iter().collect(),
                 stale,
+                share_with,
             };
             let mut c = client(&cli.admin_socket).await?;
             let r = c.export(req).await.map_err(status)?.into_inner();
@@ -769,6 +776,9 @@ fn catalog_json(r: &api::CatalogResponse) -> Value {
                 v
             }).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+        "conflicts": r.conflicts.iter().map(|c| json!({
+            "namespace": c.namespace, "name": c.name, "serving": c.serving, "refused": c.refused,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -813,6 +823,23 @@ fn catalog_table(r: &api::CatalogResponse) -> String {
                 stale
             ));
         }
+    }
+    for c in &r.conflicts {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(",")
+            }
+        };
+        out.push_str(&format!(
+            "CONFLICT {}/{}: exported by sites that do not all list each other in share_with; \
+             serving here: {}; refused: {}\n",
+            c.namespace,
+            c.name,
+            list(&c.serving),
+            list(&c.refused)
+        ));
     }
     out
 }

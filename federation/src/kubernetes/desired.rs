@@ -11,8 +11,8 @@ use smi_adapters::render::{Mesh, Options};
 
 use super::types::Condition;
 use super::{
-    CONSUMERS_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, SITE_LABEL, STALE_SERVE_ANNOTATION,
-    STALE_TTL_ANNOTATION,
+    CONSUMERS_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, SHARE_WITH_ANNOTATION, SITE_LABEL,
+    STALE_SERVE_ANNOTATION, STALE_TTL_ANNOTATION,
 };
 use crate::model::{self, Port, Protocol, Scope, Service, StalePolicy};
 use crate::names;
@@ -159,7 +159,19 @@ pub fn export(
             }
         };
     }
+    let share_with = obj
+        .annotations
+        .get(SHARE_WITH_ANNOTATION)
+        .map(|s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
     let service = Service {
+        share_with,
         ports,
         ingress: base.ingress.clone(),
         via: None,

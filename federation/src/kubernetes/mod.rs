@@ -32,6 +32,9 @@ pub const MANAGED_BY: &str = "multimesh";
 pub const SITE_LABEL: &str = "multimesh.io/site";
 /// ServiceExport annotation: the sites that may see the service (comma-separated; default all).
 pub const CONSUMERS_ANNOTATION: &str = "multimesh.io/consumers";
+/// ServiceExport annotation: other sites this site agrees to serve the name with
+/// (comma-separated; default none, see `ownership`).
+pub const SHARE_WITH_ANNOTATION: &str = "multimesh.io/share-with";
 /// ServiceExport annotation: how long (s) other sites keep the entry while this site is
 /// unreachable.
 pub const STALE_TTL_ANNOTATION: &str = "multimesh.io/stale-ttl-seconds";

@@ -68,7 +68,10 @@ impl Demo {
             let dir = opts.dir.join(s.name);
             std::fs::create_dir_all(&dir)?;
             let _ = std::fs::remove_file(dir.join("ready.json"));
-            std::fs::write(dir.join("federationd.toml"), topology::federationd_toml(s))?;
+            std::fs::write(
+                dir.join("federationd.toml"),
+                topology::federationd_toml(s, |n| t.exporters(n)),
+            )?;
             std::fs::write(
                 dir.join("edge.toml"),
                 topology::edge_toml(s, &t.children(s.name)),

@@ -201,8 +201,9 @@ fn tls_toml(site: &str, role: &str) -> String {
     )
 }
 
-/// The federationd config of `site` (paths relative to the site's folder).
-pub fn federationd_toml(site: &Site) -> String {
+/// The federationd config of `site` (paths relative to the site's folder); `exporters` names
+/// the sites exporting a service.
+pub fn federationd_toml(site: &Site, exporters: impl Fn(&str) -> Vec<&'static str>) -> String {
     let mut o = format!(
         "# federationd of site {name} (written by multimesh-demo)\nsite = \"{name}\"\ntrust_domain = \"{TRUST_DOMAIN}\"\nlisten = \"127.0.0.1:{}\"\nadmin_socket = \"admin.sock\"\nstate_file = \"state.json\"\nready_file = \"ready.json\"\n",
         site.federation_port,
@@ -231,9 +232,14 @@ pub fn federationd_toml(site: &Site) -> String {
     }
     for a in &site.apps {
         for name in &a.exports {
+            // Every site exporting the same name agrees to share it with the others.
+            let others: Vec<&str> = exporters(name)
+                .into_iter()
+                .filter(|s| *s != site.name)
+                .collect();
             let _ = write!(
                 o,
-                "\n[[services]]\nname = \"{name}\"\nnamespace = \"{NAMESPACE}\"\nports = [{{ name = \"http\", port = {SERVICE_PORT}, protocol = \"http\" }}]\nexport = true\nlabels = {{ version = \"{}\" }}\n",
+                "\n[[services]]\nname = \"{name}\"\nnamespace = \"{NAMESPACE}\"\nports = [{{ name = \"http\", port = {SERVICE_PORT}, protocol = \"http\" }}]\nexport = true\nshare_with = {others:?}\nlabels = {{ version = \"{}\" }}\n",
                 a.version
             );
         }
@@ -340,7 +346,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for s in &t.sites {
             let f = dir.path().join(format!("{}.toml", s.name));
-            std::fs::write(&f, federationd_toml(s)).unwrap();
+            std::fs::write(&f, federationd_toml(s, |n| t.exporters(n))).unwrap();
             let cfg = federation::config::Config::load(&f).unwrap();
             assert_eq!(cfg.site, s.name);
             assert_eq!(
