@@ -248,3 +248,86 @@ async fn a_federationd_certificate_is_not_a_data_plane_identity() {
     );
     assert_eq!(pay.calls.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
+
+/// Opens `n` streams on one HTTP/2 connection to `addr` (h2c, or over `tls` when given), each
+/// a GET for `authority` reset by the caller as soon as it is under way: the rapid-reset
+/// pattern.
+async fn rapid_resets(
+    addr: std::net::SocketAddr,
+    tls: Option<(&federation::tls::SiteTls, &str)>,
+    authority: &str,
+    n: usize,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+    impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+    let io: Box<dyn Io> = match tls {
+        None => Box::new(tcp),
+        Some((tls, site)) => {
+            let expected =
+                federation::identity::SiteId::new(TD, site, federation::identity::Role::Edge)
+                    .unwrap();
+            let cfg = federation::tls::client_config(tls, expected).unwrap();
+            let name = rustls::pki_types::ServerName::try_from("peer.invalid").unwrap();
+            Box::new(
+                tokio_rustls::TlsConnector::from(cfg)
+                    .connect(name, tcp)
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let (mut send, conn) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    for _ in 0..n {
+        send = send.ready().await.unwrap();
+        let req = http::Request::get(format!("http://{authority}/"))
+            .body(())
+            .unwrap();
+        let (resp, mut stream) = send.send_request(req, false).unwrap();
+        // Reset once the agent has taken the call (a stream reset before it is accepted never
+        // reaches the agent at all).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stream.send_reset(h2::Reason::CANCEL);
+        drop(resp);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_reset_by_the_caller_count_against_max_streams_until_their_calls_end() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    // payment's workload accepts connections and never answers: each call stays open.
+    let silent = silent_backend().await;
+    Agent::write_routes(
+        root,
+        "a",
+        "services:\n- {name: payment, namespace: shop, ports: [{port: 8080}], destinations: [{site: a}]}\n",
+    );
+    let a = Agent::start(
+        &pki,
+        root,
+        "a",
+        &agent_toml(&format!(
+            "ingress = \"127.0.0.1:0\"\negress_http = \"127.0.0.1:0\"\n{}\n[limits]\nmax_streams = 4\nrequest_timeout_ms = 30000\n",
+            local("payment", 8080, silent.addr)
+        )),
+    );
+    let authority = format!("{PAY}:8080");
+    // A local h2c caller, then a peer site over its edge link: 60 streams each, all reset.
+    rapid_resets(a.egress(), None, &authority, 60).await;
+    let from_egress = silent.calls.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        from_egress <= 4,
+        "{from_egress} calls running from one h2c connection with max_streams = 4"
+    );
+    let b = pki.edge_tls("b");
+    rapid_resets(a.bound.ingress.unwrap(), Some((&b, "a")), &authority, 60).await;
+    let from_ingress = silent.calls.load(std::sync::atomic::Ordering::Relaxed) - from_egress;
+    assert!(
+        from_ingress <= 4,
+        "{from_ingress} calls running from one edge link with max_streams = 4"
+    );
+}
