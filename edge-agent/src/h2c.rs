@@ -55,7 +55,8 @@ where
             return;
         }
     };
-    let ended = serve_streams(conn, &stop, None, |req, respond| {
+    let max_calls = agent.config.limits.max_streams as usize;
+    let ended = serve_streams(conn, &stop, None, max_calls, |req, respond| {
         Box::pin(call(agent.clone(), req, respond))
     })
     .await;
@@ -69,10 +70,16 @@ where
 /// the connection closes (an open call's stream is then gone too), or after `stop` once open
 /// calls finish or [`DRAIN`] passes. With `keepalive = (every, within)` the peer is pinged
 /// every `every` and the connection ends when a pong is `within` late.
+///
+/// At most `max_calls` calls run at once, counted until each call's future ends: HTTP/2's own
+/// `max_concurrent_streams` stops counting a stream when the peer resets it, while the call it
+/// started goes on (the "rapid reset" pattern, CVE-2023-44487). A stream beyond the bound is
+/// refused with `REFUSED_STREAM`, which tells the peer it was not processed and may be retried.
 pub(crate) async fn serve_streams<S, H>(
     mut conn: h2::server::Connection<S, Bytes>,
     stop: &CancellationToken,
     keepalive: Option<(Duration, Duration)>,
+    max_calls: usize,
     mut handle: H,
 ) -> Result<(), String>
 where
@@ -100,8 +107,13 @@ where
         if let Poll::Ready(why) = pings.as_mut().poll(cx) {
             return Poll::Ready(Err(why));
         }
+        // Finished calls leave the count before new streams are counted against it.
+        while let Poll::Ready(Some(())) = calls.poll_next_unpin(cx) {}
         let ended = loop {
             match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((_, mut respond)))) if calls.len() >= max_calls => {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
                 Poll::Ready(Some(Ok((req, respond)))) => calls.push(handle(req, respond)),
                 Poll::Ready(Some(Err(e))) => break Some(Err(e.to_string())),
                 Poll::Ready(None) => break Some(Ok(())),
@@ -167,6 +179,7 @@ mod tests {
             conn,
             &stop,
             Some((Duration::from_millis(50), Duration::from_millis(100))),
+            1,
             |_, _| Box::pin(async {}),
         )
         .await;

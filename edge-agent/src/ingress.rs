@@ -165,6 +165,7 @@ where
                 conn,
                 &shutdown,
                 Some((PING_EVERY, PONG_WITHIN)),
+                agent.config.limits.max_streams as usize,
                 |req, respond| Box::pin(call(agent.clone(), caller.clone(), req, respond)),
             )
             .await;
