@@ -178,10 +178,50 @@ pub struct Verifier {
     anchors: Vec<rustls::pki_types::TrustAnchor<'static>>,
     trust_domain: String,
     admitted: Mutex<HashMap<Fingerprint, Arc<Signatory>>>,
+    verified: Mutex<Verified>,
 }
 
 /// Most admitted certificates remembered; beyond it the memory starts again (only costs time).
 const MAX_ADMITTED: usize = 4096;
+
+/// Seals whose signature verified, by digest of (context, signer, bytes, signature): relays
+/// forward an origin's signed bytes unchanged, so in a mesh a site receives the same seal from
+/// several peers (and again on every resync) and checks its signature once. Two generations of
+/// at most [`MAX_VERIFIED`] digests each (32 bytes): when the newer fills up, the older is
+/// dropped, so memory is bounded and recent seals stay known. A digest is remembered only
+/// after its signature verified; the signer's certificate is still admitted per message.
+#[derive(Default)]
+struct Verified {
+    current: std::collections::HashSet<[u8; 32]>,
+    previous: std::collections::HashSet<[u8; 32]>,
+}
+
+const MAX_VERIFIED: usize = 1 << 16;
+
+impl Verified {
+    fn contains(&self, d: &[u8; 32]) -> bool {
+        self.current.contains(d) || self.previous.contains(d)
+    }
+
+    fn insert(&mut self, d: [u8; 32]) {
+        if self.current.len() >= MAX_VERIFIED {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(d);
+    }
+}
+
+fn seal_digest(context: Context, seal: &Seal) -> [u8; 32] {
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    h.update(context.prefix());
+    h.update(&seal.signer);
+    h.update(&(seal.bytes.len() as u64).to_be_bytes());
+    h.update(&seal.bytes);
+    h.update(&seal.signature);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(h.finish().as_ref());
+    out
+}
 
 impl Verifier {
     /// A verifier for certificates issued by `ca` for sites of `trust_domain`.
@@ -201,6 +241,7 @@ impl Verifier {
             anchors,
             trust_domain: trust_domain.to_string(),
             admitted: Mutex::new(HashMap::new()),
+            verified: Mutex::default(),
         })
     }
 
@@ -216,6 +257,7 @@ impl Verifier {
             anchors: roots.roots.clone(),
             trust_domain: trust_domain.to_string(),
             admitted: Mutex::new(HashMap::new()),
+            verified: Mutex::default(),
         })
     }
 
@@ -332,6 +374,15 @@ impl Verifier {
         if seal.signature.len() > MAX_SIGNATURE_BYTES {
             return Err(ProofError("signature is too long".into()));
         }
+        let digest = seal_digest(context, seal);
+        let lock = || {
+            self.verified
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if lock().contains(&digest) {
+            return Ok(s);
+        }
         let cert = CertificateDer::from(s.cert.0.as_slice());
         let ee = webpki::EndEntityCert::try_from(&cert)
             .map_err(|e| ProofError(format!("certificate {}: {e}", short(&seal.signer))))?;
@@ -350,6 +401,7 @@ impl Verifier {
                 short(&seal.signer)
             )));
         }
+        lock().insert(digest);
         Ok(s)
     }
 }
@@ -479,6 +531,28 @@ mod tests {
         let mut other = seal.clone();
         other.signer = [7; 32];
         assert!(v.open(&sigs, Context::Record, &other).is_err());
+    }
+
+    #[test]
+    fn a_remembered_seal_still_needs_its_exact_signature_and_an_admitted_signer() {
+        let ca = init_ca("multimesh.test", 1).unwrap();
+        let id = SiteId::new("multimesh.test", "b", Role::Federation).unwrap();
+        let b = issue_site(&ca, &id, Validity::days(1)).unwrap();
+        let signer = Signer::new(&der(&b.cert_pem), &key(&b.key_pem)).unwrap();
+        let v = Verifier::new(&[der(&ca.cert_pem)], "multimesh.test").unwrap();
+        let sigs = v
+            .admit_all(&[signer.certificate().0.clone()], UnixTime::now())
+            .unwrap();
+        let seal = signer.seal(Context::Record, b"payment".to_vec());
+        for _ in 0..2 {
+            assert!(v.open(&sigs, Context::Record, &seal).is_ok());
+        }
+        // The same bytes under another signature: checked, and refused.
+        let mut bad = seal.clone();
+        bad.signature[10] ^= 1;
+        assert!(v.open(&sigs, Context::Record, &bad).is_err());
+        // The remembered seal, in a message that does not carry its certificate: refused.
+        assert!(v.open(&HashMap::new(), Context::Record, &seal).is_err());
     }
 
     #[test]
