@@ -42,6 +42,7 @@ pub enum IdentityError {
     /// A name (site, trust domain) is invalid.
     #[error(transparent)]
     Invalid(#[from] crate::error::InvalidField),
+
 }
 
 impl IdentityError {
@@ -208,8 +209,15 @@ impl Validity {
     }
 }
 
-/// Issues a site certificate (client and server auth) for `id`, signed by the CA.
+/// Issues a site certificate (client and server auth) for `id`, signed by the CA. A
+/// certificate never outlives its CA: its validity ends at the CA's at the latest (see
+/// [`not_after`] to read what was issued).
 pub fn issue_site(ca: &Pair, id: &SiteId, validity: Validity) -> Result<Pair, IdentityError> {
+    let ca_not_after = not_after(&ca.cert_pem)?;
+    let validity = Validity {
+        not_before: validity.not_before,
+        not_after: validity.not_after.min(ca_not_after),
+    };
     let ca_key = KeyPair::from_pem(&ca.key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
     let key = KeyPair::generate()?;
@@ -232,6 +240,24 @@ pub fn issue_site(ca: &Pair, id: &SiteId, validity: Validity) -> Result<Pair, Id
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
+}
+
+/// When the first certificate of a PEM text stops being valid.
+pub fn not_after(cert_pem: &str) -> Result<OffsetDateTime, IdentityError> {
+    let der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| IdentityError::Pem {
+            path: "certificate".into(),
+            what: "no CERTIFICATE block".into(),
+        })?;
+    let (_, c) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| {
+        IdentityError::Pem {
+            path: "certificate".into(),
+            what: format!("unparsable: {e}"),
+        }
+    })?;
+    Ok(c.validity().not_after.to_datetime())
 }
 
 /// Where `site`'s `role` certificate and key are kept in `dir`: `SITE-ROLE.pem` and
@@ -392,6 +418,16 @@ mod tests {
             .unwrap();
         assert_eq!(site_id_of(&der).unwrap(), id);
         assert_eq!(id.uri(), "spiffe://multimesh.test/site/a/edge");
+    }
+
+    #[test]
+    fn a_certificate_never_outlives_its_ca() {
+        let ca = init_ca("multimesh.test", 10).unwrap();
+        let id = SiteId::new("multimesh.test", "a", Role::Edge).unwrap();
+        let end = |p: &Pair| not_after(&p.cert_pem).unwrap();
+        let ca_end = end(&ca);
+        assert_eq!(end(&issue_site(&ca, &id, Validity::days(400)).unwrap()), ca_end);
+        assert!(end(&issue_site(&ca, &id, Validity::days(9)).unwrap()) < ca_end);
     }
 
     #[test]

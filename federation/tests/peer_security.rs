@@ -277,3 +277,65 @@ async fn malformed_and_oversized_peer_messages_are_nacked_and_change_nothing() {
     .await;
     assert!(t.nack_for(good).is_none());
 }
+
+/// An intermediate CA signed by `pki`'s CA (which allows none: pathLen 0), and a certificate
+/// for `site`'s federationd signed by that intermediate: its chain, leaf first, and key.
+fn chain_through_an_intermediate(
+    pki: &Pki,
+    site: &str,
+) -> (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let root = Issuer::from_ca_cert_pem(
+        &pki.ca.cert_pem,
+        KeyPair::from_pem(&pki.ca.key_pem).unwrap(),
+    )
+    .unwrap();
+    let mid_key = KeyPair::generate().unwrap();
+    let mut mid = CertificateParams::new(Vec::<String>::new()).unwrap();
+    mid.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    mid.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let mid_cert = mid.signed_by(&mid_key, &root).unwrap();
+    let mid_issuer = Issuer::from_ca_cert_der(mid_cert.der(), mid_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.subject_alt_names = vec![rcgen::SanType::URI(
+        format!("spiffe://{TD}/site/{site}/federation").try_into().unwrap(),
+    )];
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let leaf_cert = leaf.signed_by(&leaf_key, &mid_issuer).unwrap();
+    (
+        vec![leaf_cert.der().clone(), mid_cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_that_allows_no_intermediate_ca_is_held_to_it() {
+    let tmp = test_dir();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let a = Site::start(&pki, tmp.path(), &SiteSpec::new("a").accept("c"), None);
+    // c's certificate is genuine but was signed by an intermediate the root never allowed.
+    let (chain, key) = chain_through_an_intermediate(&pki, "c");
+    let ca = federation::identity::read_certs(&pki.dir.join("ca.pem")).unwrap();
+    let tls = federation::tls::SiteTls::new(ca, chain, key).unwrap();
+    let t = tap(tls, "c", "a", &a.listen).await;
+    if let Ok(t) = &t {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            t.count(|_| true),
+            0,
+            "a synced with a peer whose chain breaks the root's pathLen 0"
+        );
+    }
+    eventually(5, "the refusal is logged with its reason", || async {
+        a.log().contains("intermediate")
+    })
+    .await;
+}
