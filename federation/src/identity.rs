@@ -42,7 +42,6 @@ pub enum IdentityError {
     /// A name (site, trust domain) is invalid.
     #[error(transparent)]
     Invalid(#[from] crate::error::InvalidField),
-
 }
 
 impl IdentityError {
@@ -251,12 +250,11 @@ pub fn not_after(cert_pem: &str) -> Result<OffsetDateTime, IdentityError> {
             path: "certificate".into(),
             what: "no CERTIFICATE block".into(),
         })?;
-    let (_, c) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| {
-        IdentityError::Pem {
+    let (_, c) =
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| IdentityError::Pem {
             path: "certificate".into(),
             what: format!("unparsable: {e}"),
-        }
-    })?;
+        })?;
     Ok(c.validity().not_after.to_datetime())
 }
 
@@ -426,7 +424,10 @@ mod tests {
         let id = SiteId::new("multimesh.test", "a", Role::Edge).unwrap();
         let end = |p: &Pair| not_after(&p.cert_pem).unwrap();
         let ca_end = end(&ca);
-        assert_eq!(end(&issue_site(&ca, &id, Validity::days(400)).unwrap()), ca_end);
+        assert_eq!(
+            end(&issue_site(&ca, &id, Validity::days(400)).unwrap()),
+            ca_end
+        );
         assert!(end(&issue_site(&ca, &id, Validity::days(9)).unwrap()) < ca_end);
     }
 

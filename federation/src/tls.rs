@@ -83,6 +83,9 @@ pub fn load_site(
 pub struct SiteTls {
     /// The federation CA.
     pub roots: Arc<RootCertStore>,
+    /// How many intermediate CAs a peer's chain may hold: the largest `pathLen` of the roots
+    /// (`None`: a root sets no limit). webpki does not apply a trust anchor's own constraints.
+    pub max_intermediates: Option<usize>,
     /// This site's certificate chain.
     pub chain: Vec<CertificateDer<'static>>,
     /// This site's private key.
@@ -97,17 +100,63 @@ impl SiteTls {
         key: PrivateKeyDer<'static>,
     ) -> Result<Self, TlsError> {
         let mut roots = RootCertStore::empty();
-        for c in ca {
+        let mut max_intermediates = Some(0usize);
+        for (i, c) in ca.into_iter().enumerate() {
+            let path_len =
+                ca_constraints(&c).map_err(|e| TlsError::Roots(format!("[{i}]: {e}")))?;
+            max_intermediates = match (max_intermediates, path_len) {
+                (Some(m), Some(p)) => Some(m.max(p)),
+                _ => None,
+            };
             roots.add(c).map_err(|e| TlsError::Roots(e.to_string()))?;
         }
         if roots.is_empty() {
             return Err(TlsError::Roots("no CA certificate".into()));
         }
         Ok(Self {
+            max_intermediates,
             roots: Arc::new(roots),
             chain,
             key,
         })
+    }
+}
+
+/// Checks that a root may sign certificates (basicConstraints cA, and keyUsage keyCertSign when
+/// it has a keyUsage) and returns its `pathLen` (`None`: unlimited).
+fn ca_constraints(der: &CertificateDer<'_>) -> Result<Option<usize>, String> {
+    let (_, c) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| format!("unparsable CA certificate: {e}"))?;
+    let subject = c.subject().to_string();
+    let bc = c
+        .basic_constraints()
+        .map_err(|e| format!("{subject}: bad basicConstraints: {e}"))?
+        .map(|b| b.value);
+    let Some(bc) = bc.filter(|b| b.ca) else {
+        return Err(format!(
+            "{subject} is not a CA certificate (basicConstraints cA is not set)"
+        ));
+    };
+    if let Some(ku) = c
+        .key_usage()
+        .map_err(|e| format!("{subject}: bad keyUsage: {e}"))?
+        && !ku.value.key_cert_sign()
+    {
+        return Err(format!(
+            "{subject} may not sign certificates (its keyUsage lacks keyCertSign)"
+        ));
+    }
+    Ok(bc.path_len_constraint.map(|p| p as usize))
+}
+
+/// Refuses a chain with more intermediate CAs than the roots allow.
+fn check_intermediates(found: usize, max: Option<usize>) -> Result<(), rustls::Error> {
+    match max {
+        Some(m) if found > m => Err(refuse(format!(
+            "the certificate chain holds {found} intermediate CA certificate(s); the federation \
+             CA allows {m} (its pathLen)"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -170,6 +219,7 @@ struct PeerClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust_domain: String,
     callers: Callers,
+    max_intermediates: Option<usize>,
 }
 
 impl ClientCertVerifier for PeerClientVerifier {
@@ -183,6 +233,7 @@ impl ClientCertVerifier for PeerClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        check_intermediates(intermediates.len(), self.max_intermediates)?;
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
         let id = site_id_of(end_entity).map_err(|e| refuse(e.to_string()))?;
@@ -227,6 +278,7 @@ struct PeerServerVerifier {
     roots: Arc<RootCertStore>,
     algs: WebPkiSupportedAlgorithms,
     expected: SiteId,
+    max_intermediates: Option<usize>,
 }
 
 impl ServerCertVerifier for PeerServerVerifier {
@@ -238,6 +290,7 @@ impl ServerCertVerifier for PeerServerVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        check_intermediates(intermediates.len(), self.max_intermediates)?;
         let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
@@ -317,6 +370,7 @@ fn build_server_config(
         inner,
         trust_domain: trust_domain.to_string(),
         callers,
+        max_intermediates: tls.max_intermediates,
     });
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -342,6 +396,7 @@ pub fn client_config_alpn(
         roots: tls.roots.clone(),
         algs: provider.signature_verification_algorithms,
         expected,
+        max_intermediates: tls.max_intermediates,
     });
     let mut cfg = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -407,5 +462,39 @@ pub fn handshake_failure_kind(e: &std::io::Error) -> &'static str {
         rustls::Error::InvalidMessage(_) => "not-tls",
         rustls::Error::AlertReceived(_) => "peer-refused",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod ca_tests {
+    use super::*;
+    use crate::identity::{Role, Validity, init_ca, issue_site};
+
+    fn der(pem: &str) -> CertificateDer<'static> {
+        rustls_pemfile::certs(&mut pem.as_bytes())
+            .next()
+            .and_then(Result::ok)
+            .expect("a certificate")
+    }
+
+    #[test]
+    fn only_a_ca_that_may_sign_certificates_is_a_root_and_its_path_len_is_kept() {
+        let ca = init_ca("multimesh.test", 1).expect("ca");
+        assert_eq!(ca_constraints(&der(&ca.cert_pem)), Ok(Some(0)));
+        // A site certificate given as the CA: refused, with why.
+        let id = SiteId::new("multimesh.test", "a", Role::Edge).expect("id");
+        let leaf = issue_site(&ca, &id, Validity::days(1)).expect("leaf");
+        let err = ca_constraints(&der(&leaf.cert_pem)).expect_err("a leaf is no CA");
+        assert!(err.contains("not a CA certificate"), "{err}");
+        // A CA whose keyUsage does not allow signing certificates: refused.
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        let no_sign = p.self_signed(&key).expect("self-signed");
+        let err = ca_constraints(no_sign.der()).expect_err("cannot sign certificates");
+        assert!(err.contains("keyCertSign"), "{err}");
+        assert!(check_intermediates(1, Some(0)).is_err());
+        assert!(check_intermediates(1, None).is_ok());
     }
 }

@@ -2,6 +2,8 @@
 //! at the TLS handshake with a log line saying why; malformed admin requests and malformed peer
 //! messages get a clear error and change nothing.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::process::Command;
@@ -296,13 +298,18 @@ fn chain_through_an_intermediate(
     let mid_key = KeyPair::generate().unwrap();
     let mut mid = CertificateParams::new(Vec::<String>::new()).unwrap();
     mid.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    mid.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    mid.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let mid_cert = mid.signed_by(&mid_key, &root).unwrap();
     let mid_issuer = Issuer::from_ca_cert_der(mid_cert.der(), mid_key).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
     let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
     leaf.subject_alt_names = vec![rcgen::SanType::URI(
-        format!("spiffe://{TD}/site/{site}/federation").try_into().unwrap(),
+        format!("spiffe://{TD}/site/{site}/federation")
+            .try_into()
+            .unwrap(),
     )];
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf.extended_key_usages = vec![

@@ -647,12 +647,16 @@ fn certs(c: Certs) -> Result<(), Failure> {
                     .map_err(|e| usage(format!("invalid --site: {e}")))?;
                 let (cert, _) = identity::issue_to(&out, &ca, &id, Validity::days(days))?;
                 let until = identity::not_after(&std::fs::read_to_string(&cert)?)?;
-                let clamped = if until < Validity::days(days).not_after - time::Duration::minutes(1) {
+                let clamped = if until < Validity::days(days).not_after - time::Duration::minutes(1)
+                {
                     " (the CA's own expiry: a certificate never outlives its CA)"
                 } else {
                     ""
                 };
-                eprintln!("issued {id} -> {}, valid until {until}{clamped}", cert.display());
+                eprintln!(
+                    "issued {id} -> {}, valid until {until}{clamped}",
+                    cert.display()
+                );
             }
             Ok(())
         }
