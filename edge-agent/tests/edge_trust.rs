@@ -331,3 +331,42 @@ async fn streams_reset_by_the_caller_count_against_max_streams_until_their_calls
         "{from_ingress} calls running from one edge link with max_streams = 4"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_that_never_finish_a_handshake_do_not_take_the_slots_of_peers() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let pay = http_backend("a").await;
+    Agent::write_routes(
+        root,
+        "a",
+        "services:\n- {name: payment, namespace: shop, ports: [{port: 8080}], destinations: [{site: a}]}\n",
+    );
+    let a = Agent::start(
+        &pki,
+        root,
+        "a",
+        &agent_toml(&format!(
+            "ingress = \"127.0.0.1:0\"\n{}\n[limits]\nmax_connections = 4\n",
+            local("payment", 8080, pay.addr)
+        )),
+    );
+    let addr = a.bound.ingress.unwrap();
+    // Eight connections that never start TLS.
+    let idle: Vec<_> = (0..8)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = pki.edge_tls("b");
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        call_ingress(&b, "a", addr, &format!("{PAY}:8080")),
+    )
+    .await;
+    assert!(
+        matches!(r, Ok(Ok((200, _)))),
+        "a peer waited behind callers that never handshake: {r:?}"
+    );
+    drop(idle);
+}

@@ -346,3 +346,29 @@ async fn a_root_that_allows_no_intermediate_ca_is_held_to_it() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_finish_a_handshake_are_bounded_and_do_not_lock_out_peers() {
+    let tmp = test_dir();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let a = Site::start(&pki, tmp.path(), &SiteSpec::new("a").accept("c"), None);
+    let before = a.open_files();
+    // 1,000 connections that send nothing (the kernel completes them; only accept() takes one).
+    let mut idle = Vec::new();
+    for _ in 0..1_000 {
+        idle.push(std::net::TcpStream::connect(&a.listen).unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = a.open_files().saturating_sub(before);
+    assert!(
+        held <= 300,
+        "federationd holds {held} connections for clients that never completed a handshake"
+    );
+    // A configured peer still gets through.
+    let t = tap(pki.site_tls("c"), "c", "a", &a.listen).await.unwrap();
+    eventually(10, "c's session is served", || async {
+        t.count(|b| matches!(b, Body::Heartbeat(_))) > 0
+    })
+    .await;
+    drop(idle);
+}

@@ -150,6 +150,14 @@ impl Site {
         site
     }
 
+    /// How many files the daemon has open (sockets included).
+    pub fn open_files(&self) -> usize {
+        let pid = self.child.as_ref().map(|c| c.id()).unwrap_or(0);
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.join("admin.sock")
     }
