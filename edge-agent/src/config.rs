@@ -134,8 +134,11 @@ pub struct Limits {
     pub retries: u32,
     /// Connections each listener serves at once; further callers wait in the kernel's backlog.
     pub max_connections: usize,
-    /// Concurrent HTTP/2 streams per connection.
+    /// Concurrent HTTP/2 streams per connection (calls counted until they end).
     pub max_streams: u32,
+    /// Connections the ingress serves at once for one calling site (its links, one per
+    /// data-plane thread, and an edge node's).
+    pub max_connections_per_site: usize,
 }
 
 impl Default for Limits {
@@ -146,6 +149,7 @@ impl Default for Limits {
             retries: 2,
             max_connections: 4_096,
             max_streams: 1_024,
+            max_connections_per_site: 512,
         }
     }
 }
@@ -252,11 +256,14 @@ impl AgentConfig {
         {
             return Err(InvalidField::new("threads", n, "must be between 1 and 256"));
         }
-        if self.limits.max_connections == 0 || self.limits.max_streams == 0 {
+        if self.limits.max_connections == 0
+            || self.limits.max_streams == 0
+            || self.limits.max_connections_per_site == 0
+        {
             return Err(InvalidField::new(
                 "limits",
                 "0",
-                "max_connections and max_streams must be at least 1",
+                "max_connections, max_streams and max_connections_per_site must be at least 1",
             ));
         }
         Ok(())

@@ -39,6 +39,66 @@ use crate::workers::Workers;
 /// On calls relayed by a parent to its edge node: the site that made the call.
 pub use crate::http::SOURCE;
 
+/// TLS handshakes in progress at once at an ingress.
+pub const MAX_HANDSHAKES: usize = 64;
+/// How long a caller may take to complete its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a caller may take to send its first byte (a ClientHello starts at once).
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connections served per calling site, each counted until its guard drops.
+struct PerSite {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One connection of a site, counted while it lives.
+struct SiteSlot {
+    of: Arc<PerSite>,
+    site: String,
+}
+
+impl PerSite {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: std::sync::Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for one more connection of `site`, unless it has `max` already.
+    fn take(self: &Arc<Self>, site: &str) -> Option<SiteSlot> {
+        let mut open = self.lock();
+        let n = open.entry(site.to_string()).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(SiteSlot {
+            of: self.clone(),
+            site: site.to_string(),
+        })
+    }
+}
+
+impl Drop for SiteSlot {
+    fn drop(&mut self) {
+        let mut open = self.of.lock();
+        if let Some(n) = open.get_mut(&self.site) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.site);
+            }
+        }
+    }
+}
+
 /// Who is calling, as proven by the connection.
 #[derive(Clone, Debug)]
 pub struct Caller {
@@ -76,13 +136,15 @@ pub async fn serve(
     )
     .map_err(|e| e.to_string())?;
     let acceptor = TlsAcceptor::from(cfg);
+    // Handshakes in progress and served connections are bounded apart: a caller that never
+    // finishes its handshake holds a handshake permit (for at most FIRST_BYTE_TIMEOUT if it
+    // sends nothing, HANDSHAKE_TIMEOUT in all), never a connection slot. A connection beyond
+    // MAX_HANDSHAKES is closed at once: a flood neither holds files nor queues ahead of peers.
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let slots = Arc::new(Semaphore::new(agent.config.limits.max_connections));
+    let per_site = Arc::new(PerSite::new(agent.config.limits.max_connections_per_site));
     let mut links = JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            () = shutdown.cancelled() => break,
-        };
         let (tcp, addr) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -90,15 +152,30 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+            agent.metrics.tls_failure("ingress", "handshakes-full");
+            debug!(peer_addr = %addr, "ingress: too many handshakes in progress; connection closed");
+            continue;
+        };
         let agent = agent.clone();
         let acceptor = acceptor.clone();
         let shutdown = shutdown.clone();
+        let slots = slots.clone();
+        let per_site = per_site.clone();
         workers.serve(&mut links, tcp, move |tcp| async move {
-            let _permit = permit;
             let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                .await
-            {
+            let mut first = [0u8; 1];
+            if !matches!(
+                tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut first)).await,
+                Ok(Ok(1))
+            ) {
+                agent.metrics.tls_failure("ingress", "timeout");
+                debug!(peer_addr = %addr, "ingress: caller sent nothing within 2 s");
+                return;
+            }
+            let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            drop(handshake);
+            let tls = match tls {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     let kind = handshake_failure_kind(&e);
@@ -123,6 +200,16 @@ pub async fn serve(
                     warn!(peer_addr = %addr, "ingress: peer certificate without a site ID");
                     return;
                 }
+            };
+            let Ok(_slot) = slots.try_acquire_owned() else {
+                agent.metrics.tls_failure("ingress", "full");
+                warn!(peer = %site, peer_addr = %addr, limit = agent.config.limits.max_connections, "ingress refused a connection: at max_connections");
+                return;
+            };
+            let Some(_site_slot) = per_site.take(&site) else {
+                agent.metrics.tls_failure("ingress", "site-full");
+                warn!(peer = %site, peer_addr = %addr, limit = agent.config.limits.max_connections_per_site, "ingress refused a connection: the site is at max_connections_per_site");
+                return;
             };
             if conn.alpn_protocol() == Some(ALPN_REVERSE) {
                 if !agent.config.children.contains(&site) {

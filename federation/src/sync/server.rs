@@ -32,10 +32,69 @@ pub struct PeerInfo {
     pub addr: std::net::SocketAddr,
 }
 
-/// A TLS connection from an authorised peer.
+/// A TLS connection from an authorised peer, counted against the listener's bounds while it
+/// lives.
 pub struct PeerStream {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     info: PeerInfo,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    _site_slot: SiteSlot,
+}
+
+/// TLS handshakes in progress at once on the peer listener; a connection beyond it is closed at
+/// once (the peer retries with backoff), so a flood neither holds files nor fills the backlog
+/// ahead of real peers.
+pub const MAX_HANDSHAKES: usize = 64;
+/// How long a client may take to send its first byte (a ClientHello starts at once).
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Authenticated connections served at once on the peer listener.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Authenticated connections served at once for one site (a peer holds one session; a new one
+/// may overlap the old while it is replaced; the site's own edge agent watches its routes).
+pub const MAX_CONNECTIONS_PER_SITE: usize = 8;
+/// How long a client may take to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Open connections per (site, role).
+#[derive(Default)]
+struct PerSite(std::sync::Mutex<std::collections::HashMap<(String, Role), usize>>);
+
+struct SiteSlot {
+    of: Arc<PerSite>,
+    key: (String, Role),
+}
+
+impl PerSite {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, Role), usize>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take(self: &Arc<Self>, key: (String, Role)) -> Option<SiteSlot> {
+        let mut open = self.lock();
+        let n = open.entry(key.clone()).or_default();
+        if *n >= MAX_CONNECTIONS_PER_SITE {
+            return None;
+        }
+        *n += 1;
+        Some(SiteSlot {
+            of: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for SiteSlot {
+    fn drop(&mut self) {
+        let mut open = self.of.lock();
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Connected for PeerStream {
@@ -83,11 +142,16 @@ impl AsyncWrite for PeerStream {
 
 /// Accepts TCP connections, completes the mutual-TLS handshake (the verifier authorises the
 /// peer by SPIFFE ID) and yields authorised connections. Refusals are logged with the reason.
+/// At most [`MAX_HANDSHAKES`] handshakes run at once, each for at most 10 s, and at most
+/// [`MAX_CONNECTIONS`] connections ([`MAX_CONNECTIONS_PER_SITE`] per site) are served.
 pub fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
 ) -> ReceiverStream<Result<PeerStream, std::io::Error>> {
     let (tx, rx) = mpsc::channel(16);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_site = Arc::new(PerSite::default());
     tokio::spawn(async move {
         loop {
             let (tcp, addr) = match listener.accept().await {
@@ -99,12 +163,26 @@ pub fn accept_loop(
                 }
             };
             let _ = tcp.set_nodelay(true);
+            let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                tracing::debug!(remote = %addr, "peer listener: too many handshakes in progress; connection closed");
+                continue;
+            };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let slots = slots.clone();
+            let per_site = per_site.clone();
             tokio::spawn(async move {
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                    .await
-                {
+                let mut first = [0u8; 1];
+                if !matches!(
+                    tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut first)).await,
+                    Ok(Ok(1))
+                ) {
+                    warn!(remote = %addr, reason = "sent nothing within 2 s", "refused peer connection");
+                    return;
+                }
+                let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(handshake);
+                let tls = match tls {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         warn!(remote = %addr, reason = %describe_handshake_error(&e), "refused peer connection");
@@ -128,10 +206,20 @@ pub fn accept_loop(
                         return;
                     }
                 };
+                let Ok(slot) = slots.try_acquire_owned() else {
+                    warn!(remote = %addr, site = %site, reason = "the peer listener serves its maximum of connections", "refused peer connection");
+                    return;
+                };
+                let Some(site_slot) = per_site.take((site.clone(), role)) else {
+                    warn!(remote = %addr, site = %site, role = %role, reason = "this site already has its maximum of connections", "refused peer connection");
+                    return;
+                };
                 let _ = tx
                     .send(Ok(PeerStream {
                         inner: tls,
                         info: PeerInfo { site, role, addr },
+                        _slot: slot,
+                        _site_slot: site_slot,
                     }))
                     .await;
             });
