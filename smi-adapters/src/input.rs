@@ -548,6 +548,19 @@ fn parse_traffic_target(
         o,
         d,
     );
+    if let Some(dest) = &destination
+        && dest.namespace != doc.namespace
+    {
+        d.push(Diagnostic::error(
+            o,
+            &format!("{prefix}destination.namespace"),
+            format!(
+                "{:?} is not the TrafficTarget's own namespace {:?}: access policies are \
+                 written only in the namespace of the TrafficTarget that asks for them",
+                dest.namespace, doc.namespace
+            ),
+        ));
+    }
     let port = match &root["destination"]["port"] {
         Value::Null => None,
         p => match p

@@ -300,3 +300,30 @@ fn deep_nesting_is_refused_before_the_yaml_parser_sees_it() {
     // Real nesting passes the bound.
     assert!(smi_adapters::input::check_bounds(SERVICES).is_ok());
 }
+
+#[test]
+fn a_traffic_target_writes_access_only_in_its_own_namespace() {
+    // A TrafficTarget in namespace `shop` naming a destination in `kube-system`: refused for
+    // every mesh (it would write allow policies into another namespace).
+    let input = target("[{kind: HTTPRouteGroup, name: g}]", "[{kind: ServiceAccount, name: client}]")
+        .replace(
+            "destination: {kind: ServiceAccount, name: web, namespace: shop}",
+            "destination: {kind: ServiceAccount, name: web, namespace: kube-system}",
+        );
+    for mesh in [Mesh::Istio, Mesh::Linkerd, Mesh::Consul, Mesh::Kuma] {
+        let files = vec![("input.yaml".to_string(), input.clone())];
+        let t = smi_adapters::translate(&files, None, mesh, &Options::default());
+        let errs: Vec<String> = t
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| format!("{}: {}", d.field, d.message))
+            .collect();
+        has(&errs, "spec.destination.namespace", "own namespace");
+        assert!(
+            !t.to_yaml().contains("kube-system"),
+            "{mesh:?} wrote into kube-system:\n{}",
+            t.to_yaml()
+        );
+    }
+}
