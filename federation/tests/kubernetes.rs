@@ -497,3 +497,57 @@ async fn exports_become_imports_and_mesh_resources_on_every_site_and_survive_res
     assert_eq!(svc["metadata"]["labels"]["owner"], "team-x");
     drop((a, b, c));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_services_land_only_in_allowed_namespaces_and_one_failure_stops_nothing() {
+    let env = KubeEnv::start(&["b"]);
+    let dir = test_dir();
+    let pki = Pki::new(dir.path());
+    let kubeconfig = prepare(&env, "b", &["mcs", "linkerd", "smi"]).await;
+    let cb = env.client("b").await;
+    let b = Site::start(
+        &pki,
+        dir.path(),
+        &site_spec("b", "linkerd", &kubeconfig, &[], &["r"]),
+        None,
+    );
+    // r, a site without a cluster, exports into a namespace b does not have (sorted first, so
+    // its failure comes before the rest of the pass), into kube-system, and into shop.
+    let r = Site::start(
+        &pki,
+        dir.path(),
+        &SiteSpec::new("r").dial("b", &b.listen),
+        None,
+    );
+    r.export_in("aaa-ghost", "ledger", &[]).await;
+    r.export_in("kube-system", "kube-dns", &[]).await;
+    r.export_in("shop", "ledger", &[]).await;
+    eventually(
+        30,
+        "shop/ledger imported despite the failing aaa-ghost/ledger",
+        || async { imports(&cb).await.contains(&"ledger".to_string()) },
+    )
+    .await;
+    let in_kube_system: Vec<String> = k::list(
+        &cb,
+        "multicluster.x-k8s.io/v1alpha1",
+        "ServiceImport",
+        Some("kube-system"),
+    )
+    .await
+    .into_keys()
+    .collect();
+    assert!(
+        in_kube_system.is_empty(),
+        "a remote site wrote into kube-system: {in_kube_system:?}"
+    );
+    eventually(
+        10,
+        "both refusals are logged, naming the object",
+        || async {
+            let log = b.log();
+            log.contains("aaa-ghost/ledger") && log.contains("kube-system/kube-dns")
+        },
+    )
+    .await;
+}

@@ -305,11 +305,14 @@ fn deep_nesting_is_refused_before_the_yaml_parser_sees_it() {
 fn a_traffic_target_writes_access_only_in_its_own_namespace() {
     // A TrafficTarget in namespace `shop` naming a destination in `kube-system`: refused for
     // every mesh (it would write allow policies into another namespace).
-    let input = target("[{kind: HTTPRouteGroup, name: g}]", "[{kind: ServiceAccount, name: client}]")
-        .replace(
-            "destination: {kind: ServiceAccount, name: web, namespace: shop}",
-            "destination: {kind: ServiceAccount, name: web, namespace: kube-system}",
-        );
+    let input = target(
+        "[{kind: HTTPRouteGroup, name: g}]",
+        "[{kind: ServiceAccount, name: client}]",
+    )
+    .replace(
+        "destination: {kind: ServiceAccount, name: web, namespace: shop}",
+        "destination: {kind: ServiceAccount, name: web, namespace: kube-system}",
+    );
     for mesh in [Mesh::Istio, Mesh::Linkerd, Mesh::Consul, Mesh::Kuma] {
         let files = vec![("input.yaml".to_string(), input.clone())];
         let t = smi_adapters::translate(&files, None, mesh, &Options::default());

@@ -235,12 +235,17 @@ impl Site {
     }
 
     pub async fn export(&self, name: &str, to: &[&str]) -> u64 {
+        self.export_in("shop", name, to).await
+    }
+
+    /// Exports `namespace/name` (HTTP on 8080) to `to` (all when empty); returns its version.
+    pub async fn export_in(&self, namespace: &str, name: &str, to: &[&str]) -> u64 {
         let r = self
             .admin()
             .await
             .export(api::ExportRequest {
                 name: name.into(),
-                namespace: "shop".into(),
+                namespace: namespace.into(),
                 ports: vec![wire::ServicePort {
                     name: "http".into(),
                     port: 8080,
