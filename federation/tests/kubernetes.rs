@@ -525,7 +525,7 @@ async fn remote_services_land_only_in_allowed_namespaces_and_one_failure_stops_n
     eventually(
         30,
         "shop/ledger imported despite the failing aaa-ghost/ledger",
-        || async { imports(&cb).await.contains(&"ledger".to_string()) },
+        || async { imports(&cb).await.contains(&"shop/ledger".to_string()) },
     )
     .await;
     let in_kube_system: Vec<String> = k::list(

@@ -357,6 +357,10 @@ pub struct Controller {
     exported: BTreeSet<(String, String)>,
     /// Conflicts already reported.
     conflicts: BTreeSet<String>,
+    /// Remote services left out by `import_namespaces`, already reported.
+    skipped: BTreeSet<String>,
+    /// Objects whose last apply or delete failed, with the error (reported once per error).
+    failed: BTreeMap<String, String>,
 }
 
 impl Controller {
@@ -382,6 +386,8 @@ impl Controller {
             reported: BTreeMap::new(),
             exported,
             conflicts: BTreeSet::new(),
+            skipped: BTreeSet::new(),
+            failed: BTreeMap::new(),
         }
     }
 
@@ -672,8 +678,27 @@ impl Controller {
             })
     }
 
+    /// The remote services this site may see and route to now, in the namespaces it imports
+    /// into; the others are reported once each.
+    fn remote(&mut self) -> BTreeMap<(String, String), ServiceInfo> {
+        let mut remote = self.served_remote();
+        let allowed = &self.cluster.settings.import_namespaces;
+        remote.retain(|(ns, name), info| {
+            if super::namespace_allowed(ns, allowed) {
+                return true;
+            }
+            let key = format!("{ns}/{name}");
+            if self.skipped.insert(key.clone()) {
+                let origin = info.remote.as_ref().map(|r| r.site.as_str()).unwrap_or("?");
+                warn!(site = %self.node.site, service = %key, origin, "remote service not imported: its namespace is not in kubernetes.import_namespaces (protected namespaces need naming exactly)");
+            }
+            false
+        });
+        remote
+    }
+
     /// The remote services this site may see and route to now.
-    fn remote(&self) -> BTreeMap<(String, String), ServiceInfo> {
+    fn served_remote(&self) -> BTreeMap<(String, String), ServiceInfo> {
         let now = Instant::now();
         let site = &self.node.site;
         self.node.store.read(|c| {
@@ -710,6 +735,7 @@ impl Controller {
         let site = self.node.site.clone();
         let mut applied = 0;
         let mut refused: Vec<(Value, String)> = Vec::new();
+        let mut failed: Vec<(Value, String)> = Vec::new();
         let mut missing = BTreeSet::new();
         let params = PatchParams::apply(FIELD_MANAGER).force();
         for change in &changes {
@@ -737,13 +763,16 @@ impl Controller {
                             warn!(site = %site, object = %key, error = %e.message, "refused by the API server");
                             refused.push((o.clone(), e.message.clone()));
                         }
-                        Err(e) => return Err(api_err(format!("applying {key}"))(e)),
+                        // Anything else (its namespace missing, a timeout): this object fails
+                        // this pass and is tried again on the next; the rest of the pass, and
+                        // garbage collection, go on.
+                        Err(e) => failed.push((o.clone(), format!("applying: {e}"))),
                     }
                 }
-                Change::Delete(_) => match api.delete(name, &DeleteParams::default()).await {
+                Change::Delete(o) => match api.delete(name, &DeleteParams::default()).await {
                     Ok(_) => info!(site = %site, object = %key, "deleted: no longer wanted"),
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(api_err(format!("deleting {key}"))(e)),
+                    Err(e) => failed.push((o.clone(), format!("deleting: {e}"))),
                 },
                 Change::Conflict(_) => {
                     // Said once per object, not on every pass.
@@ -756,6 +785,7 @@ impl Controller {
         for m in &missing {
             warn!(site = %site, kind = %m, "not applied: the API server does not serve this kind (install its CRD)");
         }
+        self.report_failures(&failed).await;
         debug!(site = %site, applied, unchanged, refused = refused.len(), "imports reconciled");
         let mut desired = desired;
         // A refused object counts against the spec it was rendered from.
@@ -774,6 +804,41 @@ impl Controller {
         }
         self.report(&desired).await;
         Ok(())
+    }
+
+    /// Reports objects that failed this pass (once per object and error): a warning, and an
+    /// Warning Event on the object (which the API server keeps even when the object itself
+    /// could not be written). Objects that succeed again are forgotten.
+    async fn report_failures(&mut self, failed: &[(Value, String)]) {
+        let now: BTreeMap<String, String> = failed
+            .iter()
+            .map(|(o, e)| (desired::object_key(o), e.clone()))
+            .collect();
+        for (o, error) in failed {
+            let key = desired::object_key(o);
+            if self.failed.get(&key) == Some(error) {
+                continue;
+            }
+            warn!(site = %self.node.site, object = %key, error = %error, "not applied this pass (tried again on the next; the rest of the pass goes on)");
+            let reference = ObjectReference {
+                api_version: o["apiVersion"].as_str().map(str::to_string),
+                kind: o["kind"].as_str().map(str::to_string),
+                name: o["metadata"]["name"].as_str().map(str::to_string),
+                namespace: o["metadata"]["namespace"].as_str().map(str::to_string),
+                ..Default::default()
+            };
+            let ev = KEvent {
+                type_: EventType::Warning,
+                reason: "ApplyFailed".into(),
+                note: Some(truncate(error, 1000)),
+                action: "Apply".into(),
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&ev, &reference).await {
+                debug!(object = %key, error = %e, "cannot record an Event");
+            }
+        }
+        self.failed = now;
     }
 
     /// Reports each traffic spec's translation as an Event on it, when the outcome changed.

@@ -57,6 +57,40 @@ pub struct KubeSettings {
     pub mesh_trust_domain: String,
     /// Full reconciliation period (s), on top of watch events.
     pub resync_seconds: u64,
+    /// Namespaces remote services may be imported into: names, or prefixes ending in `*`.
+    /// Wildcards never match the protected namespaces ([`PROTECTED_NAMESPACES`]); name one
+    /// exactly to allow it. Default `["*"]`.
+    pub import_namespaces: Vec<String>,
+}
+
+/// Namespaces that a wildcard in `import_namespaces` never matches: the cluster's own and the
+/// meshes' control planes (a remote site must not place objects there by exporting a name).
+pub const PROTECTED_NAMESPACES: &[&str] = &[
+    "kube-*",
+    "istio-system",
+    "linkerd",
+    "linkerd-*",
+    "consul",
+    "kuma-system",
+    "multimesh",
+    "cert-manager",
+];
+
+fn matches(pattern: &str, ns: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => ns.starts_with(prefix),
+        None => pattern == ns,
+    }
+}
+
+/// Whether remote services may be imported into namespace `ns` (see
+/// [`KubeSettings::import_namespaces`]).
+pub fn namespace_allowed(ns: &str, patterns: &[String]) -> bool {
+    if patterns.iter().any(|p| p == ns) {
+        return true;
+    }
+    let protected = PROTECTED_NAMESPACES.iter().any(|p| matches(p, ns));
+    !protected && patterns.iter().any(|p| matches(p, ns))
 }
 
 impl Default for KubeSettings {
@@ -68,6 +102,7 @@ impl Default for KubeSettings {
             edge_http_port: 15080,
             mesh_trust_domain: "cluster.local".into(),
             resync_seconds: 30,
+            import_namespaces: vec!["*".into()],
         }
     }
 }
@@ -109,6 +144,18 @@ impl KubeSettings {
                 "must be at least 1",
             ));
         }
+        for (i, p) in self.import_namespaces.iter().enumerate() {
+            let name = p.strip_suffix('*').unwrap_or(p);
+            let ok = (name.is_empty() && p == "*")
+                || crate::names::dns_label("x", name.trim_end_matches('-')).is_ok();
+            if !ok {
+                return Err(InvalidField::new(
+                    &format!("kubernetes.import_namespaces[{i}]"),
+                    p,
+                    "must be a namespace name, or a prefix ending in '*'",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -117,5 +164,47 @@ impl KubeSettings {
         self.edge_service
             .split_once('/')
             .unwrap_or(("multimesh", "multimesh-edge"))
+    }
+}
+
+#[cfg(test)]
+mod namespace_tests {
+    use super::*;
+
+    fn allowed(ns: &str, patterns: &[&str]) -> bool {
+        namespace_allowed(
+            ns,
+            &patterns.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn wildcards_never_reach_protected_namespaces_but_exact_names_do() {
+        assert!(allowed("shop", &["*"]));
+        for ns in [
+            "kube-system",
+            "kube-public",
+            "istio-system",
+            "linkerd",
+            "linkerd-viz",
+            "multimesh",
+        ] {
+            assert!(!allowed(ns, &["*"]), "{ns}");
+            assert!(!allowed(ns, &["kube*", "linkerd*", "multi*"]), "{ns}");
+        }
+        assert!(allowed("istio-system", &["istio-system"]));
+        assert!(allowed("team-a", &["team-*"]));
+        assert!(!allowed("shop", &["team-*"]));
+        assert!(!allowed("shop", &[]));
+    }
+
+    #[test]
+    fn a_bad_pattern_is_refused_with_the_field_named() {
+        let s = KubeSettings {
+            import_namespaces: vec!["shop".into(), "Bad_NS".into()],
+            ..Default::default()
+        };
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("kubernetes.import_namespaces[1]"), "{e}");
     }
 }
