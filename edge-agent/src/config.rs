@@ -139,6 +139,11 @@ pub struct Limits {
     /// Connections the ingress serves at once for one calling site (its links, one per
     /// data-plane thread, and an edge node's).
     pub max_connections_per_site: usize,
+    /// A local caller's connection (HTTP/1.1 keep-alive, h2c) with no call in flight and no
+    /// bytes either way for this long is closed (ms).
+    pub idle_timeout_ms: u64,
+    /// A local caller has this long to send a whole HTTP/1.1 request head (ms).
+    pub header_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -150,6 +155,8 @@ impl Default for Limits {
             max_connections: 4_096,
             max_streams: 1_024,
             max_connections_per_site: 512,
+            idle_timeout_ms: 60_000,
+            header_timeout_ms: 10_000,
         }
     }
 }
@@ -255,6 +262,13 @@ impl AgentConfig {
             && !(1..=256).contains(&n)
         {
             return Err(InvalidField::new("threads", n, "must be between 1 and 256"));
+        }
+        if self.limits.idle_timeout_ms == 0 || self.limits.header_timeout_ms == 0 {
+            return Err(InvalidField::new(
+                "limits",
+                "0",
+                "idle_timeout_ms and header_timeout_ms must be at least 1",
+            ));
         }
         if self.limits.max_connections == 0
             || self.limits.max_streams == 0

@@ -37,6 +37,15 @@ const DRAIN: Duration = Duration::from_secs(5);
 
 type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// What one HTTP/2 connection may hold.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bounds {
+    /// Calls running at once, each counted until it ends.
+    pub max_calls: usize,
+    /// Time with no call in flight before the connection is sent GOAWAY (none: kept).
+    pub idle: Option<Duration>,
+}
+
 /// Serves one h2c connection from a local caller until it closes, or until `stop` (then the
 /// caller is sent GOAWAY and open calls get [`DRAIN`] to finish).
 pub async fn serve<S>(agent: Arc<Agent>, io: S, stop: CancellationToken)
@@ -56,7 +65,12 @@ where
         }
     };
     let max_calls = agent.config.limits.max_streams as usize;
-    let ended = serve_streams(conn, &stop, None, max_calls, |req, respond| {
+    let idle = Duration::from_millis(agent.config.limits.idle_timeout_ms);
+    let bounds = Bounds {
+        max_calls,
+        idle: Some(idle),
+    };
+    let ended = serve_streams(conn, &stop, None, bounds, |req, respond| {
         Box::pin(call(agent.clone(), req, respond))
     })
     .await;
@@ -71,23 +85,28 @@ where
 /// calls finish or [`DRAIN`] passes. With `keepalive = (every, within)` the peer is pinged
 /// every `every` and the connection ends when a pong is `within` late.
 ///
-/// At most `max_calls` calls run at once, counted until each call's future ends: HTTP/2's own
-/// `max_concurrent_streams` stops counting a stream when the peer resets it, while the call it
-/// started goes on (the "rapid reset" pattern, CVE-2023-44487). A stream beyond the bound is
-/// refused with `REFUSED_STREAM`, which tells the peer it was not processed and may be retried.
+/// At most `bounds.max_calls` calls run at once, counted until each call's future ends:
+/// HTTP/2's own `max_concurrent_streams` stops counting a stream when the peer resets it, while
+/// the call it started goes on (the "rapid reset" pattern, CVE-2023-44487). A stream beyond the
+/// bound is refused with `REFUSED_STREAM`, which tells the peer it was not processed and may be
+/// retried. With `bounds.idle`, a connection with no call for that long is sent GOAWAY.
 pub(crate) async fn serve_streams<S, H>(
     mut conn: h2::server::Connection<S, Bytes>,
     stop: &CancellationToken,
     keepalive: Option<(Duration, Duration)>,
-    max_calls: usize,
+    bounds: Bounds,
     mut handle: H,
 ) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: FnMut(Request<RecvStream>, SendResponse<Bytes>) -> Call,
 {
+    let Bounds { max_calls, idle } = bounds;
     let mut calls: FuturesUnordered<Call> = FuturesUnordered::new();
     let mut draining = false;
+    let idle_timer = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(idle_timer);
+    let mut idle_armed = false;
     let deadline = tokio::time::sleep(Duration::MAX);
     tokio::pin!(deadline);
     let stopped = stop.cancelled();
@@ -121,6 +140,25 @@ where
             }
         };
         while let Poll::Ready(Some(())) = calls.poll_next_unpin(cx) {}
+        if let (Some(idle), false, None) = (idle, draining, &ended) {
+            if !calls.is_empty() {
+                idle_armed = false;
+            } else {
+                if !idle_armed {
+                    idle_armed = true;
+                    idle_timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + idle);
+                }
+                if idle_timer.as_mut().poll(cx).is_ready() {
+                    debug!("connection idle: GOAWAY");
+                    draining = true;
+                    conn.graceful_shutdown();
+                    deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN);
+                    cx.waker().wake_by_ref();
+                }
+            }
+        }
         match ended {
             Some(r) => Poll::Ready(r),
             None => Poll::Pending,
@@ -179,7 +217,10 @@ mod tests {
             conn,
             &stop,
             Some((Duration::from_millis(50), Duration::from_millis(100))),
-            1,
+            Bounds {
+                max_calls: 1,
+                idle: None,
+            },
             |_, _| Box::pin(async {}),
         )
         .await;

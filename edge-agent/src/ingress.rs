@@ -28,6 +28,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::agent::{Agent, Head, relay_response};
 use crate::coalesce::Coalesce;
 use crate::h2c::{MAX_HEADER_LIST, answer, serve_streams};
+
 use crate::http::{self as h, Body, error_response};
 use crate::link::{PING_EVERY, PONG_WITHIN, Tunnel, recv_body};
 use crate::metrics::Direction;
@@ -252,7 +253,12 @@ where
                 conn,
                 &shutdown,
                 Some((PING_EVERY, PONG_WITHIN)),
-                agent.config.limits.max_streams as usize,
+                // Peer links are kept while idle: they are pinged, bounded per site, and
+                // reused by the next call instead of a new handshake.
+                crate::h2c::Bounds {
+                    max_calls: agent.config.limits.max_streams as usize,
+                    idle: None,
+                },
                 |req, respond| Box::pin(call(agent.clone(), caller.clone(), req, respond)),
             )
             .await;

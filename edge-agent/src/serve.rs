@@ -262,7 +262,10 @@ async fn serve_http(
             // must not hold the agent open.)
             let h2 = matches!(kind, Listener::Egress)
                 && tokio::select! {
-                    r = tokio::time::timeout(Duration::from_secs(30), speaks_h2(&tcp)) => {
+                    r = tokio::time::timeout(
+                        Duration::from_millis(agent.config.limits.header_timeout_ms),
+                        speaks_h2(&tcp),
+                    ) => {
                         r.unwrap_or(false)
                     }
                     () = stop.cancelled() => return,
@@ -285,31 +288,131 @@ async fn serve_http(
 }
 
 /// Serves HTTP/1.1 (egress callers, admin) on hyper; h2c is still understood here, for the
-/// admin port.
+/// admin port. A caller has `header_timeout_ms` to send each request head, and a connection
+/// with no call in flight and no bytes either way for `idle_timeout_ms` is closed (hyper has
+/// no idle timeout of its own for HTTP/1.1 keep-alive).
 async fn serve_http1(agent: &Arc<Agent>, tcp: TcpStream, kind: Listener, stop: &CancellationToken) {
     let a = agent.clone();
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = in_flight.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         let a = a.clone();
+        let call = InFlight::new(&counted);
         async move {
-            Ok::<_, std::convert::Infallible>(match kind {
+            let resp = match kind {
                 Listener::Egress => egress::handle(a, req.map(h::incoming)).await,
                 Listener::Admin => admin(&a, &req),
-            })
+            };
+            drop(call);
+            Ok::<_, std::convert::Infallible>(resp)
         }
     });
+    let limits = agent.config.limits;
+    let idle = Duration::from_millis(limits.idle_timeout_ms);
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1().timer(TokioTimer::new()).keep_alive(true);
+    b.http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(Duration::from_millis(limits.header_timeout_ms));
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(agent.config.limits.max_streams);
-    let conn = b.serve_connection(TokioIo::new(tcp), svc);
+        .max_concurrent_streams(limits.max_streams);
+    let started = tokio::time::Instant::now();
+    let activity = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let io = Watched {
+        inner: tcp,
+        started,
+        last: activity.clone(),
+    };
+    let conn = b.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        () = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    loop {
+        let last = started + Duration::from_millis(activity.load(Ordering::Relaxed));
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep_until(last + idle) => {
+                let quiet = started + Duration::from_millis(activity.load(Ordering::Relaxed)) + idle
+                    <= tokio::time::Instant::now();
+                if quiet && in_flight.load(Ordering::Relaxed) == 0 {
+                    tracing::debug!("local caller idle: connection closed");
+                    break;
+                }
+            }
         }
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+}
+
+/// A call in flight on a connection, counted until dropped.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection that records when bytes last moved either way (ms since `started`).
+struct Watched<T> {
+    inner: T,
+    started: tokio::time::Instant,
+    last: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<T> Watched<T> {
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -370,3 +370,93 @@ async fn callers_that_never_finish_a_handshake_do_not_take_the_slots_of_peers() 
     );
     drop(idle);
 }
+
+/// Site a serving payment to itself, with short idle and header timeouts.
+fn impatient_site(pki: &Pki, root: &std::path::Path, pay: &Backend) -> Agent {
+    Agent::write_routes(
+        root,
+        "a",
+        "services:\n- {name: payment, namespace: shop, ports: [{port: 8080}], destinations: [{site: a}]}\n",
+    );
+    Agent::start(
+        pki,
+        root,
+        "a",
+        &agent_toml(&format!(
+            "egress_http = \"127.0.0.1:0\"\n{}\n[limits]\nidle_timeout_ms = 500\nheader_timeout_ms = 500\n",
+            local("payment", 8080, pay.addr)
+        )),
+    )
+}
+
+/// Reads from `tcp` until the peer closes it (true) or `within` passes (false).
+async fn closed_within(tcp: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_caller_sending_its_headers_slowly_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let dir = test_dir();
+    let pki = Pki::new(&dir.path().join("pki"));
+    let pay = http_backend("a").await;
+    let a = impatient_site(&pki, dir.path(), &pay);
+    let mut tcp = tokio::net::TcpStream::connect(a.egress()).await.unwrap();
+    tcp.write_all(format!("GET / HTTP/1.1\r\nHost: {PAY}:8080\r\n").as_bytes())
+        .await
+        .unwrap();
+    // One header line every 100 ms, never the blank line that ends the head.
+    let mut cut = false;
+    for i in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if tcp
+            .write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            cut = true;
+            break;
+        }
+    }
+    assert!(
+        cut || closed_within(&mut tcp, Duration::from_millis(100)).await,
+        "a caller trickling its headers for 4 s was kept (header_timeout_ms = 500)"
+    );
+    assert_eq!(pay.calls.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_local_callers_are_closed_over_http1_and_h2c() {
+    use tokio::io::AsyncWriteExt;
+    let dir = test_dir();
+    let pki = Pki::new(&dir.path().join("pki"));
+    let pay = http_backend("a").await;
+    let a = impatient_site(&pki, dir.path(), &pay);
+    // HTTP/1.1 keep-alive: one call, then nothing.
+    let mut tcp = tokio::net::TcpStream::connect(a.egress()).await.unwrap();
+    tcp.write_all(format!("GET / HTTP/1.1\r\nHost: {PAY}:8080\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut tcp, Duration::from_secs(3)).await,
+        "an idle HTTP/1.1 keep-alive caller was kept (idle_timeout_ms = 500)"
+    );
+    assert_eq!(pay.calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // h2c: a connection that opens no stream.
+    let tcp = tokio::net::TcpStream::connect(a.egress()).await.unwrap();
+    let (_send, conn) = h2::client::handshake(tcp).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(3), conn).await;
+    assert!(
+        ended.is_ok(),
+        "an idle h2c caller was kept (idle_timeout_ms = 500)"
+    );
+}
