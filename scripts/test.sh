@@ -3,7 +3,8 @@
 # it needs (a C compiler for ring, python3 for the demo check, Node.js, npm and Chromium for the
 # browser tests, shellcheck, iproute2 for a network-namespace test, etcd and a kube-apiserver
 # built once from Debian's source package for the Kubernetes tests, about 6 minutes the first
-# time); the Rust toolchain is pinned in rust-toolchain.toml. Run it as root (CI does): the
+# time; a pinned nightly toolchain and cargo-fuzz for the fuzz targets, about 5 minutes); the
+# Rust toolchain is pinned in rust-toolchain.toml. Run it as root (CI does): the
 # network-namespace test needs it, and fails saying so otherwise.
 #
 #   scripts/test.sh
@@ -34,6 +35,7 @@ bash scripts/kube-testenv.sh install
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> tests"
@@ -42,6 +44,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+echo "==> fuzzing: each cargo-fuzz target for ${MULTIMESH_FUZZ_SECONDS:-60} s (scripts/fuzz.sh; a pinned nightly)"
+bash scripts/fuzz.sh
 echo "==> shellcheck"
 shellcheck scripts/*.sh bench/*.sh sites/local/run.sh sites/kind/*.sh
 echo "==> local demo starts and every site routes to every service (sites/local/run.sh --once)"
@@ -64,4 +68,4 @@ echo "==> data-plane benchmark, quick smoke run: all four paths answer (the real
 bash bench/data-plane.sh --quick > /tmp/multimesh-dp-smoke.log 2>&1 \
   || { cat /tmp/multimesh-dp-smoke.log; echo "data-plane benchmark smoke run FAILED" >&2; exit 1; }
 grep "^| edge" /tmp/multimesh-dp-smoke.log
-echo "all passed: format, clippy, tests, shellcheck, local demo, browser tests, control-plane and data-plane benchmark smoke runs"
+echo "all passed: format, clippy, tests, fuzzing, shellcheck, local demo, browser tests, control-plane and data-plane benchmark smoke runs"

@@ -130,6 +130,9 @@ pub fn parse_response_head(
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
     let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
+            return Err(bad(format!("response head longer than {MAX_HEAD} bytes")));
+        }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
             return Err(bad(format!("response head longer than {MAX_HEAD} bytes")));
@@ -281,6 +284,10 @@ impl ChunkedDecoder {
                         }
                         return Ok(Decoded::NeedMore);
                     };
+                    // The same limit whether or not the CRLF came in the same read.
+                    if eol + 2 > MAX_CHUNK_LINE {
+                        return Err(bad("chunk-size line too long"));
+                    }
                     let line = &buf[..eol];
                     let digits = line
                         .split(|b| *b == b';')
@@ -336,6 +343,9 @@ impl ChunkedDecoder {
                     }
                     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
                     match httparse::parse_headers(buf, &mut fields) {
+                        Ok(httparse::Status::Complete((len, _))) if len > MAX_HEAD => {
+                            return Err(bad("trailer section too long"));
+                        }
                         Ok(httparse::Status::Complete((len, fields))) => {
                             let mut trailers = HeaderMap::with_capacity(fields.len());
                             for f in fields.iter() {
@@ -460,6 +470,46 @@ mod tests {
         let (mut d, mut buf) = (ChunkedDecoder::default(), BytesMut::from(raw));
         while let Decoded::Data(_) = d.decode(&mut buf)? {}
         Ok(())
+    }
+
+    /// Decodes `raw` fed `piece` bytes at a time: the body, or the first error.
+    fn decode_in_pieces(raw: &[u8], piece: usize) -> Result<Vec<u8>, CodecError> {
+        let (mut d, mut buf, mut body) = (ChunkedDecoder::default(), BytesMut::new(), Vec::new());
+        for part in raw.chunks(piece) {
+            buf.extend_from_slice(part);
+            loop {
+                match d.decode(&mut buf)? {
+                    Decoded::Data(x) => body.extend_from_slice(&x),
+                    Decoded::NeedMore => break,
+                    Decoded::End(_) => return Ok(body),
+                }
+            }
+        }
+        Ok(body)
+    }
+
+    /// A line's length limit holds however the bytes arrive: a line over the limit is refused
+    /// even when its CRLF came in the same read (found by the h1codec fuzz target).
+    #[test]
+    fn line_limits_do_not_depend_on_how_bytes_arrive() {
+        let long_ext = [
+            b"5;".as_slice(),
+            &[b'a'; MAX_CHUNK_LINE],
+            b"\r\nhello\r\n0\r\n\r\n",
+        ]
+        .concat();
+        let mut long_trailer = b"0\r\nx-t: ".to_vec();
+        long_trailer.extend(std::iter::repeat_n(b'b', MAX_HEAD));
+        long_trailer.extend_from_slice(b"\r\n\r\n");
+        for raw in [long_ext, long_trailer] {
+            for piece in [raw.len(), 1000, 7] {
+                assert!(decode_in_pieces(&raw, piece).is_err(), "piece {piece}");
+            }
+        }
+        let mut long_head = b"HTTP/1.1 200 OK\r\nx-h: ".to_vec();
+        long_head.extend(std::iter::repeat_n(b'c', MAX_HEAD));
+        long_head.extend_from_slice(b"\r\n\r\n");
+        assert!(parse_response_head(&mut BytesMut::from(&long_head[..]), &Method::GET).is_err());
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub enum DaemonError {
     /// The site's certificate or key cannot make or check origin proofs.
     #[error("origin proofs: {0}")]
     Proof(#[from] crate::proof::ProofError),
+    /// The configuration asks for something this build leaves out.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// A socket could not be bound.
     #[error("{what} {addr}: {source}")]
     Bind {
@@ -95,6 +98,12 @@ impl Running {
 
 /// Starts a daemon for `cfg` (read from `config_path`).
 pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonError> {
+    #[cfg(not(feature = "kubernetes"))]
+    if cfg.backend == BackendKind::Kubernetes {
+        return Err(DaemonError::Unsupported(
+            "backend \"kubernetes\": this build has no Kubernetes backend (feature `kubernetes`)",
+        ));
+    }
     let tls_material = Arc::new(tls::load_site(
         &cfg.tls,
         &cfg.trust_domain,
@@ -276,6 +285,7 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
         }
     });
 
+    #[cfg(feature = "kubernetes")]
     if cfg.backend == BackendKind::Kubernetes {
         let settings = cfg.kubernetes.clone().unwrap_or_default();
         let base = crate::kubernetes::desired::ExportBase {

@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 use smi_adapters::diag::{Diagnostic, Severity};
 use smi_adapters::model::ServiceInfo;
-use smi_adapters::render::{Mesh, Options};
+use smi_adapters::render::Options;
 
+pub use super::SiteMesh;
 use super::types::Condition;
 use super::{
     CONSUMERS_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, SHARE_WITH_ANNOTATION, SITE_LABEL,
@@ -299,26 +300,6 @@ pub fn conflict(mine: &Service, others: &[(String, Vec<Port>)]) -> Option<String
             differing.join(", ")
         )
     })
-}
-
-/// The mesh a site runs, or none.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SiteMesh {
-    /// A mesh smi-adapters renders for.
-    Mesh(Mesh),
-    /// No mesh: only ServiceImports are written.
-    None,
-}
-
-impl SiteMesh {
-    /// Parses `istio|linkerd|consul|kuma|gateway-api|none`.
-    pub fn parse(s: &str) -> Option<Self> {
-        if s == "none" {
-            Some(SiteMesh::None)
-        } else {
-            Mesh::parse(s).map(SiteMesh::Mesh)
-        }
-    }
 }
 
 /// One cluster object given to the translation: its key and its JSON.

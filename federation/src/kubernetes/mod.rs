@@ -11,14 +11,19 @@
 //!
 //! [`desired`] and [`plan`] are pure; [`controller`] is the I/O around them.
 
+#[cfg(feature = "kubernetes")]
 pub mod controller;
+#[cfg(feature = "kubernetes")]
 pub mod desired;
+#[cfg(feature = "kubernetes")]
 pub mod plan;
+#[cfg(feature = "kubernetes")]
 pub mod types;
 
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use smi_adapters::render::Mesh;
 
 use crate::error::InvalidField;
 
@@ -61,6 +66,26 @@ pub struct KubeSettings {
     /// Wildcards never match the protected namespaces ([`PROTECTED_NAMESPACES`]); name one
     /// exactly to allow it. Default `["*"]`.
     pub import_namespaces: Vec<String>,
+}
+
+/// The mesh a site runs, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SiteMesh {
+    /// A mesh smi-adapters renders for.
+    Mesh(Mesh),
+    /// No mesh: only ServiceImports are written.
+    None,
+}
+
+impl SiteMesh {
+    /// Parses `istio|linkerd|consul|kuma|gateway-api|none`.
+    pub fn parse(s: &str) -> Option<Self> {
+        if s == "none" {
+            Some(SiteMesh::None)
+        } else {
+            Mesh::parse(s).map(SiteMesh::Mesh)
+        }
+    }
 }
 
 /// Namespaces that a wildcard in `import_namespaces` never matches: the cluster's own and the
@@ -110,7 +135,7 @@ impl Default for KubeSettings {
 impl KubeSettings {
     /// Checks every field.
     pub fn validate(&self) -> Result<(), InvalidField> {
-        if desired::SiteMesh::parse(&self.mesh).is_none() {
+        if SiteMesh::parse(&self.mesh).is_none() {
             return Err(InvalidField::new(
                 "kubernetes.mesh",
                 &self.mesh,
