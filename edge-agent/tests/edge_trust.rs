@@ -460,3 +460,79 @@ async fn idle_local_callers_are_closed_over_http1_and_h2c() {
         "an idle h2c caller was kept (idle_timeout_ms = 500)"
     );
 }
+
+/// A workload that accepts connections and never answers; each accepted connection is handed
+/// to the test.
+async fn holding_workload() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::Receiver<tokio::net::TcpStream>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            if tx.send(tcp).await.is_err() {
+                return;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_fails_ends_its_call_at_once() {
+    use tokio::io::AsyncReadExt;
+    let dir = test_dir();
+    let pki = Pki::new(&dir.path().join("pki"));
+    let (workload, mut accepted) = holding_workload().await;
+    Agent::write_routes(
+        dir.path(),
+        "a",
+        "services:\n- {name: payment, namespace: shop, ports: [{port: 8080}], destinations: [{site: a}]}\n",
+    );
+    let a = Agent::start(
+        &pki,
+        dir.path(),
+        "a",
+        &agent_toml(&format!(
+            "egress_http = \"127.0.0.1:0\"\n{}\n[limits]\nrequest_timeout_ms = 30000\n",
+            local("payment", 8080, workload)
+        )),
+    );
+    // An h2c caller starts a POST of 1,000 bytes, sends 10, then resets the stream: the body
+    // the agent is relaying fails.
+    let tcp = tokio::net::TcpStream::connect(a.egress()).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::post(format!("http://{PAY}:8080/pay"))
+        .header("content-length", "1000")
+        .body(())
+        .unwrap();
+    let (_response, mut stream) = send.send_request(req, false).unwrap();
+    stream
+        .send_data(bytes::Bytes::from_static(b"0123456789"), false)
+        .unwrap();
+    let mut wl = tokio::time::timeout(Duration::from_secs(10), accepted.recv())
+        .await
+        .expect("the call reached the workload")
+        .unwrap();
+    let mut head = vec![0u8; 4096];
+    let mut got = 0;
+    while !head[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = wl.read(&mut head[got..]).await.unwrap();
+        assert!(
+            n > 0,
+            "the workload's connection closed before the request head"
+        );
+        got += n;
+    }
+    stream.send_reset(h2::Reason::CANCEL);
+    // The workload is left waiting for 990 bytes that will never come: the agent must give up
+    // the call (and the workload's connection) now, not when request_timeout_ms (30 s) passes.
+    assert!(
+        closed_within(&mut wl, Duration::from_secs(3)).await,
+        "a call whose request body failed kept its workload connection (and its stream slot) open"
+    );
+}
