@@ -204,6 +204,7 @@ impl Http1Pool {
                 chunked: framing == Framing::Chunked,
                 req_done: false,
                 write_error: None,
+                body_error: None,
                 resp: Resp::Head,
                 keep_alive: false,
                 got_bytes: false,
@@ -214,6 +215,12 @@ impl Http1Pool {
                 Err(reason) if reused && replayable && !ex.got_bytes => {
                     debug!(upstream = addr, %reason, "idle connection gone; retrying on another");
                     body = Some(h::empty());
+                }
+                Err(reason) if ex.body_error.is_some() => {
+                    return Err(UpstreamError::Exchange {
+                        addr: addr.to_string(),
+                        reason,
+                    });
                 }
                 Err(reason) => {
                     let reason = match ex.write_error.take() {
@@ -284,6 +291,9 @@ struct Exchange {
     /// Writing the request failed (the response may still come: the workload may have
     /// answered and closed).
     write_error: Option<String>,
+    /// The caller's request body failed before it was all sent: the workload holds a
+    /// truncated request and would wait for the rest, so the exchange ends at once.
+    body_error: Option<String>,
     resp: Resp,
     keep_alive: bool,
     /// Some response bytes arrived.
@@ -325,6 +335,14 @@ impl Exchange {
                     Poll::Ready(Some(Err(e))) => {
                         self.req_body = None;
                         self.write_error = Some(format!("request body failed: {e}"));
+                        if matches!(self.resp, Resp::Head) {
+                            // No answer yet, and none will come: closing the connection tells
+                            // the workload the request is incomplete. (Once the workload has
+                            // answered, its response is still relayed.)
+                            self.body_error =
+                                Some(format!("the caller's request body failed: {e}"));
+                            self.conn = None;
+                        }
                         return;
                     }
                     Poll::Ready(None) => {
@@ -381,6 +399,9 @@ impl Exchange {
         method: &Method,
     ) -> Poll<Result<ResponseHead, String>> {
         self.poll_write(cx);
+        if let Some(e) = &self.body_error {
+            return Poll::Ready(Err(e.clone()));
+        }
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(Err("connection gone".into()));

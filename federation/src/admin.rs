@@ -276,6 +276,7 @@ impl admin_server::Admin for AdminService {
                         nacks_received: c.nacks_received,
                         nacks_sent: c.nacks_sent,
                         sessions: c.sessions,
+                        throttled_ms: c.throttled_ms,
                     }),
                     last_error: v.last_error,
                 }

@@ -128,6 +128,12 @@ pub struct SyncSettings {
     pub snapshot_chunk: usize,
     /// Withdrawals kept to serve deltas.
     pub max_tombstones: usize,
+    /// Items (records, changes, heads; each message counts one more) one peer may send per
+    /// second, sustained. Faster peers are slowed down: their messages wait, and HTTP/2 flow
+    /// control holds the rest back.
+    pub peer_rate: u64,
+    /// Items one peer may send at once above its rate (a full snapshot should fit).
+    pub peer_burst: u64,
 }
 
 impl Default for SyncSettings {
@@ -141,6 +147,8 @@ impl Default for SyncSettings {
             max_message_bytes: 8 << 20,
             snapshot_chunk: 500,
             max_tombstones: 10_000,
+            peer_rate: 10_000,
+            peer_burst: 60_000,
         }
     }
 }
@@ -282,6 +290,20 @@ impl Config {
                 "sync.snapshot_chunk",
                 0,
                 "must be at least 1",
+            ));
+        }
+        if s.peer_rate == 0 || s.peer_rate > 10_000_000 {
+            return Err(InvalidField::new(
+                "sync.peer_rate",
+                s.peer_rate,
+                "must be in 1..=10000000 (items per second)",
+            ));
+        }
+        if s.peer_burst < s.peer_rate {
+            return Err(InvalidField::new(
+                "sync.peer_burst",
+                s.peer_burst,
+                "must be at least sync.peer_rate",
             ));
         }
         if s.max_message_bytes < 64 << 10 {

@@ -486,3 +486,73 @@ async fn an_edge_agents_certificate_can_neither_sync_the_catalog_nor_sign_a_reco
     );
     assert_eq!(reason(&m, id), wire::NackReason::Proof);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_flooding_messages_is_held_to_its_rate_and_other_peers_are_not() {
+    let tmp = test_dir();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let rate = format!("{}peer_rate = 100\npeer_burst = 100\n", sync_toml(200));
+    let a = Site::start(
+        &pki,
+        tmp.path(),
+        &SiteSpec::new("a").accept("b").accept("m").extra(&rate),
+        None,
+    );
+    let b = Site::start(
+        &pki,
+        tmp.path(),
+        &SiteSpec::new("b").dial("a", &a.listen),
+        None,
+    );
+    b.export("payment", &[]).await;
+    eventually(10, "a sees payment@b", || async {
+        entry(&a, "payment", "b").await.is_some()
+    })
+    .await;
+    let mut m = tap(pki.site_tls("m"), "m", "a", &a.listen).await.unwrap();
+    // 40 heartbeats of 10 heads each: 480 items against 100 per second and a burst of 100.
+    let head = m.sign_head(&wire::OriginHead {
+        origin: "m".into(),
+        epoch: 1,
+        version: 0,
+        beat: now_ms(),
+    });
+    let started = std::time::Instant::now();
+    let mut last = 0;
+    for _ in 0..40 {
+        last = m
+            .send(Body::Heartbeat(wire::Heartbeat {
+                position: None,
+                heads: vec![head.clone(); 10],
+                certificates: vec![m.cert()],
+            }))
+            .await;
+    }
+    // Meanwhile b's news reaches a at b's pace, not after m's backlog.
+    b.export("ledger", &[]).await;
+    eventually(2, "a sees ledger@b while m waits", || async {
+        entry(&a, "ledger", "b").await.is_some()
+    })
+    .await;
+    let answered = |m: &Tap| {
+        m.count(|body| match body {
+            Body::Ack(x) => x.msg_id == last,
+            Body::Nack(n) => n.msg_id == last,
+            _ => false,
+        }) > 0
+    };
+    eventually(20, "m's last message answered", || async { answered(&m) }).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(3000),
+        "480 items at 100 per second (burst 100) were taken in {took:?}"
+    );
+    let peers = a.peers().await;
+    let throttled = peers["m"].counters.as_ref().unwrap().throttled_ms;
+    assert!(throttled >= 2000, "m's wait is counted: {throttled} ms");
+    assert_eq!(
+        peers["b"].counters.as_ref().unwrap().throttled_ms,
+        0,
+        "b was never slowed"
+    );
+}

@@ -867,6 +867,7 @@ fn peers_json(r: &api::PeersResponse) -> Value {
                 "records_sent": c.records_sent, "records_received": c.records_received,
                 "acks_received": c.acks_received, "nacks_received": c.nacks_received,
                 "nacks_sent": c.nacks_sent, "sessions": c.sessions,
+                "throttled_ms": c.throttled_ms,
             },
         })
     }).collect::<Vec<_>>())

@@ -6,10 +6,12 @@
 //!   catalog, ACK/NACK per message, heartbeats carrying version vectors and liveness beats.
 //! * [`server`]: the TLS accept loop (refusals logged with their reason) and the gRPC service.
 //! * [`dialer`]: outbound links with DNS re-resolution, backoff and jitter.
+//! * [`rate`]: how fast one peer may make this site work (its messages wait beyond it).
 
 pub mod codec;
 pub mod dialer;
 pub mod peers;
+pub mod rate;
 pub mod server;
 pub mod session;
 

@@ -51,6 +51,8 @@ pub struct Counters {
     pub nacks_sent: u64,
     /// Sessions established.
     pub sessions: u64,
+    /// Time the peer's messages waited for its rate (`sync.peer_rate`), in milliseconds.
+    pub throttled_ms: u64,
 }
 
 struct Session {

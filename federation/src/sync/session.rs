@@ -371,9 +371,26 @@ where
     // past changes we refused.
     let mut clean = true;
     let max_records = node.settings.max_records_per_link;
+    let mut rate = super::rate::Rate::new(
+        node.settings.peer_rate,
+        node.settings.peer_burst,
+        Instant::now(),
+    );
+    let mut warned: Option<Instant> = None;
     while let Some(msg) = inbound.next().await {
         let msg =
             msg.map_err(|s| SessionError::Stream(format!("{}: {}", s.code(), s.message())))?;
+        // Charged before anything is decoded or verified: that is the work being bounded.
+        let wait = rate.take(super::rate::cost(msg.body.as_ref()), Instant::now());
+        if !wait.is_zero() {
+            if warned.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                warned = Some(Instant::now());
+                warn!(peer = %peer, wait_ms = wait.as_millis() as u64, rate = node.settings.peer_rate, "peer sends faster than sync.peer_rate items per second; its messages wait");
+            }
+            node.peers
+                .count(peer, |c| c.throttled_ms += wait.as_millis() as u64);
+            tokio::time::sleep(wait).await;
+        }
         let id = msg.msg_id;
         let result: Result<(), Refusal> = match msg.body {
             Some(Body::Ack(_)) => {
