@@ -321,3 +321,72 @@ async fn federationctl_watch_streams_changes_and_stops_at_the_target_count() {
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_larger_than_one_admin_message_is_listed_whole() {
+    use multimesh_proto::admin::v1 as api;
+    use multimesh_proto::catalog::v1 as wire;
+    let tmp = test_dir();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let b = Site::start(&pki, tmp.path(), &SiteSpec::new("b").accept("a"), None);
+    let a = Site::start(
+        &pki,
+        tmp.path(),
+        &SiteSpec::new("a").dial("b", &b.listen),
+        None,
+    );
+    // 340 exports of about 13 KB each (50 long labels): some 4.5 MB, over the 4 MiB that one
+    // admin message may carry.
+    let prefix = format!("{}.{}.{}.example", "x".repeat(60), "y".repeat(60), "z".repeat(60));
+    let labels: std::collections::HashMap<String, String> = (0..50)
+        .map(|i| (format!("{prefix}/label-{i:02}"), "v".repeat(63)))
+        .collect();
+    let mut admin = b.admin().await;
+    let n = 340;
+    for i in 0..n {
+        admin
+            .export(api::ExportRequest {
+                name: format!("svc-{i:03}"),
+                namespace: "shop".into(),
+                ports: vec![wire::ServicePort {
+                    name: "http".into(),
+                    port: 8080,
+                    protocol: wire::Protocol::Http as i32,
+                }],
+                labels: labels.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let list = |site: &Site| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_federationctl"))
+            .arg("--admin-socket")
+            .arg(site.socket())
+            .args(["-o", "json", "catalog"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "federationctl catalog failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["origins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|o| o["entries"].as_array().unwrap().clone())
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let names = list(&b);
+    assert_eq!(names.len(), n, "every export listed once");
+    assert!(names.contains("svc-000") && names.contains("svc-339"));
+    // The same catalog crosses to a by sync and is listed there too.
+    eventually(30, "a holds b's 340 exports", || async {
+        a.entries().await.len() == n
+    })
+    .await;
+    assert_eq!(list(&a).len(), n);
+}
