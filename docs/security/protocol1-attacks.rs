@@ -69,7 +69,7 @@ async fn entry(s: &Site, name: &str, origin: &str) -> Option<(wire::ExportedServ
     let r = s
         .admin()
         .await
-        .catalog(api::CatalogRequest {})
+        .catalog(api::CatalogRequest::default())
         .await
         .unwrap()
         .into_inner();

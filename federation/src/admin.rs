@@ -234,9 +234,30 @@ impl admin_server::Admin for AdminService {
 
     async fn catalog(
         &self,
-        _: Request<api::CatalogRequest>,
+        req: Request<api::CatalogRequest>,
     ) -> Result<Response<api::CatalogResponse>, Status> {
-        Ok(Response::new(catalog_view(&self.node, Instant::now())))
+        let req = req.into_inner();
+        if req.page_size > MAX_PAGE_SIZE {
+            return Err(AdminError::Invalid(crate::error::InvalidField::new(
+                "page_size",
+                req.page_size,
+                "must be at most 10000",
+            ))
+            .into());
+        }
+        let after = page_key(&req.page_token)?;
+        let size = if req.page_size == 0 {
+            DEFAULT_PAGE_SIZE
+        } else {
+            req.page_size
+        };
+        Ok(Response::new(catalog_page(
+            &self.node,
+            Instant::now(),
+            after.as_ref(),
+            size as usize,
+            PAGE_BYTES,
+        )))
     }
 
     async fn peers(
@@ -387,36 +408,64 @@ fn watch_event(node: &Node) -> api::WatchEvent {
     })
 }
 
-/// What this site sees, per origin, with stale marks; entries whose stale TTL ran out are
-/// withdrawn (left out).
+/// The whole catalog as this site sees it (for in-process use: the admin API pages it).
 pub fn catalog_view(node: &Node, now: Instant) -> api::CatalogResponse {
+    catalog_page(node, now, None, usize::MAX, usize::MAX)
+}
+
+/// Most entries in one page of the admin API's catalog, and its default.
+pub const MAX_PAGE_SIZE: u32 = 10_000;
+const DEFAULT_PAGE_SIZE: u32 = 1_000;
+/// A page stops after about this many bytes of entries.
+const PAGE_BYTES: usize = 1 << 20;
+/// Most name conflicts listed (on the first page).
+const MAX_CONFLICTS: usize = 10_000;
+
+/// One page of the catalog: live entries after `after`, at most `max_entries` of them and
+/// about `max_bytes`; the first page (no `after`) also lists every origin and the conflicts.
+pub fn catalog_page(
+    node: &Node,
+    now: Instant,
+    after: Option<&model::Key>,
+    max_entries: usize,
+    max_bytes: usize,
+) -> api::CatalogResponse {
+    use prost::Message;
     let mut origins: BTreeMap<String, api::OriginView> = BTreeMap::new();
+    let mut next: Option<model::Key> = None;
     node.store.read(|c| {
         node.store.liveness(|live| {
-            for (origin, head) in c.heads() {
-                let state = live.state(&node.site, origin, now);
-                origins.insert(
-                    origin.clone(),
-                    api::OriginView {
-                        origin: origin.clone(),
-                        epoch: head.stamp.epoch,
-                        version: head.stamp.version,
-                        state: match state {
-                            OriginState::Local => "local",
-                            OriginState::Live => "live",
-                            OriginState::Unknown => "unknown",
-                            OriginState::Stale(_) => "stale",
-                        }
-                        .to_string(),
-                        last_heard_ms: live
-                            .last_heard(origin)
-                            .map(|t| now.saturating_duration_since(t).as_millis() as u64)
-                            .unwrap_or(0),
-                        entries: vec![],
-                    },
-                );
+            let view = |origin: &str| {
+                let head = c.heads().get(origin).cloned().unwrap_or_default();
+                api::OriginView {
+                    origin: origin.to_string(),
+                    epoch: head.stamp.epoch,
+                    version: head.stamp.version,
+                    state: match live.state(&node.site, origin, now) {
+                        OriginState::Local => "local",
+                        OriginState::Live => "live",
+                        OriginState::Unknown => "unknown",
+                        OriginState::Stale(_) => "stale",
+                    }
+                    .to_string(),
+                    last_heard_ms: live
+                        .last_heard(origin)
+                        .map(|t| now.saturating_duration_since(t).as_millis() as u64)
+                        .unwrap_or(0),
+                    entries: vec![],
+                }
+            };
+            if after.is_none() {
+                for origin in c.heads().keys() {
+                    origins.insert(origin.clone(), view(origin));
+                }
             }
-            for (key, rec) in c.entries() {
+            let (mut count, mut bytes) = (0usize, 0usize);
+            for (key, rec) in c.entries_after(after) {
+                if count >= max_entries || bytes >= max_bytes {
+                    next = Some(key.clone());
+                    break;
+                }
                 let Some(svc) = rec.service() else { continue };
                 let state =
                     Liveness::entry_state(live.state(&node.site, &key.origin, now), svc, now);
@@ -427,26 +476,118 @@ pub fn catalog_view(node: &Node, now: Instant) -> api::CatalogResponse {
                     }
                     EntryState::Expired => continue,
                 };
-                let view = origins
-                    .entry(key.origin.clone())
-                    .or_insert_with(|| api::OriginView {
-                        origin: key.origin.clone(),
-                        ..Default::default()
-                    });
-                view.entries.push(api::CatalogEntry {
+                let entry = api::CatalogEntry {
                     service: Some(model::service_to_wire(key, rec.stamp, svc)),
                     stale,
                     served,
                     expires_in_s: expires,
-                });
+                };
+                count += 1;
+                bytes += entry.encoded_len();
+                origins
+                    .entry(key.origin.clone())
+                    .or_insert_with(|| view(&key.origin))
+                    .entries
+                    .push(entry);
             }
         })
     });
+    // The token names the last entry of this page; the next page starts after it.
+    let next_page_token = match (
+        &next,
+        origins.values().flat_map(|o| o.entries.last()).last(),
+    ) {
+        (Some(_), Some(last)) => last
+            .service
+            .as_ref()
+            .map(|s| format!("{}/{}/{}", s.origin, s.namespace, s.name))
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    let (conflicts, conflicts_omitted) = if after.is_none() {
+        let mut all = crate::routes::conflicts(&crate::routes::served_names(node, now));
+        let omitted = all.len().saturating_sub(MAX_CONFLICTS);
+        all.truncate(MAX_CONFLICTS);
+        (all, omitted as u32)
+    } else {
+        (Vec::new(), 0)
+    };
     api::CatalogResponse {
         site: node.site.clone(),
         origins: origins.into_values().collect(),
-        conflicts: crate::routes::conflicts(&crate::routes::served_names(node, now)),
+        conflicts,
+        next_page_token,
+        conflicts_omitted,
     }
+}
+
+/// Reads a page token (`origin/namespace/name`).
+fn page_key(token: &str) -> Result<Option<model::Key>, AdminError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        AdminError::Invalid(crate::error::InvalidField::new(
+            "page_token",
+            token,
+            "must be the next_page_token of a previous answer (origin/namespace/name)",
+        ))
+    };
+    let mut parts = token.split('/');
+    let (Some(origin), Some(namespace), Some(name), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    for part in [origin, namespace, name] {
+        names::dns_label("page_token", part).map_err(|_| bad())?;
+    }
+    Ok(Some(model::Key {
+        origin: origin.to_string(),
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    }))
+}
+
+/// Every page of the catalog, merged into one answer (what `federationctl catalog` shows).
+pub async fn catalog_all(
+    client: &mut AdminClient<Channel>,
+) -> Result<api::CatalogResponse, Status> {
+    let mut all = api::CatalogResponse::default();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .catalog(api::CatalogRequest {
+                page_size: 0,
+                page_token: token.clone(),
+            })
+            .await?
+            .into_inner();
+        if token.is_empty() {
+            all.site = page.site;
+            all.conflicts = page.conflicts;
+            all.conflicts_omitted = page.conflicts_omitted;
+        }
+        for o in page.origins {
+            match all.origins.iter_mut().find(|x| x.origin == o.origin) {
+                Some(x) => x.entries.extend(o.entries),
+                None => all.origins.push(o),
+            }
+        }
+        // A server must move forward; anything else would loop for ever.
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        if page.next_page_token <= token {
+            return Err(Status::internal(format!(
+                "the catalog's page token went back from {token:?} to {:?}",
+                page.next_page_token
+            )));
+        }
+        token = page.next_page_token;
+    }
+    all.origins.sort_by(|a, b| a.origin.cmp(&b.origin));
+    Ok(all)
 }
 
 /// Binds the admin socket with mode 0600 (replacing a stale socket file). The socket never

@@ -841,6 +841,22 @@ impl Catalog {
             .map(|(k, m)| (k, &m.record))
     }
 
+    /// The live entries after `after` (all when `None`), in key order.
+    pub fn entries_after<'a>(
+        &'a self,
+        after: Option<&Key>,
+    ) -> impl Iterator<Item = (&'a Key, &'a Record)> + 'a {
+        use std::ops::Bound;
+        let from = match after {
+            Some(k) => Bound::Excluded(k.clone()),
+            None => Bound::Unbounded,
+        };
+        self.merged
+            .range((from, Bound::Unbounded))
+            .filter(|(_, m)| m.record.service().is_some())
+            .map(|(k, m)| (k, &m.record))
+    }
+
     /// The live entry of one key.
     pub fn get(&self, key: &Key) -> Option<&Record> {
         self.merged

@@ -337,7 +337,12 @@ async fn a_catalog_larger_than_one_admin_message_is_listed_whole() {
     );
     // 340 exports of about 13 KB each (50 long labels): some 4.5 MB, over the 4 MiB that one
     // admin message may carry.
-    let prefix = format!("{}.{}.{}.example", "x".repeat(60), "y".repeat(60), "z".repeat(60));
+    let prefix = format!(
+        "{}.{}.{}.example",
+        "x".repeat(60),
+        "y".repeat(60),
+        "z".repeat(60)
+    );
     let labels: std::collections::HashMap<String, String> = (0..50)
         .map(|i| (format!("{prefix}/label-{i:02}"), "v".repeat(63)))
         .collect();
@@ -382,6 +387,46 @@ async fn a_catalog_larger_than_one_admin_message_is_listed_whole() {
     };
     let names = list(&b);
     assert_eq!(names.len(), n, "every export listed once");
+    // Pages by hand: each under the admin message limit, none repeated; bad requests named.
+    let mut token = String::new();
+    let mut seen = Vec::new();
+    loop {
+        let page = admin
+            .catalog(api::CatalogRequest {
+                page_size: 100,
+                page_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(prost::Message::encoded_len(&page) < 2 << 20);
+        seen.extend(
+            page.origins
+                .iter()
+                .flat_map(|o| &o.entries)
+                .map(|e| e.service.as_ref().unwrap().name.clone()),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), n, "no entry repeated or skipped across pages");
+    for (size, token, field) in [
+        (10_001, "", "page_size"),
+        (0, "b/shop", "page_token"),
+        (0, "b/shop/Not_A_Label", "page_token"),
+    ] {
+        let e = admin
+            .catalog(api::CatalogRequest {
+                page_size: size,
+                page_token: token.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains(field), "{}", e.message());
+    }
     assert!(names.contains("svc-000") && names.contains("svc-339"));
     // The same catalog crosses to a by sync and is listed there too.
     eventually(30, "a holds b's 340 exports", || async {

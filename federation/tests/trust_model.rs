@@ -11,7 +11,6 @@ mod support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use multimesh_proto::admin::v1 as api;
 use multimesh_proto::catalog::v1::{self as wire, sync_message::Body};
 use support::*;
 
@@ -81,13 +80,9 @@ fn snapshot(records: Vec<wire::SignedRecord>, certificates: Vec<Vec<u8>>) -> Bod
 
 /// The entry `shop/NAME@ORIGIN` as site `s` shows it, with its stale flag.
 async fn entry(s: &Site, name: &str, origin: &str) -> Option<(wire::ExportedService, bool)> {
-    let r = s
-        .admin()
+    let r = federation::admin::catalog_all(&mut s.admin().await)
         .await
-        .catalog(api::CatalogRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     r.origins
         .into_iter()
         .flat_map(|o| o.entries)

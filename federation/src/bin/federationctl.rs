@@ -350,11 +350,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Catalog => {
             let mut c = client(&cli.admin_socket).await?;
-            let r = c
-                .catalog(api::CatalogRequest {})
+            let r = federation::admin::catalog_all(&mut c)
                 .await
-                .map_err(status)?
-                .into_inner();
+                .map_err(status)?;
             print(cli.output, &catalog_json(&r), || catalog_table(&r))
         }
         Cmd::Peers => {
@@ -711,11 +709,9 @@ async fn plan(cli: &Cli, config: &Path, catalog: Option<&Path>) -> Result<(), Fa
             .map_err(|e| Failure(format!("{}: {e}", path.display()), 1))?,
         None => {
             let mut c = client(&cfg.admin_socket).await?;
-            let r = c
-                .catalog(api::CatalogRequest {})
+            let r = federation::admin::catalog_all(&mut c)
                 .await
-                .map_err(status)?
-                .into_inner();
+                .map_err(status)?;
             catalog_json(&r).to_string()
         }
     };

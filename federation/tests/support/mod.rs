@@ -197,13 +197,9 @@ impl Site {
 
     /// Live entries this site shows, as "namespace/name@origin" (stale ones marked "~").
     pub async fn entries(&self) -> Vec<String> {
-        let r = self
-            .admin()
+        let r = federation::admin::catalog_all(&mut self.admin().await)
             .await
-            .catalog(api::CatalogRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         let mut v: Vec<String> = r
             .origins
             .iter()

@@ -276,7 +276,7 @@ async fn federation_view(socket: &std::path::Path) -> Value {
     let (status, peers, catalog, splits) = (
         c.status(api::StatusRequest {}).await,
         c.peers(api::PeersRequest {}).await,
-        c.catalog(api::CatalogRequest {}).await,
+        federation::admin::catalog_all(&mut c).await,
         c.splits(api::SplitsRequest {}).await,
     );
     let Ok(status) = status.map(tonic::Response::into_inner) else {
@@ -292,7 +292,7 @@ async fn federation_view(socket: &std::path::Path) -> Value {
         })
         .collect();
     let origins: Vec<Value> = catalog
-        .map(|c| c.into_inner().origins)
+        .map(|c| c.origins)
         .unwrap_or_default()
         .iter()
         .map(|o| {
