@@ -169,16 +169,18 @@ impl AgentConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: p.clone(),
-            source,
-        })?;
+        let text = federation::files::read_text(path, federation::files::MAX_CONFIG_BYTES)
+            .map_err(|source| ConfigError::Io {
+                path: p.clone(),
+                source,
+            })?;
         let parse = |message: String| ConfigError::Parse {
             path: p.clone(),
             message,
         };
         let mut cfg: AgentConfig = match path.extension().and_then(|e| e.to_str()) {
             Some("yaml" | "yml") => {
+                federation::files::check_yaml(&text).map_err(parse)?;
                 serde_yaml::from_str(&text).map_err(|e| parse(e.to_string()))?
             }
             _ => toml::from_str(&text).map_err(|e| parse(e.to_string()))?,

@@ -24,7 +24,8 @@ use crate::routes::{
 
 /// Reads and validates a route file (YAML, JSON or TOML by extension).
 pub fn load_file(path: &Path) -> Result<RouteTable, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = federation::files::read_text(path, federation::files::MAX_ROUTE_FILE_BYTES)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let format = path.extension().and_then(|e| e.to_str()).unwrap_or("yaml");
     let version = format!(
         "file:{}@{:016x}",

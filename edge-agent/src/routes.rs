@@ -373,7 +373,10 @@ impl RouteTable {
         let doc: RouteDocument = match format {
             "toml" => toml::from_str(text).map_err(|e| e.to_string())?,
             "json" => serde_json::from_str(text).map_err(|e| e.to_string())?,
-            _ => serde_yaml::from_str(text).map_err(|e| e.to_string())?,
+            _ => {
+                federation::files::check_yaml(text)?;
+                serde_yaml::from_str(text).map_err(|e| e.to_string())?
+            }
         };
         Self::build(doc, version).map_err(|e| e.to_string())
     }
@@ -446,6 +449,13 @@ mod tests {
 
     fn doc(yaml: &str) -> Result<RouteTable, String> {
         RouteTable::parse(yaml, "yaml", "test".into())
+    }
+
+    #[test]
+    fn a_deeply_nested_route_document_is_refused_before_parsing() {
+        let nested = format!("services: {}{}\n", "[".repeat(40_000), "]".repeat(40_000));
+        let e = doc(&nested).unwrap_err();
+        assert!(e.contains("line 1: nests flow collections"), "{e}");
     }
 
     #[test]

@@ -217,12 +217,19 @@ impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: p.clone(),
-            source,
-        })?;
+        let text =
+            crate::files::read_text(path, crate::files::MAX_CONFIG_BYTES).map_err(|source| {
+                ConfigError::Io {
+                    path: p.clone(),
+                    source,
+                }
+            })?;
         let mut cfg: Config = match path.extension().and_then(|e| e.to_str()) {
             Some("yaml" | "yml") => {
+                crate::files::check_yaml(&text).map_err(|message| ConfigError::Parse {
+                    path: p.clone(),
+                    message,
+                })?;
                 serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
                     path: p.clone(),
                     message: e.to_string(),
@@ -417,6 +424,20 @@ pub use model::Protocol;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversized_and_deeply_nested_configs_are_refused_before_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = format!("site: a\nx: {}{}\n", "[".repeat(40_000), "]".repeat(40_000));
+        let e = Config::load(&write(dir.path(), "deep.yaml", &nested)).unwrap_err();
+        assert!(
+            e.to_string().contains("line 2: nests flow collections"),
+            "{e}"
+        );
+        let big = format!("# {}\n", "x".repeat(2 << 20));
+        let e = Config::load(&write(dir.path(), "big.toml", &big)).unwrap_err();
+        assert!(e.to_string().contains("larger than 1048576 bytes"), "{e}");
+    }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);

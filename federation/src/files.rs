@@ -92,3 +92,45 @@ mod tests {
         assert_eq!(mode(&key), 0o600);
     }
 }
+
+/// Largest config file read (bytes).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Largest route file read (bytes).
+pub const MAX_ROUTE_FILE_BYTES: u64 = 16 << 20;
+
+/// Reads a text file of at most `max` bytes; a larger one is refused without being read whole.
+pub fn read_text(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("is larger than {max} bytes, the most accepted"),
+        ));
+    }
+    Ok(text)
+}
+
+/// Checks YAML text against the input bounds (size, nesting, indentation) before a parser
+/// sees it; the error names the line (see `smi_adapters::input::check_bounds`).
+pub fn check_yaml(text: &str) -> Result<(), String> {
+    smi_adapters::input::check_bounds(text)
+}
+
+#[cfg(test)]
+mod bounded_tests {
+    use super::*;
+
+    #[test]
+    fn a_file_over_the_limit_is_refused_and_one_at_it_is_read() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("f.toml");
+        std::fs::write(&p, "x".repeat(11)).unwrap_or_else(|e| panic!("{e}"));
+        let e = read_text(&p, 10).expect_err("11 bytes over a limit of 10");
+        assert!(e.to_string().contains("larger than 10 bytes"), "{e}");
+        assert_eq!(read_text(&p, 11).map(|t| t.len()).ok(), Some(11));
+    }
+}
