@@ -177,7 +177,18 @@ async fn the_deployment_manifests_pass_server_side_dry_run() {
     assert!(docs.len() >= 8, "only {} manifests", docs.len());
     // Namespaced objects need their namespace to exist, even in a dry run.
     k::namespace(&c, "multimesh").await;
+    k::namespace(&c, "tours").await;
     assert_dry_run_accepts(&c, &docs).await;
+    // Writes are never granted cluster-wide: the write role is bound per namespace.
+    for (_, d) in docs
+        .iter()
+        .filter(|(_, d)| d["kind"] == "ClusterRoleBinding")
+    {
+        assert_ne!(
+            d["roleRef"]["name"], "multimesh-federationd-write",
+            "the write role bound cluster-wide: {d}"
+        );
+    }
     // A Secret is referenced, never shipped.
     assert!(docs.iter().all(|(_, d)| d["kind"] != "Secret"));
     // Least privilege, by construction: no wildcard and no access to Secrets.

@@ -1,7 +1,8 @@
 //! The `kubernetes` backend against three real API servers (scripts/kube-testenv.sh): site a
 //! runs Istio, b Linkerd, c Consul (their upstream CRDs installed from ../shared/schemas).
 //! Three real federationd processes, each with a service-account token bound to exactly the
-//! shipped ClusterRole (deploy/kubernetes/rbac.yaml), never cluster-admin.
+//! shipped roles (deploy/kubernetes/rbac.yaml: reads cluster-wide; writes only in namespaces
+//! bound by rbac-namespace.yaml, here `shop`), never cluster-admin.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -48,8 +49,18 @@ async fn prepare(env: &KubeEnv, site: &str, crds: &[&str]) -> std::path::PathBuf
     .await
     .unwrap();
     k::namespace(&admin, "shop").await;
+    bind_writes(&admin, "shop").await;
     let token = k::service_account_token(&admin, "multimesh", "federationd").await;
     env.kubeconfig_with_token(site, "federationd", &token)
+}
+
+/// Lets federationd write in `ns`: the shipped RoleBinding (deploy/kubernetes/rbac-namespace.yaml)
+/// in that namespace.
+async fn bind_writes(admin: &Client, ns: &str) {
+    for mut m in manifests("rbac-namespace.yaml") {
+        m["metadata"]["namespace"] = json!(ns);
+        k::apply(admin, "test-setup", &m).await.unwrap();
+    }
 }
 
 /// A kubernetes-backed site dialling `peers` and accepting `accepts`.
@@ -550,4 +561,64 @@ async fn remote_services_land_only_in_allowed_namespaces_and_one_failure_stops_n
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_refuses_writes_in_namespaces_not_bound_to_federationd() {
+    let env = KubeEnv::start(&["b"]);
+    let dir = test_dir();
+    let pki = Pki::new(dir.path());
+    let kubeconfig = prepare(&env, "b", &["mcs", "linkerd", "smi"]).await;
+    let cb = env.client("b").await;
+    k::namespace(&cb, "payments").await;
+    // federationd's own config lets remote services into every namespace, kube-system and
+    // payments included; only shop has the RoleBinding.
+    let spec = SiteSpec::new("b")
+        .top("backend = \"kubernetes\"\n")
+        .extra(&format!(
+            "\n[kubernetes]\nkubeconfig = \"{}\"\nmesh = \"linkerd\"\nresync_seconds = 5\nimport_namespaces = [\"*\", \"kube-system\"]\n",
+            kubeconfig.display()
+        ))
+        .accept("r");
+    let b = Site::start(&pki, dir.path(), &spec, None);
+    let r = Site::start(
+        &pki,
+        dir.path(),
+        &SiteSpec::new("r").dial("b", &b.listen),
+        None,
+    );
+    r.export_in("kube-system", "kube-dns", &[]).await;
+    r.export_in("payments", "ledger", &[]).await;
+    r.export_in("shop", "ledger", &[]).await;
+    eventually(30, "shop/ledger imported", || async {
+        imports(&cb).await.contains(&"shop/ledger".to_string())
+    })
+    .await;
+    eventually(
+        15,
+        "both writes refused as forbidden, naming the object",
+        || async {
+            let log = b.log();
+            log.lines()
+                .any(|l| l.contains("payments/ledger") && l.contains("forbidden"))
+                && log
+                    .lines()
+                    .any(|l| l.contains("kube-system/kube-dns") && l.contains("forbidden"))
+        },
+    )
+    .await;
+    for ns in ["kube-system", "payments"] {
+        let there = k::list(
+            &cb,
+            "multicluster.x-k8s.io/v1alpha1",
+            "ServiceImport",
+            Some(ns),
+        )
+        .await;
+        assert!(
+            there.is_empty(),
+            "federationd wrote into {ns}: {:?}",
+            there.keys()
+        );
+    }
 }

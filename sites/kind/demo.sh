@@ -91,6 +91,8 @@ up() {
     k "$s" apply -f "$root/deploy/kubernetes/federationd.yaml" -f "$root/deploy/kubernetes/edge-agent.yaml"
     fill "$here/manifests/site-$s.yaml" | k "$s" apply -f -
     k "$s" apply -f "$here/manifests/app-$s.yaml"
+    # federationd writes only where a RoleBinding lets it: the app's namespace.
+    k "$s" apply -f "$root/deploy/kubernetes/rbac-namespace.yaml"
     k "$s" -n multimesh rollout restart deploy/federationd deploy/edge-agent
   done
   for s in "${sites[@]}"; do
