@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Real Kubernetes API servers on loopback for the `kubernetes` backend tests: no cluster, no
-# Docker, no mocks. Each simulated site gets its own etcd and its own kube-apiserver (v1.20.2,
-# built once from Debian's `kubernetes` source package and cached).
+# Docker, no mocks. Each simulated site gets its own etcd and its own kube-apiserver, both
+# upstream, built once from their Go modules at the versions pinned in tools/*/go.mod and cached.
 #
-#   scripts/kube-testenv.sh install            install etcd + Go, build kube-apiserver (cached)
+#   scripts/kube-testenv.sh install            build etcd and kube-apiserver (cached)
 #   scripts/kube-testenv.sh start DIR SITE...  start one etcd + API server per site, wait ready
 #   scripts/kube-testenv.sh restart-apiserver DIR SITE   start a killed API server again
 #   scripts/kube-testenv.sh stop DIR           stop everything started under DIR
@@ -13,15 +13,24 @@
 # port). Tests read them through federation's test support. Ports: MULTIMESH_KUBE_PORT_BASE
 # (default 26400); site i uses BASE+10*i (etcd client), +1 (etcd peer), +2 (API server).
 #
-# Build recipe (../shared/DESIGN.md): enable deb-src, `apt-get source kubernetes`, replace the
-# vendored modern-go/reflect2 v1.0.1 with Debian's v1.0.2 (v1.0.1 built by Go 1.19 crashes on the
-# first custom resource stored), `make WHAT=cmd/kube-apiserver` (about 4 minutes on 2 cores).
+# Build: tools/kube-apiserver is a small Go module that requires k8s.io/kubernetes and pins each
+# of its staging modules (k8s.io/api, ...) to the matching v0 release, since a dependent module
+# cannot see the local replacements of k8s.io/kubernetes' own go.mod; tools/etcd requires
+# go.etcd.io/etcd/server. Go >= 1.24 builds them from the Go module proxy (about 3 minutes and
+# 1 minute on 2 cores); go.sum holds the hashes.
 set -euo pipefail
 
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${MULTIMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/multimesh}
-APISERVER="$CACHE/kube-apiserver-v1.20.2"
+KUBE_VERSION=$(grep -oE 'k8s.io/kubernetes v[0-9.]+' "$ROOT/tools/kube-apiserver/go.mod" | head -1 | cut -d" " -f2)
+ETCD_VERSION=$(grep -oE 'go.etcd.io/etcd/server/v3 v[0-9.]+' "$ROOT/tools/etcd/go.mod" | head -1 | cut -d" " -f2)
+APISERVER="$CACHE/kube-apiserver-$KUBE_VERSION"
+ETCD="$CACHE/etcd-$ETCD_VERSION"
 PORT_BASE=${MULTIMESH_KUBE_PORT_BASE:-26400}
-GO119=/usr/lib/go-1.19/bin
+if [ -z "$KUBE_VERSION" ] || [ -z "$ETCD_VERSION" ]; then
+  echo "kube-testenv: cannot read the pinned versions in tools/*/go.mod" >&2
+  exit 1
+fi
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'kube-testenv: %s\n' "$*" >&2; exit 1; }
@@ -32,71 +41,29 @@ as_root() {
 
 install_packages() {
   local need=()
-  command -v etcd >/dev/null || need+=(etcd-server)
-  # The v1.20 source does not build with a current Go (1.26 refuses its vendored runtime
-  # internals); Debian's Go 1.19 does. Pinned here until the test environment moves to a
-  # current kube-apiserver built from its Go module (issue 18).
-  [ -x "$GO119/go" ] || need+=(golang-1.19-go)
-  command -v rsync >/dev/null || need+=(rsync)
   command -v openssl >/dev/null || need+=(openssl)
   command -v curl >/dev/null || need+=(curl)
-  [ -d /usr/share/gocode/src/github.com/modern-go/reflect2 ] || need+=(golang-github-modern-go-reflect2-dev)
-  [ -x "$APISERVER" ] || need+=(dpkg-dev)
   if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   fi
+  command -v go >/dev/null || die "Go >= 1.24 is needed to build etcd and kube-apiserver from their modules (https://go.dev/dl)"
 }
 
-enable_deb_src() {
-  local f=/etc/apt/sources.list.d/debian.sources
-  if [ -f "$f" ] && ! grep -q '^Types:.*deb-src' "$f"; then
-    log "enabling deb-src in $f"
-    as_root sed -i 's/^Types: deb$/Types: deb deb-src/' "$f"
-    as_root apt-get update -qq
-  elif [ ! -f "$f" ] && ! grep -rqs '^deb-src' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    die "no deb-src source found: add one for Debian's main component, then rerun"
-  fi
-}
-
-build_apiserver() {
-  if [ -x "$APISERVER" ]; then
-    log "kube-apiserver cached at $APISERVER"
+# Builds the Go module in tools/$1 into $2 (cached: skipped when $2 exists).
+build_tool() {
+  local tool=$1 out=$2
+  if [ -x "$out" ]; then
+    log "$tool cached at $out"
     return
   fi
-  enable_deb_src
   mkdir -p "$CACHE"
-  local work
-  work=$(mktemp -d -t kube-build.XXXXXX)
-  log "fetching Debian's kubernetes source into $work"
-  (cd "$work" && apt-get source --download-only kubernetes >/dev/null)
-  local orig
-  orig=$(find "$work" -maxdepth 1 -name "kubernetes_*.orig.tar.gz" | head -1)
-  [ -n "$orig" ] || die "apt-get source did not fetch kubernetes_*.orig.tar.gz"
-  mkdir -p "$work/src"
-  tar -xzf "$orig" -C "$work/src" --strip-components=1
-  log "replacing vendored modern-go/reflect2 v1.0.1 with Debian's v1.0.2"
-  rm -rf "$work/src/vendor/github.com/modern-go/reflect2"
-  mkdir -p "$work/src/vendor/github.com/modern-go/reflect2"
-  rsync -a --exclude '*_test.go' /usr/share/gocode/src/github.com/modern-go/reflect2/ \
-    "$work/src/vendor/github.com/modern-go/reflect2/"
-  # Known quirk of this build (not of upstream v1.20): an empty string anywhere in a custom
-  # resource is decoded as null and refused ("must be of type string: null"). Replacing the
-  # vendored json-iterator with Debian's v1.1.12 does not change it.
-  log "building kube-apiserver (about 4 minutes on 2 cores)"
-  (
-    cd "$work/src"
-    mkdir -p .go/src/k8s.io
-    ln -s ../../.. .go/src/k8s.io/kubernetes
-    PATH="$GO119:$PATH" HOME=$(mktemp -d) GOPATH=$PWD/.go CGO_ENABLED=0 GOFLAGS=-mod=vendor GOTOOLCHAIN=local \
-      make WHAT=cmd/kube-apiserver >"$work/build.log" 2>&1 \
-      || { tail -40 "$work/build.log" >&2; exit 1; }
-  ) || die "kube-apiserver build failed (log: $work/build.log)"
-  cp "$work/src/_output/local/bin/linux/amd64/kube-apiserver" "$APISERVER.tmp"
-  mv "$APISERVER.tmp" "$APISERVER"
-  rm -rf "$work"
-  log "kube-apiserver built: $APISERVER"
+  log "building $tool $(basename "$out" | sed "s/^$tool-//") from its Go module (tools/$tool)"
+  (cd "$ROOT/tools/$tool" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath -o "$out.tmp" .) \
+    || die "building $tool failed"
+  mv "$out.tmp" "$out"
+  log "$tool built: $out"
 }
 
 # One CA and serving certificate for all API servers of a run, plus the service-account key.
@@ -144,7 +111,7 @@ start_site() {
   # token,user,uid,"group": the admin token is for test set-up only; federationd gets its own
   # service-account token bound to the shipped ClusterRole.
   printf '%s,admin,admin,"system:masters"\n' "$token" >"$sdir/tokens.csv"
-  etcd --name "$site" --data-dir "$sdir/etcd" \
+  "$ETCD" --name "$site" --data-dir "$sdir/etcd" \
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
     --initial-cluster "$site=http://127.0.0.1:$peer_port" \
@@ -220,7 +187,8 @@ stop_all() {
 case "${1:-}" in
   install)
     install_packages
-    build_apiserver
+    build_tool etcd "$ETCD"
+    build_tool kube-apiserver "$APISERVER"
     ;;
   path)
     [ -x "$APISERVER" ] || die "kube-apiserver not built yet: run $0 install"
@@ -231,7 +199,7 @@ case "${1:-}" in
     dir=$2
     shift 2
     [ -x "$APISERVER" ] || die "kube-apiserver not built yet: run $0 install"
-    command -v etcd >/dev/null || die "etcd not installed: run $0 install"
+    [ -x "$ETCD" ] || die "etcd not built yet: run $0 install"
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
     make_pki "$dir/pki"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, identical locally and in CI. On a fresh Debian machine it installs what
 # it needs (a C compiler for ring, python3 for the demo check, Node.js, npm and Chromium for the
-# browser tests, shellcheck, iproute2 for a network-namespace test, etcd and a kube-apiserver
-# built once from Debian's source package for the Kubernetes tests, about 6 minutes the first
-# time; a pinned nightly toolchain and cargo-fuzz for the fuzz targets, about 5 minutes); the
+# browser tests, shellcheck, iproute2 for a network-namespace test; etcd and kube-apiserver
+# built once from their Go modules for the Kubernetes tests, about 4 minutes the first time,
+# with the machine's Go >= 1.24; a pinned nightly toolchain and cargo-fuzz for the fuzz targets, about 5 minutes); the
 # Rust toolchain is pinned in rust-toolchain.toml. Run it as root (CI does): the
 # network-namespace test needs it, and fails saying so otherwise.
 #
@@ -30,7 +30,7 @@ if [ ! -d ../shared/schemas ]; then
   echo "ERROR: ../shared/schemas is missing: the smi-adapters tests validate every rendered resource against those upstream CRDs and will fail" >&2
 fi
 
-echo "==> Kubernetes test environment: etcd + kube-apiserver v1.20 built from Debian's source (cached)"
+echo "==> Kubernetes test environment: upstream etcd + kube-apiserver built from their Go modules (tools/, cached)"
 bash scripts/kube-testenv.sh install
 
 echo "==> cargo fmt --check"

@@ -100,12 +100,12 @@ async fn local_service(c: &Client, name: &str, port: u16) {
 }
 
 /// An EndpointSlice as the endpoint-slice controller would write it (no controller-manager
-/// runs in the test environment). v1.20 serves only discovery.k8s.io/v1beta1.
+/// runs in the test environment).
 async fn endpoints(c: &Client, service: &str, ready: bool) {
     k::apply(
         c,
         "test",
-        &json!({"apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+        &json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": format!("{service}-abc"), "namespace": "shop",
                          "labels": {"kubernetes.io/service-name": service}},
             "addressType": "IPv4",

@@ -1,5 +1,6 @@
 //! Real Kubernetes API servers for tests: `scripts/kube-testenv.sh` starts one etcd and one
-//! kube-apiserver (v1.20.2, built from Debian's source package) per site on loopback. No mocks:
+//! kube-apiserver (upstream, built from their Go modules at the versions pinned in tools/) per
+//! site on loopback. No mocks:
 //! when the API server is not installed these tests FAIL and say how to install it.
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -165,26 +166,6 @@ fn crd_resource() -> ApiResource {
     )
 }
 
-/// Makes an upstream CRD acceptable to a v1.20 API server: CEL rules
-/// (`x-kubernetes-validations`) and empty/null defaults are refused there.
-pub fn strip_for_v120(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            m.remove("x-kubernetes-validations");
-            if matches!(m.get("default"), Some(Value::Null))
-                || m.get("default").and_then(Value::as_str) == Some("")
-            {
-                m.remove("default");
-            }
-            for (_, x) in m.iter_mut() {
-                strip_for_v120(x);
-            }
-        }
-        Value::Array(a) => a.iter_mut().for_each(strip_for_v120),
-        _ => {}
-    }
-}
-
 /// The non-empty documents of a multi-document YAML text.
 pub fn yaml_documents(text: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(text)
@@ -225,9 +206,8 @@ pub fn upstream_crds(folders: &[&str]) -> Vec<Value> {
             .collect();
         files.sort();
         for f in files {
-            for mut v in documents(&f) {
+            for v in documents(&f) {
                 if v["kind"] == "CustomResourceDefinition" {
-                    strip_for_v120(&mut v);
                     out.push(v);
                 }
             }
