@@ -311,11 +311,7 @@ impl admin_server::Admin for AdminService {
         _: Request<api::StatusRequest>,
     ) -> Result<Response<api::StatusResponse>, Status> {
         let views = self.node.peers.views();
-        let visible = catalog_view(&self.node, Instant::now())
-            .origins
-            .iter()
-            .map(|o| o.entries.len())
-            .sum::<usize>();
+        let visible = visible_entries(&self.node, Instant::now());
         let (epoch, version, seq, exports) = self
             .node
             .store
@@ -408,9 +404,21 @@ fn watch_event(node: &Node) -> api::WatchEvent {
     })
 }
 
-/// The whole catalog as this site sees it (for in-process use: the admin API pages it).
-pub fn catalog_view(node: &Node, now: Instant) -> api::CatalogResponse {
-    catalog_page(node, now, None, usize::MAX, usize::MAX)
+/// How many entries the catalog shows (those [`catalog_page`] lists: live, not expired),
+/// counted without building them.
+fn visible_entries(node: &Node, now: Instant) -> usize {
+    node.store.read(|c| {
+        node.store.liveness(|live| {
+            c.entries()
+                .filter(|(key, rec)| {
+                    rec.service().is_some_and(|svc| {
+                        let origin = live.state(&node.site, &key.origin, now);
+                        !matches!(Liveness::entry_state(origin, svc, now), EntryState::Expired)
+                    })
+                })
+                .count()
+        })
+    })
 }
 
 /// Most entries in one page of the admin API's catalog, and its default.

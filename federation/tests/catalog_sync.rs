@@ -434,4 +434,15 @@ async fn a_catalog_larger_than_one_admin_message_is_listed_whole() {
     })
     .await;
     assert_eq!(list(&a).len(), n);
+    // The status answer counts the same entries.
+    for site in [&a, &b] {
+        let status = site
+            .admin()
+            .await
+            .status(api::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(status.entries_visible as usize, n, "{}", site.name);
+    }
 }
