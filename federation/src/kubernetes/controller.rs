@@ -294,7 +294,11 @@ impl Cluster {
             .into_iter()
             .collect();
         Ok(Options {
-            edge_host: format!("{name}.{ns}.svc.cluster.local"),
+            edge_host: self
+                .settings
+                .edge_address
+                .clone()
+                .unwrap_or_else(|| format!("{name}.{ns}.svc.cluster.local")),
             edge_http_port: self.settings.edge_http_port,
             edge_ips,
             trust_domain: self.settings.mesh_trust_domain.clone(),

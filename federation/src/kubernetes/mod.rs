@@ -56,6 +56,10 @@ pub struct KubeSettings {
     pub mesh: String,
     /// `namespace/name` of the edge agent's Service: imported services point at it.
     pub edge_service: String,
+    /// Where the mesh sends imported services, when not to the edge agent's Service by its
+    /// cluster DNS name: an IP address or a host name (an edge agent outside the cluster's
+    /// service network, on the nodes' network or a VM).
+    pub edge_address: Option<String>,
     /// The edge agent's HTTP egress port.
     pub edge_http_port: u16,
     /// The mesh's SPIFFE trust domain (principals of service accounts in access policies).
@@ -124,6 +128,7 @@ impl Default for KubeSettings {
             kubeconfig: None,
             mesh: "none".into(),
             edge_service: "multimesh/multimesh-edge".into(),
+            edge_address: None,
             edge_http_port: 15080,
             mesh_trust_domain: "cluster.local".into(),
             resync_seconds: 30,
@@ -154,6 +159,16 @@ impl KubeSettings {
                     "must be NAMESPACE/NAME",
                 ));
             }
+        }
+        if let Some(a) = &self.edge_address
+            && a.parse::<std::net::IpAddr>().is_err()
+            && crate::names::trust_domain("kubernetes.edge_address", a).is_err()
+        {
+            return Err(InvalidField::new(
+                "kubernetes.edge_address",
+                a,
+                "must be an IP address or a DNS name (a-z, 0-9, '-' and dots)",
+            ));
         }
         if self.edge_http_port == 0 {
             return Err(InvalidField::new(
@@ -231,5 +246,24 @@ mod namespace_tests {
         };
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("kubernetes.import_namespaces[1]"), "{e}");
+    }
+
+    #[test]
+    fn the_edge_address_is_an_ip_or_a_dns_name() {
+        for ok in ["127.0.0.1", "fd00::7", "edge.example.internal"] {
+            let s = KubeSettings {
+                edge_address: Some(ok.into()),
+                ..Default::default()
+            };
+            assert!(s.validate().is_ok(), "{ok}");
+        }
+        for bad in ["", "edge:15080", "Edge.example", "http://edge"] {
+            let s = KubeSettings {
+                edge_address: Some(bad.into()),
+                ..Default::default()
+            };
+            let e = s.validate().unwrap_err().to_string();
+            assert!(e.contains("kubernetes.edge_address"), "{bad}: {e}");
+        }
     }
 }

@@ -340,6 +340,16 @@ pub async fn list(
 
 /// A bearer token for a service account (TokenRequest API; no controller-manager needed).
 pub async fn service_account_token(client: &Client, ns: &str, sa: &str) -> String {
+    service_account_token_for(client, ns, sa, "https://kubernetes.default.svc").await
+}
+
+/// A token of service account `ns/sa` for `audience` (TokenRequest).
+pub async fn service_account_token_for(
+    client: &Client,
+    ns: &str,
+    sa: &str,
+    audience: &str,
+) -> String {
     let sa_res = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("", "v1", "ServiceAccount"),
         "serviceaccounts",
@@ -348,13 +358,24 @@ pub async fn service_account_token(client: &Client, ns: &str, sa: &str) -> Strin
     let req = json!({
         "apiVersion": "authentication.k8s.io/v1",
         "kind": "TokenRequest",
-        "spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3600},
+        "spec": {"audiences": [audience], "expirationSeconds": 3600},
     });
     let r: Value = api
         .create_subresource("token", sa, &PostParams::default(), &req)
         .await
         .unwrap_or_else(|e| panic!("TokenRequest for {ns}/{sa}: {e}"));
     r["status"]["token"].as_str().unwrap().to_string()
+}
+
+/// Deletes the object `obj` names (gone already is fine).
+pub async fn delete(client: &Client, obj: &Value) {
+    let api = api_for(client, obj).await;
+    let name = obj["metadata"]["name"].as_str().unwrap();
+    match api.delete(name, &Default::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => panic!("deleting {name}: {e}"),
+    }
 }
 
 /// Server-side apply with `dryRun=All`: validated and admitted, never stored.
@@ -383,4 +404,48 @@ pub fn manifests_under(dir: &Path) -> Vec<(String, Value)> {
         out.extend(documents(&f).into_iter().map(|v| (name.clone(), v)));
     }
     out
+}
+
+/// The documents of a shipped manifest, deploy/kubernetes/`file`.
+pub fn manifests(file: &str) -> Vec<Value> {
+    documents(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/kubernetes")
+            .join(file),
+    )
+}
+
+/// Installs CRDs, the shipped namespace and RBAC, the edge agent's Service, and returns a
+/// kubeconfig carrying federationd's own service-account token.
+pub async fn prepare(env: &KubeEnv, site: &str, crds: &[&str]) -> std::path::PathBuf {
+    let admin = env.client(site).await;
+    install_crds(&admin, &upstream_crds(crds)).await;
+    for m in manifests("namespace.yaml")
+        .iter()
+        .chain(&manifests("rbac.yaml"))
+    {
+        apply(&admin, "test-setup", m).await.unwrap();
+    }
+    apply(
+        &admin,
+        "test-setup",
+        &json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "multimesh-edge", "namespace": "multimesh"},
+            "spec": {"ports": [{"name": "http", "port": 15080, "protocol": "TCP"}]}}),
+    )
+    .await
+    .unwrap();
+    namespace(&admin, "shop").await;
+    bind_writes(&admin, "shop").await;
+    let token = service_account_token(&admin, "multimesh", "federationd").await;
+    env.kubeconfig_with_token(site, "federationd", &token)
+}
+
+/// Lets federationd write in `ns`: the shipped RoleBinding (deploy/kubernetes/rbac-namespace.yaml)
+/// in that namespace.
+pub async fn bind_writes(admin: &Client, ns: &str) {
+    for mut m in manifests("rbac-namespace.yaml") {
+        m["metadata"]["namespace"] = json!(ns);
+        apply(admin, "test-setup", &m).await.unwrap();
+    }
 }

@@ -23,6 +23,8 @@ use tokio_stream::wrappers::ReceiverStream;
 #[path = "common.rs"]
 mod common;
 pub use common::*;
+pub mod edge;
+pub mod istio;
 pub mod kubeenv;
 
 /// How one site is set up.
@@ -81,10 +83,13 @@ impl Site {
         std::fs::create_dir_all(&dir).unwrap();
         let (cert, key) = pki.ensure(&spec.name, Role::Federation);
         let mut cfg = format!(
-            "site = \"{}\"\ntrust_domain = \"{TD}\"\nlisten = \"{}\"\nadmin_socket = \"admin.sock\"\nstate_file = \"state.json\"\nready_file = \"ready.json\"\nedge_ingress = [\"127.0.0.1:15443\"]\n",
+            "site = \"{}\"\ntrust_domain = \"{TD}\"\nlisten = \"{}\"\nadmin_socket = \"admin.sock\"\nstate_file = \"state.json\"\nready_file = \"ready.json\"\n",
             spec.name,
             listen.unwrap_or("127.0.0.1:0")
         );
+        if !spec.top.contains("edge_ingress") {
+            cfg.push_str("edge_ingress = [\"127.0.0.1:15443\"]\n");
+        }
         cfg.push_str(&spec.top);
         let extra_has_sync = spec.extra.contains("[sync]");
         let mut body = String::new();

@@ -295,6 +295,13 @@ pub fn render(model: &Model, opts: &Options, d: &mut Vec<Diagnostic>) -> Vec<Val
         }
         let mut meta = metadata(&name, &s.namespace, None);
         meta["labels"] = labels;
+        // The edge agent is reached by name (its Service), or at a fixed address when it runs
+        // outside the cluster's service network.
+        let resolution = if opts.edge_host.parse::<std::net::IpAddr>().is_ok() {
+            "STATIC"
+        } else {
+            "DNS"
+        };
         out.push(json!({
             "apiVersion": API,
             "kind": "ServiceEntry",
@@ -302,18 +309,23 @@ pub fn render(model: &Model, opts: &Options, d: &mut Vec<Diagnostic>) -> Vec<Val
             "spec": {
                 "hosts": [s.host()],
                 "location": "MESH_INTERNAL",
-                "resolution": "DNS",
+                "resolution": resolution,
                 "ports": ports,
                 "endpoints": [{"address": opts.edge_host}],
             },
         }));
+        // The edge agent has no Istio sidecar: it takes the call in plain text on its egress
+        // port and carries it to the other site over the federation's own mTLS. ISTIO_MUTUAL
+        // here would make the caller's sidecar open an Istio mTLS session the edge agent cannot
+        // answer (seen with a real istiod: every call failed); DISABLE also wins over a
+        // mesh-wide ISTIO_MUTUAL default.
         out.push(json!({
             "apiVersion": API,
             "kind": "DestinationRule",
             "metadata": meta,
             "spec": {
                 "host": s.host(),
-                "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}},
+                "trafficPolicy": {"tls": {"mode": "DISABLE"}},
             },
         }));
     }
