@@ -46,7 +46,9 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
         return error_response(
             StatusCode::BAD_REQUEST,
             "bad-destination",
-            format!("destination {raw:?} is not NAME.NAMESPACE.svc.clusterset.local[:PORT]"),
+            format!(
+                "destination {raw:?} is not NAME.NAMESPACE.svc.clusterset.local[:PORT] nor a mirror Service's NAME-clusterset.NAMESPACE[.svc.CLUSTER-DOMAIN][:PORT]"
+            ),
         );
     };
     let table = agent.table();

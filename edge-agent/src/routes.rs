@@ -55,7 +55,15 @@ pub struct Target {
     pub port: Option<u16>,
 }
 
-/// Parses `NAME.NAMESPACE.svc.clusterset.local[:PORT]` (also `NAME.NAMESPACE[.svc][:PORT]`).
+/// The suffix of a Linkerd mirror Service's name (`NAME-clusterset`): calls to the mirror
+/// arrive here with the Host their caller used for it.
+pub const MIRROR_SUFFIX: &str = "-clusterset";
+
+/// Parses `NAME.NAMESPACE.svc.clusterset.local[:PORT]` (also `NAME.NAMESPACE[.svc][:PORT]`),
+/// and a mirror Service's name in any of its forms,
+/// `NAME-clusterset.NAMESPACE[.svc[.CLUSTER-DOMAIN]][:PORT]`, as service `NAME`. A plain
+/// cluster-local name (`NAME.NAMESPACE.svc.cluster.local`) names a service of this cluster, not
+/// one this agent routes: it is refused.
 pub fn parse_host(host: &str) -> Option<Target> {
     let (name_part, port) = match host.rsplit_once(':') {
         Some((h, p)) => (h, Some(p.parse::<u16>().ok()?)),
@@ -68,12 +76,25 @@ pub fn parse_host(host: &str) -> Option<Target> {
     } else {
         trimmed.into()
     };
-    let base = lower
+    let clusterset = lower
         .strip_suffix(CLUSTERSET_SUFFIX)
-        .and_then(|b| b.strip_suffix('.'))
-        .or_else(|| lower.strip_suffix(".svc"))
-        .unwrap_or(&lower);
-    let (name, namespace) = base.split_once('.')?;
+        .and_then(|b| b.strip_suffix('.'));
+    let in_cluster_domain = clusterset.is_none() && lower.contains(".svc.");
+    let base = match clusterset {
+        Some(b) => b,
+        None => match lower.split_once(".svc.") {
+            Some((b, _)) => b,
+            None => lower.strip_suffix(".svc").unwrap_or(&lower),
+        },
+    };
+    let (mut name, namespace) = base.split_once('.')?;
+    if clusterset.is_none() {
+        match name.strip_suffix(MIRROR_SUFFIX) {
+            Some(mirrored) => name = mirrored,
+            None if in_cluster_domain => return None,
+            None => {}
+        }
+    }
     if names::dns_label("name", name).is_err() || names::dns_label("namespace", namespace).is_err()
     {
         return None;
@@ -477,6 +498,31 @@ mod tests {
         assert!(parse_host("payment").is_none());
         assert!(parse_host("payment.shop:http").is_none());
         assert!(parse_host("a.b.c.example.com").is_none());
+    }
+
+    #[test]
+    fn linkerd_mirror_hosts_name_the_service_they_mirror() {
+        for host in [
+            "payment-clusterset.shop.svc.cluster.local:8080",
+            "payment-clusterset.shop.svc.cluster.local.",
+            "payment-clusterset.shop.svc.corp.example:8080",
+            "payment-clusterset.shop.svc",
+            "payment-clusterset.shop",
+        ] {
+            let t = parse_host(host).unwrap_or_else(|| panic!("{host}"));
+            assert_eq!(t.service, ServiceKey::new("shop", "payment"), "{host}");
+        }
+        // The clusterset form names the service itself, whatever its name ends with.
+        assert_eq!(
+            parse_host("x-clusterset.shop.svc.clusterset.local")
+                .unwrap()
+                .service,
+            ServiceKey::new("shop", "x-clusterset")
+        );
+        // A plain cluster-local name is a service of this cluster, not one to route elsewhere.
+        assert!(parse_host("payment.shop.svc.cluster.local").is_none());
+        assert!(parse_host("-clusterset.shop").is_none());
+        assert!(parse_host("payment-clusterset").is_none());
     }
 
     #[test]
