@@ -43,6 +43,8 @@ pub struct Agent {
     pub config: AgentConfig,
     routes: RwLock<Arc<RouteTable>>,
     routes_loaded: AtomicBool,
+    /// Counts route tables applied; listeners that follow the table wait on it.
+    route_epoch: tokio::sync::watch::Sender<u64>,
     /// Outlier detection state.
     pub health: Health,
     /// Metrics.
@@ -89,6 +91,7 @@ impl Agent {
             config,
             routes: RwLock::new(Arc::new(RouteTable::default())),
             routes_loaded: AtomicBool::new(false),
+            route_epoch: tokio::sync::watch::Sender::new(0),
             metrics: Metrics::default(),
             pool,
             h1,
@@ -117,6 +120,11 @@ impl Agent {
             .clone()
     }
 
+    /// Changes whenever a route table is applied.
+    pub fn route_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.route_epoch.subscribe()
+    }
+
     /// Swaps in a new route table.
     pub fn set_routes(&self, table: RouteTable) {
         info!(
@@ -126,6 +134,7 @@ impl Agent {
         );
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
         self.routes_loaded.store(true, Ordering::Release);
+        self.route_epoch.send_modify(|e| *e += 1);
         self.metrics
             .route_updates
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

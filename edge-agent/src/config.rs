@@ -31,6 +31,9 @@ pub struct AgentConfig {
     /// Raw TCP listeners for local callers, one per remote service port.
     #[serde(default)]
     pub egress_tcp: Vec<TcpEgress>,
+    /// Name resolution for callers that know only `NAME.NAMESPACE.svc.clusterset.local`.
+    #[serde(default)]
+    pub clusterset: Option<Clusterset>,
     /// HTTP listener for `/metrics`, `/healthz` and `/readyz`.
     #[serde(default)]
     pub admin: Option<SocketAddr>,
@@ -74,6 +77,18 @@ pub struct TcpEgress {
     pub namespace: String,
     /// The service port to reach.
     pub port: u16,
+}
+
+/// The clusterset names (`clusterset.rs`): a DNS responder for `svc.clusterset.local`, and the
+/// address its answers give, where the agent listens on every port of every service it routes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Clusterset {
+    /// UDP address of the DNS responder (`127.0.0.1:53` for a host's own resolver).
+    pub dns: SocketAddr,
+    /// The address names resolve to (e.g. `127.0.0.2`, a loopback address of its own so that
+    /// every service port is free there).
+    pub address: std::net::IpAddr,
 }
 
 /// A service running on this site.
@@ -237,6 +252,15 @@ impl AgentConfig {
             let at = |e: InvalidField| e.within(&format!("egress_tcp[{i}]"));
             names::dns_label("service", &t.service).map_err(at)?;
             names::dns_label("namespace", &t.namespace).map_err(at)?;
+        }
+        if let Some(c) = &self.clusterset
+            && c.address.is_unspecified()
+        {
+            return Err(InvalidField::new(
+                "clusterset.address",
+                c.address,
+                "must be one address callers can reach (not 0.0.0.0 or ::)",
+            ));
         }
         for (i, c) in self.children.iter().enumerate() {
             names::dns_label(&format!("children[{i}]"), c)?;

@@ -4,10 +4,12 @@
 //! and outlier detection). I/O at the edges: [`peers`] (one HTTP/2-over-mTLS link per site),
 //! [`egress`] and [`ingress`] (the two proxy directions), [`tunnel`] (TCP over HTTP/2
 //! CONNECT), [`feed`] (route file or federationd watch), [`serve`] (listeners and wiring),
-//! [`workers`] (the data-plane threads, each serving its connections start to end).
+//! [`workers`] (the data-plane threads, each serving its connections start to end),
+//! [`clusterset`] (a DNS responder for `svc.clusterset.local` and listeners on every routed port).
 
 pub mod agent;
 pub mod balance;
+pub mod clusterset;
 pub mod coalesce;
 pub mod config;
 pub mod deadline;

@@ -407,6 +407,11 @@ impl RouteTable {
         self.services.get(key)
     }
 
+    /// Whether calls to `key` can be routed: it has a route or a split.
+    pub fn knows(&self, key: &ServiceKey) -> bool {
+        self.services.contains_key(key) || self.splits.contains_key(key)
+    }
+
     /// The split of a root service, if any.
     pub fn split(&self, key: &ServiceKey) -> Option<&[(ServiceKey, u32)]> {
         self.splits.get(key).map(Vec::as_slice)

@@ -65,6 +65,8 @@ pub struct Bound {
     pub egress_tcp: Vec<SocketAddr>,
     /// Admin (metrics, health).
     pub admin: Option<SocketAddr>,
+    /// DNS responder for the clusterset names.
+    pub dns: Option<SocketAddr>,
 }
 
 /// A started agent.
@@ -182,6 +184,29 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
             workers.clone(),
         ));
     }
+    if let Some(c) = &config.clusterset {
+        let socket =
+            tokio::net::UdpSocket::bind(c.dns)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: "clusterset.dns".into(),
+                    addr: c.dns,
+                    source,
+                })?;
+        bound.dns = socket.local_addr().ok();
+        tasks.spawn(crate::clusterset::serve_dns(
+            agent.clone(),
+            socket,
+            c.address,
+            shutdown.clone(),
+        ));
+        tasks.spawn(crate::clusterset::serve_listeners(
+            agent.clone(),
+            c.address,
+            shutdown.clone(),
+            workers.clone(),
+        ));
+    }
     if let Some(addr) = config.admin {
         let l = bind("admin", addr).await?;
         bound.admin = l.local_addr().ok();
@@ -219,6 +244,16 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
         shutdown,
         _workers: workers,
     })
+}
+
+/// Serves local callers' HTTP/1.1 and h2c on `l` (the egress handler) until `shutdown`.
+pub(crate) async fn serve_egress_http(
+    agent: Arc<Agent>,
+    l: TcpListener,
+    shutdown: CancellationToken,
+    workers: Arc<Workers>,
+) {
+    serve_http(agent, l, shutdown, workers, Listener::Egress).await;
 }
 
 #[derive(Clone, Copy)]
@@ -424,7 +459,7 @@ async fn speaks_h2(tcp: &TcpStream) -> bool {
 }
 
 /// Serves a TCP egress listener: each connection is tunnelled, on a data-plane thread.
-async fn serve_tcp(
+pub(crate) async fn serve_tcp(
     agent: Arc<Agent>,
     l: TcpListener,
     key: crate::routes::ServiceKey,

@@ -977,3 +977,93 @@ async fn an_edge_node_in_its_own_network_namespace_is_reached_only_through_its_o
     }
     drop(e);
 }
+
+/// A caller with no mesh, on another host of a plain site (its own network namespace, its own
+/// resolv.conf naming the site's edge agent as its name server), calls a remote service by its
+/// clusterset name with curl: no Host header of its own, no proxy variable. The system resolver
+/// gets the edge agent's address from its DNS responder, curl connects to the service port
+/// there, and the agent routes the call to the site serving it. Unknown names get NXDOMAIN and
+/// other zones are refused. Needs root (see netns.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_with_no_mesh_reaches_a_remote_service_by_its_clusterset_name() {
+    let ns = netns::NetNs::create();
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let pay = http_backend("a").await;
+    let a = payment_site(&pki, root, "a", &pay, "b");
+    Agent::write_routes(
+        root,
+        "b",
+        &format!(
+            "services:\n- {{name: payment, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: a, addresses: ['{}']}}]}}\n",
+            a.ingress()
+        ),
+    );
+    // b's agent answers DNS and takes calls on the site network's address (the veth end the
+    // caller's host can reach).
+    let site_ip = ns.outside;
+    let b = Agent::start(
+        &pki,
+        root,
+        "b",
+        &agent_toml(&format!(
+            "[clusterset]\ndns = \"{site_ip}:53\"\naddress = \"{site_ip}\"\n"
+        )),
+    );
+    assert_eq!(b.bound_dns(), Some(format!("{site_ip}:53")));
+    // The caller's host: resolv.conf names b's agent (ip netns exec mounts it over /etc).
+    let etc = std::path::PathBuf::from(format!("/etc/netns/{}", ns.name));
+    std::fs::create_dir_all(&etc).unwrap();
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(etc.clone());
+    std::fs::write(
+        etc.join("resolv.conf"),
+        format!("nameserver {site_ip}\noptions timeout:2 attempts:1\n"),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = ns.command(args[0]).args(&args[1..]).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let url = "http://payment.shop.svc.clusterset.local:8080/pay";
+    let ok = within(10, || async {
+        let (code, body, _) = run(&["curl", "-sS", "--max-time", "5", url]);
+        code == Some(0) && served_site(&body) == "a"
+    })
+    .await;
+    assert!(
+        ok,
+        "curl {url} from the caller's host: {:?}\n{}",
+        run(&["curl", "-sS", "--max-time", "5", "-v", url]),
+        b.log()
+    );
+    // What the system resolver sees.
+    let (code, out, _) = run(&["getent", "ahostsv4", "payment.shop.svc.clusterset.local"]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with(&site_ip.to_string()), "{out}");
+    // A name nobody exports: NXDOMAIN, so curl fails to resolve it (exit 6), nothing is called.
+    let served = pay.calls.load(Ordering::Relaxed);
+    let (code, _, err) = run(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "http://ghost.shop.svc.clusterset.local:8080/",
+    ]);
+    assert_eq!(code, Some(6), "{err}");
+    assert_eq!(pay.calls.load(Ordering::Relaxed), served);
+    // Another zone is never answered.
+    let (code, _, _) = run(&["getent", "hosts", "example.com"]);
+    assert_ne!(code, Some(0));
+    drop(b);
+}

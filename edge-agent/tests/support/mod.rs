@@ -185,6 +185,7 @@ pub struct Bound {
     pub egress_http: Option<SocketAddr>,
     pub egress_tcp: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    pub dns: Option<SocketAddr>,
 }
 
 /// A real `edge-agent` process.
@@ -277,6 +278,7 @@ impl Agent {
             ingress: addr("ingress"),
             egress_http: addr("egress_http"),
             admin: addr("admin"),
+            dns: addr("dns"),
             egress_tcp: v["egress_tcp"]
                 .as_array()
                 .unwrap()
@@ -293,6 +295,11 @@ impl Agent {
 
     pub fn ingress(&self) -> String {
         self.bound.ingress.unwrap().to_string()
+    }
+
+    /// The DNS responder's address, as text.
+    pub fn bound_dns(&self) -> Option<String> {
+        self.bound.dns.map(|a| a.to_string())
     }
 
     pub fn egress(&self) -> SocketAddr {
