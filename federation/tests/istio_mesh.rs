@@ -512,3 +512,39 @@ async fn istioctl_analyze_finds_no_error_in_the_corpus() {
         }
     }
 }
+
+/// Matches that istiod's validation refused when rendered literally (found with this test):
+/// a path with braces (Istio reads `{*}` as a template), an empty header value, a header name
+/// that is no HTTP token, and a pattern outside RE2. What the old renderer wrote is refused by
+/// `istioctl validate` (istiod's own validation code); what smi-adapters renders or refuses now
+/// passes it.
+#[test]
+fn istiod_validation_accepts_what_is_rendered_for_awkward_matches() {
+    let tools = Tools::find();
+    let dir = test_dir();
+    let old = dir.path().join("old.yaml");
+    std::fs::write(
+        &old,
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: readers, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/shop/sa/client]}}]\n    to: [{operation: {paths: [\"/v1/{name}\"]}}]\n    when: [{key: \"request.headers[x-empty]\", values: [\"\"]}]\n",
+    )
+    .unwrap();
+    let (ok, text) = support::istio::validate(&tools, &old);
+    assert!(
+        !ok && text.contains("{name}") && text.contains("empty value"),
+        "{text}"
+    );
+
+    let input = "apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {name: g, namespace: shop}\nspec:\n  matches:\n  - {name: brace, pathRegex: \"/v1/\\\\{name\\\\}\"}\n  - {name: tmpl, pathRegex: \"/v1/\\\\{\\\\*\\\\}\"}\n  - {name: empty, pathRegex: \"/h\", headers: [{x-empty: \"^$\"}]}\n  - {name: fine, pathRegex: \"/ok/.*\", headers: [{x-canary: \"^yes$\"}]}\n---\napiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {name: readers, namespace: shop}\nspec:\n  destination: {kind: ServiceAccount, name: web, namespace: shop}\n  rules: [{kind: HTTPRouteGroup, name: g, matches: [brace, tmpl, empty, fine]}]\n  sources: [{kind: ServiceAccount, name: client}]\n---\napiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata: {name: web, namespace: shop}\nspec:\n  service: web\n  matches: [{kind: HTTPRouteGroup, name: g}]\n  backends: [{service: web-v1, weight: 50}, {service: web-v2, weight: 50}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {selector: {app: web}, ports: [{name: http, port: 8080}]}\n";
+    let t = smi_adapters::translate(
+        &[("input.yaml".to_string(), input.to_string())],
+        None,
+        smi_adapters::render::Mesh::Istio,
+        &Default::default(),
+    );
+    assert!(t.complete(), "{:?}", t.diagnostics);
+    let new = dir.path().join("new.yaml");
+    std::fs::write(&new, t.to_yaml()).unwrap();
+    let (ok, text) = support::istio::validate(&tools, &new);
+    assert!(ok, "istiod's validation refused:\n{text}\n{}", t.to_yaml());
+    assert!(t.to_yaml().contains("/ok/*"), "{}", t.to_yaml());
+}

@@ -332,12 +332,8 @@ fn parse_route_group(doc: &Doc, d: &mut Vec<Diagnostic>) -> Option<Vec<HttpMatch
         let path_re = match &m["pathRegex"] {
             Value::Null => None,
             Value::String(p) => {
-                if let Err(e) = regex::Regex::new(p) {
-                    d.push(Diagnostic::error(
-                        o,
-                        &format!("{f}.pathRegex"),
-                        format!("not a valid regular expression: {e}"),
-                    ));
+                if let Err(e) = crate::patterns::check_re2(p) {
+                    d.push(Diagnostic::error(o, &format!("{f}.pathRegex"), e));
                 }
                 Some(PathMatch::Regex(p.clone()))
             }
@@ -398,12 +394,21 @@ fn parse_route_group(doc: &Doc, d: &mut Vec<Diagnostic>) -> Option<Vec<HttpMatch
                 continue;
             };
             for (k, v) in map {
+                if let Err(e) = crate::patterns::check_header_name(k) {
+                    d.push(Diagnostic::error(o, &hf, e));
+                    continue;
+                }
                 match v.as_str() {
-                    Some(v) => headers.push(HeaderMatch {
-                        name: k.to_ascii_lowercase(),
-                        value: v.to_string(),
-                        regex: true,
-                    }),
+                    Some(v) => {
+                        if let Err(e) = crate::patterns::check_re2(v) {
+                            d.push(Diagnostic::error(o, &format!("{hf}.{k}"), e));
+                        }
+                        headers.push(HeaderMatch {
+                            name: k.to_ascii_lowercase(),
+                            value: v.to_string(),
+                            regex: true,
+                        });
+                    }
                     None => d.push(Diagnostic::error(
                         o,
                         &format!("{hf}.{k}"),
@@ -890,7 +895,12 @@ fn parse_http_route(doc: &Doc, d: &mut Vec<Diagnostic>) -> Option<Route> {
                     match p["type"].as_str().unwrap_or("PathPrefix") {
                         "Exact" => Some(PathMatch::Exact(value)),
                         "PathPrefix" => Some(PathMatch::Prefix(value)),
-                        "RegularExpression" => Some(PathMatch::Regex(value)),
+                        "RegularExpression" => {
+                            if let Err(e) = crate::patterns::check_re2(&value) {
+                                d.push(Diagnostic::error(o, &format!("{mf}.path.value"), e));
+                            }
+                            Some(PathMatch::Regex(value))
+                        }
                         t => {
                             d.push(Diagnostic::error(
                                 o,
@@ -920,9 +930,18 @@ fn parse_http_route(doc: &Doc, d: &mut Vec<Diagnostic>) -> Option<Route> {
                         continue;
                     }
                 };
+                let name = h["name"].as_str().unwrap_or_default();
+                if let Err(e) = crate::patterns::check_header_name(name) {
+                    d.push(Diagnostic::error(o, &format!("{mf}.headers[{k}].name"), e));
+                    continue;
+                }
+                let value = h["value"].as_str().unwrap_or_default().to_string();
+                if regex && let Err(e) = crate::patterns::check_re2(&value) {
+                    d.push(Diagnostic::error(o, &format!("{mf}.headers[{k}].value"), e));
+                }
                 headers.push(HeaderMatch {
-                    name: h["name"].as_str().unwrap_or_default().to_ascii_lowercase(),
-                    value: h["value"].as_str().unwrap_or_default().to_string(),
+                    name: name.to_ascii_lowercase(),
+                    value,
                     regex,
                 });
             }

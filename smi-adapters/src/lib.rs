@@ -14,6 +14,7 @@
 pub mod diag;
 pub mod input;
 pub mod model;
+pub mod patterns;
 pub mod render;
 pub mod schema;
 pub mod weights;

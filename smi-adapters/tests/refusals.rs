@@ -330,3 +330,84 @@ fn a_traffic_target_writes_access_only_in_its_own_namespace() {
         );
     }
 }
+
+fn route_group(matches: &str) -> String {
+    format!(
+        "apiVersion: specs.smi-spec.io/v1alpha4\nkind: HTTPRouteGroup\nmetadata: {{name: g, namespace: shop}}\nspec:\n  matches: {matches}\n"
+    )
+}
+
+/// Patterns are checked against the dialect the meshes run (RE2), and header names are HTTP
+/// tokens: what istiod would refuse, or what Envoy would read differently, is refused here with
+/// the field named. (Found by running istiod's validation on rendered output.)
+#[test]
+fn patterns_outside_re2_and_header_names_that_are_not_tokens() {
+    let errs = refused(&route_group(
+        r#"[{name: a, pathRegex: "/[a-z&&[^aeiou]]+"}, {name: b, headers: [{"x canary": "yes"}]}, {name: c, headers: [{x-v: "(?x) 1 2"}]}]"#,
+    ));
+    has(&errs, "spec.matches[0].pathRegex", "class set operation");
+    has(
+        &errs,
+        "spec.matches[1].headers[0]",
+        "not an HTTP header name",
+    );
+    has(
+        &errs,
+        "spec.matches[2].headers[0].x-v",
+        "flag RE2 does not have",
+    );
+    let errs = refused(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: web, port: 8080}]\n  rules:\n  - matches: [{path: {type: RegularExpression, value: \"/[a[b]]\"}, headers: [{name: \"x:y\", value: v}]}]\n    backendRefs: [{name: web-v1, port: 8080}]\n",
+    );
+    has(
+        &errs,
+        "spec.rules[0].matches[0].path.value",
+        "nests a character class",
+    );
+    has(
+        &errs,
+        "spec.rules[0].matches[0].headers[0].name",
+        "not an HTTP header name",
+    );
+}
+
+/// Istio reads `*` at either end of an authorization value as a wildcard and `{*}`/`{**}` in a
+/// path as a template, and refuses empty values: a literal path or header value containing
+/// them has no exact Istio form, so its match is left out (narrowed, never widened) instead of
+/// being written (where it would widen access or be refused by istiod).
+#[test]
+fn istio_authorization_never_writes_a_literal_istio_reads_as_a_wildcard() {
+    let input = format!(
+        "{}---\n{}---\n{}",
+        route_group(
+            r#"[{name: star, pathRegex: "/files/\\*"}, {name: tmpl, pathRegex: "/v1/\\{\\*\\}"}, {name: brace, pathRegex: "/v1/\\{name\\}"}, {name: empty, pathRegex: "/h", headers: [{x-empty: "^$"}]}, {name: hstar, pathRegex: "/h", headers: [{x-v: "^a\\*$"}]}, {name: fine, pathRegex: "/ok/.*"}]"#
+        ),
+        "apiVersion: access.smi-spec.io/v1alpha3\nkind: TrafficTarget\nmetadata: {name: t, namespace: shop}\nspec:\n  destination: {kind: ServiceAccount, name: web, namespace: shop}\n  rules: [{kind: HTTPRouteGroup, name: g, matches: [star, tmpl, brace, empty, hstar, fine]}]\n  sources: [{kind: ServiceAccount, name: client}]\n",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {selector: {app: web}, ports: [{name: http, port: 8080}]}\n"
+    );
+    let files = vec![("input.yaml".to_string(), input)];
+    let t = smi_adapters::translate(&files, None, Mesh::Istio, &Options::default());
+    assert!(t.complete(), "{:?}", t.diagnostics);
+    let out = t.to_yaml();
+    assert!(out.contains("/ok/*"), "{out}");
+    for literal in ["/files/*", "{*}", "{name}", "\"\"", "a*"] {
+        assert!(!out.contains(literal), "{literal} written:\n{out}");
+    }
+    let warned: Vec<&str> = t.diagnostics.iter().map(|d| d.message.as_str()).collect();
+    for name in ["star", "tmpl", "brace"] {
+        assert!(
+            warned
+                .iter()
+                .any(|m| m.contains(&format!("match \"{name}\": path")) && m.contains("left out")),
+            "{name}: {warned:#?}"
+        );
+    }
+    for name in ["empty", "hstar"] {
+        assert!(
+            warned
+                .iter()
+                .any(|m| m.contains(&format!("match \"{name}\": a header pattern"))),
+            "{name}: {warned:#?}"
+        );
+    }
+}

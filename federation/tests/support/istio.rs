@@ -86,6 +86,24 @@ impl Tools {
     }
 }
 
+/// `istioctl validate` (istiod's own validation, offline) on a file: (accepted, output).
+pub fn validate(tools: &Tools, file: &Path) -> (bool, String) {
+    let out = Command::new(&tools.istioctl)
+        .arg("validate")
+        .arg("-f")
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// The lines of `istioctl analyze` output that report an Error.
 pub fn analyze_errors(text: &str) -> Vec<String> {
     text.lines()

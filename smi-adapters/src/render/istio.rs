@@ -187,17 +187,20 @@ fn authorization(
                     }
                     let path = match &m.path {
                         None => Some(None),
-                        Some(PathMatch::Exact(x)) => Some(Some(x.clone())),
-                        Some(PathMatch::Prefix(x)) => Some(Some(format!("{x}*"))),
-                        Some(PathMatch::Regex(re)) => match simplify_regex(re) {
-                            Some(Simple::Any) => Some(None),
-                            Some(Simple::Exact(x)) => Some(Some(x)),
-                            Some(Simple::Prefix(x)) => Some(Some(format!("{x}*"))),
-                            None => None,
-                        },
+                        Some(PathMatch::Exact(x)) => authz_value(&Simple::Exact(x.clone()), true),
+                        Some(PathMatch::Prefix(x)) => authz_value(&Simple::Prefix(x.clone()), true),
+                        Some(PathMatch::Regex(re)) => {
+                            simplify_regex(re).and_then(|s| authz_value(&s, true))
+                        }
                     };
                     let Some(path) = path else {
-                        d.push(Diagnostic::warning(&a.origin, "rules", format!("match {:?}: Istio authorization paths have no regular expressions; pathRegex {:?} has no exact Istio form, so the match is left out (access narrowed, never widened)", m.name, match &m.path { Some(PathMatch::Regex(re)) => re.as_str(), _ => "" })));
+                        let shown = match &m.path {
+                            Some(
+                                PathMatch::Regex(x) | PathMatch::Exact(x) | PathMatch::Prefix(x),
+                            ) => x.as_str(),
+                            None => "",
+                        };
+                        d.push(Diagnostic::warning(&a.origin, "rules", format!("match {:?}: path {shown:?} has no exact Istio authorization form (no regular expressions; `*` and `{{`, `}}` are Istio wildcards and templates), so the match is left out (access narrowed, never widened)", m.name)));
                         continue;
                     };
                     if let Some(p) = path {
@@ -206,19 +209,16 @@ fn authorization(
                     let mut when = Vec::new();
                     let mut ok = true;
                     for h in &m.headers {
-                        let value = if h.regex {
-                            match simplify_regex(&h.value) {
-                                Some(Simple::Any) => "*".to_string(),
-                                Some(Simple::Exact(x)) => x,
-                                Some(Simple::Prefix(x)) => format!("{x}*"),
-                                None => {
-                                    ok = false;
-                                    break;
-                                }
-                            }
+                        let simple = if h.regex {
+                            simplify_regex(&h.value)
                         } else {
-                            h.value.clone()
+                            Some(Simple::Exact(h.value.clone()))
                         };
+                        let Some(value) = simple.and_then(|s| authz_value(&s, false)) else {
+                            ok = false;
+                            break;
+                        };
+                        let value = value.unwrap_or_else(|| "*".to_string());
                         when.push(json!({"key": format!("request.headers[{}]", h.name), "values": [value]}));
                     }
                     if !ok {
@@ -254,6 +254,22 @@ fn authorization(
         "metadata": access_metadata(a),
         "spec": spec,
     }))
+}
+
+/// The Istio authorization form of a simple match: `Some(None)` for no constraint (any path),
+/// `Some(Some(v))` for the value to write, `None` when no exact form exists. Istio reads `*`
+/// at either end of a value as a wildcard and `{*}`/`{**}` in a path as a template, and refuses
+/// an empty value or other braces in a path; a literal containing any of those would either be
+/// refused by istiod or, worse, match more than the spec allows.
+fn authz_value(s: &Simple, path: bool) -> Option<Option<String>> {
+    let plain = |x: &str| !x.contains('*') && !(path && (x.contains('{') || x.contains('}')));
+    match s {
+        Simple::Any if path => Some(None),
+        Simple::Any => Some(Some("*".into())),
+        Simple::Exact(x) if !x.is_empty() && plain(x) => Some(Some(x.clone())),
+        Simple::Prefix(x) if plain(x) => Some(Some(format!("{x}*"))),
+        _ => None,
+    }
 }
 
 fn istio_protocol(p: Protocol) -> &'static str {
