@@ -6,16 +6,26 @@
 #
 #   scripts/istio-testenv.sh install             build istiod + istioctl, install Envoy (cached)
 #   scripts/istio-testenv.sh paths               print PILOT= ISTIOCTL= ENVOY= (cached paths)
-#   scripts/istio-testenv.sh start DIR SITE      run istiod against the API server that
-#                                                scripts/kube-testenv.sh started for SITE in DIR
+#   scripts/istio-testenv.sh start DIR SITE [--webhook]
+#                                                run istiod against the API server that
+#                                                scripts/kube-testenv.sh started for SITE in DIR;
+#                                                --webhook: serve its validation webhook with a
+#                                                certificate the API server can check (below)
+#   scripts/istio-testenv.sh kill DIR SITE       stop that istiod at once (a control plane down)
 #   scripts/istio-testenv.sh stop DIR            stop every istiod started under DIR
 #
 # `start` writes DIR/SITE/istiod.env: XDS (plaintext xDS address), DEBUG (debug HTTP address),
-# LOG. Ports: the site's API server port + 3 (xDS), + 4 (debug HTTP), + 5 (monitoring),
+# CA (TLS xDS and CA address), WEBHOOK (validation webhook address), LOG, and with --webhook
+# WEBHOOK_CA (the CA that signed istiod's serving certificate, for the webhook's caBundle).
+# With --webhook istiod serves TLS with a certificate for 127.0.0.1 signed by the test
+# environment's CA (istiod's --tlsCertFile), since the API server calls a webhook by URL here
+# (no cluster DNS); the test registers the ValidatingWebhookConfiguration itself.
+# Ports: the site's API server port + 3 (xDS), + 4 (debug HTTP), + 5 (monitoring),
 # + 6 (webhook HTTPS), + 7 (TLS xDS).
 #
 # istiod runs outside a cluster here, as a process with a kubeconfig: its injection and
-# validation webhooks are not configured (no pods are injected: proxies register themselves),
+# validation webhooks are not registered by istiod (no pods are injected: proxies register
+# themselves; a test that wants validation registers the webhook),
 # and Istio's metadata-exchange and ALPN filters are switched off
 # (PILOT_ENABLE_METADATA_EXCHANGE=false, PILOT_ENABLE_ALPN_FILTER=false). Those two are the
 # only parts of a sidecar's configuration that name filters compiled into Istio's own Envoy build
@@ -80,16 +90,32 @@ install_envoy() {
   "$ENVOY" --version >&2
 }
 
+# A serving certificate for istiod at 127.0.0.1, signed by the test environment's CA.
+webhook_cert() {
+  local dir=$1 work=$2
+  [ -f "$dir/pki/ca.key" ] || die "no test CA under $dir/pki (scripts/kube-testenv.sh start makes it)"
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$work/tls.key" -out "$work/tls.csr" -subj "/CN=istiod" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:istiod.istio-system.svc\nextendedKeyUsage=serverAuth\n' >"$work/tls.cnf"
+  openssl x509 -req -in "$work/tls.csr" -CA "$dir/pki/ca.crt" -CAkey "$dir/pki/ca.key" \
+    -CAcreateserial -days 2 -extfile "$work/tls.cnf" -out "$work/tls.crt" 2>/dev/null
+}
+
 start_istiod() {
-  local dir=$1 site=$2
+  local dir=$1 site=$2 webhook=${3:-}
   local sdir="$dir/$site"
   [ -f "$sdir/env" ] || die "no API server for site $site under $dir: run scripts/kube-testenv.sh start first"
   local api_port
   api_port=$(sed -n 's/^API_PORT=//p' "$sdir/env")
-  local xds=$((api_port + 3)) debug=$((api_port + 4)) mon=$((api_port + 5)) webhook=$((api_port + 6)) sxds=$((api_port + 7))
+  local xds=$((api_port + 3)) debug=$((api_port + 4)) mon=$((api_port + 5)) whport=$((api_port + 6)) sxds=$((api_port + 7))
   local work="$sdir/istiod"
   mkdir -p "$work/etc/istio/config"
   # The mesh config: defaults, with the trust domain the tests use.
+  local tls_args=()
+  if [ "$webhook" = --webhook ]; then
+    [ -f "$work/tls.crt" ] || webhook_cert "$dir" "$work"
+    tls_args=(--tlsCertFile "$work/tls.crt" --tlsKeyFile "$work/tls.key" --caCertFile "$dir/pki/ca.crt")
+  fi
   cat >"$work/etc/istio/config/mesh" <<EOF
 trustDomain: cluster.local
 rootNamespace: istio-system
@@ -106,7 +132,7 @@ EOF
       "$PILOT" discovery --kubeconfig "$sdir/kubeconfig" --clusterID "$site" \
       --meshConfig "$work/etc/istio/config/mesh" --domain cluster.local \
       --grpcAddr "127.0.0.1:$xds" --httpAddr "127.0.0.1:$debug" --monitoringAddr "127.0.0.1:$mon" \
-      --httpsAddr "127.0.0.1:$webhook" --secureGRPCAddr "127.0.0.1:$sxds" \
+      --httpsAddr "127.0.0.1:$whport" --secureGRPCAddr "127.0.0.1:$sxds" "${tls_args[@]}" \
       >>"$sdir/istiod.log" 2>&1 &
     echo $! >"$sdir/istiod.pid"
   )
@@ -114,8 +140,10 @@ EOF
 XDS=127.0.0.1:$xds
 DEBUG=127.0.0.1:$debug
 CA=127.0.0.1:$sxds
+WEBHOOK=127.0.0.1:$whport
 LOG=$sdir/istiod.log
 EOF
+  if [ "$webhook" = --webhook ]; then echo "WEBHOOK_CA=$dir/pki/ca.crt" >>"$sdir/istiod.env"; fi
   local deadline=$((SECONDS + 90))
   while [ $SECONDS -lt $deadline ]; do
     if ! kill -0 "$(cat "$sdir/istiod.pid")" 2>/dev/null; then
@@ -130,6 +158,13 @@ EOF
   done
   tail -30 "$sdir/istiod.log" >&2
   die "istiod for site $site not ready after 90 s (log: $sdir/istiod.log)"
+}
+
+kill_one() {
+  local pidfile="$1/$2/istiod.pid"
+  [ -f "$pidfile" ] || die "no istiod running for site $2 under $1"
+  kill -9 "$(cat "$pidfile")" 2>/dev/null || true
+  rm -f "$pidfile"
 }
 
 stop_all() {
@@ -158,17 +193,21 @@ case "${1:-}" in
     printf 'PILOT=%s\nISTIOCTL=%s\nENVOY=%s\n' "$PILOT" "$ISTIOCTL" "$ENVOY"
     ;;
   start)
-    [ $# -eq 3 ] || die "usage: $0 start DIR SITE"
+    [ $# -eq 3 ] || [ $# -eq 4 ] || die "usage: $0 start DIR SITE [--webhook]"
     [ -x "$PILOT" ] || die "istiod not built yet: run $0 install"
     dir=$(cd "$2" && pwd)
-    start_istiod "$dir" "$3"
+    start_istiod "$dir" "$3" "${4:-}"
+    ;;
+  kill)
+    [ $# -eq 3 ] || die "usage: $0 kill DIR SITE"
+    kill_one "$(cd "$2" && pwd)" "$3"
     ;;
   stop)
     [ $# -eq 2 ] || die "usage: $0 stop DIR"
     stop_all "$2"
     ;;
   *)
-    sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

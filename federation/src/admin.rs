@@ -328,6 +328,7 @@ impl admin_server::Admin for AdminService {
             peers_healthy: views.iter().filter(|v| v.healthy).count() as u32,
             uptime_s: self.node.started.elapsed().as_secs(),
             listen: self.config.listen.to_string(),
+            backend: Some(backend_status(&self.node.backend.get())),
         }))
     }
 
@@ -647,6 +648,28 @@ pub async fn connect(path: &Path) -> Result<AdminClient<Channel>, String> {
         .await
         .map_err(|e| format!("cannot connect to admin socket {}: {e}", path.display()))?;
     Ok(AdminClient::new(channel))
+}
+
+/// The backend report in its wire form.
+pub fn backend_status(r: &crate::report::BackendReport) -> api::BackendStatus {
+    api::BackendStatus {
+        kind: r.kind.clone(),
+        mesh: r.mesh.clone(),
+        last_pass_unix_ms: r.last_pass_unix_ms,
+        error: r.error.clone(),
+        problems: r
+            .problems
+            .values()
+            .map(|p| api::ObjectProblem {
+                object: p.object.clone(),
+                reason: p.reason.clone(),
+                refused: p.refused,
+                attempts: p.attempts,
+                since_unix_ms: p.since_unix_ms,
+            })
+            .collect(),
+        next_retry_ms: r.next_retry_ms,
+    }
 }
 
 #[cfg(test)]

@@ -189,6 +189,16 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
         sealer: Arc::new(crate::sync::codec::Sealer::new(&cfg.site, signer)),
         verifier,
         started,
+        backend: Arc::new(match cfg.backend {
+            BackendKind::Static => crate::report::BackendState::new("static", ""),
+            BackendKind::Kubernetes => crate::report::BackendState::new(
+                "kubernetes",
+                &cfg.kubernetes
+                    .as_ref()
+                    .map(|k| k.mesh.clone())
+                    .unwrap_or_default(),
+            ),
+        }),
     });
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();

@@ -19,6 +19,7 @@ pub mod names;
 pub mod ownership;
 pub mod process;
 pub mod proof;
+pub mod report;
 pub mod routes;
 pub mod splits;
 pub mod store;

@@ -404,14 +404,49 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .await
                 .map_err(status)?
                 .into_inner();
+            let b = s.backend.clone().unwrap_or_default();
+            let problems: Vec<Value> = b
+                .problems
+                .iter()
+                .map(|p| {
+                    json!({"object": p.object, "reason": p.reason, "refused": p.refused,
+                    "attempts": p.attempts, "since_unix_ms": p.since_unix_ms})
+                })
+                .collect();
             let v = json!({
                 "site": s.site, "trust_domain": s.trust_domain, "listen": s.listen, "epoch": s.epoch,
                 "version": s.version, "seq": s.seq, "exports": s.exports, "entries_visible": s.entries_visible,
                 "peers": s.peers, "peers_healthy": s.peers_healthy, "uptime_s": s.uptime_s,
+                "backend": {"kind": b.kind, "mesh": b.mesh, "last_pass_unix_ms": b.last_pass_unix_ms,
+                    "error": b.error, "problems": problems, "next_retry_ms": b.next_retry_ms},
             });
             print(cli.output, &v, || {
+                let mut backend = format!("backend {}", b.kind);
+                if !b.mesh.is_empty() {
+                    backend.push_str(&format!(" (mesh {})", b.mesh));
+                }
+                if !b.error.is_empty() {
+                    backend.push_str(&format!(": last pass failed: {}", b.error));
+                } else if b.problems.is_empty() {
+                    backend.push_str(": every object applied");
+                } else {
+                    backend.push_str(&format!(
+                        ": {} object(s) not applied, tried again in {} s",
+                        b.problems.len(),
+                        b.next_retry_ms.div_ceil(1000)
+                    ));
+                }
+                for p in &b.problems {
+                    backend.push_str(&format!(
+                        "\n  {} {} ({} attempt(s)): {}",
+                        p.object,
+                        if p.refused { "REFUSED" } else { "FAILED" },
+                        p.attempts,
+                        p.reason
+                    ));
+                }
                 format!(
-                    "site {} ({}) listening on {}\nversion {} (epoch {}), stream seq {}\nexports {}, visible entries {}\npeers {}/{} healthy, up {} s\n",
+                    "site {} ({}) listening on {}\nversion {} (epoch {}), stream seq {}\nexports {}, visible entries {}\npeers {}/{} healthy, up {} s\n{backend}\n",
                     s.site,
                     s.trust_domain,
                     s.listen,

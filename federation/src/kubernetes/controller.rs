@@ -416,19 +416,38 @@ impl Controller {
                 }
                 next_discovery = Instant::now() + resync;
             }
-            match self.reconcile().await {
-                Ok(()) => failures = 0,
+            let outcome = self.reconcile().await;
+            let pass_error = match &outcome {
+                Ok(()) => {
+                    failures = 0;
+                    String::new()
+                }
                 Err(e) => {
                     failures += 1;
                     warn!(site = %site, error = %e, failures, "kubernetes reconciliation failed; retrying");
                     next_discovery = Instant::now();
+                    e.to_string()
                 }
-            }
+            };
+            // Objects the cluster or its mesh did not take are tried again sooner than the
+            // resync: 1 s, doubling per failed pass, at most the resync period or 60 s.
+            let cap = resync.min(Duration::from_secs(60)).as_millis() as u64;
+            let object_retry = self
+                .node
+                .backend
+                .get()
+                .retry_ms(cap)
+                .map(Duration::from_millis);
             let retry = if failures > 0 {
                 Duration::from_millis(250 << failures.min(5))
             } else {
-                resync
+                object_retry.unwrap_or(resync)
             };
+            self.node.backend.update(|b| {
+                b.last_pass_unix_ms = crate::report::now_unix_ms();
+                b.error = pass_error;
+                b.next_retry_ms = retry.as_millis() as u64;
+            });
             tokio::select! {
                 _ = wake.notified() => {}
                 r = catalog.changed() => { if r.is_err() { return; } }
@@ -761,15 +780,24 @@ impl Controller {
                             applied += 1;
                             info!(site = %site, object = %key, change = change.verb(), "applied");
                         }
-                        // The server refused this object (invalid for its CRD, say): retrying
-                        // will not help. Report it and go on with the others.
-                        Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
+                        // The server refused this object (invalid for its CRD, denied by an
+                        // admission webhook or policy such as the mesh's validation): report it
+                        // on the object and on its spec, go on with the others, and try again
+                        // with back-off (a policy or a webhook can change its mind).
+                        Err(kube::Error::Api(e)) if matches!(e.code, 400 | 403 | 422) => {
                             warn!(site = %site, object = %key, error = %e.message, "refused by the API server");
                             refused.push((o.clone(), e.message.clone()));
                         }
                         // Anything else (its namespace missing, a timeout): this object fails
                         // this pass and is tried again on the next; the rest of the pass, and
                         // garbage collection, go on.
+                        Err(kube::Error::Api(e)) => failed.push((
+                            o.clone(),
+                            format!(
+                                "the API server answered {} {}: {}",
+                                e.code, e.reason, e.message
+                            ),
+                        )),
                         Err(e) => failed.push((o.clone(), format!("applying: {e}"))),
                     }
                 }
@@ -789,7 +817,7 @@ impl Controller {
         for m in &missing {
             warn!(site = %site, kind = %m, "not applied: the API server does not serve this kind (install its CRD)");
         }
-        self.report_failures(&failed).await;
+        self.report_failures(&failed, &refused).await;
         debug!(site = %site, applied, unchanged, refused = refused.len(), "imports reconciled");
         let mut desired = desired;
         // A refused object counts against the spec it was rendered from.
@@ -810,20 +838,37 @@ impl Controller {
         Ok(())
     }
 
-    /// Reports objects that failed this pass (once per object and error): a warning, and an
-    /// Warning Event on the object (which the API server keeps even when the object itself
-    /// could not be written). Objects that succeed again are forgotten.
-    async fn report_failures(&mut self, failed: &[(Value, String)]) {
-        let now: BTreeMap<String, String> = failed
+    /// Reports objects that failed or were refused this pass: in the status report (with
+    /// attempts, for the back-off), and once per object and error a warning and a Warning Event
+    /// on the object (which the API server keeps even when the object itself could not be
+    /// written). Objects that succeed again are forgotten.
+    async fn report_failures(&mut self, failed: &[(Value, String)], refused: &[(Value, String)]) {
+        let all = failed
             .iter()
-            .map(|(o, e)| (desired::object_key(o), e.clone()))
+            .map(|(o, e)| (o, e, false))
+            .chain(refused.iter().map(|(o, e)| (o, e, true)));
+        let previous = self.node.backend.get();
+        let problems = previous.next_problems(
+            crate::report::now_unix_ms(),
+            all.clone()
+                .map(|(o, e, r)| (desired::object_key(o), e.clone(), r)),
+        );
+        self.node.backend.update(|b| b.problems = problems);
+        let now: BTreeMap<String, String> = all
+            .clone()
+            .map(|(o, e, _)| (desired::object_key(o), e.clone()))
             .collect();
-        for (o, error) in failed {
+        for (o, error, was_refused) in all {
             let key = desired::object_key(o);
             if self.failed.get(&key) == Some(error) {
                 continue;
             }
-            warn!(site = %self.node.site, object = %key, error = %error, "not applied this pass (tried again on the next; the rest of the pass goes on)");
+            let reason = if was_refused {
+                "ApplyRefused"
+            } else {
+                "ApplyFailed"
+            };
+            warn!(site = %self.node.site, object = %key, error = %error, reason, "not applied this pass (tried again with back-off; the rest of the pass goes on)");
             let reference = ObjectReference {
                 api_version: o["apiVersion"].as_str().map(str::to_string),
                 kind: o["kind"].as_str().map(str::to_string),
@@ -833,7 +878,7 @@ impl Controller {
             };
             let ev = KEvent {
                 type_: EventType::Warning,
-                reason: "ApplyFailed".into(),
+                reason: reason.into(),
                 note: Some(truncate(error, 1000)),
                 action: "Apply".into(),
                 secondary: None,

@@ -44,4 +44,6 @@ pub struct Node {
     pub verifier: Arc<crate::proof::Verifier>,
     /// When the daemon started.
     pub started: Instant,
+    /// What the site's backend last did (`federationctl status`).
+    pub backend: Arc<crate::report::BackendState>,
 }

@@ -127,15 +127,84 @@ pub struct Istiod {
 impl Istiod {
     /// Creates istio-system and starts istiod against `site`'s API server (waits for ready).
     pub async fn start(env: &KubeEnv, site: &str) -> Istiod {
+        Self::launch(env, site, false).await
+    }
+
+    /// [`Istiod::start`], and registers istiod's validation webhook with the API server
+    /// (fail-closed, for Istio's kinds), as an Istio install does: while istiod is down,
+    /// no Istio object can be written.
+    pub async fn start_with_webhook(env: &KubeEnv, site: &str) -> Istiod {
+        let istiod = Self::launch(env, site, true).await;
+        let e = env_file(&env.site_dir(site).join("istiod.env"));
+        let ca = Command::new("base64")
+            .arg("-w0")
+            .arg(&e["WEBHOOK_CA"])
+            .output()
+            .unwrap();
         let admin = env.client(site).await;
-        k::namespace(&admin, "istio-system").await;
+        k::apply(
+            &admin,
+            "test-setup",
+            &json!({"apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingWebhookConfiguration",
+                "metadata": {"name": "istio-validator-istio-system"},
+                "webhooks": [{
+                    "name": "rev.validation.istio.io",
+                    "clientConfig": {"url": format!("https://{}/validate", e["WEBHOOK"]),
+                                     "caBundle": String::from_utf8(ca.stdout).unwrap()},
+                    "rules": [{"apiGroups": ["networking.istio.io", "security.istio.io"],
+                               "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"],
+                               "resources": ["*"]}],
+                    "failurePolicy": "Fail", "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"], "timeoutSeconds": 5}]}),
+        )
+        .await
+        .unwrap();
+        istiod
+    }
+
+    /// Kills istiod at once (SIGKILL): the control plane is down.
+    pub fn kill(&self) {
+        let out = Command::new("bash")
+            .arg(script())
+            .args(["kill"])
+            .arg(&self.dir)
+            .arg(&self.site)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts a killed istiod again (same ports, same certificate), waiting for ready.
+    pub fn restart(&self) {
         let out = Command::new("bash")
             .arg(script())
             .arg("start")
-            .arg(env.dir.path())
-            .arg(site)
+            .arg(&self.dir)
+            .arg(&self.site)
+            .arg("--webhook")
             .output()
             .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    async fn launch(env: &KubeEnv, site: &str, webhook: bool) -> Istiod {
+        let admin = env.client(site).await;
+        k::namespace(&admin, "istio-system").await;
+        let mut cmd = Command::new("bash");
+        cmd.arg(script()).arg("start").arg(env.dir.path()).arg(site);
+        if webhook {
+            cmd.arg("--webhook");
+        }
+        let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
             "istio-testenv start failed:\n{}",
