@@ -71,4 +71,8 @@ echo "==> data-plane benchmark, quick smoke run: all four paths answer (the real
 bash bench/data-plane.sh --quick > /tmp/multimesh-dp-smoke.log 2>&1 \
   || { cat /tmp/multimesh-dp-smoke.log; echo "data-plane benchmark smoke run FAILED" >&2; exit 1; }
 grep "^| edge" /tmp/multimesh-dp-smoke.log
-echo "all passed: format, clippy, tests, fuzzing, shellcheck, local demo, browser tests, control-plane and data-plane benchmark smoke runs"
+echo "==> mesh-hop benchmark, quick smoke run: the call through Istio's Envoy and the edge pair answers (the real run: bench/mesh-hop.sh)"
+bash bench/mesh-hop.sh --quick > /tmp/multimesh-mesh-hop-smoke.log 2>&1 \
+  || { cat /tmp/multimesh-mesh-hop-smoke.log; echo "mesh-hop benchmark smoke run FAILED" >&2; exit 1; }
+grep "^| istio+edge" /tmp/multimesh-mesh-hop-smoke.log
+echo "all passed: format, clippy, tests, fuzzing, shellcheck, local demo, browser tests, control-plane, data-plane and mesh-hop benchmark smoke runs"

@@ -42,6 +42,9 @@ struct Args {
     /// Speak h2c (prior knowledge) instead of HTTP/1.1.
     #[arg(long)]
     h2: bool,
+    /// The Host header (default: the target), for a proxy that routes by it.
+    #[arg(long)]
+    host: Option<String>,
 }
 
 enum Conn {
@@ -117,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
             shared.clone(),
         );
         let (target, path) = (args.target.clone(), args.path.clone());
+        let host = args.host.clone().unwrap_or_else(|| target.clone());
         tasks.push(tokio::spawn(async move {
             let mut own = match &shared {
                 None => connect(&target, false).await.ok(),
@@ -128,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
                 };
                 let mut b = Request::builder()
                     .uri(path.as_str())
-                    .header("host", target.as_str());
+                    .header("host", host.as_str());
                 for (k, v) in &headers {
                     b = b.header(k.as_str(), v.as_str());
                 }
