@@ -8,8 +8,9 @@
 //! [`schema`] validates rendered resources strictly against upstream CRD schemas.
 //!
 //! Rendered today: routes for Istio, Linkerd, Consul, Gateway API (GAMMA) and Kuma; access
-//! (`TrafficTarget` with `HTTPRouteGroup`/`TCPRoute` rules) for Istio, Linkerd and Consul. Not
-//! yet: access for Kuma (refused with an error), TCP routes for Kuma.
+//! (`TrafficTarget` with `HTTPRouteGroup`/`TCPRoute` rules) for Istio, Linkerd, Consul and Kuma
+//! (Kuma: whole-service permissions only; narrower rules are left out). Not yet: TCP routes for
+//! Kuma.
 
 pub mod diag;
 pub mod input;
@@ -81,10 +82,7 @@ pub fn translate(
         }
         Mesh::Linkerd => render::linkerd::render(&model, opts, &mut diagnostics),
         Mesh::Consul => render::consul::render(&model, opts, &mut diagnostics),
-        Mesh::Kuma => {
-            render::access_unsupported(&model, "kuma", &mut diagnostics);
-            render::kuma::render(&model, opts, &mut diagnostics)
-        }
+        Mesh::Kuma => render::kuma::render(&model, opts, &mut diagnostics),
     };
     diagnostics.sort();
     diagnostics.dedup();

@@ -11,15 +11,13 @@ use std::path::Path;
 use smi_adapters::render::{Mesh, Options};
 
 /// (case, mesh) pairs that must be refused, and why; their golden files hold the errors.
-const REFUSED: [(&str, &str); 5] = [
+const REFUSED: [(&str, &str); 4] = [
     // MeshHTTPRoute has no per-backend filter to tell the edge agent where a remote share goes.
     ("split-v1alpha2-remote", "kuma"),
-    // Access policies: Gateway API has no authorization resource; Kuma access rendering is not
-    // written yet.
+    // Access policies: Gateway API has no authorization resource.
     ("access-v1alpha3-http", "gateway-api"),
-    ("access-v1alpha3-http", "kuma"),
     ("access-v1alpha1-tcp", "gateway-api"),
-    ("access-v1alpha1-tcp", "kuma"),
+    ("access-v1alpha3-whole-service", "gateway-api"),
 ];
 
 fn options() -> Options {

@@ -2,12 +2,22 @@
 //! and `k8s.kuma.io/namespace` labels, relative weights kept exact), and for each imported
 //! service a `MeshService` `NAME-clusterset` selecting the local edge agent's dataplanes.
 //! Requests that match no rule keep going to the root service (Kuma's default route).
+//!
+//! Access: a `MeshTrafficPermission` per TrafficTarget, targeting the dataplanes of the Service
+//! named like the destination service account, allowing each source by its SPIFFE ID as Kuma's
+//! mesh identity (MeshIdentity) issues it on Kubernetes, `spiffe://TD/ns/NS/sa/SA` (TD: the
+//! mesh's trust domain, `Options::trust_domain`). A MeshTrafficPermission has no paths, methods,
+//! headers or ports: a rule that restricts any of those has no exact Kuma form and is left out
+//! with a warning (access narrowed, never widened); a rule that allows everything is kept.
 
 use serde_json::{Value, json};
 
-use super::{DESTINATION_HEADER, Options, imports, metadata, route_ports};
+use super::{
+    DESTINATION_HEADER, Options, access_metadata, destination_selector, imports, metadata,
+    route_ports,
+};
 use crate::diag::Diagnostic;
-use crate::model::{Backend, HttpMatch, Model, Route};
+use crate::model::{Access, Allowed, Backend, HttpMatch, Model, Route};
 
 const API: &str = "kuma.io/v1alpha1";
 /// The pod label of the edge agent that imported services select.
@@ -102,6 +112,70 @@ fn mesh_http_route(model: &Model, r: &Route, d: &mut Vec<Diagnostic>) -> Option<
     }))
 }
 
+/// Whether a rule allows everything (what a MeshTrafficPermission can say), given the
+/// TrafficTarget's own destination port restriction.
+fn allows_everything(a: &Access, allowed: &Allowed) -> bool {
+    a.port.is_none()
+        && match allowed {
+            Allowed::Tcp(ports) => ports.is_empty(),
+            Allowed::Http(matches) => matches.iter().any(|m| {
+                let any_path = match &m.path {
+                    None => true,
+                    Some(crate::model::PathMatch::Regex(re)) => {
+                        super::simplify_regex(re) == Some(super::Simple::Any)
+                    }
+                    Some(crate::model::PathMatch::Prefix(p)) => p == "/",
+                    Some(crate::model::PathMatch::Exact(_)) => false,
+                };
+                any_path
+                    && m.headers.is_empty()
+                    && (m.methods.is_empty() || m.methods.iter().any(|x| x == "*"))
+            }),
+        }
+}
+
+fn traffic_permission(
+    model: &Model,
+    a: &Access,
+    opts: &Options,
+    d: &mut Vec<Diagnostic>,
+) -> Option<Value> {
+    let selector = destination_selector(model, a, d)?;
+    let expressible = a.allowed.iter().any(|x| allows_everything(a, x));
+    let narrowed = a
+        .allowed
+        .iter()
+        .filter(|x| !allows_everything(a, x))
+        .count();
+    if narrowed > 0 {
+        d.push(Diagnostic::warning(&a.origin, "rules", format!("{narrowed} rule(s) restrict paths, methods, headers or ports, which a Kuma MeshTrafficPermission cannot express: left out (access narrowed, never widened)")));
+    }
+    let allow: Vec<Value> = if expressible {
+        a.sources
+            .iter()
+            .map(|s| {
+                json!({"spiffeID": {"type": "Exact", "value": format!("spiffe://{}/ns/{}/sa/{}", opts.trust_domain, s.namespace, s.name)}})
+            })
+            .collect()
+    } else {
+        d.push(Diagnostic::warning(
+            &a.origin,
+            "rules",
+            "nothing expressible is allowed: the policy allows no caller to the destination",
+        ));
+        Vec::new()
+    };
+    Some(json!({
+        "apiVersion": API,
+        "kind": "MeshTrafficPermission",
+        "metadata": access_metadata(a),
+        "spec": {
+            "targetRef": {"kind": "Dataplane", "labels": selector},
+            "rules": [{"default": {"allow": allow}}],
+        },
+    }))
+}
+
 /// Renders the model for Kuma.
 pub fn render(model: &Model, opts: &Options, d: &mut Vec<Diagnostic>) -> Vec<Value> {
     let mut out: Vec<Value> = model
@@ -109,6 +183,12 @@ pub fn render(model: &Model, opts: &Options, d: &mut Vec<Diagnostic>) -> Vec<Val
         .iter()
         .filter_map(|r| mesh_http_route(model, r, d))
         .collect();
+    out.extend(
+        model
+            .access
+            .iter()
+            .filter_map(|a| traffic_permission(model, a, opts, d)),
+    );
     for s in imports(model, opts) {
         let name = format!("{}-clusterset", s.name);
         let mut meta = metadata(&name, &s.namespace, None);

@@ -24,7 +24,7 @@ pub enum Mesh {
     Linkerd,
     /// Consul: ServiceDefaults, ServiceSplitter, ServiceRouter, ServiceResolver.
     Consul,
-    /// Kuma: MeshHTTPRoute, MeshService for imports.
+    /// Kuma: MeshHTTPRoute, MeshService for imports, MeshTrafficPermission.
     Kuma,
 }
 
@@ -89,6 +89,7 @@ impl Mesh {
             Mesh::Kuma => &[
                 ("kuma.io/v1alpha1", "MeshHTTPRoute"),
                 ("kuma.io/v1alpha1", "MeshService"),
+                ("kuma.io/v1alpha1", "MeshTrafficPermission"),
             ],
         }
     }
@@ -191,7 +192,7 @@ pub fn access_unsupported(model: &Model, mesh: &str, d: &mut Vec<Diagnostic>) {
             &a.origin,
             "",
             format!(
-                "TrafficTarget is not rendered for {mesh} yet (istio, linkerd and consul render it)"
+                "TrafficTarget is not rendered for {mesh} (istio, linkerd, consul and kuma render it)"
             ),
         ));
     }
