@@ -27,9 +27,6 @@ if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}"
   else sudo apt-get update -qq && sudo apt-get install -y -qq "${need[@]}"; fi
 fi
-if [ ! -d ../shared/schemas ]; then
-  echo "ERROR: ../shared/schemas is missing: the smi-adapters tests validate every rendered resource against those upstream CRDs and will fail" >&2
-fi
 
 echo "==> Kubernetes test environment: upstream etcd + kube-apiserver built from their Go modules (tools/, cached)"
 bash scripts/kube-testenv.sh install

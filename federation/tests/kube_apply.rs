@@ -1,5 +1,5 @@
 //! Everything smi-adapters renders is accepted by a real API server: every corpus case, for
-//! every mesh, server-side applied against the upstream CRDs from ../shared/schemas, installed
+//! every mesh, server-side applied against the upstream CRDs from vendor/crds, installed
 //! unmodified (their CEL rules are evaluated). The
 //! golden tests validate against the schemas with our own validator; this one lets the API
 //! server be the judge, core kinds (Service, Endpoints) included. Also: the CRDs

@@ -1,5 +1,5 @@
 //! The `kubernetes` backend against three real API servers (scripts/kube-testenv.sh): site a
-//! runs Istio, b Linkerd, c Consul (their upstream CRDs installed from ../shared/schemas).
+//! runs Istio, b Linkerd, c Consul (their upstream CRDs installed from vendor/crds).
 //! Three real federationd processes, each with a service-account token bound to exactly the
 //! shipped roles (deploy/kubernetes/rbac.yaml: reads cluster-wide; writes only in namespaces
 //! bound by rbac-namespace.yaml, here `shop`), never cluster-admin.

@@ -181,12 +181,12 @@ pub fn documents(path: &Path) -> Vec<Value> {
     )
 }
 
-/// The upstream CRDs of `../shared/schemas/<folder>` (every folder when empty).
+/// The upstream CRDs of `vendor/crds/<folder>` (every folder when empty).
 pub fn upstream_crds(folders: &[&str]) -> Vec<Value> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/schemas");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vendor/crds");
     assert!(
         root.is_dir(),
-        "../shared/schemas is missing: these tests install the upstream CRDs from it"
+        "vendor/crds is missing: these tests install the upstream CRDs from it"
     );
     let mut out = Vec::new();
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)

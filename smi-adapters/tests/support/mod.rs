@@ -1,23 +1,23 @@
-//! Shared by the integration tests: the upstream CRD schemas from `../shared/schemas`.
+//! Shared by the integration tests: the upstream CRD schemas vendored in `vendor/crds`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 
 use smi_adapters::schema::Schemas;
 
-/// `../shared/schemas` beside the repository.
+/// The repository's `vendor/crds` (provenance and licences in its SOURCES.md).
 pub fn schemas_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/schemas")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../vendor/crds")
 }
 
-/// Every CRD under `../shared/schemas`. Fails loudly when the folder is missing: the schema
-/// checks are part of the suite, never skipped.
+/// Every CRD under `vendor/crds`. Fails loudly when the folder is missing: the schema checks
+/// are part of the suite, never skipped.
 pub fn schemas() -> Schemas {
     let dir = schemas_dir();
     assert!(
         dir.is_dir(),
         "\n\n*** {} is missing: the upstream CRD schemas are needed to validate rendered \
-         resources (clone the project with ../shared beside it) ***\n",
+         resources (they are part of the repository) ***\n",
         dir.display()
     );
     let mut s = Schemas::new();
