@@ -74,13 +74,23 @@ fn route_weights(sidecar: &Sidecar) -> BTreeMap<String, u64> {
 /// or "HTTP <status>" / "error").
 fn calls(listener: (&str, u16), host: &str, n: usize) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
-    let mut conn = Http1::connect(listener).unwrap();
+    let mut conn = None;
     for _ in 0..n {
-        let key = match conn.get(host, "/", &[]) {
+        if conn.is_none() {
+            conn = match Http1::connect(listener) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    *out.entry(format!("error: connecting: {e}")).or_default() += 1;
+                    continue;
+                }
+            };
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let key = match c.get(host, "/", &[]) {
             Ok((200, body)) => body,
             Ok((s, body)) => format!("HTTP {s}: {}", body.trim()),
             Err(e) => {
-                conn = Http1::connect(listener).unwrap();
+                conn = None;
                 format!("error: {e}")
             }
         };
@@ -547,4 +557,176 @@ fn istiod_validation_accepts_what_is_rendered_for_awkward_matches() {
     let (ok, text) = support::istio::validate(&tools, &new);
     assert!(ok, "istiod's validation refused:\n{text}\n{}", t.to_yaml());
     assert!(t.to_yaml().contains("/ok/*"), "{}", t.to_yaml());
+}
+
+/// Two sites that both run Istio, each with its own istiod and its own CA (two roots that trust
+/// nothing of each other), federated by multimesh: a workload at a calls b's reviews-v2 by its
+/// clusterset name through its own Envoy; the call crosses a's edge agent, the federation's mTLS
+/// and b's edge agent, and is served through reviews-v2's own Envoy at b. Both sites run the
+/// kubernetes backend: b exports from a ServiceExport, a imports into its mesh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_istio_sites_with_their_own_control_planes_work_as_one() {
+    let env = KubeEnv::start(&["a", "b"]);
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let kc_a = prepare(&env, "a", &["mcs", "istio", "smi"]).await;
+    let kc_b = prepare(&env, "b", &["mcs", "istio", "smi"]).await;
+    let (ca, cb) = (env.client("a").await, env.client("b").await);
+    let istiod_a = Istiod::start(&env, "a").await;
+    let istiod_b = Istiod::start(&env, "b").await;
+    let port = free_port();
+    let inbound_b = free_port();
+    let (egress_a, ingress_b) = (free_port(), free_port());
+    let v2 = App::start("v2 at b");
+
+    // b: reviews-v2 behind its sidecar (istiod b), exported by a ServiceExport.
+    k::apply(
+        &cb,
+        "test",
+        &json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "reviews-v2", "namespace": "shop"},
+            "spec": {"selector": {"app": "reviews-v2"},
+                     "ports": [{"name": "http", "port": port, "targetPort": inbound_b,
+                                "protocol": "TCP", "appProtocol": "http"}]}}),
+    )
+    .await
+    .unwrap();
+    k::apply(
+        &cb,
+        "test",
+        &json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "reviews-v2-1", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "reviews-v2"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.1.0.7"], "conditions": {"ready": true}}],
+            "ports": [{"name": "http", "port": inbound_b, "protocol": "TCP"}]}),
+    )
+    .await
+    .unwrap();
+    k::apply(
+        &cb,
+        "test",
+        &json!({"apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceExport",
+            "metadata": {"name": "reviews-v2", "namespace": "shop"}}),
+    )
+    .await
+    .unwrap();
+    k::apply(
+        &cb,
+        "test",
+        &sidecar_resource(
+            "reviews-v2",
+            json!({"workloadSelector": {"labels": {"app": "reviews-v2"}},
+                   "ingress": [{"port": {"number": inbound_b, "protocol": "HTTP", "name": "http"},
+                                "bind": "127.0.0.1", "captureMode": "NONE",
+                                "defaultEndpoint": format!("127.0.0.1:{}", v2.port)}],
+                   "egress": [{"hosts": ["istio-system/*"]}]}),
+        ),
+    )
+    .await
+    .unwrap();
+    let workload = |name: &'static str| Workload {
+        name,
+        namespace: "shop",
+        service_account: name,
+        labels: json!({"app": name}),
+    };
+    let reviews_v2 = Sidecar::start(&env, &istiod_b, root, workload("reviews-v2")).await;
+
+    // a: the caller behind its sidecar (istiod a).
+    let mut caller_spec = json!({"egress": [{"port": {"number": port, "protocol": "HTTP", "name": "http"},
+        "bind": "127.0.0.1", "captureMode": "NONE", "hosts": ["shop/*"]}]});
+    caller_spec["workloadSelector"] = json!({"labels": {"app": "caller"}});
+    k::apply(&ca, "test", &sidecar_resource("caller", caller_spec))
+        .await
+        .unwrap();
+    let caller = Sidecar::start(&env, &istiod_a, root, workload("caller")).await;
+
+    // The federation: both federationd on the kubernetes backend with mesh istio.
+    let site = |name: &str, kubeconfig: &Path, extra: &str| {
+        SiteSpec::new(name)
+            .top(&format!("backend = \"kubernetes\"\n{extra}"))
+            .extra(&format!(
+                "\n[kubernetes]\nkubeconfig = \"{}\"\nmesh = \"istio\"\nresync_seconds = 5\nedge_address = \"127.0.0.1\"\nedge_http_port = {egress_a}\n",
+                kubeconfig.display()
+            ))
+    };
+    let fed_b = Site::start(
+        &pki,
+        root,
+        &site(
+            "b",
+            &kc_b,
+            &format!("edge_ingress = [\"127.0.0.1:{ingress_b}\"]\n"),
+        )
+        .accept("a"),
+        None,
+    );
+    let fed_a = Site::start(
+        &pki,
+        root,
+        &site("a", &kc_a, "").dial("b", &fed_b.listen),
+        None,
+    );
+    let _edge_b = Edge::start(
+        &pki,
+        root,
+        "b",
+        &format!(
+            "ingress = \"127.0.0.1:{ingress_b}\"\nadmin = \"127.0.0.1:0\"\n[[local]]\nname = \"reviews-v2\"\nnamespace = \"shop\"\nports = [{{ port = {port}, upstream = \"127.0.0.1:{inbound_b}\" }}]\n[routes]\nfederation = \"{}\"\n",
+            fed_b.listen
+        ),
+    );
+    let edge_a = Edge::start(
+        &pki,
+        root,
+        "a",
+        &format!(
+            "egress_http = \"127.0.0.1:{egress_a}\"\nadmin = \"127.0.0.1:0\"\n[routes]\nfederation = \"{}\"\n",
+            fed_a.listen
+        ),
+    );
+
+    let host = "reviews-v2.shop.svc.clusterset.local";
+    let reached = within(60, || async {
+        calls(("127.0.0.1", port), host, 1).contains_key("v2 at b")
+    })
+    .await;
+    assert!(
+        reached,
+        "a's caller does not reach b's reviews-v2: {:?}\nfederationd a:\n{}\nedge a:\n{}",
+        calls(("127.0.0.1", port), host, 1),
+        fed_a.log(),
+        edge_a.log()
+    );
+    let before = reviews_v2.stats();
+    let seen = calls(("127.0.0.1", port), host, 200);
+    assert_eq!(seen.get("v2 at b"), Some(&200), "{seen:?}");
+    // Every call went through reviews-v2's own Envoy at b (its inbound HTTP connection
+    // manager counted them), and through the caller's at a.
+    let inbound = |s: &BTreeMap<String, u64>| -> u64 {
+        s.iter()
+            .filter(|(k, _)| {
+                k.starts_with("http.inbound_") && k.ends_with(".downstream_rq_completed")
+            })
+            .map(|(_, v)| *v)
+            .sum()
+    };
+    let served = inbound(&reviews_v2.stats()) - inbound(&before);
+    assert!(
+        served >= 200,
+        "b's Envoy served {served} of 200: {:?}",
+        reviews_v2.stats()
+    );
+    for s in [&caller, &reviews_v2] {
+        assert!(
+            s.rejected().is_empty(),
+            "{}: rejected {:?}",
+            s.name,
+            s.rejected()
+        );
+    }
+    println!("a (istiod a) -> b (istiod b): 200 of 200 calls served through both sites' Envoys");
+    drop((istiod_a, istiod_b));
 }

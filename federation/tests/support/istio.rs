@@ -354,19 +354,24 @@ impl Sidecar {
                 panic!("sidecar {} exited with {status}:\n{}", s.name, s.log());
             }
             let stats = s.stats();
+            // Configured: clusters from istiod, and the workload's certificate from istiod's
+            // CA. (Listeners come when there is a service to listen for, and Envoy asks for the
+            // certificate over SDS only once a cluster or listener uses it.)
             if stats
-                .get("listener_manager.lds.update_success")
+                .get("cluster_manager.cds.update_success")
                 .is_some_and(|v| *v > 0)
-                && stats
-                    .get("sds.default.update_success")
-                    .is_some_and(|v| *v > 0)
+                && s.log().contains("generated new workload certificate")
             {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "sidecar {} not configured within 60 s:\n{}",
+                "sidecar {} not configured within 60 s: {:?}\n{}",
                 s.name,
+                stats
+                    .iter()
+                    .filter(|(k, _)| k.contains("update_") || k.contains("warming"))
+                    .collect::<Vec<_>>(),
                 s.log()
             );
             std::thread::sleep(Duration::from_millis(100));
