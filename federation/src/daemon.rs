@@ -255,7 +255,12 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
         addr: cfg.admin_socket.display().to_string(),
         source,
     })?;
-    let admin_service = AdminService::new(node.clone(), Arc::new(cfg.clone()), config_path);
+    // The admin API reports the address the peer listener bound (not `:0` from the config).
+    let admin_cfg = Config {
+        listen,
+        ..cfg.clone()
+    };
+    let admin_service = AdminService::new(node.clone(), Arc::new(admin_cfg), config_path);
     let sd = shutdown.clone();
     tasks.spawn(async move {
         let r = tonic::transport::Server::builder()
