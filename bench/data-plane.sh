@@ -62,9 +62,8 @@ bench_init multimesh-dp
 BACKEND=28080 EDGE_OUT=28101 EDGE_IN=28102 HA_OUT=28201 HA_IN=28202 NG_OUT=28301 NG_OUT_H2=28303 NG_IN=28302
 
 # Identities: one CA, sites a (ingress side) and b (egress side).
-"$bin/federationctl" certs init --trust-domain bench.multimesh --out "$work/pki" >/dev/null
+edge_pki "$bin"
 for s in a b; do
-  "$bin/federationctl" certs issue --site "$s" --role edge --ca-dir "$work/pki" --out "$work/pki" >/dev/null
   cat "$work/pki/$s-edge.pem" "$work/pki/$s-edge-key.pem" > "$work/pki/$s-bundle.pem"
 done
 
@@ -72,37 +71,7 @@ done
 start_backend backend "$BACKEND"
 
 # edge-agent pair.
-mkdir -p "$work/edge-a" "$work/edge-b"
-cat > "$work/edge-a/routes.yaml" <<EOF
-services:
-- {name: payment, namespace: shop, ports: [{port: 8080}], destinations: [{site: a}]}
-EOF
-cat > "$work/edge-b/routes.yaml" <<EOF
-services:
-- {name: payment, namespace: shop, ports: [{port: 8080}], destinations: [{site: a, addresses: ['127.0.0.1:$EDGE_IN']}]}
-EOF
-for s in a b; do
-  cat > "$work/edge-$s/edge.toml" <<EOF
-site = "$s"
-trust_domain = "bench.multimesh"
-[tls]
-ca = "$work/pki/ca.pem"
-cert = "$work/pki/$s-edge.pem"
-key = "$work/pki/$s-edge-key.pem"
-[routes]
-file = "routes.yaml"
-EOF
-done
-sed -i "1i ingress = \"127.0.0.1:$EDGE_IN\"" "$work/edge-a/edge.toml"
-cat >> "$work/edge-a/edge.toml" <<EOF
-[[local]]
-name = "payment"
-namespace = "shop"
-ports = [{ port = 8080, upstream = "127.0.0.1:$BACKEND" }]
-EOF
-sed -i "1i egress_http = \"127.0.0.1:$EDGE_OUT\"" "$work/edge-b/edge.toml"
-RUST_LOG=warn start edge_a "$bin/edge-agent" run --config "$work/edge-a/edge.toml"
-RUST_LOG=warn start edge_b "$bin/edge-agent" run --config "$work/edge-b/edge.toml"
+start_edge_pair "$bin" 8080 "$BACKEND" "$EDGE_IN" "$EDGE_OUT"
 
 # HAProxy pair: HTTP/2 over mTLS between them.
 cat > "$work/haproxy-b.cfg" <<EOF

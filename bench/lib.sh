@@ -60,3 +60,49 @@ start_backend() {
   nginx_conf "$1" "  server { listen 127.0.0.1:$2; location / { return 200 \"ok\\n\"; } }" 1
   start "$1" nginx -p "$work/$1" -c "$work/$1/nginx.conf" -g 'daemon off;'
 }
+
+# edge_pki BIN: a federation CA and the edge identities of sites a and b, in $work/pki.
+edge_pki() {
+  "$1/federationctl" certs init --trust-domain bench.multimesh --out "$work/pki" >/dev/null
+  for s in a b; do
+    "$1/federationctl" certs issue --site "$s" --role edge --ca-dir "$work/pki" --out "$work/pki" >/dev/null
+  done
+}
+
+# start_edge_pair BIN PORT BACKEND EDGE_IN EDGE_OUT: the edge-agent pair every benchmark
+# measures. Site a's agent serves payment (service port PORT) from 127.0.0.1:BACKEND on its
+# ingress 127.0.0.1:EDGE_IN; site b's agent sends payment to a from its HTTP egress
+# 127.0.0.1:EDGE_OUT. Routes from files; identities from edge_pki. Sets pid_edge_a, pid_edge_b.
+start_edge_pair() {
+  local bin=$1 port=$2 backend=$3 edge_in=$4 edge_out=$5 s
+  for s in a b; do
+    mkdir -p "$work/edge-$s"
+    cat > "$work/edge-$s/edge.toml" <<EOT
+site = "$s"
+trust_domain = "bench.multimesh"
+$([ "$s" = a ] && echo "ingress = \"127.0.0.1:$edge_in\"" || echo "egress_http = \"127.0.0.1:$edge_out\"")
+[tls]
+ca = "$work/pki/ca.pem"
+cert = "$work/pki/$s-edge.pem"
+key = "$work/pki/$s-edge-key.pem"
+[routes]
+file = "routes.yaml"
+EOT
+  done
+  cat > "$work/edge-a/routes.yaml" <<EOT
+services:
+- {name: payment, namespace: shop, ports: [{port: $port}], destinations: [{site: a}]}
+EOT
+  cat > "$work/edge-b/routes.yaml" <<EOT
+services:
+- {name: payment, namespace: shop, ports: [{port: $port}], destinations: [{site: a, addresses: ['127.0.0.1:$edge_in']}]}
+EOT
+  cat >> "$work/edge-a/edge.toml" <<EOT
+[[local]]
+name = "payment"
+namespace = "shop"
+ports = [{ port = $port, upstream = "127.0.0.1:$backend" }]
+EOT
+  RUST_LOG=warn start edge_a "$bin/edge-agent" run --config "$work/edge-a/edge.toml"
+  RUST_LOG=warn start edge_b "$bin/edge-agent" run --config "$work/edge-b/edge.toml"
+}

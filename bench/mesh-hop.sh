@@ -11,7 +11,8 @@
 # server (scripts/kube-testenv.sh, scripts/istio-testenv.sh). Envoy routes the call by the
 # import federationd writes for Istio (a ServiceEntry at the edge agent's egress, STATIC, and a
 # DestinationRule with TLS DISABLE) and a Sidecar resource binding its listener on
-# 127.0.0.1 (interception mode NONE: no iptables). Each agent runs 2 data-plane threads.
+# 127.0.0.1 (interception mode NONE: no iptables). Each agent runs one data-plane thread per
+# core (2 here).
 #
 # Latency at a fixed rate with bench's `loadgen` (HTTP/1.1, open loop, from each request's
 # scheduled time), p50 and p99 per path per run; the table gives the median over runs and the
@@ -75,41 +76,9 @@ BACKEND=28480 EDGE_OUT=28481 EDGE_IN=28482 SVC=28483 ADMIN=28484 STATUS=28485
 HOST="payment.shop.svc.clusterset.local:$SVC"
 
 # The edge pair (as bench/data-plane.sh, with the service on port $SVC).
-"$bin/federationctl" certs init --trust-domain bench.multimesh --out "$work/pki" >/dev/null
-for s in a b; do
-  "$bin/federationctl" certs issue --site "$s" --role edge --ca-dir "$work/pki" --out "$work/pki" >/dev/null
-  mkdir -p "$work/edge-$s"
-  cat > "$work/edge-$s/edge.toml" <<EOF
-site = "$s"
-trust_domain = "bench.multimesh"
-threads = 2
-[tls]
-ca = "$work/pki/ca.pem"
-cert = "$work/pki/$s-edge.pem"
-key = "$work/pki/$s-edge-key.pem"
-[routes]
-file = "routes.yaml"
-EOF
-done
-cat > "$work/edge-a/routes.yaml" <<EOF
-services:
-- {name: payment, namespace: shop, ports: [{port: $SVC}], destinations: [{site: a}]}
-EOF
-cat > "$work/edge-b/routes.yaml" <<EOF
-services:
-- {name: payment, namespace: shop, ports: [{port: $SVC}], destinations: [{site: a, addresses: ['127.0.0.1:$EDGE_IN']}]}
-EOF
-sed -i "1i ingress = \"127.0.0.1:$EDGE_IN\"" "$work/edge-a/edge.toml"
-cat >> "$work/edge-a/edge.toml" <<EOF
-[[local]]
-name = "payment"
-namespace = "shop"
-ports = [{ port = $SVC, upstream = "127.0.0.1:$BACKEND" }]
-EOF
-sed -i "1i egress_http = \"127.0.0.1:$EDGE_OUT\"" "$work/edge-b/edge.toml"
+edge_pki "$bin"
 start_backend backend "$BACKEND"
-RUST_LOG=warn start edge_a "$bin/edge-agent" run --config "$work/edge-a/edge.toml"
-RUST_LOG=warn start edge_b "$bin/edge-agent" run --config "$work/edge-b/edge.toml"
+start_edge_pair "$bin" "$SVC" "$BACKEND" "$EDGE_IN" "$EDGE_OUT"
 
 # Site b's cluster: a real API server and istiod.
 echo "==> API server and istiod" >&2
