@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
+use federation::backoff::Backoff;
 use federation::identity::{Role, SiteId};
 use federation::model;
 use federation::routes::fingerprint;
@@ -139,7 +140,8 @@ pub async fn watch_federation(
             return;
         }
     };
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let connected = std::sync::atomic::AtomicBool::new(false);
     loop {
         let run = async {
             let stream = connect_site(
@@ -158,6 +160,7 @@ pub async fn watch_federation(
                 .map_err(|s| format!("{}: {}", s.code(), s.message()))?
                 .into_inner();
             info!(federation = %address, "route feed connected");
+            connected.store(true, Ordering::Relaxed);
             loop {
                 match watch.message().await {
                     Ok(Some(t)) => {
@@ -184,11 +187,16 @@ pub async fn watch_federation(
         if let Err(e) = r {
             warn!(federation = %address, error = %e, "route feed lost; keeping the last table and reconnecting");
         }
-        let wait = backoff + Duration::from_millis(rand::random::<u64>() % 100);
+        // A watch that was established succeeded: the next reconnect starts from the shortest
+        // wait again (before, the wait only grew, so after a few restarts of federationd every
+        // reconnect waited 5 s).
+        if connected.swap(false, Ordering::Relaxed) {
+            backoff.reset();
+        }
+        let wait = backoff.next_delay() + Duration::from_millis(rand::random::<u64>() % 100);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

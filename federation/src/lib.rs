@@ -7,6 +7,7 @@
 //! backend), [`daemon`] (wiring).
 
 pub mod admin;
+pub mod backoff;
 pub mod catalog;
 pub mod config;
 pub mod daemon;
