@@ -4,11 +4,14 @@
 # local processes on loopback, linked by mTLS with certificates from a fresh federation CA.
 # Prints the front end's and the status page's URLs; Ctrl-C stops everything.
 #
-#   sites/local/run.sh [--walkthrough] [--once] [--dir DIR] [--port-base N] [--debug] [...]
+#   sites/local/run.sh [--walkthrough] [--meshes] [--once] [--dir DIR] [--port-base N] [--debug] [...]
 #
 # --walkthrough books a tour across sites, shifts tour-catalog 90/10 -> 50/50 -> 0/100 with a
 # TrafficSplit and measures it, kills site b's edge agent to show payment failing over, and
-# restores it. Other options go to multimesh-demo (see `multimesh-demo --help`).
+# restores it. --meshes adds site m, a Kubernetes site (upstream kube-apiserver) running a real
+# Istio mesh (upstream istiod, istio-agent and Envoy; built once with Go >= 1.26 and cached):
+# the walkthrough's split is then applied in m's cluster and measured through m's Envoy. Other
+# options go to multimesh-demo (see `multimesh-demo --help`).
 set -euo pipefail
 
 profile=release
@@ -16,7 +19,7 @@ args=()
 for a in "$@"; do
   case "$a" in
     --debug) profile=debug ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) args+=("$a") ;;
   esac
 done

@@ -48,6 +48,12 @@ struct Cli {
     /// only on 127.0.0.1.
     #[arg(long)]
     public: bool,
+    /// Add site m: a Kubernetes site (upstream kube-apiserver) with a real Istio mesh (upstream
+    /// istiod, and istio-agent with upstream Envoy for the walkthrough's client). The
+    /// walkthrough then applies its TrafficSplit in m's cluster and measures it through m's
+    /// Envoy. Needs Go >= 1.26 the first time (builds are cached).
+    #[arg(long)]
+    meshes: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -80,6 +86,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         port_base: cli.port_base,
         bin_dir,
         public: cli.public,
+        meshes: cli.meshes,
     };
     // Ctrl-C during start-up must stop what was started too.
     let demo = tokio::select! {

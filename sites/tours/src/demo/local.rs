@@ -23,6 +23,8 @@ pub struct Options {
     pub bin_dir: PathBuf,
     /// Serve the front end and the status page on every interface, not only loopback.
     pub public: bool,
+    /// Add site `m`: Kubernetes with a real Istio mesh (mesh.rs).
+    pub meshes: bool,
 }
 
 /// A running demo.
@@ -35,6 +37,8 @@ pub struct Demo {
     pub procs: tokio::sync::Mutex<Supervisor>,
     /// HTTP client for probes.
     pub http: Http,
+    /// With `--meshes`: site m's cluster.
+    pub mesh: Option<super::mesh::MeshCluster>,
     status_task: tokio::task::JoinHandle<()>,
 }
 
@@ -46,7 +50,7 @@ pub fn say(msg: impl std::fmt::Display) {
 impl Demo {
     /// Builds and starts everything, and waits until every site routes to every service.
     pub async fn start(opts: Options) -> anyhow::Result<Self> {
-        let t = Topology::local(opts.port_base).map_err(anyhow::Error::msg)?;
+        let t = Topology::local(opts.port_base, opts.meshes).map_err(anyhow::Error::msg)?;
         for b in ["federationd", "federationctl", "edge-agent", "tours"] {
             let p = opts.bin_dir.join(b);
             if !p.is_file() {
@@ -63,18 +67,36 @@ impl Demo {
         say("creating a federation CA and two certificates per site (federationd, edge agent)");
         write_pki(&opts.dir.join("pki"), &t)?;
         let mut procs = Supervisor::default();
-        say("starting federationd at a, b, c and the edge node");
+        let mut mesh = None;
+        let mut kubeconfig = None;
+        if let Some(ports) = t.mesh_ports {
+            say(
+                "site m: a real API server and istiod (upstream, built once and cached; the first run takes minutes)",
+            );
+            let m = super::mesh::MeshCluster::start(&opts.dir.join("kube"), ports)?;
+            kubeconfig = Some(m.federationd_kubeconfig()?.display().to_string());
+            mesh = Some(m);
+        }
+        say(format!(
+            "starting federationd at {}",
+            t.sites
+                .iter()
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         for s in &t.sites {
             let dir = opts.dir.join(s.name);
             std::fs::create_dir_all(&dir)?;
             let _ = std::fs::remove_file(dir.join("ready.json"));
+            let kube = s.mesh.and(kubeconfig.as_deref());
             std::fs::write(
                 dir.join("federationd.toml"),
-                topology::federationd_toml(s, |n| t.exporters(n)),
+                topology::federationd_toml(s, |n| t.exporters(n), t.service_port, kube),
             )?;
             std::fs::write(
                 dir.join("edge.toml"),
-                topology::edge_toml(s, &t.children(s.name)),
+                topology::edge_toml(s, &t.children(s.name), t.service_port),
             )?;
             procs.spawn(
                 &format!("{}/federationd", s.name),
@@ -117,6 +139,10 @@ impl Demo {
                 &dir.join("edge-agent.log"),
             )?;
         }
+        if let (Some(m), Some(ports)) = (&mesh, t.mesh_ports) {
+            say("site m: the walkthrough client's sidecar (istio-agent with upstream Envoy)");
+            m.start_sidecar(&mut procs, &opts.dir.join("m"), ports, t.service_port)?;
+        }
         let status = Status::new(
             t.sites
                 .iter()
@@ -124,6 +150,7 @@ impl Demo {
                     name: s.name.to_string(),
                     admin_socket: opts.dir.join(s.name).join("admin.sock"),
                     edge_admin: format!("127.0.0.1:{}", s.admin_port),
+                    mesh: s.mesh.unwrap_or("none").to_string(),
                 })
                 .collect(),
         );
@@ -148,6 +175,7 @@ impl Demo {
             topology: t,
             procs: tokio::sync::Mutex::new(procs),
             http: Http::default(),
+            mesh,
             status_task,
         };
         demo.wait_ready(Duration::from_secs(60)).await?;
@@ -271,6 +299,7 @@ impl Demo {
     pub async fn stop(mut self) {
         self.status_task.abort();
         self.procs.get_mut().stop_all(Duration::from_secs(5)).await;
+        // Site m's API server and istiod stop when the demo is dropped (MeshCluster's Drop).
         say(format!(
             "stopped every process (state and logs kept in {})",
             self.opts.dir.display()
@@ -309,6 +338,10 @@ pub fn destinations(routes: &Value, service: &str) -> Vec<String> {
 
 fn check_ports_free(t: &Topology) -> anyhow::Result<()> {
     let mut ports = vec![t.status_port];
+    if let Some(m) = t.mesh_ports {
+        ports.extend([m.sidecar_admin, m.sidecar_status, t.service_port]);
+        ports.extend((0..10).map(|i| m.kube_base + i));
+    }
     for s in &t.sites {
         ports.extend([s.federation_port, s.egress_port, s.admin_port]);
         ports.extend(s.ingress_port);

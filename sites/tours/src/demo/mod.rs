@@ -3,6 +3,7 @@
 //! and [`status`] (the status page).
 
 pub mod local;
+pub mod mesh;
 pub mod status;
 pub mod supervisor;
 pub mod topology;

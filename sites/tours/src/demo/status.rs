@@ -32,6 +32,8 @@ pub struct SiteEndpoints {
     pub admin_socket: PathBuf,
     /// Its edge agent's admin listener (`host:port`).
     pub edge_admin: String,
+    /// The site's mesh (`istio`), or `none`.
+    pub mesh: String,
 }
 
 /// Call counters of one edge agent, from its `/metrics`.
@@ -169,7 +171,7 @@ impl Status {
                     splits.push(sp);
                 }
             }
-            sites.push(json!({"name": s.name, "edge": edge, "federation": fed}));
+            sites.push(json!({"name": s.name, "mesh": s.mesh, "edge": edge, "federation": fed}));
         }
         let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         samples.push_back(Sample { at: now, edges });

@@ -15,6 +15,7 @@ struct Proc {
     args: Vec<String>,
     cwd: PathBuf,
     log: PathBuf,
+    env: Vec<(&'static str, String)>,
     child: Option<Child>,
 }
 
@@ -34,12 +35,26 @@ impl Supervisor {
         cwd: &Path,
         log: &Path,
     ) -> anyhow::Result<()> {
+        self.spawn_env(name, program, args, cwd, log, &[])
+    }
+
+    /// [`Supervisor::spawn`] with extra environment variables.
+    pub fn spawn_env(
+        &mut self,
+        name: &str,
+        program: &Path,
+        args: Vec<String>,
+        cwd: &Path,
+        log: &Path,
+        env: &[(&'static str, String)],
+    ) -> anyhow::Result<()> {
         let mut p = Proc {
             name: name.to_string(),
             program: program.to_path_buf(),
             args,
             cwd: cwd.to_path_buf(),
             log: log.to_path_buf(),
+            env: env.to_vec(),
             child: None,
         };
         p.child = Some(start(&p)?);
@@ -130,6 +145,7 @@ fn start(p: &Proc) -> anyhow::Result<Child> {
     let err = log.try_clone()?;
     Command::new(&p.program)
         .args(&p.args)
+        .envs(p.env.iter().map(|(k, v)| (*k, v.as_str())))
         .current_dir(&p.cwd)
         .stdin(Stdio::null())
         .stdout(log)

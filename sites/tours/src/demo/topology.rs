@@ -22,7 +22,7 @@ use crate::app::Kind;
 pub const TRUST_DOMAIN: &str = "multimesh.local";
 /// The app's namespace.
 pub const NAMESPACE: &str = "tours";
-/// The port every app service is known by in the federation.
+/// The port every app service is known by in the federation (without `--meshes`).
 pub const SERVICE_PORT: u16 = 80;
 
 /// One app process.
@@ -67,6 +67,8 @@ pub struct Site {
     pub parent: Option<(&'static str, u16)>,
     /// The app services running here.
     pub apps: Vec<App>,
+    /// The site's mesh (`--meshes`: a Kubernetes site running it), or none.
+    pub mesh: Option<&'static str>,
 }
 
 /// The demo's layout on ports `base+1 ..= base+99`.
@@ -76,6 +78,23 @@ pub struct Topology {
     pub sites: Vec<Site>,
     /// The status page.
     pub status_port: u16,
+    /// The port every app service is known by: 80, or with `--meshes` `base + 80` (a sidecar
+    /// in interception mode NONE listens on the service port itself, and 80 is privileged).
+    pub service_port: u16,
+    /// With `--meshes`: the first of ten ports of the mesh site's API server and istiod
+    /// (`base + 100`), its sidecar's admin and status ports.
+    pub mesh_ports: Option<MeshPorts>,
+}
+
+/// Ports of the `--meshes` site beyond its federationd and edge agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MeshPorts {
+    /// First of the ten ports scripts/kube-testenv.sh and istio-testenv.sh use for the site.
+    pub kube_base: u16,
+    /// The walkthrough client's sidecar (Envoy) admin port.
+    pub sidecar_admin: u16,
+    /// Its istio-agent status port.
+    pub sidecar_status: u16,
 }
 
 impl Topology {
@@ -88,11 +107,14 @@ impl Topology {
             .collect()
     }
 
-    /// The layout with ports from `base` (`base + 99` must fit in a port).
-    pub fn local(base: u16) -> Result<Self, String> {
-        if base.checked_add(99).is_none() || base < 1024 {
+    /// The layout with ports from `base` (`base + 99` must fit in a port). With `meshes`, a
+    /// fifth site `m` runs Kubernetes with a real Istio mesh (and `base + 109` must fit).
+    pub fn local(base: u16, meshes: bool) -> Result<Self, String> {
+        let top = if meshes { 109 } else { 99 };
+        if base.checked_add(top).is_none() || base < 1024 {
             return Err(format!(
-                "--port-base {base}: must be in 1024..=65436 (the demo uses base+1..base+99)"
+                "--port-base {base}: must be in 1024..={} (the demo uses base+1..base+{top})",
+                u16::MAX - top
             ));
         }
         let p = |off: u16| base + off;
@@ -115,6 +137,7 @@ impl Topology {
                     app(Kind::Frontend, "v1", &[], p(40)),
                     app(Kind::Booking, "v1", &["booking"], p(41)),
                 ],
+                mesh: None,
             },
             Site {
                 name: "b",
@@ -134,6 +157,7 @@ impl Topology {
                         p(52),
                     ),
                 ],
+                mesh: None,
             },
             Site {
                 name: "c",
@@ -152,6 +176,7 @@ impl Topology {
                     ),
                     app(Kind::Payment, "v1", &["payment"], p(61)),
                 ],
+                mesh: None,
             },
             Site {
                 name: "node",
@@ -162,11 +187,38 @@ impl Topology {
                 peers: vec![("c", Some(p(3)))],
                 parent: Some(("c", p(13))),
                 apps: vec![app(Kind::Notification, "v1", &["notification"], p(70))],
+                mesh: None,
             },
         ];
+        let mut sites = sites;
+        let mut mesh_ports = None;
+        if meshes {
+            // m: a Kubernetes site with Istio, calling the others' services through its mesh.
+            for s in sites.iter_mut().filter(|s| s.parent.is_none()) {
+                s.peers.push(("m", None));
+            }
+            sites.push(Site {
+                name: "m",
+                federation_port: p(5),
+                ingress_port: None,
+                egress_port: p(25),
+                admin_port: p(35),
+                peers: vec![("a", Some(p(1))), ("b", Some(p(2))), ("c", Some(p(3)))],
+                parent: None,
+                apps: vec![],
+                mesh: Some("istio"),
+            });
+            mesh_ports = Some(MeshPorts {
+                kube_base: p(100),
+                sidecar_admin: p(81),
+                sidecar_status: p(82),
+            });
+        }
         Ok(Self {
             sites,
             status_port: p(99),
+            service_port: if meshes { p(80) } else { SERVICE_PORT },
+            mesh_ports,
         })
     }
 
@@ -202,8 +254,14 @@ fn tls_toml(site: &str, role: &str) -> String {
 }
 
 /// The federationd config of `site` (paths relative to the site's folder); `exporters` names
-/// the sites exporting a service.
-pub fn federationd_toml(site: &Site, exporters: impl Fn(&str) -> Vec<&'static str>) -> String {
+/// the sites exporting a service; services are known by `service_port`. A site with a mesh
+/// runs the kubernetes backend against the API server of `kubeconfig`.
+pub fn federationd_toml(
+    site: &Site,
+    exporters: impl Fn(&str) -> Vec<&'static str>,
+    service_port: u16,
+    kubeconfig: Option<&str>,
+) -> String {
     let mut o = format!(
         "# federationd of site {name} (written by multimesh-demo)\nsite = \"{name}\"\ntrust_domain = \"{TRUST_DOMAIN}\"\nlisten = \"127.0.0.1:{}\"\nadmin_socket = \"admin.sock\"\nstate_file = \"state.json\"\nready_file = \"ready.json\"\n",
         site.federation_port,
@@ -221,8 +279,19 @@ pub fn federationd_toml(site: &Site, exporters: impl Fn(&str) -> Vec<&'static st
         }
         (None, None) => {}
     }
+    if kubeconfig.is_some() {
+        o.push_str("backend = \"kubernetes\"\n");
+    }
     o.push('\n');
     o.push_str(&tls_toml(site.name, "federation"));
+    if let Some(k) = kubeconfig {
+        let _ = write!(
+            o,
+            "\n[kubernetes]\nkubeconfig = \"{k}\"\nmesh = \"{}\"\nresync_seconds = 5\nedge_address = \"127.0.0.1\"\nedge_http_port = {}\n",
+            site.mesh.unwrap_or("none"),
+            site.egress_port
+        );
+    }
     o.push_str("\n[sync]\nheartbeat_ms = 500\n");
     for (peer, port) in &site.peers {
         let _ = write!(o, "\n[[peers]]\nsite = \"{peer}\"\n");
@@ -239,7 +308,7 @@ pub fn federationd_toml(site: &Site, exporters: impl Fn(&str) -> Vec<&'static st
                 .collect();
             let _ = write!(
                 o,
-                "\n[[services]]\nname = \"{name}\"\nnamespace = \"{NAMESPACE}\"\nports = [{{ name = \"http\", port = {SERVICE_PORT}, protocol = \"http\" }}]\nexport = true\nshare_with = {others:?}\nlabels = {{ version = \"{}\" }}\n",
+                "\n[[services]]\nname = \"{name}\"\nnamespace = \"{NAMESPACE}\"\nports = [{{ name = \"http\", port = {service_port}, protocol = \"http\" }}]\nexport = true\nshare_with = {others:?}\nlabels = {{ version = \"{}\" }}\n",
                 a.version
             );
         }
@@ -248,8 +317,8 @@ pub fn federationd_toml(site: &Site, exporters: impl Fn(&str) -> Vec<&'static st
 }
 
 /// The edge agent config of `site`, parent of the edge nodes `children` (paths relative to the
-/// site's folder).
-pub fn edge_toml(site: &Site, children: &[&str]) -> String {
+/// site's folder); services are known by `service_port`.
+pub fn edge_toml(site: &Site, children: &[&str], service_port: u16) -> String {
     let mut o = format!(
         "# edge agent of site {name} (written by multimesh-demo)\nsite = \"{name}\"\ntrust_domain = \"{TRUST_DOMAIN}\"\negress_http = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\nready_file = \"edge-ready.json\"\n",
         site.egress_port,
@@ -279,7 +348,7 @@ pub fn edge_toml(site: &Site, children: &[&str]) -> String {
         for name in &a.exports {
             let _ = write!(
                 o,
-                "\n[[local]]\nname = \"{name}\"\nnamespace = \"{NAMESPACE}\"\nports = [{{ port = {SERVICE_PORT}, upstream = \"127.0.0.1:{}\" }}]\n",
+                "\n[[local]]\nname = \"{name}\"\nnamespace = \"{NAMESPACE}\"\nports = [{{ port = {service_port}, upstream = \"127.0.0.1:{}\" }}]\n",
                 a.port
             );
         }
@@ -324,7 +393,7 @@ mod tests {
 
     #[test]
     fn ports_are_distinct_and_in_range() {
-        let t = Topology::local(17100).unwrap();
+        let t = Topology::local(17100, false).unwrap();
         let mut ports: Vec<u16> = vec![t.status_port];
         for s in &t.sites {
             ports.extend([s.federation_port, s.egress_port, s.admin_port]);
@@ -336,17 +405,27 @@ mod tests {
         ports.dedup();
         assert_eq!(ports.len(), n, "a port is used twice");
         assert!(ports.iter().all(|p| (17101..=17199).contains(p)));
-        assert!(Topology::local(65500).is_err());
-        assert!(Topology::local(80).is_err());
+        assert!(Topology::local(65500, false).is_err());
+        assert!(Topology::local(80, false).is_err());
+        assert!(Topology::local(65430, true).is_err());
+        let m = Topology::local(17100, true).unwrap();
+        assert_eq!(m.service_port, 17180);
+        assert_eq!(m.site("m").unwrap().mesh, Some("istio"));
+        assert!(m.site("a").unwrap().peers.contains(&("m", None)));
     }
 
     #[test]
     fn configs_parse_as_the_daemons_read_them() {
-        let t = Topology::local(17100).unwrap();
+        let t = Topology::local(17100, true).unwrap();
         let dir = tempfile::tempdir().unwrap();
         for s in &t.sites {
             let f = dir.path().join(format!("{}.toml", s.name));
-            std::fs::write(&f, federationd_toml(s, |n| t.exporters(n))).unwrap();
+            let kube = s.mesh.map(|_| "kubeconfig");
+            std::fs::write(
+                &f,
+                federationd_toml(s, |n| t.exporters(n), t.service_port, kube),
+            )
+            .unwrap();
             let cfg = federation::config::Config::load(&f).unwrap();
             assert_eq!(cfg.site, s.name);
             assert_eq!(
@@ -358,9 +437,9 @@ mod tests {
         assert_eq!(t.exporters("payment"), vec!["b", "c"]);
         assert_eq!(t.exporters("notification"), vec!["b", "node"]);
         let node = t.site("node").unwrap();
-        let e = edge_toml(node, &t.children(node.name));
+        let e = edge_toml(node, &t.children(node.name), t.service_port);
         assert!(e.contains("[parent]") && !e.contains("ingress ="), "{e}");
         let c = t.site("c").unwrap();
-        assert!(edge_toml(c, &t.children("c")).contains("children = [\"node\"]"));
+        assert!(edge_toml(c, &t.children("c"), t.service_port).contains("children = [\"node\"]"));
     }
 }

@@ -196,7 +196,12 @@ async fn spread(demo: &Demo, n: usize) -> (BTreeMap<String, usize>, usize) {
     let Some(a) = demo.topology.site("a") else {
         return (BTreeMap::new(), n);
     };
-    let egress = format!("127.0.0.1:{}", a.egress_port);
+    spread_via(demo, n, format!("127.0.0.1:{}", a.egress_port)).await
+}
+
+/// `n` calls of tour-catalog sent to `egress` (an edge agent, or a mesh proxy): the versions
+/// that answered, and the calls that failed.
+async fn spread_via(demo: &Demo, n: usize, egress: String) -> (BTreeMap<String, usize>, usize) {
     let host = format!("tour-catalog.{NAMESPACE}.svc.clusterset.local");
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counts = Arc::new(Mutex::new((BTreeMap::<String, usize>::new(), 0usize)));
@@ -241,6 +246,9 @@ async fn spread(demo: &Demo, n: usize) -> (BTreeMap<String, usize>, usize) {
 }
 
 async fn traffic_split(demo: &Demo, report: &mut Report, n: usize) {
+    if demo.mesh.is_some() {
+        return mesh_traffic_split(demo, report, n).await;
+    }
     say(
         "step 2: shift tour-catalog from v1 (site c) to v2 (site b) with an SMI TrafficSplit applied at site a",
     );
@@ -492,4 +500,155 @@ async fn failover(demo: &Demo, report: &mut Report) {
         back.is_some() && failures == 0,
         json!({"seconds_to_recover": back.map(|d| d.as_secs_f64()), "bookings": attempts, "failed": failures}),
     );
+}
+
+fn split_object(v1: u32, v2: u32) -> Value {
+    json!({"apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
+        "metadata": {"name": "tour-catalog-rollout", "namespace": NAMESPACE},
+        "spec": {"service": "tour-catalog",
+                 "backends": [{"service": "tour-catalog-v1", "weight": v1},
+                              {"service": "tour-catalog-v2", "weight": v2}]}})
+}
+
+/// The weight of each cluster of m's Envoy route for tour-catalog (100 for a single cluster),
+/// from its admin `/config_dump`.
+async fn envoy_weights(demo: &Demo, admin: u16) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let Ok((200, body)) = demo
+        .http
+        .get_text(
+            &format!("127.0.0.1:{admin}"),
+            "/config_dump",
+            Duration::from_secs(2),
+        )
+        .await
+    else {
+        return out;
+    };
+    let Ok(dump) = serde_json::from_str::<Value>(&body) else {
+        return out;
+    };
+    let host = format!("tour-catalog.{NAMESPACE}.svc.clusterset.local");
+    for c in dump["configs"].as_array().into_iter().flatten() {
+        for rc in c["dynamic_route_configs"].as_array().into_iter().flatten() {
+            for vh in rc["route_config"]["virtual_hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let ours = vh["domains"].as_array().into_iter().flatten().any(|d| {
+                    d.as_str()
+                        .is_some_and(|d| d == host || d.starts_with(&format!("{host}:")))
+                });
+                if !ours {
+                    continue;
+                }
+                let route = &vh["routes"][0]["route"];
+                if let Some(cl) = route["cluster"].as_str() {
+                    out.insert(cl.to_string(), 100);
+                }
+                for cl in route["weighted_clusters"]["clusters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    out.insert(
+                        cl["name"].as_str().unwrap_or_default().to_string(),
+                        cl["weight"].as_u64().unwrap_or(0),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Step 2 with `--meshes`: the TrafficSplit is applied in site m's cluster, rendered by m's
+/// federationd into an Istio VirtualService, and the calls go through m's Envoy (the
+/// walkthrough client's sidecar), which splits them; both versions are at other sites, reached
+/// through m's edge agent.
+async fn mesh_traffic_split(demo: &Demo, report: &mut Report, n: usize) {
+    let (Some(m), Some(ports)) = (&demo.mesh, demo.topology.mesh_ports) else {
+        return;
+    };
+    let port = demo.topology.service_port;
+    say(
+        "step 2: shift tour-catalog from v1 (site c) to v2 (site b) with an SMI TrafficSplit applied in site m's cluster (Istio): federationd renders it into a VirtualService, and m's Envoy splits the calls",
+    );
+    for (v1, v2) in [(90u32, 10u32), (50, 50), (0, 100)] {
+        let name =
+            format!("TrafficSplit tour-catalog v1 {v1} / v2 {v2} (through Istio's Envoy at m)");
+        if let Err(e) = m.apply(&split_object(v1, v2)) {
+            report.record(&name, false, json!({"error": e.to_string()}));
+            continue;
+        }
+        say(format!(
+            "  TrafficSplit tours/tour-catalog-rollout v1 {v1} / v2 {v2} applied in m's cluster"
+        ));
+        let want: BTreeMap<String, u64> = [("v1", v1), ("v2", v2)]
+            .into_iter()
+            .filter(|(_, w)| *w > 0)
+            .map(|(v, w)| {
+                (
+                    format!("outbound|{port}||tour-catalog-{v}.{NAMESPACE}.svc.clusterset.local"),
+                    u64::from(w),
+                )
+            })
+            .collect();
+        let applied = Instant::now();
+        let mut seen = false;
+        while applied.elapsed() < Duration::from_secs(30) {
+            let got: BTreeMap<String, u64> = envoy_weights(demo, ports.sidecar_admin)
+                .await
+                .into_iter()
+                .filter(|(_, w)| *w > 0)
+                .collect();
+            if got == want {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let propagation_ms = applied.elapsed().as_millis() as u64;
+        if !seen {
+            report.record(
+                &name,
+                false,
+                json!({"error": "m's Envoy did not get the split within 30 s",
+                       "envoy_route": envoy_weights(demo, ports.sidecar_admin).await}),
+            );
+            continue;
+        }
+        let (counts, failed) = spread_via(demo, n, format!("127.0.0.1:{port}")).await;
+        let answered: usize = counts.values().sum();
+        let share = |v: &str| {
+            if answered == 0 {
+                0.0
+            } else {
+                100.0 * *counts.get(v).unwrap_or(&0) as f64 / answered as f64
+            }
+        };
+        let (o1, o2) = (share("v1"), share("v2"));
+        let ok = failed == 0
+            && answered == n
+            && (o1 - f64::from(v1)).abs() <= SPLIT_TOLERANCE
+            && (o2 - f64::from(v2)).abs() <= SPLIT_TOLERANCE;
+        say(format!(
+            "  configured v1 {v1}% / v2 {v2}%  →  observed through m's Envoy v1 {o1:.1}% / v2 {o2:.1}% over {n} calls ({failed} failed; Envoy had the route {propagation_ms} ms after apply)"
+        ));
+        report.record(
+            &name,
+            ok,
+            json!({"configured": {"v1": v1, "v2": v2}, "observed_percent": {"v1": o1, "v2": o2},
+                   "calls": n, "failed": failed, "propagation_ms": propagation_ms,
+                   "tolerance_points": SPLIT_TOLERANCE, "proxy": "istio envoy at site m"}),
+        );
+    }
+    bad_split_refused(demo, report);
+    match m.delete(&split_object(0, 0)) {
+        Ok(()) => {
+            say("  TrafficSplit deleted from m's cluster: both versions serve the root name again")
+        }
+        Err(e) => report.record("delete the split", false, json!({"error": e.to_string()})),
+    }
 }
