@@ -252,16 +252,21 @@ pub struct Sidecar {
     child: Option<Child>,
 }
 
-/// A free loopback port below the ephemeral range.
+/// A free loopback port, never the same twice in one test process, from 10000-19999: below
+/// the blocks the API servers of concurrent tests take (20000-32009, kubeenv.rs) and below the
+/// kernel's ephemeral range.
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos()
         ^ std::process::id();
-    for i in 0..5000u32 {
-        let p = 20_000 + ((seed.wrapping_add(i.wrapping_mul(7919))) % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for i in 0..10_000u32 {
+        let p = 10_000 + ((seed.wrapping_add(i.wrapping_mul(7919))) % 10_000) as u16;
+        if !given.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            given.push(p);
             return p;
         }
     }

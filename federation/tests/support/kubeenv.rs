@@ -24,18 +24,26 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kube-testenv.sh")
 }
 
-/// A block of 10 * `n` loopback ports below the ephemeral range that are free right now.
+/// A block of 10 * `n` loopback ports below the ephemeral range that are free right now, and
+/// that no other test of this process was given (tests run concurrently).
 fn port_base(n: usize) -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos() as u64;
     let seed = std::process::id() as u64 * 1_000_003 + nanos;
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     for attempt in 0..200u64 {
         let base = 20000 + ((seed.wrapping_mul(7919) + attempt * 37) % 120) as u16 * 100;
+        // Blocks are 100 apart, and one test takes at most 10 sites.
+        if given.contains(&base) {
+            continue;
+        }
         let all_free = (0..n as u16 * 10)
             .all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if all_free {
+            given.push(base);
             return base;
         }
     }
