@@ -70,8 +70,8 @@ fn route_weights(sidecar: &Sidecar) -> BTreeMap<String, u64> {
     out
 }
 
-/// `n` GETs of `host` through the Envoy listener at `listener`: counts by answer ("v1", "v2",
-/// or "HTTP <status>" / "error").
+/// `n` GETs of `host` through the Envoy listener at `listener`, on one keep-alive connection:
+/// counts by answer ("v1", "v2", or "HTTP <status>" / "error").
 fn calls(listener: (&str, u16), host: &str, n: usize) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     let mut conn = None;
@@ -86,7 +86,18 @@ fn calls(listener: (&str, u16), host: &str, n: usize) -> BTreeMap<String, usize>
             };
         }
         let Some(c) = conn.as_mut() else { continue };
-        let key = match c.get(host, "/", &[]) {
+        // A keep-alive connection that Envoy closed between two calls (it drains a listener
+        // when istiod pushes a new one) is retried once on a new connection, as an HTTP client
+        // does with a pooled connection for an idempotent request.
+        let answer = match c.get(host, "/", &[]) {
+            Err(_) => Http1::connect(listener).and_then(|mut fresh| {
+                let r = fresh.get(host, "/", &[]);
+                conn = Some(fresh);
+                r
+            }),
+            ok => ok,
+        };
+        let key = match answer {
             Ok((200, body)) => body,
             Ok((s, body)) => format!("HTTP {s}: {}", body.trim()),
             Err(e) => {
