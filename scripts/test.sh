@@ -53,7 +53,7 @@ sites/local/run.sh --once --debug --dir "$(mktemp -d -t multimesh-ci.XXXXXX)" --
   || { cat /tmp/multimesh-demo-check.log; echo "local demo FAILED" >&2; exit 1; }
 grep "all sites ready" /tmp/multimesh-demo-check.log
 echo "==> the demo across mesh types: site m runs a real Istio mesh, the split goes through its Envoy (sites/local/run.sh --meshes --walkthrough)"
-sites/local/run.sh --meshes --walkthrough --debug --calls-per-phase 2000 --dir "$(mktemp -d -t multimesh-ci-meshes.XXXXXX)" \
+sites/local/run.sh --meshes --walkthrough --debug --dir "$(mktemp -d -t multimesh-ci-meshes.XXXXXX)" \
   --port-base "${MULTIMESH_MESHES_PORT_BASE:-27500}" > /tmp/multimesh-demo-meshes.log 2>&1 \
   || { cat /tmp/multimesh-demo-meshes.log; echo "demo --meshes FAILED" >&2; exit 1; }
 grep -E "observed through m's Envoy|steps passed" /tmp/multimesh-demo-meshes.log
