@@ -192,13 +192,6 @@ fn split_in_routes(routes: &Value, v1: u32, v2: u32) -> bool {
 
 /// Sends `n` calls (16 at a time) to tour-catalog through site a's edge agent; counts by the
 /// version that answered, and failures.
-async fn spread(demo: &Demo, n: usize) -> (BTreeMap<String, usize>, usize) {
-    let Some(a) = demo.topology.site("a") else {
-        return (BTreeMap::new(), n);
-    };
-    spread_via(demo, n, format!("127.0.0.1:{}", a.egress_port)).await
-}
-
 /// `n` calls of tour-catalog sent to `egress` (an edge agent, or a mesh proxy): the versions
 /// that answered, and the calls that failed.
 async fn spread_via(demo: &Demo, n: usize, egress: String) -> (BTreeMap<String, usize>, usize) {
@@ -243,6 +236,54 @@ async fn spread_via(demo: &Demo, n: usize, egress: String) -> (BTreeMap<String, 
     while tasks.join_next().await.is_some() {}
     let c = counts.lock().await;
     (c.0.clone(), c.1)
+}
+
+/// One measured step of a traffic split.
+struct SplitStep<'a> {
+    name: &'a str,
+    /// Configured v1 / v2 percent.
+    weights: (u32, u32),
+    calls: usize,
+    /// Where the calls go (an edge agent, or a mesh proxy).
+    egress: String,
+    /// How the observed shares are introduced ("observed through m's Envoy").
+    observed: &'static str,
+    /// When the proxy had the split, for the line printed.
+    applied: String,
+    propagation_ms: u64,
+    /// The proxy that split the calls, when not the edge agent.
+    proxy: Option<&'static str>,
+}
+
+/// Sends the step's calls, compares the shares with the configured ones (within
+/// [`SPLIT_TOLERANCE`] points, no failure), says so and records it.
+async fn measure_split(demo: &Demo, report: &mut Report, step: SplitStep<'_>) {
+    let ((v1, v2), n) = (step.weights, step.calls);
+    let (counts, failed) = spread_via(demo, n, step.egress).await;
+    let answered: usize = counts.values().sum();
+    let share = |v: &str| {
+        if answered == 0 {
+            0.0
+        } else {
+            100.0 * *counts.get(v).unwrap_or(&0) as f64 / answered as f64
+        }
+    };
+    let (o1, o2) = (share("v1"), share("v2"));
+    let ok = failed == 0
+        && answered == n
+        && (o1 - f64::from(v1)).abs() <= SPLIT_TOLERANCE
+        && (o2 - f64::from(v2)).abs() <= SPLIT_TOLERANCE;
+    say(format!(
+        "  configured v1 {v1}% / v2 {v2}%  →  {} v1 {o1:.1}% / v2 {o2:.1}% over {n} calls ({failed} failed; {})",
+        step.observed, step.applied
+    ));
+    let mut detail = json!({"configured": {"v1": v1, "v2": v2}, "observed_percent": {"v1": o1, "v2": o2},
+        "calls": n, "failed": failed, "propagation_ms": step.propagation_ms,
+        "tolerance_points": SPLIT_TOLERANCE});
+    if let Some(p) = step.proxy {
+        detail["proxy"] = json!(p);
+    }
+    report.record(step.name, ok, detail);
 }
 
 async fn traffic_split(demo: &Demo, report: &mut Report, n: usize) {
@@ -293,30 +334,20 @@ async fn traffic_split(demo: &Demo, report: &mut Report, n: usize) {
             );
             continue;
         }
-        let (counts, failed) = spread(demo, n).await;
-        let answered: usize = counts.values().sum();
-        let share = |v: &str| {
-            if answered == 0 {
-                0.0
-            } else {
-                100.0 * *counts.get(v).unwrap_or(&0) as f64 / answered as f64
-            }
+        let Some(a) = demo.topology.site("a") else {
+            continue;
         };
-        let (o1, o2) = (share("v1"), share("v2"));
-        let ok = failed == 0
-            && answered == n
-            && (o1 - f64::from(v1)).abs() <= SPLIT_TOLERANCE
-            && (o2 - f64::from(v2)).abs() <= SPLIT_TOLERANCE;
-        say(format!(
-            "  configured v1 {v1}% / v2 {v2}%  →  observed v1 {o1:.1}% / v2 {o2:.1}% over {n} calls ({failed} failed; edge agent had the split {propagation_ms} ms after apply)"
-        ));
-        report.record(
-            &name,
-            ok,
-            json!({"configured": {"v1": v1, "v2": v2}, "observed_percent": {"v1": o1, "v2": o2},
-                   "calls": n, "failed": failed, "propagation_ms": propagation_ms,
-                   "tolerance_points": SPLIT_TOLERANCE}),
-        );
+        let step = SplitStep {
+            name: &name,
+            weights: (v1, v2),
+            calls: n,
+            egress: format!("127.0.0.1:{}", a.egress_port),
+            observed: "observed",
+            applied: format!("edge agent had the split {propagation_ms} ms after apply"),
+            propagation_ms,
+            proxy: None,
+        };
+        measure_split(demo, report, step).await;
     }
     bad_split_refused(demo, report);
     match demo.federationctl("a", &["delete-split", "tour-catalog", "-n", NAMESPACE]) {
@@ -619,30 +650,17 @@ async fn mesh_traffic_split(demo: &Demo, report: &mut Report, n: usize) {
             );
             continue;
         }
-        let (counts, failed) = spread_via(demo, n, format!("127.0.0.1:{port}")).await;
-        let answered: usize = counts.values().sum();
-        let share = |v: &str| {
-            if answered == 0 {
-                0.0
-            } else {
-                100.0 * *counts.get(v).unwrap_or(&0) as f64 / answered as f64
-            }
+        let step = SplitStep {
+            name: &name,
+            weights: (v1, v2),
+            calls: n,
+            egress: format!("127.0.0.1:{port}"),
+            observed: "observed through m's Envoy",
+            applied: format!("Envoy had the route {propagation_ms} ms after apply"),
+            propagation_ms,
+            proxy: Some("istio envoy at site m"),
         };
-        let (o1, o2) = (share("v1"), share("v2"));
-        let ok = failed == 0
-            && answered == n
-            && (o1 - f64::from(v1)).abs() <= SPLIT_TOLERANCE
-            && (o2 - f64::from(v2)).abs() <= SPLIT_TOLERANCE;
-        say(format!(
-            "  configured v1 {v1}% / v2 {v2}%  →  observed through m's Envoy v1 {o1:.1}% / v2 {o2:.1}% over {n} calls ({failed} failed; Envoy had the route {propagation_ms} ms after apply)"
-        ));
-        report.record(
-            &name,
-            ok,
-            json!({"configured": {"v1": v1, "v2": v2}, "observed_percent": {"v1": o1, "v2": o2},
-                   "calls": n, "failed": failed, "propagation_ms": propagation_ms,
-                   "tolerance_points": SPLIT_TOLERANCE, "proxy": "istio envoy at site m"}),
-        );
+        measure_split(demo, report, step).await;
     }
     bad_split_refused(demo, report);
     match m.delete(&split_object(0, 0)) {
