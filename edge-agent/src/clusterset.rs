@@ -141,9 +141,15 @@ pub enum PortUse {
     Tcp(ServiceKey),
 }
 
-/// The listeners a route table asks for, by port; and the ports left out because services
-/// disagree on them (two TCP services, or TCP beside HTTP: HTTP wins, being routable by Host).
-pub fn ports(table: &RouteTable) -> (BTreeMap<u16, PortUse>, Vec<u16>) {
+/// The most ports the agent listens on at the clusterset address. The route table comes from
+/// the catalog, where peers choose their services' ports: without a bound, exports with many
+/// distinct ports would make the agent open a socket for each.
+pub const MAX_LISTENERS: usize = 1_024;
+
+/// The listeners a route table asks for, by port (the lowest [`MAX_LISTENERS`] ports); the
+/// ports left out because services disagree on them (two TCP services, or TCP beside HTTP:
+/// HTTP wins, being routable by Host); and how many ports were left out over the bound.
+pub fn ports(table: &RouteTable) -> (BTreeMap<u16, PortUse>, Vec<u16>, usize) {
     let mut out: BTreeMap<u16, PortUse> = BTreeMap::new();
     let mut conflicts = Vec::new();
     for s in table.services() {
@@ -177,7 +183,11 @@ pub fn ports(table: &RouteTable) -> (BTreeMap<u16, PortUse>, Vec<u16>) {
     }
     conflicts.sort_unstable();
     conflicts.dedup();
-    (out, conflicts)
+    let over = out.len().saturating_sub(MAX_LISTENERS);
+    while out.len() > MAX_LISTENERS {
+        out.pop_last();
+    }
+    (out, conflicts, over)
 }
 
 /// Keeps one listener at `address` per port the route table asks for, following the table.
@@ -190,8 +200,17 @@ pub async fn serve_listeners(
     let mut changes = agent.route_changes();
     let mut open: BTreeMap<u16, (PortUse, CancellationToken)> = BTreeMap::new();
     let mut warned: Vec<u16> = Vec::new();
+    let mut warned_over = 0;
     loop {
-        let (want, conflicts) = ports(&agent.table());
+        let (want, conflicts, over) = ports(&agent.table());
+        if over > 0 && over != warned_over {
+            warn!(
+                over,
+                limit = MAX_LISTENERS,
+                "clusterset: the route table has more ports than the agent listens on; the highest are left out"
+            );
+        }
+        warned_over = over;
         for p in &conflicts {
             if !warned.contains(p) {
                 warn!(
@@ -382,11 +401,37 @@ mod tests {
             "t".into(),
         )
         .unwrap();
-        let (ports, conflicts) = ports(&t);
+        let (ports, conflicts, over) = ports(&t);
+        assert_eq!(over, 0);
         assert_eq!(ports[&8080], PortUse::Http);
         assert_eq!(ports[&9090], PortUse::Http);
         assert_eq!(ports[&5432], PortUse::Tcp(ServiceKey::new("tours", "db")));
         assert!(!ports.contains_key(&5433));
         assert_eq!(conflicts, [5433, 9090]);
+    }
+
+    #[test]
+    fn listeners_are_bounded_whatever_ports_the_catalog_brings() {
+        let services: Vec<String> = (0..1_100u32)
+            .map(|i| {
+                format!(
+                    "- {{name: s{i}, namespace: x, ports: [{{port: {}}}], destinations: [{{site: a}}]}}",
+                    2_000 + i
+                )
+            })
+            .collect();
+        let t = RouteTable::parse(
+            &format!("services:\n{}\n", services.join("\n")),
+            "yaml",
+            "t".into(),
+        )
+        .unwrap();
+        let (ports, _, over) = ports(&t);
+        assert_eq!(ports.len(), MAX_LISTENERS);
+        assert_eq!(over, 1_100 - MAX_LISTENERS);
+        assert_eq!(
+            ports.keys().next_back(),
+            Some(&(2_000 + MAX_LISTENERS as u16 - 1))
+        );
     }
 }
