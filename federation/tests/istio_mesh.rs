@@ -124,6 +124,15 @@ async fn split(c: &kube::Client, v1: u32, v2: u32) {
     .unwrap();
 }
 
+/// A Service in shop selecting `app: selector`, HTTP on `port` to the workloads' `target`.
+fn http_service(name: &str, selector: &str, port: u16, target: u16) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"selector": {"app": selector},
+                 "ports": [{"name": "http", "port": port, "targetPort": target,
+                            "protocol": "TCP", "appProtocol": "http"}]}})
+}
+
 fn sidecar_resource(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
         "metadata": {"name": name, "namespace": "shop"},
@@ -200,17 +209,9 @@ async fn istio_envoy_splits_and_enforces_what_federationd_writes() {
         ("reviews", "reviews", port),
         ("reviews-v1", "reviews-v1", inbound),
     ] {
-        k::apply(
-            &ca,
-            "test",
-            &json!({"apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": name, "namespace": "shop"},
-                "spec": {"selector": {"app": selector},
-                         "ports": [{"name": "http", "port": port, "targetPort": target,
-                                    "protocol": "TCP", "appProtocol": "http"}]}}),
-        )
-        .await
-        .unwrap();
+        k::apply(&ca, "test", &http_service(name, selector, port, target))
+            .await
+            .unwrap();
     }
     // reviews-v1 runs as a process, registered as Istio registers a VM's workload.
     k::apply(
@@ -595,11 +596,7 @@ async fn two_istio_sites_with_their_own_control_planes_work_as_one() {
     k::apply(
         &cb,
         "test",
-        &json!({"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "reviews-v2", "namespace": "shop"},
-            "spec": {"selector": {"app": "reviews-v2"},
-                     "ports": [{"name": "http", "port": port, "targetPort": inbound_b,
-                                "protocol": "TCP", "appProtocol": "http"}]}}),
+        &http_service("reviews-v2", "reviews-v2", port, inbound_b),
     )
     .await
     .unwrap();

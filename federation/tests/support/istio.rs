@@ -21,6 +21,22 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/istio-testenv.sh")
 }
 
+/// Runs `scripts/istio-testenv.sh args`; its standard output. Fails the test with `failure`
+/// and what the script said when it does not succeed.
+fn testenv(args: &[&std::ffi::OsStr], failure: &str) -> String {
+    let out = Command::new("bash")
+        .arg(script())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{failure}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn env_file(path: &Path) -> BTreeMap<String, String> {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -40,17 +56,10 @@ pub struct Tools {
 
 impl Tools {
     pub fn find() -> Tools {
-        let out = Command::new("bash")
-            .arg(script())
-            .arg("paths")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "Istio is not installed: run `scripts/istio-testenv.sh install` (scripts/test.sh does). {}",
-            String::from_utf8_lossy(&out.stderr)
+        let text = testenv(
+            &["paths".as_ref()],
+            "Istio is not installed: run `scripts/istio-testenv.sh install` (scripts/test.sh does)",
         );
-        let text = String::from_utf8(out.stdout).unwrap();
         let get = |k: &str| {
             PathBuf::from(
                 text.lines()
@@ -165,51 +174,33 @@ impl Istiod {
 
     /// Kills istiod at once (SIGKILL): the control plane is down.
     pub fn kill(&self) {
-        let out = Command::new("bash")
-            .arg(script())
-            .args(["kill"])
-            .arg(&self.dir)
-            .arg(&self.site)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        testenv(
+            &["kill".as_ref(), self.dir.as_os_str(), self.site.as_ref()],
+            "istio-testenv kill failed",
         );
     }
 
     /// Starts a killed istiod again (same ports, same certificate), waiting for ready.
     pub fn restart(&self) {
-        let out = Command::new("bash")
-            .arg(script())
-            .arg("start")
-            .arg(&self.dir)
-            .arg(&self.site)
-            .arg("--webhook")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        testenv(
+            &[
+                "start".as_ref(),
+                self.dir.as_os_str(),
+                self.site.as_ref(),
+                "--webhook".as_ref(),
+            ],
+            "istio-testenv start (again) failed",
         );
     }
 
     async fn launch(env: &KubeEnv, site: &str, webhook: bool) -> Istiod {
         let admin = env.client(site).await;
         k::namespace(&admin, "istio-system").await;
-        let mut cmd = Command::new("bash");
-        cmd.arg(script()).arg("start").arg(env.dir.path()).arg(site);
+        let mut args = vec!["start".as_ref(), env.dir.path().as_os_str(), site.as_ref()];
         if webhook {
-            cmd.arg("--webhook");
+            args.push("--webhook".as_ref());
         }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "istio-testenv start failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        testenv(&args, "istio-testenv start failed");
         let e = env_file(&env.site_dir(site).join("istiod.env"));
         Istiod {
             dir: env.dir.path().to_path_buf(),
