@@ -52,11 +52,11 @@ echo "==> local demo starts and every site routes to every service (sites/local/
 sites/local/run.sh --once --debug --dir "$(mktemp -d -t multimesh-ci.XXXXXX)" --port-base "${MULTIMESH_PORT_BASE:-27100}" > /tmp/multimesh-demo-check.log 2>&1 \
   || { cat /tmp/multimesh-demo-check.log; echo "local demo FAILED" >&2; exit 1; }
 grep "all sites ready" /tmp/multimesh-demo-check.log
-echo "==> the demo across mesh types: site m runs a real Istio mesh, the split goes through its Envoy (sites/local/run.sh --meshes --walkthrough)"
+echo "==> the demo across mesh types: sites m and n run a real Istio mesh each, the split goes through m's Envoy and m calls n through both (sites/local/run.sh --meshes --walkthrough)"
 sites/local/run.sh --meshes --walkthrough --debug --dir "$(mktemp -d -t multimesh-ci-meshes.XXXXXX)" \
   --port-base "${MULTIMESH_MESHES_PORT_BASE:-27500}" > /tmp/multimesh-demo-meshes.log 2>&1 \
   || { cat /tmp/multimesh-demo-meshes.log; echo "demo --meshes FAILED" >&2; exit 1; }
-grep -E "observed through m's Envoy|steps passed" /tmp/multimesh-demo-meshes.log
+grep -E "observed through m's Envoy|answered by v3 at n|steps passed" /tmp/multimesh-demo-meshes.log
 echo "==> browser tests: front end and status page in headless Chromium (Playwright)"
 target=${CARGO_TARGET_DIR:-target}
 target_abs=$(cd "$target" && pwd)

@@ -8,10 +8,11 @@
 #
 # --walkthrough books a tour across sites, shifts tour-catalog 90/10 -> 50/50 -> 0/100 with a
 # TrafficSplit and measures it, kills site b's edge agent to show payment failing over, and
-# restores it. --meshes adds site m, a Kubernetes site (upstream kube-apiserver) running a real
-# Istio mesh (upstream istiod, istio-agent and Envoy; built once with Go >= 1.26 and cached):
-# the walkthrough's split is then applied in m's cluster and measured through m's Envoy. Other
-# options go to multimesh-demo (see `multimesh-demo --help`).
+# restores it. --meshes adds sites m and n, Kubernetes sites (upstream kube-apiserver) running a
+# real Istio mesh each (upstream istiod, istio-agent and Envoy; built once with Go >= 1.26 and
+# cached): the walkthrough's split is then applied in m's cluster and measured through m's
+# Envoy, and m's Envoy calls n's app through n's Envoy. Other options go to multimesh-demo (see
+# `multimesh-demo --help`).
 set -euo pipefail
 
 profile=release
@@ -19,7 +20,7 @@ args=()
 for a in "$@"; do
   case "$a" in
     --debug) profile=debug ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) args+=("$a") ;;
   esac
 done

@@ -23,7 +23,8 @@ struct Cli {
     /// Working folder for configs, certificates, state and logs (default: a new temporary one).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Ports used are port-base+1 ..= port-base+99 on 127.0.0.1.
+    /// Ports used are port-base+1 ..= port-base+99 on 127.0.0.1 (with --meshes, up to
+    /// port-base+119).
     #[arg(long, env = "MULTIMESH_PORT_BASE", default_value_t = 17100)]
     port_base: u16,
     /// Folder with federationd, federationctl, edge-agent and tours (default: this program's).
@@ -48,10 +49,11 @@ struct Cli {
     /// only on 127.0.0.1.
     #[arg(long)]
     public: bool,
-    /// Add site m: a Kubernetes site (upstream kube-apiserver) with a real Istio mesh (upstream
-    /// istiod, and istio-agent with upstream Envoy for the walkthrough's client). The
-    /// walkthrough then applies its TrafficSplit in m's cluster and measures it through m's
-    /// Envoy. Needs Go >= 1.26 the first time (builds are cached).
+    /// Add sites m and n: Kubernetes sites (upstream kube-apiserver) with a real Istio mesh
+    /// each (their own upstream istiod; istio-agent with upstream Envoy for m's walkthrough
+    /// client and for n's app, tour-catalog v3). The walkthrough then applies its TrafficSplit
+    /// in m's cluster and measures it through m's Envoy, and calls n's app from m's Envoy
+    /// through n's. Needs Go >= 1.26 the first time (builds are cached).
     #[arg(long)]
     meshes: bool,
 }

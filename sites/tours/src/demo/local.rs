@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use federation::identity::{self, Role, SiteId, Validity};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::status::{self, SiteEndpoints, Status};
 use super::supervisor::Supervisor;
-use super::topology::{self, Topology};
+use super::topology::{self, Topology, Workload};
 use crate::client::Http;
 
 /// How the demo runs.
@@ -23,7 +23,7 @@ pub struct Options {
     pub bin_dir: PathBuf,
     /// Serve the front end and the status page on every interface, not only loopback.
     pub public: bool,
-    /// Add site `m`: Kubernetes with a real Istio mesh (mesh.rs).
+    /// Add sites `m` and `n`: Kubernetes with a real Istio mesh each (mesh.rs).
     pub meshes: bool,
 }
 
@@ -37,8 +37,8 @@ pub struct Demo {
     pub procs: tokio::sync::Mutex<Supervisor>,
     /// HTTP client for probes.
     pub http: Http,
-    /// With `--meshes`: site m's cluster.
-    pub mesh: Option<super::mesh::MeshCluster>,
+    /// With `--meshes`: the clusters of the mesh sites (m, n).
+    pub meshes: Vec<super::mesh::MeshCluster>,
     status_task: tokio::task::JoinHandle<()>,
 }
 
@@ -67,15 +67,37 @@ impl Demo {
         say("creating a federation CA and two certificates per site (federationd, edge agent)");
         write_pki(&opts.dir.join("pki"), &t)?;
         let mut procs = Supervisor::default();
-        let mut mesh = None;
-        let mut kubeconfig = None;
-        if let Some(ports) = t.mesh_ports {
+        let mut meshes = Vec::new();
+        let mut kubeconfigs = std::collections::BTreeMap::new();
+        if t.mesh_sites().next().is_some() {
             say(
-                "site m: a real API server and istiod (upstream, built once and cached; the first run takes minutes)",
+                "sites m and n: a real API server and istiod each (upstream, built once and cached; the first run takes minutes)",
             );
-            let m = super::mesh::MeshCluster::start(&opts.dir.join("kube"), ports)?;
-            kubeconfig = Some(m.federationd_kubeconfig()?.display().to_string());
-            mesh = Some(m);
+            super::mesh::MeshCluster::install()?;
+            // The clusters start side by side: each mostly waits for its API server.
+            let started: Vec<anyhow::Result<super::mesh::MeshCluster>> = std::thread::scope(|sc| {
+                let jobs: Vec<_> = t
+                    .mesh_sites()
+                    .map(|(s, mesh)| {
+                        let dir = opts.dir.join(format!("kube-{}", s.name));
+                        sc.spawn(move || super::mesh::MeshCluster::start(&dir, s.name, mesh))
+                    })
+                    .collect();
+                jobs.into_iter()
+                    .map(|j| {
+                        j.join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("starting a cluster panicked")))
+                    })
+                    .collect()
+            });
+            for c in started {
+                let c = c?;
+                kubeconfigs.insert(
+                    c.site.clone(),
+                    c.federationd_kubeconfig()?.display().to_string(),
+                );
+                meshes.push(c);
+            }
         }
         say(format!(
             "starting federationd at {}",
@@ -89,7 +111,7 @@ impl Demo {
             let dir = opts.dir.join(s.name);
             std::fs::create_dir_all(&dir)?;
             let _ = std::fs::remove_file(dir.join("ready.json"));
-            let kube = s.mesh.and(kubeconfig.as_deref());
+            let kube = kubeconfigs.get(s.name).map(String::as_str);
             std::fs::write(
                 dir.join("federationd.toml"),
                 topology::federationd_toml(s, |n| t.exporters(n), t.service_port, kube),
@@ -139,9 +161,33 @@ impl Demo {
                 &dir.join("edge-agent.log"),
             )?;
         }
-        if let (Some(m), Some(ports)) = (&mesh, t.mesh_ports) {
-            say("site m: the walkthrough client's sidecar (istio-agent with upstream Envoy)");
-            m.start_sidecar(&mut procs, &opts.dir.join("m"), ports, t.service_port)?;
+        for (c, (s, mesh)) in meshes.iter().zip(t.mesh_sites()) {
+            let site_dir = opts.dir.join(s.name);
+            match (mesh.workload, s.apps.first()) {
+                (Workload::App { inbound }, Some(app)) => {
+                    let name = app.process();
+                    say(format!(
+                        "site {}: {name} behind its sidecar (istio-agent with upstream Envoy), exported by a ServiceExport",
+                        s.name
+                    ));
+                    c.declare_app(&name, t.service_port, inbound)?;
+                    let spec = json!({"ingress": [{"port": {"number": inbound, "protocol": "HTTP", "name": "http"},
+                                        "bind": "127.0.0.1", "captureMode": "NONE",
+                                        "defaultEndpoint": format!("127.0.0.1:{}", app.port)}],
+                                      "egress": [{"hosts": ["istio-system/*"]}]});
+                    c.start_sidecar(&mut procs, &site_dir, mesh, &name, spec)?;
+                }
+                _ => {
+                    say(format!(
+                        "site {}: the walkthrough client's sidecar (istio-agent with upstream Envoy)",
+                        s.name
+                    ));
+                    let spec = json!({"egress": [{"port": {"number": t.service_port, "protocol": "HTTP", "name": "http"},
+                                       "bind": "127.0.0.1", "captureMode": "NONE",
+                                       "hosts": [format!("{}/*", topology::NAMESPACE)]}]});
+                    c.start_sidecar(&mut procs, &site_dir, mesh, "walkthrough", spec)?;
+                }
+            }
         }
         let status = Status::new(
             t.sites
@@ -150,7 +196,7 @@ impl Demo {
                     name: s.name.to_string(),
                     admin_socket: opts.dir.join(s.name).join("admin.sock"),
                     edge_admin: format!("127.0.0.1:{}", s.admin_port),
-                    mesh: s.mesh.unwrap_or("none").to_string(),
+                    mesh: s.mesh_kind().to_string(),
                 })
                 .collect(),
         );
@@ -175,7 +221,7 @@ impl Demo {
             topology: t,
             procs: tokio::sync::Mutex::new(procs),
             http: Http::default(),
-            mesh,
+            meshes,
             status_task,
         };
         demo.wait_ready(Duration::from_secs(60)).await?;
@@ -299,7 +345,7 @@ impl Demo {
     pub async fn stop(mut self) {
         self.status_task.abort();
         self.procs.get_mut().stop_all(Duration::from_secs(5)).await;
-        // Site m's API server and istiod stop when the demo is dropped (MeshCluster's Drop).
+        // The mesh sites' API servers and istiods stop when the demo is dropped (MeshCluster's Drop).
         say(format!(
             "stopped every process (state and logs kept in {})",
             self.opts.dir.display()
@@ -338,9 +384,9 @@ pub fn destinations(routes: &Value, service: &str) -> Vec<String> {
 
 fn check_ports_free(t: &Topology) -> anyhow::Result<()> {
     let mut ports = vec![t.status_port];
-    if let Some(m) = t.mesh_ports {
-        ports.extend([m.sidecar_admin, m.sidecar_status, t.service_port]);
-        ports.extend((0..10).map(|i| m.kube_base + i));
+    for (_, m) in t.mesh_sites() {
+        ports.extend(m.ports());
+        ports.push(t.service_port);
     }
     for s in &t.sites {
         ports.extend([s.federation_port, s.egress_port, s.admin_port]);

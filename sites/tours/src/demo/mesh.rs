@@ -1,10 +1,12 @@
-//! `--meshes`: site `m` is a Kubernetes site with a real Istio mesh. Its API server (upstream
-//! kube-apiserver), istiod, and the walkthrough client's sidecar (upstream istio-agent running
-//! upstream Envoy) come from the test environments the test suite uses
-//! (scripts/kube-testenv.sh, scripts/istio-testenv.sh: built once from their pinned Go modules
-//! and cached). federationd at m runs the kubernetes backend with mesh `istio`: it imports the
-//! federation's services into the mesh and renders the TrafficSplit the walkthrough applies in
-//! m's cluster into a VirtualService, which the client's Envoy follows.
+//! `--meshes`: sites `m` and `n` are Kubernetes sites with a real Istio mesh each, with their
+//! own API server (upstream kube-apiserver) and istiod, and one sidecar each (upstream
+//! istio-agent running upstream Envoy): at m the walkthrough client's, at n its app's. They come
+//! from the test environments the test suite uses (scripts/kube-testenv.sh,
+//! scripts/istio-testenv.sh: built once from their pinned Go modules and cached). federationd at
+//! each runs the kubernetes backend with mesh `istio`: it imports the federation's services
+//! into the mesh, exports what the cluster's ServiceExports name (n's tour-catalog-v3), and
+//! renders the TrafficSplit the walkthrough applies in m's cluster into a VirtualService, which
+//! the client's Envoy follows.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,15 +15,17 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use super::supervisor::Supervisor;
-use super::topology::{MeshPorts, NAMESPACE};
+use super::topology::{Mesh, NAMESPACE};
 
 /// The repository this demo was built from (its scripts and vendored CRDs).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The mesh site's cluster.
+/// A mesh site's cluster.
 pub struct MeshCluster {
+    /// The site.
+    pub site: String,
     /// Its folder (the test environment's DIR).
     pub dir: PathBuf,
     url: String,
@@ -67,26 +71,31 @@ fn path_of(obj: &Value) -> anyhow::Result<String> {
 }
 
 impl MeshCluster {
-    /// Builds (cached) and starts the API server and etcd of site `m`, installs the CRDs and
-    /// federationd's shipped namespace and RBAC, then starts istiod.
-    pub fn start(dir: &Path, ports: MeshPorts) -> anyhow::Result<Self> {
+    /// Builds (once, cached) the API server, etcd, istiod and istio-agent.
+    pub fn install() -> anyhow::Result<()> {
         for s in ["kube-testenv.sh", "istio-testenv.sh"] {
             run(
                 Command::new("bash").arg(script(s)).arg("install"),
                 &format!("{s} install"),
             )?;
         }
+        Ok(())
+    }
+
+    /// Starts the API server and etcd of `site` in `dir`, installs the CRDs and federationd's
+    /// shipped namespace and RBAC, then starts istiod ([`MeshCluster::install`] first).
+    pub fn start(dir: &Path, site: &str, mesh: Mesh) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         run(
             Command::new("bash")
                 .arg(script("kube-testenv.sh"))
                 .args(["start"])
                 .arg(dir)
-                .arg("m")
-                .env("MULTIMESH_KUBE_PORT_BASE", ports.kube_base.to_string()),
-            "kube-testenv.sh start",
+                .arg(site)
+                .env("MULTIMESH_KUBE_PORT_BASE", mesh.kube_base.to_string()),
+            &format!("kube-testenv.sh start (site {site})"),
         )?;
-        let env = std::fs::read_to_string(dir.join("m/env"))?;
+        let env = std::fs::read_to_string(dir.join(site).join("env"))?;
         let get = |k: &str| {
             env.lines()
                 .find_map(|l| l.strip_prefix(&format!("{k}=")))
@@ -94,6 +103,7 @@ impl MeshCluster {
                 .unwrap_or_default()
         };
         let c = Self {
+            site: site.to_string(),
             dir: dir.to_path_buf(),
             url: get("URL"),
             token: get("TOKEN"),
@@ -137,10 +147,35 @@ impl MeshCluster {
                 .arg(script("istio-testenv.sh"))
                 .arg("start")
                 .arg(dir)
-                .arg("m"),
-            "istio-testenv.sh start",
+                .arg(site),
+            &format!("istio-testenv.sh start (site {site})"),
         )?;
         Ok(c)
+    }
+
+    /// Declares the site's app `name` in the cluster, as a Deployment's pods would be: a
+    /// Service on `service_port` whose endpoint is the app's sidecar (Envoy's inbound port
+    /// `inbound`), and a ServiceExport, from which federationd exports it. The EndpointSlice
+    /// names a placeholder pod address (the API server refuses loopback ones); the edge
+    /// agent's `[[local]]` entry carries where the sidecar really listens.
+    pub fn declare_app(&self, name: &str, service_port: u16, inbound: u16) -> anyhow::Result<()> {
+        self.apply(&json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": name}},
+            "spec": {"selector": {"app": name},
+                     "ports": [{"name": "http", "port": service_port, "targetPort": inbound,
+                                "protocol": "TCP", "appProtocol": "http"}]}}))?;
+        self.apply(
+            &json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-1"), "namespace": NAMESPACE,
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.1.0.7"], "conditions": {"ready": true}}],
+            "ports": [{"name": "http", "port": inbound, "protocol": "TCP"}]}),
+        )?;
+        self.apply(
+            &json!({"apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceExport",
+            "metadata": {"name": name, "namespace": NAMESPACE}}),
+        )
     }
 
     /// `curl` against the API server (a body goes on its standard input): the JSON of a 2xx
@@ -212,16 +247,17 @@ impl MeshCluster {
     }
 
     /// A kubeconfig carrying the `federationd` service account's token (bound to the shipped
-    /// roles only), for federationd at m.
+    /// roles only), for the site's federationd.
     pub fn federationd_kubeconfig(&self) -> anyhow::Result<PathBuf> {
         let token = self.token_for("multimesh", "federationd", "https://kubernetes.default.svc")?;
         let path = self.dir.join("federationd.kubeconfig");
         std::fs::write(
             &path,
             format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: m\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: federationd\n  user:\n    token: {token}\ncontexts:\n- name: m\n  context: {{cluster: m, user: federationd}}\ncurrent-context: m\n",
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: {site}\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: federationd\n  user:\n    token: {token}\ncontexts:\n- name: {site}\n  context: {{cluster: {site}, user: federationd}}\ncurrent-context: {site}\n",
                 self.url,
-                self.ca.display()
+                self.ca.display(),
+                site = self.site
             ),
         )?;
         Ok(path)
@@ -252,23 +288,23 @@ impl MeshCluster {
             .context("TokenRequest answered no token")
     }
 
-    /// Starts the walkthrough client's sidecar at m: istio-agent with upstream Envoy, a token
-    /// for istiod's CA and istiod's root certificate (as a pod's volumes give them), and a
-    /// Sidecar resource binding its listener on 127.0.0.1 at the service port.
+    /// Starts the sidecar of workload `sa` (its service account, and its `app` label): a
+    /// Sidecar resource with `spec` (its listeners: interception mode NONE binds them on
+    /// 127.0.0.1), then istio-agent with upstream Envoy, given a token for istiod's CA and
+    /// istiod's root certificate as a pod's volumes give them.
     pub fn start_sidecar(
         &self,
         procs: &mut Supervisor,
         site_dir: &Path,
-        ports: MeshPorts,
-        service_port: u16,
+        mesh: Mesh,
+        sa: &str,
+        mut spec: Value,
     ) -> anyhow::Result<()> {
-        let sa = "walkthrough";
-        self.apply(&json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
-            "metadata": {"name": sa, "namespace": NAMESPACE},
-            "spec": {"workloadSelector": {"labels": {"app": sa}},
-                     "egress": [{"port": {"number": service_port, "protocol": "HTTP", "name": "http"},
-                                 "bind": "127.0.0.1", "captureMode": "NONE",
-                                 "hosts": [format!("{NAMESPACE}/*")]}]}}))?;
+        spec["workloadSelector"] = json!({"labels": {"app": sa}});
+        self.apply(
+            &json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+            "metadata": {"name": sa, "namespace": NAMESPACE}, "spec": spec}),
+        )?;
         let token = self.token_for(NAMESPACE, sa, "istio-ca")?;
         let dir = site_dir.join("sidecar");
         for d in [
@@ -311,7 +347,7 @@ impl MeshCluster {
                 .map(PathBuf::from)
                 .unwrap_or_default()
         };
-        let istiod = std::fs::read_to_string(self.dir.join("m/istiod.env"))?;
+        let istiod = std::fs::read_to_string(self.dir.join(&self.site).join("istiod.env"))?;
         let env_of = |k: &str| {
             istiod
                 .lines()
@@ -321,14 +357,14 @@ impl MeshCluster {
         };
         let proxy = json!({
             "binaryPath": get("ENVOY"), "discoveryAddress": env_of("XDS"),
-            "controlPlaneAuthPolicy": "NONE", "proxyAdminPort": ports.sidecar_admin,
-            "statusPort": ports.sidecar_status, "configPath": "./etc/istio/proxy",
+            "controlPlaneAuthPolicy": "NONE", "proxyAdminPort": mesh.sidecar_admin,
+            "statusPort": mesh.sidecar_status, "configPath": "./etc/istio/proxy",
             "concurrency": 1, "drainDuration": "1s", "terminationDrainDuration": "1s",
         });
         let bootstrap = repo_root().join("tools/istio/upstream-envoy-bootstrap.json");
         let agent = get("PILOT").with_file_name("pilot-agent");
         procs.spawn_env(
-            "m/sidecar",
+            &format!("{}/sidecar", self.site),
             &agent,
             vec![
                 "proxy".into(),
@@ -341,11 +377,11 @@ impl MeshCluster {
             &dir,
             &site_dir.join("sidecar.log"),
             &[
-                ("POD_NAME", "walkthrough-0".to_string()),
+                ("POD_NAME", format!("{sa}-0")),
                 ("POD_NAMESPACE", NAMESPACE.to_string()),
                 ("INSTANCE_IP", "127.0.0.1".to_string()),
                 ("SERVICE_ACCOUNT", sa.to_string()),
-                ("ISTIO_META_CLUSTER_ID", "m".to_string()),
+                ("ISTIO_META_CLUSTER_ID", self.site.clone()),
                 ("CA_ADDR", env_of("CA")),
                 ("ISTIO_BOOTSTRAP", bootstrap.display().to_string()),
                 ("ISTIO_META_INTERCEPTION_MODE", "NONE".to_string()),

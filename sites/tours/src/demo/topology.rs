@@ -68,7 +68,14 @@ pub struct Site {
     /// The app services running here.
     pub apps: Vec<App>,
     /// The site's mesh (`--meshes`: a Kubernetes site running it), or none.
-    pub mesh: Option<&'static str>,
+    pub mesh: Option<Mesh>,
+}
+
+impl Site {
+    /// The name of the site's mesh, `none` without one.
+    pub fn mesh_kind(&self) -> &'static str {
+        self.mesh.map_or("none", |m| m.kind)
+    }
 }
 
 /// The demo's layout on ports `base+1 ..= base+99`.
@@ -81,20 +88,54 @@ pub struct Topology {
     /// The port every app service is known by: 80, or with `--meshes` `base + 80` (a sidecar
     /// in interception mode NONE listens on the service port itself, and 80 is privileged).
     pub service_port: u16,
-    /// With `--meshes`: the first of ten ports of the mesh site's API server and istiod
-    /// (`base + 100`), its sidecar's admin and status ports.
-    pub mesh_ports: Option<MeshPorts>,
 }
 
-/// Ports of the `--meshes` site beyond its federationd and edge agent.
+/// A `--meshes` site's mesh: a Kubernetes cluster of its own running the mesh's control plane,
+/// and one sidecar (Envoy) for the site's workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MeshPorts {
+pub struct Mesh {
+    /// Which mesh (`istio`).
+    pub kind: &'static str,
     /// First of the ten ports scripts/kube-testenv.sh and istio-testenv.sh use for the site.
     pub kube_base: u16,
-    /// The walkthrough client's sidecar (Envoy) admin port.
+    /// The sidecar's Envoy admin port.
     pub sidecar_admin: u16,
     /// Its istio-agent status port.
     pub sidecar_status: u16,
+    /// The site's workload behind the sidecar: the walkthrough client (outbound calls through
+    /// Envoy on the service port), or the site's app (inbound: Envoy takes its calls on this
+    /// port and hands them to the app; the edge agent delivers there).
+    pub workload: Workload,
+}
+
+/// Which side of a sidecar the site's workload is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// The walkthrough client calls out through Envoy.
+    Client,
+    /// The site's app is called through Envoy's inbound listener on this port.
+    App {
+        /// Envoy's inbound port.
+        inbound: u16,
+    },
+}
+
+impl Mesh {
+    /// The port the edge agent delivers the site's app calls to: Envoy's inbound listener.
+    pub fn inbound(&self) -> Option<u16> {
+        match self.workload {
+            Workload::App { inbound } => Some(inbound),
+            Workload::Client => None,
+        }
+    }
+
+    /// Every port of the mesh (the cluster's block and the sidecar's).
+    pub fn ports(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = (0..10).map(|i| self.kube_base + i).collect();
+        v.extend([self.sidecar_admin, self.sidecar_status]);
+        v.extend(self.inbound());
+        v
+    }
 }
 
 impl Topology {
@@ -107,10 +148,13 @@ impl Topology {
             .collect()
     }
 
-    /// The layout with ports from `base` (`base + 99` must fit in a port). With `meshes`, a
-    /// fifth site `m` runs Kubernetes with a real Istio mesh (and `base + 109` must fit).
+    /// The layout with ports from `base` (`base + 99` must fit in a port). With `meshes`, two
+    /// more sites run Kubernetes with a real Istio mesh each (and `base + 119` must fit): `m`,
+    /// whose walkthrough client calls through its Envoy, and `n`, whose app (tour-catalog v3)
+    /// is served behind its Envoy. m and n are two sites of the same mesh type, each with its
+    /// own control plane; a, b, c and the edge node have none.
     pub fn local(base: u16, meshes: bool) -> Result<Self, String> {
-        let top = if meshes { 109 } else { 99 };
+        let top = if meshes { 119 } else { 99 };
         if base.checked_add(top).is_none() || base < 1024 {
             return Err(format!(
                 "--port-base {base}: must be in 1024..={} (the demo uses base+1..base+{top})",
@@ -191,11 +235,11 @@ impl Topology {
             },
         ];
         let mut sites = sites;
-        let mut mesh_ports = None;
         if meshes {
-            // m: a Kubernetes site with Istio, calling the others' services through its mesh.
+            // m: calls the others' services through its mesh. n: serves tour-catalog-v3
+            // behind its mesh. Both peer with a, b and c, and with each other.
             for s in sites.iter_mut().filter(|s| s.parent.is_none()) {
-                s.peers.push(("m", None));
+                s.peers.extend([("m", None), ("n", None)]);
             }
             sites.push(Site {
                 name: "m",
@@ -206,20 +250,50 @@ impl Topology {
                 peers: vec![("a", Some(p(1))), ("b", Some(p(2))), ("c", Some(p(3)))],
                 parent: None,
                 apps: vec![],
-                mesh: Some("istio"),
+                mesh: Some(Mesh {
+                    kind: "istio",
+                    kube_base: p(100),
+                    sidecar_admin: p(81),
+                    sidecar_status: p(82),
+                    workload: Workload::Client,
+                }),
             });
-            mesh_ports = Some(MeshPorts {
-                kube_base: p(100),
-                sidecar_admin: p(81),
-                sidecar_status: p(82),
+            sites.push(Site {
+                name: "n",
+                federation_port: p(6),
+                ingress_port: Some(p(16)),
+                egress_port: p(26),
+                admin_port: p(36),
+                peers: vec![
+                    ("a", Some(p(1))),
+                    ("b", Some(p(2))),
+                    ("c", Some(p(3))),
+                    ("m", Some(p(5))),
+                ],
+                parent: None,
+                apps: vec![app(Kind::TourCatalog, "v3", &["tour-catalog-v3"], p(75))],
+                mesh: Some(Mesh {
+                    kind: "istio",
+                    kube_base: p(110),
+                    sidecar_admin: p(83),
+                    sidecar_status: p(84),
+                    workload: Workload::App { inbound: p(85) },
+                }),
             });
+            if let Some(m) = sites.iter_mut().find(|s| s.name == "m") {
+                m.peers.push(("n", None));
+            }
         }
         Ok(Self {
             sites,
             status_port: p(99),
             service_port: if meshes { p(80) } else { SERVICE_PORT },
-            mesh_ports,
         })
+    }
+
+    /// The sites with a mesh.
+    pub fn mesh_sites(&self) -> impl Iterator<Item = (&Site, Mesh)> {
+        self.sites.iter().filter_map(|s| s.mesh.map(|m| (s, m)))
     }
 
     /// The site called `name`.
@@ -288,7 +362,7 @@ pub fn federationd_toml(
         let _ = write!(
             o,
             "\n[kubernetes]\nkubeconfig = \"{k}\"\nmesh = \"{}\"\nresync_seconds = 5\nedge_address = \"127.0.0.1\"\nedge_http_port = {}\n",
-            site.mesh.unwrap_or("none"),
+            site.mesh_kind(),
             site.egress_port
         );
     }
@@ -299,7 +373,9 @@ pub fn federationd_toml(
             let _ = writeln!(o, "address = \"127.0.0.1:{p}\"");
         }
     }
-    for a in &site.apps {
+    // A site with a mesh runs the kubernetes backend: ServiceExports in its cluster declare
+    // its exports (the demo writes them), not this file.
+    for a in site.apps.iter().filter(|_| site.mesh.is_none()) {
         for name in &a.exports {
             // Every site exporting the same name agrees to share it with the others.
             let others: Vec<&str> = exporters(name)
@@ -344,12 +420,14 @@ pub fn edge_toml(site: &Site, children: &[&str], service_port: u16) -> String {
             "\n[parent]\nsite = \"{parent}\"\naddress = \"127.0.0.1:{port}\"\n"
         );
     }
+    // Behind a mesh, calls go to the app's sidecar, which hands them to the app.
+    let inbound = site.mesh.and_then(|m| m.inbound());
     for a in &site.apps {
         for name in &a.exports {
             let _ = write!(
                 o,
                 "\n[[local]]\nname = \"{name}\"\nnamespace = \"{NAMESPACE}\"\nports = [{{ port = {service_port}, upstream = \"127.0.0.1:{}\" }}]\n",
-                a.port
+                inbound.unwrap_or(a.port)
             );
         }
     }
@@ -407,11 +485,26 @@ mod tests {
         assert!(ports.iter().all(|p| (17101..=17199).contains(p)));
         assert!(Topology::local(65500, false).is_err());
         assert!(Topology::local(80, false).is_err());
-        assert!(Topology::local(65430, true).is_err());
+        assert!(Topology::local(65420, true).is_err());
         let m = Topology::local(17100, true).unwrap();
         assert_eq!(m.service_port, 17180);
-        assert_eq!(m.site("m").unwrap().mesh, Some("istio"));
+        assert_eq!(m.site("m").unwrap().mesh_kind(), "istio");
+        assert_eq!(m.site("n").unwrap().mesh_kind(), "istio");
         assert!(m.site("a").unwrap().peers.contains(&("m", None)));
+        assert!(m.site("m").unwrap().peers.contains(&("n", None)));
+        assert!(m.site("n").unwrap().peers.contains(&("m", Some(17105))));
+        let mut ports: Vec<u16> = vec![m.status_port, m.service_port];
+        for s in &m.sites {
+            ports.extend([s.federation_port, s.egress_port, s.admin_port]);
+            ports.extend(s.ingress_port);
+            ports.extend(s.apps.iter().map(|a| a.port));
+            ports.extend(s.mesh.iter().flat_map(Mesh::ports));
+        }
+        let n = ports.len();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), n, "a port is used twice with --meshes");
+        assert!(ports.iter().all(|p| (17101..=17219).contains(p)));
     }
 
     #[test]
@@ -428,11 +521,18 @@ mod tests {
             .unwrap();
             let cfg = federation::config::Config::load(&f).unwrap();
             assert_eq!(cfg.site, s.name);
-            assert_eq!(
-                cfg.services.iter().filter(|x| x.export).count(),
+            // A mesh site's exports are its cluster's ServiceExports.
+            let declared = if s.mesh.is_some() {
+                0
+            } else {
                 s.apps.iter().map(|a| a.exports.len()).sum::<usize>()
-            );
+            };
+            assert_eq!(cfg.services.iter().filter(|x| x.export).count(), declared);
         }
+        let n = t.site("n").unwrap();
+        let e = edge_toml(n, &[], t.service_port);
+        assert!(e.contains("upstream = \"127.0.0.1:17185\""), "{e}");
+        assert_eq!(t.exporters("tour-catalog-v3"), vec!["n"]);
         assert_eq!(t.exporters("tour-catalog"), vec!["b", "c"]);
         assert_eq!(t.exporters("payment"), vec!["b", "c"]);
         assert_eq!(t.exporters("notification"), vec!["b", "node"]);

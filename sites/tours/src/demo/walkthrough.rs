@@ -116,6 +116,7 @@ pub async fn run(demo: &Demo, calls_per_phase: usize) -> Report {
     let mut report = Report::default();
     booking_across_sites(demo, &mut report).await;
     traffic_split(demo, &mut report, calls_per_phase).await;
+    same_mesh_type(demo, &mut report).await;
     failover(demo, &mut report).await;
     report
 }
@@ -190,12 +191,25 @@ fn split_in_routes(routes: &Value, v1: u32, v2: u32) -> bool {
     w1 + w2 > 0 && w1 * u64::from(v2) == w2 * u64::from(v1)
 }
 
-/// Sends `n` calls (16 at a time) to tour-catalog through site a's edge agent; counts by the
-/// version that answered, and failures.
-/// `n` calls of tour-catalog sent to `egress` (an edge agent, or a mesh proxy): the versions
-/// that answered, and the calls that failed.
+/// `n` calls (16 at a time) of tour-catalog sent to `egress` (an edge agent, or a mesh proxy):
+/// the versions that answered, and the calls that failed.
 async fn spread_via(demo: &Demo, n: usize, egress: String) -> (BTreeMap<String, usize>, usize) {
     let host = format!("tour-catalog.{NAMESPACE}.svc.clusterset.local");
+    calls_by(demo, n, egress, host, |v| {
+        v["served_by"]["version"].as_str().map(str::to_string)
+    })
+    .await
+}
+
+/// `n` calls (16 at a time) of `/tours/lisbon-trams` at `host` sent to `egress`: counted by
+/// what `key` reads from each 200 answer, and the calls that failed.
+async fn calls_by(
+    demo: &Demo,
+    n: usize,
+    egress: String,
+    host: String,
+    key: fn(&Value) -> Option<String>,
+) -> (BTreeMap<String, usize>, usize) {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counts = Arc::new(Mutex::new((BTreeMap::<String, usize>::new(), 0usize)));
     let mut tasks = tokio::task::JoinSet::new();
@@ -222,7 +236,7 @@ async fn spread_via(demo: &Demo, n: usize, egress: String) -> (BTreeMap<String, 
                 let version = match r {
                     Ok((200, body)) => serde_json::from_slice::<Value>(&body)
                         .ok()
-                        .and_then(|v| v["served_by"]["version"].as_str().map(str::to_string)),
+                        .and_then(|v| key(&v)),
                     _ => None,
                 };
                 let mut c = counts.lock().await;
@@ -287,7 +301,7 @@ async fn measure_split(demo: &Demo, report: &mut Report, step: SplitStep<'_>) {
 }
 
 async fn traffic_split(demo: &Demo, report: &mut Report, n: usize) {
-    if demo.mesh.is_some() {
+    if !demo.meshes.is_empty() {
         return mesh_traffic_split(demo, report, n).await;
     }
     say(
@@ -599,7 +613,10 @@ async fn envoy_weights(demo: &Demo, admin: u16) -> BTreeMap<String, u64> {
 /// walkthrough client's sidecar), which splits them; both versions are at other sites, reached
 /// through m's edge agent.
 async fn mesh_traffic_split(demo: &Demo, report: &mut Report, n: usize) {
-    let (Some(m), Some(ports)) = (&demo.mesh, demo.topology.mesh_ports) else {
+    let (Some(m), Some(ports)) = (
+        demo.meshes.iter().find(|c| c.site == "m"),
+        demo.topology.site("m").and_then(|s| s.mesh),
+    ) else {
         return;
     };
     let port = demo.topology.service_port;
@@ -669,4 +686,94 @@ async fn mesh_traffic_split(demo: &Demo, report: &mut Report, n: usize) {
         }
         Err(e) => report.record("delete the split", false, json!({"error": e.to_string()})),
     }
+}
+
+/// Calls made per run of the same-mesh-type step.
+pub const SAME_MESH_CALLS: usize = 400;
+
+/// The requests n's Envoy has served on its inbound listeners, from its admin `/stats`.
+async fn inbound_served(demo: &Demo, admin: u16) -> Option<u64> {
+    let Ok((200, text)) = demo
+        .http
+        .get_text(
+            &format!("127.0.0.1:{admin}"),
+            "/stats?filter=downstream_rq_completed",
+            Duration::from_secs(2),
+        )
+        .await
+    else {
+        return None;
+    };
+    Some(
+        text.lines()
+            .filter_map(|l| l.split_once(": "))
+            .filter(|(k, _)| {
+                k.starts_with("http.inbound_") && k.ends_with(".downstream_rq_completed")
+            })
+            .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+            .sum(),
+    )
+}
+
+/// With `--meshes`: m and n run the same mesh type (Istio), each with its own istiod and API
+/// server. m's walkthrough client calls n's app (tour-catalog v3) by its clusterset name
+/// through m's Envoy, m's and n's edge agents, and n's Envoy; every call must be answered by
+/// v3 at n, and n's Envoy must have served each (its inbound counter).
+async fn same_mesh_type(demo: &Demo, report: &mut Report) {
+    let (Some(_), Some(n)) = (
+        demo.topology.site("m").and_then(|s| s.mesh),
+        demo.topology.site("n").and_then(|s| s.mesh),
+    ) else {
+        return;
+    };
+    say(
+        "step 2b: m and n run the same mesh, Istio, each with its own API server and istiod: m's Envoy calls tour-catalog-v3 at n, which n's Envoy serves",
+    );
+    let name = "m (Istio) calls n (Istio): every call through m's Envoy, both edge agents and n's Envoy, answered by v3 at n";
+    let egress = format!("127.0.0.1:{}", demo.topology.service_port);
+    let host = format!("tour-catalog-v3.{NAMESPACE}.svc.clusterset.local");
+    let by_site = |v: &Value| {
+        Some(format!(
+            "{} at {}",
+            v["served_by"]["version"].as_str()?,
+            v["served_by"]["site"].as_str()?
+        ))
+    };
+    // Until m's Envoy has the imported service and n's Envoy its inbound listener.
+    let started = Instant::now();
+    let mut reached = false;
+    while started.elapsed() < Duration::from_secs(60) {
+        let (seen, _) = calls_by(demo, 1, egress.clone(), host.clone(), by_site).await;
+        if seen.contains_key("v3 at n") {
+            reached = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if !reached {
+        report.record(
+            name,
+            false,
+            json!({"error": "m's Envoy did not reach tour-catalog-v3 at n within 60 s"}),
+        );
+        return;
+    }
+    let ready_ms = started.elapsed().as_millis() as u64;
+    let before = inbound_served(demo, n.sidecar_admin).await;
+    let (seen, failed) = calls_by(demo, SAME_MESH_CALLS, egress, host, by_site).await;
+    let after = inbound_served(demo, n.sidecar_admin).await;
+    let served = after.zip(before).map(|(a, b)| a.saturating_sub(b));
+    let at_n = seen.get("v3 at n").copied().unwrap_or(0);
+    let ok = failed == 0 && at_n == SAME_MESH_CALLS && served.is_some_and(|s| s >= at_n as u64);
+    say(format!(
+        "  {at_n} of {SAME_MESH_CALLS} calls answered by v3 at n ({failed} failed), {} of them served by n's Envoy; first call through {ready_ms} ms after the step began",
+        served.map_or("none counted".to_string(), |s| s.to_string())
+    ));
+    report.record(
+        name,
+        ok,
+        json!({"calls": SAME_MESH_CALLS, "answered_by": seen, "failed": failed,
+               "served_by_n_envoy": served, "first_call_ms": ready_ms,
+               "path": ["m's Envoy", "m's edge agent", "n's edge agent", "n's Envoy", "tour-catalog v3 at n"]}),
+    );
 }
