@@ -58,6 +58,13 @@ pub fn write_bytes_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::
     write_atomically(path, mode, |w| w.write_all(bytes))
 }
 
+/// A stable 64-bit FNV-1a fingerprint of `bytes` (table versions; not cryptographic).
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,12 +119,6 @@ pub fn read_text(path: &Path, max: u64) -> std::io::Result<String> {
         ));
     }
     Ok(text)
-}
-
-/// Checks YAML text against the input bounds (size, nesting, indentation) before a parser
-/// sees it; the error names the line (see `smi_adapters::input::check_bounds`).
-pub fn check_yaml(text: &str) -> Result<(), String> {
-    smi_adapters::input::check_bounds(text)
 }
 
 #[cfg(test)]

@@ -465,16 +465,15 @@ pub fn handshake_failure_kind(e: &std::io::Error) -> &'static str {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "pki"))]
 mod ca_tests {
     use super::*;
-    use crate::identity::{Role, Validity, init_ca, issue_site};
+    use crate::identity::Role;
+    use crate::pki::{Validity, init_ca, issue_site};
+    use rustls::pki_types::pem::PemObject;
 
     fn der(pem: &str) -> CertificateDer<'static> {
-        rustls_pemfile::certs(&mut pem.as_bytes())
-            .next()
-            .and_then(Result::ok)
-            .expect("a certificate")
+        CertificateDer::from_pem_slice(pem.as_bytes()).expect("a certificate")
     }
 
     #[test]

@@ -5,15 +5,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use federation::model::Protocol;
-pub use federation::sync::dialer::error_chain;
-use federation::tls::SiteTls;
 use http::header::HeaderValue;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+pub use multimesh_core::dial::error_chain;
+use multimesh_core::service::Protocol;
+use multimesh_core::tls::SiteTls;
 use tracing::{info, warn};
 
 use crate::balance::{Candidate, Change, Health};

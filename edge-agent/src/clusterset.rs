@@ -102,8 +102,8 @@ const CLUSTERSET_ZONE: &str = CLUSTERSET_SUFFIX;
 fn service_of(name: &str) -> Option<ServiceKey> {
     let base = name.strip_suffix(CLUSTERSET_ZONE)?.strip_suffix('.')?;
     let (svc, ns) = base.split_once('.')?;
-    federation::names::dns_label("name", svc).ok()?;
-    federation::names::dns_label("namespace", ns).ok()?;
+    multimesh_core::names::dns_label("name", svc).ok()?;
+    multimesh_core::names::dns_label("namespace", ns).ok()?;
     Some(ServiceKey::new(ns, svc))
 }
 
@@ -155,7 +155,7 @@ pub fn ports(table: &RouteTable) -> (BTreeMap<u16, PortUse>, Vec<u16>, usize) {
     for s in table.services() {
         let key = ServiceKey::new(&s.namespace, &s.name);
         for p in &s.ports {
-            let want = if p.protocol == federation::model::Protocol::Tcp {
+            let want = if p.protocol == multimesh_core::service::Protocol::Tcp {
                 PortUse::Tcp(key.clone())
             } else {
                 PortUse::Http

@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use federation::config::{ConfigError, TlsFiles};
-use federation::error::InvalidField;
-use federation::names;
+use multimesh_core::config::{ConfigError, TlsFiles};
+use multimesh_core::error::InvalidField;
+use multimesh_core::names;
 use serde::Deserialize;
 
 use crate::balance::OutlierSettings;
@@ -184,22 +184,7 @@ impl AgentConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let p = path.display().to_string();
-        let text = federation::files::read_text(path, federation::files::MAX_CONFIG_BYTES)
-            .map_err(|source| ConfigError::Io {
-                path: p.clone(),
-                source,
-            })?;
-        let parse = |message: String| ConfigError::Parse {
-            path: p.clone(),
-            message,
-        };
-        let mut cfg: AgentConfig = match path.extension().and_then(|e| e.to_str()) {
-            Some("yaml" | "yml") => {
-                federation::files::check_yaml(&text).map_err(parse)?;
-                serde_yaml::from_str(&text).map_err(|e| parse(e.to_string()))?
-            }
-            _ => toml::from_str(&text).map_err(|e| parse(e.to_string()))?,
-        };
+        let mut cfg: AgentConfig = multimesh_core::config::parse_file(path)?;
         cfg.validate().map_err(|source| ConfigError::Invalid {
             path: p.clone(),
             source,
@@ -210,9 +195,7 @@ impl AgentConfig {
                 *f = dir.join(&*f);
             }
         };
-        abs(&mut cfg.tls.ca);
-        abs(&mut cfg.tls.cert);
-        abs(&mut cfg.tls.key);
+        cfg.tls.resolve_against(dir);
         if let Some(f) = cfg.routes.file.as_mut() {
             abs(f);
         }

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use federation::backoff::Backoff;
-use federation::identity::{Role, SiteId};
-use federation::model;
-use federation::routes::fingerprint;
-use federation::sync::dialer::{channel_over, connect_site, system_resolver};
-use federation::tls::{SiteTls, client_config};
+use multimesh_core::backoff::Backoff;
+use multimesh_core::dial::{channel_over, connect_site, system_resolver};
+use multimesh_core::files::fingerprint;
+use multimesh_core::identity::{Role, SiteId};
+use multimesh_core::service;
+use multimesh_core::tls::{SiteTls, client_config};
 use multimesh_proto::routes::v1 as wire;
 use multimesh_proto::routes::v1::route_discovery_client::RouteDiscoveryClient;
 use tokio_rustls::TlsConnector;
@@ -25,7 +25,7 @@ use crate::routes::{
 
 /// Reads and validates a route file (YAML, JSON or TOML by extension).
 pub fn load_file(path: &Path) -> Result<RouteTable, String> {
-    let text = federation::files::read_text(path, federation::files::MAX_ROUTE_FILE_BYTES)
+    let text = multimesh_core::files::read_text(path, multimesh_core::files::MAX_ROUTE_FILE_BYTES)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let format = path.extension().and_then(|e| e.to_str()).unwrap_or("yaml");
     let version = format!(
@@ -69,7 +69,7 @@ pub async fn watch_file(agent: Arc<Agent>, path: PathBuf, shutdown: Cancellation
 pub fn from_wire(t: wire::RouteTable) -> Result<RouteDocument, String> {
     let mut services = Vec::with_capacity(t.services.len());
     for (i, s) in t.services.into_iter().enumerate() {
-        let ports = model::ports_from_wire(&format!("services[{i}].ports"), &s.ports)
+        let ports = service::ports_from_wire(&format!("services[{i}].ports"), &s.ports)
             .map_err(|e| e.to_string())?;
         services.push(ServiceRoute {
             name: s.name,
@@ -140,7 +140,8 @@ pub async fn watch_federation(
             return;
         }
     };
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut backoff =
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).with_jitter();
     let connected = std::sync::atomic::AtomicBool::new(false);
     loop {
         let run = async {
@@ -193,7 +194,7 @@ pub async fn watch_federation(
         if connected.swap(false, Ordering::Relaxed) {
             backoff.reset();
         }
-        let wait = backoff.next_delay() + Duration::from_millis(rand::random::<u64>() % 100);
+        let wait = backoff.next_delay();
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => return,

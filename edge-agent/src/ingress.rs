@@ -8,15 +8,15 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use federation::identity::site_id_of;
-use federation::tls::{
-    SiteTls, any_site_server_config, describe_handshake_error, handshake_failure_kind,
-};
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::header::HeaderValue;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode};
+use multimesh_core::identity::site_id_of;
+use multimesh_core::tls::{
+    SiteTls, any_site_server_config, describe_handshake_error, handshake_failure_kind,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;

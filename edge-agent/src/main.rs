@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use edge_agent::config::AgentConfig;
 use edge_agent::{feed, serve};
-use federation::process;
+use multimesh_core::process;
 
 /// mimalloc: a proxy allocates and frees many small buffers across threads; glibc's malloc
 /// costs measurably more CPU per request here (see BENCHMARKS.md).

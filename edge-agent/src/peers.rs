@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use federation::identity::{Role, SiteId};
-use federation::sync::dialer::{connect_site, system_resolver};
-use federation::tls::{SiteTls, client_config_alpn};
 use hickory_resolver::TokioResolver;
+use multimesh_core::dial::{connect_site, system_resolver};
+use multimesh_core::identity::{Role, SiteId};
+use multimesh_core::tls::{SiteTls, client_config_alpn};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 use tracing::info;

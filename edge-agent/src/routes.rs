@@ -6,11 +6,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use federation::error::InvalidField;
-use federation::model::Protocol;
-use federation::names;
 use http::HeaderValue;
 use http::uri::Authority;
+use multimesh_core::error::InvalidField;
+use multimesh_core::names;
+use multimesh_core::service::Protocol;
 use serde::{Deserialize, Serialize};
 
 /// The suffix of imported host names.
@@ -394,10 +394,7 @@ impl RouteTable {
         let doc: RouteDocument = match format {
             "toml" => toml::from_str(text).map_err(|e| e.to_string())?,
             "json" => serde_json::from_str(text).map_err(|e| e.to_string())?,
-            _ => {
-                federation::files::check_yaml(text)?;
-                serde_yaml::from_str(text).map_err(|e| e.to_string())?
-            }
+            _ => multimesh_core::yaml::from_str(text)?,
         };
         Self::build(doc, version).map_err(|e| e.to_string())
     }

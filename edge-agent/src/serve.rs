@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use federation::tls;
+use multimesh_core::backoff::Backoff;
+
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use multimesh_core::tls;
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -113,7 +115,7 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
         &config.tls,
         &config.trust_domain,
         &config.site,
-        federation::identity::Role::Edge,
+        multimesh_core::identity::Role::Edge,
     )?);
     let agent = Arc::new(Agent::new(config.clone(), site_tls.clone()));
     let workers =
@@ -226,7 +228,7 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
     }
     if let Some(path) = &config.ready_file {
         let body = serde_json::to_string_pretty(&bound).unwrap_or_default();
-        federation::identity::write_file(path, &body, false)
+        multimesh_core::identity::write_file(path, &body, false)
             .map_err(|e| StartError::ReadyFile(e.to_string()))?;
     }
     info!(
@@ -556,7 +558,8 @@ async fn parent_link(agent: Arc<Agent>, shutdown: CancellationToken) {
     let Some(parent) = agent.config.parent.clone() else {
         return;
     };
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff =
+        Backoff::new(Duration::from_millis(200), Duration::from_secs(5)).with_jitter();
     loop {
         let dialled = tokio::select! {
             r = agent.pool.dial_parent(&parent.site, &parent.address) => r,
@@ -565,7 +568,7 @@ async fn parent_link(agent: Arc<Agent>, shutdown: CancellationToken) {
         match dialled {
             Ok(tls) => {
                 info!(parent = %parent.site, address = %parent.address, "parent link up");
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 agent.parent_up.store(true, Ordering::Release);
                 let caller = Caller {
                     site: parent.site.clone(),
@@ -582,12 +585,9 @@ async fn parent_link(agent: Arc<Agent>, shutdown: CancellationToken) {
             }
             Err(e) => warn!(parent = %parent.site, error = %e, "cannot reach parent"),
         }
-        let jitter =
-            Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 + 1));
         tokio::select! {
-            () = tokio::time::sleep(jitter) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
             () = shutdown.cancelled() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

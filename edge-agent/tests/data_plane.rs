@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use federation::identity;
-use federation::identity::SiteId;
-use federation::tls::{SiteTls, client_config};
+use multimesh_core::identity;
+use multimesh_core::identity::SiteId;
+use multimesh_core::tls::{SiteTls, client_config};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

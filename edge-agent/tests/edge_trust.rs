@@ -254,7 +254,7 @@ async fn a_federationd_certificate_is_not_a_data_plane_identity() {
 /// pattern.
 async fn rapid_resets(
     addr: std::net::SocketAddr,
-    tls: Option<(&federation::tls::SiteTls, &str)>,
+    tls: Option<(&multimesh_core::tls::SiteTls, &str)>,
     authority: &str,
     n: usize,
 ) {
@@ -264,10 +264,13 @@ async fn rapid_resets(
     let io: Box<dyn Io> = match tls {
         None => Box::new(tcp),
         Some((tls, site)) => {
-            let expected =
-                federation::identity::SiteId::new(TD, site, federation::identity::Role::Edge)
-                    .unwrap();
-            let cfg = federation::tls::client_config(tls, expected).unwrap();
+            let expected = multimesh_core::identity::SiteId::new(
+                TD,
+                site,
+                multimesh_core::identity::Role::Edge,
+            )
+            .unwrap();
+            let cfg = multimesh_core::tls::client_config(tls, expected).unwrap();
             let name = rustls::pki_types::ServerName::try_from("peer.invalid").unwrap();
             Box::new(
                 tokio_rustls::TlsConnector::from(cfg)

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use federation::identity::SiteId;
-use federation::sync::dialer::{channel_over, connect_site, system_resolver};
-use federation::tls::client_config;
+use multimesh_core::dial::{channel_over, connect_site, system_resolver};
+use multimesh_core::identity::SiteId;
+use multimesh_core::tls::client_config;
 use multimesh_proto::routes::v1 as wire;
 use multimesh_proto::routes::v1::route_discovery_client::RouteDiscoveryClient;
 use support::*;
@@ -68,7 +68,7 @@ impl Daemon {
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = format!(
             "site = \"{site}\"\ntrust_domain = \"{TD}\"\nlisten = \"127.0.0.1:0\"\nadmin_socket = \"admin.sock\"\nstate_file = \"state.json\"\nready_file = \"ready.json\"\n{body}\n[sync]\nheartbeat_ms = 200\nbackoff_min_ms = 50\nbackoff_max_ms = 400\n{}",
-            tls_toml(pki, site, federation::identity::Role::Federation)
+            tls_toml(pki, site, multimesh_core::identity::Role::Federation)
         );
         std::fs::write(dir.join("federationd.toml"), cfg).unwrap();
         let log = std::fs::File::create(dir.join("federationd.log")).unwrap();
@@ -203,7 +203,7 @@ async fn exports_become_routes_at_peer_edges_and_withdrawals_remove_them() {
         let connector = tokio_rustls::TlsConnector::from(
             client_config(
                 &tls,
-                SiteId::new(TD, "a", federation::identity::Role::Federation).unwrap(),
+                SiteId::new(TD, "a", multimesh_core::identity::Role::Federation).unwrap(),
             )
             .unwrap(),
         );

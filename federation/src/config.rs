@@ -11,34 +11,7 @@ use crate::error::InvalidField;
 use crate::model::{self, Port, Scope, Service, StalePolicy};
 use crate::names;
 
-/// Errors loading a config file.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML/YAML for the config schema.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// The parser's message (with the key path and position).
-        message: String,
-    },
-    /// A field failed validation.
-    #[error("{path}: {source}")]
-    Invalid {
-        /// The file.
-        path: String,
-        /// The bad field.
-        source: InvalidField,
-    },
-}
+pub use multimesh_core::config::{ConfigError, TlsFiles};
 
 /// One site's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -93,18 +66,6 @@ pub enum BackendKind {
     Static,
     /// A Kubernetes cluster: MCS ServiceExport/ServiceImport and mesh-native resources.
     Kubernetes,
-}
-
-/// Certificate files of a site.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    /// The federation CA certificate (PEM).
-    pub ca: PathBuf,
-    /// This site's certificate chain (PEM).
-    pub cert: PathBuf,
-    /// This site's private key (PEM).
-    pub key: PathBuf,
 }
 
 /// Tuning of the sync protocol.
@@ -217,29 +178,7 @@ impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let p = path.display().to_string();
-        let text =
-            crate::files::read_text(path, crate::files::MAX_CONFIG_BYTES).map_err(|source| {
-                ConfigError::Io {
-                    path: p.clone(),
-                    source,
-                }
-            })?;
-        let mut cfg: Config = match path.extension().and_then(|e| e.to_str()) {
-            Some("yaml" | "yml") => {
-                crate::files::check_yaml(&text).map_err(|message| ConfigError::Parse {
-                    path: p.clone(),
-                    message,
-                })?;
-                serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: p.clone(),
-                    message: e.to_string(),
-                })?
-            }
-            _ => toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                path: p.clone(),
-                message: e.to_string(),
-            })?,
-        };
+        let mut cfg: Config = multimesh_core::config::parse_file(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         for f in [
             &mut cfg.admin_socket,

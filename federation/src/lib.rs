@@ -6,23 +6,24 @@
 //! protocol over gRPC), [`admin`] (the local admin API), [`kubernetes`] (the Kubernetes site
 //! backend), [`daemon`] (wiring).
 
+pub use multimesh_core::{backoff, error, files, names, process, tls};
+
+/// Site identities ([`multimesh_core::identity`]) and issuing them ([`multimesh_core::pki`]).
+pub mod identity {
+    pub use multimesh_core::identity::*;
+    pub use multimesh_core::pki::*;
+}
+
 pub mod admin;
-pub mod backoff;
 pub mod catalog;
 pub mod config;
 pub mod daemon;
-pub mod error;
-pub mod files;
-pub mod identity;
 pub mod kubernetes;
 pub mod model;
-pub mod names;
 pub mod ownership;
-pub mod process;
 pub mod proof;
 pub mod report;
 pub mod routes;
 pub mod splits;
 pub mod store;
 pub mod sync;
-pub mod tls;

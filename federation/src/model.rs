@@ -16,8 +16,9 @@ use crate::proof::Seal;
 /// A site name (a DNS-1123 label).
 pub type Site = String;
 
+pub use multimesh_core::service::{MAX_PORTS, Port, Protocol, ports_from_wire, validate_ports};
+
 /// Upper bounds on what one service entry may carry.
-pub const MAX_PORTS: usize = 64;
 /// Upper bound on labels per service.
 pub const MAX_LABELS: usize = 64;
 /// Upper bound on ingress addresses per service.
@@ -188,170 +189,6 @@ impl StalePolicy {
         }
         Ok(())
     }
-}
-
-/// Application protocol of a port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// Raw TCP.
-    Tcp,
-    /// HTTP/1.1 (and HTTP/2 with upgrade).
-    Http,
-    /// HTTP/2 (h2c between local callers and the edge).
-    Http2,
-    /// gRPC.
-    Grpc,
-}
-
-impl Protocol {
-    /// The lower-case name used in configs and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Http => "http",
-            Protocol::Http2 => "http2",
-            Protocol::Grpc => "grpc",
-        }
-    }
-
-    /// Parses `tcp`, `http`, `http2` or `grpc`.
-    pub fn parse(field: &str, s: &str) -> Result<Self, InvalidField> {
-        Ok(match s {
-            "tcp" => Protocol::Tcp,
-            "http" => Protocol::Http,
-            "http2" => Protocol::Http2,
-            "grpc" => Protocol::Grpc,
-            _ => {
-                return Err(InvalidField::new(
-                    field,
-                    s,
-                    "must be one of tcp, http, http2, grpc",
-                ));
-            }
-        })
-    }
-
-    /// The wire enum of this protocol.
-    pub fn to_wire(self) -> wire::Protocol {
-        match self {
-            Protocol::Tcp => wire::Protocol::Tcp,
-            Protocol::Http => wire::Protocol::Http,
-            Protocol::Http2 => wire::Protocol::Http2,
-            Protocol::Grpc => wire::Protocol::Grpc,
-        }
-    }
-
-    fn from_wire(field: &str, v: i32) -> Result<Self, InvalidField> {
-        match wire::Protocol::try_from(v) {
-            Ok(wire::Protocol::Tcp) => Ok(Protocol::Tcp),
-            Ok(wire::Protocol::Http) => Ok(Protocol::Http),
-            Ok(wire::Protocol::Http2) => Ok(Protocol::Http2),
-            Ok(wire::Protocol::Grpc) => Ok(Protocol::Grpc),
-            _ => Err(InvalidField::new(
-                field,
-                v,
-                "must be TCP, HTTP, HTTP2 or GRPC",
-            )),
-        }
-    }
-}
-
-/// A port of a service.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Port {
-    /// Port name (a DNS label), unique within the service.
-    pub name: String,
-    /// Port number, 1..=65535.
-    pub port: u16,
-    /// Application protocol.
-    pub protocol: Protocol,
-}
-
-impl Port {
-    /// The wire form.
-    pub fn to_wire(&self) -> wire::ServicePort {
-        wire::ServicePort {
-            name: self.name.clone(),
-            port: u32::from(self.port),
-            protocol: self.protocol.to_wire() as i32,
-        }
-    }
-
-    /// Parses the command-line form `NAME:PORT[/PROTOCOL]` or `PORT[/PROTOCOL]` (name defaults
-    /// to the protocol name, protocol to `http`).
-    pub fn parse_cli(field: &str, s: &str) -> Result<Self, InvalidField> {
-        let (rest, protocol) = match s.split_once('/') {
-            Some((r, p)) => (r, Protocol::parse(field, p)?),
-            None => (s, Protocol::Http),
-        };
-        let (name, number) = match rest.split_once(':') {
-            Some((n, p)) => (n.to_string(), p),
-            None => (protocol.as_str().to_string(), rest),
-        };
-        let port = match number.parse::<u16>() {
-            Ok(p) if p > 0 => p,
-            _ => {
-                return Err(InvalidField::new(
-                    field,
-                    s,
-                    "must be [NAME:]PORT[/PROTOCOL] with PORT in 1..=65535",
-                ));
-            }
-        };
-        names::dns_label(field, &name)?;
-        Ok(Port {
-            name,
-            port,
-            protocol,
-        })
-    }
-}
-
-/// Checks a list of ports: 1 to 64 ports, valid names, unique names and numbers.
-pub fn validate_ports(field: &str, ports: &[Port]) -> Result<(), InvalidField> {
-    if ports.is_empty() {
-        return Err(InvalidField::new(
-            field,
-            "[]",
-            "must list at least one port",
-        ));
-    }
-    if ports.len() > MAX_PORTS {
-        return Err(InvalidField::new(
-            field,
-            ports.len(),
-            "lists too many ports (max 64)",
-        ));
-    }
-    let mut names = BTreeSet::new();
-    let mut numbers = BTreeSet::new();
-    for (i, p) in ports.iter().enumerate() {
-        let f = format!("{field}[{i}]");
-        names::dns_label(&format!("{f}.name"), &p.name)?;
-        if p.port == 0 {
-            return Err(InvalidField::new(
-                &format!("{f}.port"),
-                0,
-                "must be in 1..=65535",
-            ));
-        }
-        if !names.insert(&p.name) {
-            return Err(InvalidField::new(
-                &format!("{f}.name"),
-                &p.name,
-                "is a duplicate port name",
-            ));
-        }
-        if !numbers.insert(p.port) {
-            return Err(InvalidField::new(
-                &format!("{f}.port"),
-                p.port,
-                "is a duplicate port number",
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// What an origin says about one exported service (everything but its key and stamp).
@@ -662,33 +499,6 @@ pub fn service_to_wire(key: &Key, stamp: Stamp, s: &Service) -> wire::ExportedSe
         }),
         share_with: s.share_with.iter().cloned().collect(),
     }
-}
-
-/// Decodes ports from the wire, validating each.
-pub fn ports_from_wire(
-    field: &str,
-    ports: &[wire::ServicePort],
-) -> Result<Vec<Port>, InvalidField> {
-    let out = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let f = format!("{field}[{i}]");
-            let port = u16::try_from(p.port)
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| {
-                    InvalidField::new(&format!("{f}.port"), p.port, "must be in 1..=65535")
-                })?;
-            Ok(Port {
-                name: p.name.clone(),
-                port,
-                protocol: Protocol::from_wire(&format!("{f}.protocol"), p.protocol)?,
-            })
-        })
-        .collect::<Result<Vec<_>, InvalidField>>()?;
-    validate_ports(field, &out)?;
-    Ok(out)
 }
 
 /// Decodes and validates one service entry from the wire.

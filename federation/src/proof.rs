@@ -477,13 +477,8 @@ pub(crate) mod test_pki {
             Validity::days(1),
         )
         .expect("site certificate");
-        let cert = rustls_pemfile::certs(&mut pair.cert_pem.as_bytes())
-            .next()
-            .expect("cert")
-            .expect("cert");
-        let key = rustls_pemfile::private_key(&mut pair.key_pem.as_bytes())
-            .expect("key")
-            .expect("key");
+        let cert = crate::identity::cert_from_pem(&pair.cert_pem).expect("cert");
+        let key = crate::identity::key_from_pem(&pair.key_pem).expect("key");
         Arc::new(Signer::new(&cert, &key).expect("signer"))
     }
 }
@@ -494,16 +489,11 @@ mod tests {
     use crate::identity::{Role, SiteId, Validity, init_ca, issue_site};
 
     fn der(pem: &str) -> CertificateDer<'static> {
-        rustls_pemfile::certs(&mut pem.as_bytes())
-            .next()
-            .unwrap()
-            .unwrap()
+        crate::identity::cert_from_pem(pem).unwrap()
     }
 
     fn key(pem: &str) -> PrivateKeyDer<'static> {
-        rustls_pemfile::private_key(&mut pem.as_bytes())
-            .unwrap()
-            .unwrap()
+        crate::identity::key_from_pem(pem).unwrap()
     }
 
     #[test]

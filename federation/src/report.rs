@@ -4,6 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Duration;
+
+use multimesh_core::backoff::Backoff;
 
 /// One object not applied (or not deleted).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,7 +71,8 @@ impl BackendReport {
     /// doubling with each further one, at most `cap_ms`; `None` when nothing fails.
     pub fn retry_ms(&self, cap_ms: u64) -> Option<u64> {
         let worst = self.problems.values().map(|p| p.attempts).max()?;
-        Some((1_000u64 << worst.saturating_sub(1).min(16)).min(cap_ms))
+        let b = Backoff::new(Duration::from_secs(1), Duration::from_millis(cap_ms));
+        Some(b.delay_after(worst.saturating_sub(1)).as_millis() as u64)
     }
 }
 

@@ -14,6 +14,8 @@ use multimesh_proto::routes::v1::{self as wire, route_discovery_server};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+pub use multimesh_core::files::fingerprint;
+
 use crate::catalog::{EntryState, Liveness};
 use crate::model::{Port, Scope, Service};
 use crate::ownership;
@@ -175,13 +177,6 @@ pub fn routable_split(rule: &SplitRule, routable: impl Fn(&str) -> bool) -> Opti
         service: rule.service.clone(),
         namespace: rule.namespace.clone(),
         backends,
-    })
-}
-
-/// A stable 64-bit FNV-1a fingerprint of `bytes` (table versions; not cryptographic).
-pub fn fingerprint(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 

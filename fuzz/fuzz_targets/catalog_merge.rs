@@ -48,9 +48,7 @@ struct World {
 }
 
 fn der(pem: &str) -> Vec<u8> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
-        .next()
-        .and_then(Result::ok)
+    federation::identity::cert_from_pem(pem)
         .map(|c| c.to_vec())
         .unwrap_or_default()
 }
@@ -62,14 +60,8 @@ fn signer(ca: &Pair, site: &str) -> Arc<Signer> {
         Validity::days(2),
     )
     .expect("site certificate");
-    let cert = rustls_pemfile::certs(&mut pair.cert_pem.as_bytes())
-        .next()
-        .and_then(Result::ok)
-        .expect("certificate");
-    let key = rustls_pemfile::private_key(&mut pair.key_pem.as_bytes())
-        .ok()
-        .flatten()
-        .expect("key");
+    let cert = federation::identity::cert_from_pem(&pair.cert_pem).expect("certificate");
+    let key = federation::identity::key_from_pem(&pair.key_pem).expect("key");
     Arc::new(Signer::new(&cert, &key).expect("signer"))
 }
 

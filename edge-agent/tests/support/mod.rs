@@ -203,7 +203,7 @@ impl Drop for Agent {
 }
 
 /// The `[tls]` table of the config of `site`'s `role` daemon.
-pub fn tls_toml(pki: &Pki, site: &str, role: federation::identity::Role) -> String {
+pub fn tls_toml(pki: &Pki, site: &str, role: multimesh_core::identity::Role) -> String {
     let (cert, key) = pki.ensure(site, role);
     format!(
         "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
@@ -232,7 +232,7 @@ impl Agent {
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = format!(
             "site = \"{site}\"\ntrust_domain = \"{TD}\"\nready_file = \"ready.json\"\n{config}\n{}",
-            tls_toml(pki, site, federation::identity::Role::Edge)
+            tls_toml(pki, site, multimesh_core::identity::Role::Edge)
         );
         std::fs::write(dir.join("edge.toml"), cfg).unwrap();
         let _ = std::fs::remove_file(dir.join("ready.json"));
@@ -340,7 +340,7 @@ impl Agent {
         let dir = root.join(format!("edge-{site}"));
         let p = dir.join("routes.yaml");
         // Write then rename, as an operator's tooling would: the agent never sees half a file.
-        federation::identity::write_file(&p, yaml, false).unwrap();
+        multimesh_core::identity::write_file(&p, yaml, false).unwrap();
         p
     }
 
@@ -482,15 +482,18 @@ pub fn local(name: &str, port: u16, upstream: SocketAddr) -> String {
 /// presenting `tls`: what a peer site's edge agent would send. `Err` when the connection or
 /// the call is refused.
 pub async fn call_ingress(
-    tls: &federation::tls::SiteTls,
+    tls: &multimesh_core::tls::SiteTls,
     server_site: &str,
     addr: SocketAddr,
     authority: &str,
 ) -> Result<(u16, String), String> {
-    let expected =
-        federation::identity::SiteId::new(TD, server_site, federation::identity::Role::Edge)
-            .unwrap();
-    let cfg = federation::tls::client_config(tls, expected).map_err(|e| e.to_string())?;
+    let expected = multimesh_core::identity::SiteId::new(
+        TD,
+        server_site,
+        multimesh_core::identity::Role::Edge,
+    )
+    .unwrap();
+    let cfg = multimesh_core::tls::client_config(tls, expected).map_err(|e| e.to_string())?;
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;

@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use multimesh_core::backoff::Backoff;
+
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Service as KService};
 use kube::Client;
@@ -330,7 +332,7 @@ pub async fn run(
     base: ExportBase,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     loop {
         match client(&settings).await {
             Ok(client) => {
@@ -341,10 +343,9 @@ pub async fn run(
             Err(e) => warn!(error = %e, "kubernetes backend: cannot build a client; retrying"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
             _ = shutdown.cancelled() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 

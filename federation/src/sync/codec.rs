@@ -552,10 +552,7 @@ mod tests {
     use crate::proof::test_pki;
 
     fn verifier() -> Verifier {
-        let ca = rustls_pemfile::certs(&mut test_pki::ca().cert_pem.as_bytes())
-            .next()
-            .and_then(Result::ok)
-            .expect("CA");
+        let ca = crate::identity::cert_from_pem(&test_pki::ca().cert_pem).expect("CA");
         Verifier::new(&[ca], test_pki::TD).expect("verifier")
     }
 

@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use federation::identity::{self, Pair, Role, SiteId, Validity};
-use federation::tls::SiteTls;
+use multimesh_core::identity::{self, Role, SiteId};
+use multimesh_core::pki::{self, Pair, Validity};
+use multimesh_core::tls::SiteTls;
 
 pub const TD: &str = "multimesh.test";
 
@@ -33,7 +34,7 @@ pub struct Pki {
 impl Pki {
     pub fn new(dir: &Path) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let ca = identity::init_ca(TD, 1).unwrap();
+        let ca = pki::init_ca(TD, 1).unwrap();
         identity::write_file(&dir.join("ca.pem"), &ca.cert_pem, false).unwrap();
         Self {
             dir: dir.to_path_buf(),
@@ -50,7 +51,7 @@ impl Pki {
     /// Issues `site`'s certificate for `role` with the given validity; returns (cert, key).
     pub fn issue_with(&self, site: &str, role: Role, validity: Validity) -> (PathBuf, PathBuf) {
         let id = SiteId::new(TD, site, role).unwrap();
-        identity::issue_to(&self.dir, &self.ca, &id, validity).unwrap()
+        pki::issue_to(&self.dir, &self.ca, &id, validity).unwrap()
     }
 
     /// Issues the certificate of `site`'s federationd.
