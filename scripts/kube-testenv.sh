@@ -129,11 +129,12 @@ ETCD=http://127.0.0.1:$etcd_port
 ETCD_PORT=$etcd_port
 API_PORT=$api_port
 EOF
+  # Names are quoted: Go's YAML reader reads a bare `n` or `y` (site names here) as a boolean.
   cat >"$sdir/kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
-- name: $site
+- name: "$site"
   cluster:
     server: https://127.0.0.1:$api_port
     certificate-authority: $dir/pki/ca.crt
@@ -142,9 +143,9 @@ users:
   user:
     token: $token
 contexts:
-- name: $site
-  context: {cluster: $site, user: admin}
-current-context: $site
+- name: "$site"
+  context: {cluster: "$site", user: admin}
+current-context: "$site"
 EOF
 }
 

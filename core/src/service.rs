@@ -55,6 +55,43 @@ impl Protocol {
         })
     }
 
+    /// Reads a Kubernetes `appProtocol` (or a port name's Istio-style prefix, `grpc-api`):
+    /// `http`, `https`, `http1`, `http/1.1`; `http2`, `h2c`, `kubernetes.io/h2c`; `grpc`,
+    /// `grpc-web`; `tcp`; any case. `None` for anything else.
+    pub fn from_app_protocol(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "http" | "https" | "http1" | "http/1.1" => Some(Protocol::Http),
+            "http2" | "h2c" | "kubernetes.io/h2c" => Some(Protocol::Http2),
+            "grpc" | "grpc-web" => Some(Protocol::Grpc),
+            "tcp" => Some(Protocol::Tcp),
+            _ => None,
+        }
+    }
+
+    /// The protocol of a Kubernetes Service port: its `appProtocol` first, then its name's
+    /// prefix (`http-web`, `grpc-api`), else raw TCP.
+    pub fn of_service_port(app_protocol: Option<&str>, name: &str) -> Self {
+        app_protocol
+            .and_then(Self::from_app_protocol)
+            .or_else(|| Self::from_app_protocol(name.split('-').next().unwrap_or_default()))
+            .unwrap_or(Protocol::Tcp)
+    }
+
+    /// The Kubernetes `appProtocol` to write for this protocol (none for raw TCP).
+    pub fn app_protocol(self) -> Option<&'static str> {
+        match self {
+            Protocol::Http => Some("http"),
+            Protocol::Http2 => Some("kubernetes.io/h2c"),
+            Protocol::Grpc => Some("grpc"),
+            Protocol::Tcp => None,
+        }
+    }
+
+    /// Whether requests (not bytes) are routed on this port.
+    pub fn is_http(self) -> bool {
+        !matches!(self, Protocol::Tcp)
+    }
+
     /// The wire enum of this protocol.
     pub fn to_wire(self) -> wire::Protocol {
         match self {
@@ -203,4 +240,44 @@ pub fn ports_from_wire(
         .collect::<Result<Vec<_>, InvalidField>>()?;
     validate_ports(field, &out)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_spellings_and_port_names() {
+        assert_eq!(Protocol::from_app_protocol("HTTP"), Some(Protocol::Http));
+        assert_eq!(
+            Protocol::from_app_protocol("kubernetes.io/h2c"),
+            Some(Protocol::Http2)
+        );
+        assert_eq!(
+            Protocol::from_app_protocol("grpc-web"),
+            Some(Protocol::Grpc)
+        );
+        assert_eq!(Protocol::from_app_protocol("udp"), None);
+        assert_eq!(Protocol::of_service_port(None, "grpc-api"), Protocol::Grpc);
+        assert_eq!(
+            Protocol::of_service_port(Some("http"), "grpc-api"),
+            Protocol::Http
+        );
+        assert_eq!(
+            Protocol::of_service_port(Some("x"), "metrics"),
+            Protocol::Tcp
+        );
+        for p in [
+            Protocol::Tcp,
+            Protocol::Http,
+            Protocol::Http2,
+            Protocol::Grpc,
+        ] {
+            assert_eq!(Protocol::parse("f", p.as_str()), Ok(p));
+            assert_eq!(Protocol::from_wire("f", p.to_wire() as i32), Ok(p));
+            let back = p.app_protocol().and_then(Protocol::from_app_protocol);
+            assert_eq!(back.unwrap_or(Protocol::Tcp), p);
+        }
+        assert!(Protocol::parse("f", "HTTP").is_err());
+    }
 }

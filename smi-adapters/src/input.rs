@@ -1029,11 +1029,7 @@ fn parse_service(doc: &Doc, d: &mut Vec<Diagnostic>) -> Option<ServiceInfo> {
             continue; // UDP/SCTP ports are not routed by meshes
         }
         let name = p["name"].as_str().unwrap_or_default().to_string();
-        let protocol = p["appProtocol"]
-            .as_str()
-            .and_then(Protocol::parse)
-            .or_else(|| Protocol::parse(name.split('-').next().unwrap_or_default()))
-            .unwrap_or(Protocol::Tcp);
+        let protocol = Protocol::of_service_port(p["appProtocol"].as_str(), &name);
         let target = match &p["targetPort"] {
             Value::String(n) => TargetPort::Name(n.clone()),
             t => TargetPort::Number(
@@ -1100,7 +1096,7 @@ pub fn parse_catalog(json: &str) -> Result<BTreeMap<(String, String), ServiceInf
                     port,
                     protocol: p["protocol"]
                         .as_str()
-                        .and_then(Protocol::parse)
+                        .and_then(Protocol::from_app_protocol)
                         .unwrap_or(Protocol::Tcp),
                     target: TargetPort::Number(port),
                 });

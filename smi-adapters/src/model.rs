@@ -20,46 +20,7 @@ impl fmt::Display for Origin {
     }
 }
 
-/// Protocol of a service port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Protocol {
-    /// HTTP/1.1.
-    Http,
-    /// HTTP/2.
-    Http2,
-    /// gRPC.
-    Grpc,
-    /// Opaque TCP.
-    Tcp,
-}
-
-impl Protocol {
-    /// Parses `http`, `http2`, `grpc`, `tcp` (also Kubernetes `appProtocol` spellings).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "http" | "http1" | "http/1.1" => Some(Protocol::Http),
-            "http2" | "h2c" | "kubernetes.io/h2c" => Some(Protocol::Http2),
-            "grpc" => Some(Protocol::Grpc),
-            "tcp" => Some(Protocol::Tcp),
-            _ => None,
-        }
-    }
-
-    /// Whether requests (not bytes) are routed on this port.
-    pub fn is_http(self) -> bool {
-        !matches!(self, Protocol::Tcp)
-    }
-
-    /// Lower-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Http => "http",
-            Protocol::Http2 => "http2",
-            Protocol::Grpc => "grpc",
-            Protocol::Tcp => "tcp",
-        }
-    }
-}
+pub use multimesh_core::service::Protocol;
 
 /// A port of a service.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -708,13 +708,7 @@ fn scope_text(s: Option<&wire::ConsumerScope>) -> String {
 }
 
 fn protocol_name(p: i32) -> &'static str {
-    match wire::Protocol::try_from(p) {
-        Ok(wire::Protocol::Tcp) => "tcp",
-        Ok(wire::Protocol::Http) => "http",
-        Ok(wire::Protocol::Http2) => "http2",
-        Ok(wire::Protocol::Grpc) => "grpc",
-        _ => "unspecified",
-    }
+    federation::model::Protocol::from_wire("protocol", p).map_or("unspecified", |p| p.as_str())
 }
 
 fn service_json(s: &wire::ExportedService) -> Value {

@@ -203,22 +203,7 @@ pub fn export(
 /// The application protocol of a Service port: `appProtocol` first, then the Istio-style name
 /// prefix (`http-`, `grpc-`, `http2-`), else raw TCP.
 pub fn port_protocol(p: &ServicePort) -> Protocol {
-    let by = |s: &str| match s {
-        "http" | "https" => Some(Protocol::Http),
-        "http2" | "h2c" | "kubernetes.io/h2c" => Some(Protocol::Http2),
-        "grpc" | "grpc-web" => Some(Protocol::Grpc),
-        "tcp" => Some(Protocol::Tcp),
-        _ => None,
-    };
-    if let Some(p) = p
-        .app_protocol
-        .as_deref()
-        .and_then(|a| by(&a.to_ascii_lowercase()))
-    {
-        return p;
-    }
-    let prefix = p.name.split('-').next().unwrap_or_default();
-    by(prefix).unwrap_or(Protocol::Tcp)
+    Protocol::of_service_port(p.app_protocol.as_deref(), &p.name)
 }
 
 /// The `Valid`, `Ready` and `Conflict` conditions of a ServiceExport. A condition whose status
@@ -346,7 +331,7 @@ pub fn imports(
                 "type": "ClusterSetIP",
                 "ports": info.ports.iter().map(|p| {
                     let mut v = json!({"name": p.name, "protocol": "TCP", "port": p.port});
-                    if let Some(a) = app_protocol(p.protocol) {
+                    if let Some(a) = p.protocol.app_protocol() {
                         v["appProtocol"] = json!(a);
                     }
                     v
@@ -393,16 +378,6 @@ pub fn imports(
 /// Whether a spec's translation had errors.
 pub fn has_errors(d: &[Diagnostic]) -> bool {
     d.iter().any(|d| d.severity == Severity::Error)
-}
-
-fn app_protocol(p: smi_adapters::model::Protocol) -> Option<&'static str> {
-    use smi_adapters::model::Protocol as P;
-    match p {
-        P::Http => Some("http"),
-        P::Http2 => Some("kubernetes.io/h2c"),
-        P::Grpc => Some("grpc"),
-        P::Tcp => None,
-    }
 }
 
 /// The object without server-managed metadata (what the translator needs is apiVersion, kind,
@@ -474,7 +449,7 @@ pub fn object_key(v: &Value) -> String {
 
 /// The smi-adapters view of a catalog entry of another site.
 pub fn remote_info(key: &model::Key, svc: &Service) -> Option<((String, String), ServiceInfo)> {
-    use smi_adapters::model::{Port as SPort, Protocol as P, Remote, TargetPort};
+    use smi_adapters::model::{Port as SPort, Remote, TargetPort};
     if names::dns_label("namespace", &key.namespace).is_err() {
         return None;
     }
@@ -484,12 +459,7 @@ pub fn remote_info(key: &model::Key, svc: &Service) -> Option<((String, String),
         .map(|p| SPort {
             name: p.name.clone(),
             port: p.port,
-            protocol: match p.protocol {
-                Protocol::Http => P::Http,
-                Protocol::Http2 => P::Http2,
-                Protocol::Grpc => P::Grpc,
-                Protocol::Tcp => P::Tcp,
-            },
+            protocol: p.protocol,
             target: TargetPort::Number(p.port),
         })
         .collect();
