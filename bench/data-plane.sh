@@ -49,9 +49,9 @@ if [ "$quick" = 1 ]; then
   cargo build --locked --workspace --all-targets >&2
   bin=$target/debug
 else
-  echo "==> building release binaries" >&2
-  cargo build --release --locked -p edge-agent -p multimesh-federation -p multimesh-bench >&2
-  bin=$target/release
+  echo "==> building the dist profile (fat LTO, what images ship)" >&2
+  cargo build --profile dist --locked -p edge-agent -p multimesh-federation -p multimesh-bench >&2
+  bin=$target/dist
 fi
 
 # shellcheck source=bench/lib.sh

@@ -6,7 +6,7 @@
 #
 #   bash bench/edge-ab.sh OLD_EDGE_AGENT NEW_EDGE_AGENT [--rounds N] [--seconds S]
 #
-# Each argument is an edge-agent binary (for example a copy of target/release/edge-agent made
+# Each argument is an edge-agent binary (for example a copy of target/dist/edge-agent made
 # before a change). Load: wrk -t1 -c64 (HTTP/1.1) and h2load -c16 -m32 (h2c), as in
 # bench/data-plane.sh. Needs wrk, h2load, nginx and a built federationctl.
 set -euo pipefail
@@ -22,7 +22,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 target=${CARGO_TARGET_DIR:-target}
-ctl=$target/release/federationctl
+ctl=$target/dist/federationctl
+[ -x "$ctl" ] || ctl=$target/release/federationctl
 [ -x "$ctl" ] || ctl=$target/debug/federationctl
 [ -x "$ctl" ] || { echo "build federationctl first (cargo build -p multimesh-federation)" >&2; exit 1; }
 for t in wrk h2load nginx; do command -v "$t" >/dev/null || { echo "$t is missing" >&2; exit 1; }; done

@@ -31,7 +31,7 @@ const TD: &str = "bench.multimesh";
 /// Control-plane benchmark: N federationd sites in a full mesh on loopback.
 #[derive(Parser)]
 struct Args {
-    /// The federationd binary to run (build it with --release).
+    /// The federationd binary to run (build it with --profile dist).
     #[arg(long)]
     federationd: PathBuf,
     /// Number of sites (the first one is the origin).
