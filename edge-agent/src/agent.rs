@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use http::header::HeaderValue;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -17,6 +17,7 @@ use multimesh_core::tls::SiteTls;
 use tracing::{info, warn};
 
 use crate::balance::{Candidate, Change, Health};
+use crate::call_error::{CallError, ErrorCode};
 use crate::config::AgentConfig;
 use crate::deadline::{Deadlines, Within};
 use crate::http::{self as h, Body};
@@ -25,17 +26,6 @@ use crate::peers::PeerPool;
 use crate::routes::{Destination, PortAddress, RouteTable, ServiceKey, ServiceRoute};
 use crate::upstream::Http1Pool;
 use crate::workers::PerThread;
-
-/// Why a call could not be sent (the request was not consumed unless `sent`).
-#[derive(Debug)]
-pub struct SendError {
-    /// Plain-words reason.
-    pub reason: String,
-    /// The error response to give the caller.
-    pub status: StatusCode,
-    /// Short machine-readable reason.
-    pub code: &'static str,
-}
 
 /// A running agent's shared state.
 pub struct Agent {
@@ -237,27 +227,19 @@ impl Agent {
         authority: &Authority,
         head: &Head,
         body: &mut Option<Body>,
-    ) -> Result<Response<Body>, SendError> {
+    ) -> Result<Response<Body>, CallError> {
         let (link, addresses) = self.link_for(d);
         let send = self
             .pool
             .get(link, addresses)
             .await
-            .map_err(|reason| SendError {
-                reason,
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "site-unreachable",
-            })?;
+            .map_err(|reason| CallError::new(ErrorCode::SiteUnreachable, reason))?;
         let uri = Uri::builder()
             .scheme(Scheme::HTTPS)
             .authority(authority.clone())
             .path_and_query(head.path.clone())
             .build()
-            .map_err(|e| SendError {
-                reason: e.to_string(),
-                status: StatusCode::BAD_REQUEST,
-                code: "bad-request",
-            })?;
+            .map_err(|e| CallError::new(ErrorCode::BadRequest, e.to_string()))?;
         let mut req = Request::new(body.take().unwrap_or_else(h::empty));
         *req.method_mut() = head.method.clone();
         *req.uri_mut() = uri;
@@ -278,7 +260,7 @@ impl Agent {
         address: &PortAddress,
         head: Head,
         body: Body,
-    ) -> Result<Response<Body>, SendError> {
+    ) -> Result<Response<Body>, CallError> {
         let mut req = Request::new(body);
         *req.method_mut() = head.method;
         *req.headers_mut() = head.headers;
@@ -293,11 +275,7 @@ impl Agent {
             .authority(upstream)
             .path_and_query(head.path)
             .build()
-            .map_err(|e| SendError {
-                reason: e.to_string(),
-                status: StatusCode::BAD_GATEWAY,
-                code: "bad-upstream",
-            })?;
+            .map_err(|e| CallError::new(ErrorCode::BadUpstream, e.to_string()))?;
         *req.version_mut() = Version::HTTP_2;
         // Boxed: hyper-util's client future is large, and HTTP/1.1 calls should not carry it.
         Box::pin(self.timed(async {
@@ -316,26 +294,21 @@ impl Agent {
         self.deadlines.get().within(Instant::now() + limit, call)
     }
 
-    async fn timed<F, E>(&self, f: F) -> Result<Response<Body>, SendError>
+    async fn timed<F, E>(&self, f: F) -> Result<Response<Body>, CallError>
     where
         F: Future<Output = Result<Response<Body>, E>>,
         E: std::error::Error,
     {
         match self.with_request_timeout(f).await {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(SendError {
-                reason: error_chain(&e),
-                status: StatusCode::BAD_GATEWAY,
-                code: "upstream-failed",
-            }),
-            Err(_) => Err(SendError {
-                reason: format!(
+            Ok(Err(e)) => Err(CallError::new(ErrorCode::UpstreamFailed, error_chain(&e))),
+            Err(_) => Err(CallError::new(
+                ErrorCode::Timeout,
+                format!(
                     "no response within {} ms",
                     self.config.limits.request_timeout_ms
                 ),
-                status: StatusCode::GATEWAY_TIMEOUT,
-                code: "timeout",
-            }),
+            )),
         }
     }
 }

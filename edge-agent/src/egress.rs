@@ -8,13 +8,14 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use hyper::body::Body as _;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use crate::agent::{Agent, Head, SendError, relay_response};
-use crate::http::{self as h, Body, error_response};
+use crate::agent::{Agent, Head, relay_response};
+use crate::call_error::{CallError, CallerKind, ErrorCode};
+use crate::http::{self as h, Body};
 use crate::metrics::Direction;
 use crate::routes::{ServiceKey, parse_host};
 use crate::tunnel;
@@ -35,51 +36,51 @@ fn destination_of<B>(req: &Request<B>) -> Option<&str> {
 /// Handles one call from a local workload.
 pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
     let start = Instant::now();
+    let caller = CallerKind::of(req.headers());
     let Some(raw) = destination_of(&req) else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "no-destination",
-            "the call names no service: set Host or x-multimesh-destination".into(),
-        );
+        return CallError::new(
+            ErrorCode::NoDestination,
+            "the call names no service: set Host or x-multimesh-destination",
+        )
+        .respond(caller);
     };
     let Some(target) = parse_host(raw) else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "bad-destination",
-            format!(
-                "destination {raw:?} is not NAME.NAMESPACE.svc.clusterset.local[:PORT] nor a mirror Service's NAME-clusterset.NAMESPACE[.svc.CLUSTER-DOMAIN][:PORT]"
-            ),
-        );
+        return CallError::new(
+                ErrorCode::BadDestination,
+                format!(
+                    "destination {raw:?} is not NAME.NAMESPACE.svc.clusterset.local[:PORT] nor a mirror Service's NAME-clusterset.NAMESPACE[.svc.CLUSTER-DOMAIN][:PORT]"
+                ),
+            ).respond(caller);
     };
     let table = agent.table();
     let Some(route) = agent.resolve(&table, &target.service, rand::random()) else {
-        return error_response(
-            StatusCode::NOT_FOUND,
-            "unknown-service",
+        return CallError::new(
+            ErrorCode::UnknownService,
             format!("no route for {}", target.service),
-        );
+        )
+        .respond(caller);
     };
     let service = route.id.as_str();
     let Some(port) = route.port(target.port) else {
-        return error_response(
-            StatusCode::NOT_FOUND,
-            "unknown-port",
+        return CallError::new(
+            ErrorCode::UnknownPort,
             format!("{service} has no port {:?}", target.port),
-        );
+        )
+        .respond(caller);
     };
     if req.method() == Method::CONNECT {
-        return error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "connect-refused",
-            "CONNECT is not offered to local callers; use a TCP egress port".into(),
-        );
+        return CallError::new(
+            ErrorCode::ConnectRefused,
+            "CONNECT is not offered to local callers; use a TCP egress port",
+        )
+        .respond(caller);
     }
     let Some(address) = &port.address else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "bad-destination",
+        return CallError::new(
+            ErrorCode::BadDestination,
             format!("{service} port {} has no address", port.port),
-        );
+        )
+        .respond(caller);
     };
     let (mut parts, body) = req.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
@@ -105,7 +106,7 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
         0
     };
     let mut sent = 0;
-    let mut last_error: Option<SendError> = None;
+    let mut last_error: Option<CallError> = None;
     let mut last_failed: Option<Response<Body>> = None;
     while let Some(dest) = agent.pick(route, service, &tried, rand::random()) {
         let site = dest.site.as_str();
@@ -122,11 +123,10 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
                     // (this function's usual path) should not carry its size.
                     Box::pin(agent.send_local(up, port.protocol, address, head.clone(), b)).await
                 }
-                None => Err(SendError {
-                    reason: format!("{service} port {} has no local upstream", port.port),
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    code: "no-local-endpoint",
-                }),
+                None => Err(CallError::new(
+                    ErrorCode::NoLocalEndpoint,
+                    format!("{service} port {} has no local upstream", port.port),
+                )),
             }
         } else {
             let had_body = body.is_some();
@@ -163,7 +163,7 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
             }
             Err(e) => {
                 agent.record(service, site, false);
-                warn!(service = %service, destination = %site, error = %e.reason, "call failed");
+                warn!(service = %service, destination = %site, error = %e.message, "call failed");
                 last_error = Some(e);
                 if !may_retry {
                     break;
@@ -177,14 +177,12 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
     if let Some(resp) = last_failed {
         return relay_response(resp, None);
     }
-    let (status, code, reason) = match last_error {
-        Some(e) => (e.status, e.code, e.reason),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no-destination-site",
+    let err = last_error.unwrap_or_else(|| {
+        CallError::new(
+            ErrorCode::NoDestinationSite,
             format!("no site serves {service}"),
-        ),
-    };
+        )
+    });
     agent.metrics.call(
         Direction::Egress,
         service,
@@ -192,7 +190,7 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
         None,
         start.elapsed(),
     );
-    error_response(status, code, format!("{service}: {reason}"))
+    err.context(service).respond(caller)
 }
 
 /// Carries one local TCP connection to `key`:`port`, choosing a site as for HTTP; a site that

@@ -12,7 +12,7 @@ use h2::RecvStream;
 use h2::server::SendResponse;
 use http::header::HeaderValue;
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use multimesh_core::identity::site_id_of;
 use multimesh_core::tls::{
     SiteTls, any_site_server_config, describe_handshake_error, handshake_failure_kind,
@@ -29,7 +29,8 @@ use crate::agent::{Agent, Head, relay_response};
 use crate::coalesce::Coalesce;
 use crate::h2c::{MAX_HEADER_LIST, answer, serve_streams};
 
-use crate::http::{self as h, Body, error_response};
+use crate::call_error::{CallError, CallerKind, ErrorCode};
+use crate::http::{self as h, Body};
 use crate::link::{PING_EVERY, PONG_WITHIN, Tunnel, recv_body};
 use crate::metrics::Direction;
 use crate::peers::{ALPN_H2, ALPN_REVERSE};
@@ -320,14 +321,15 @@ async fn call(
     }
 }
 
-/// An error answer (see [`error_response`]).
-fn refuse(status: StatusCode, code: &'static str, message: String) -> Answer {
-    error_response(status, code, message).into()
+/// The agent's own answer (see [`CallError::respond`]).
+fn refuse(kind: CallerKind, code: ErrorCode, message: impl Into<String>) -> Answer {
+    CallError::new(code, message).respond(kind).into()
 }
 
 /// Handles one call from another site.
 pub async fn handle(agent: Arc<Agent>, caller: Caller, mut req: Request<RecvStream>) -> Answer {
     let start = Instant::now();
+    let kind = CallerKind::of(req.headers());
     // The original caller: only a parent may speak for another site.
     let source: Cow<'_, str> = match req.headers().get(SOURCE).and_then(|v| v.to_str().ok()) {
         Some(s) if caller.from_parent => Cow::Owned(s.to_string()),
@@ -342,8 +344,8 @@ pub async fn handle(agent: Arc<Agent>, caller: Caller, mut req: Request<RecvStre
     };
     let Some(target) = raw.and_then(parse_host) else {
         return refuse(
-            StatusCode::BAD_REQUEST,
-            "bad-destination",
+            kind,
+            ErrorCode::BadDestination,
             format!("destination {raw:?} is not NAME.NAMESPACE.svc.clusterset.local:PORT"),
         );
     };
@@ -363,8 +365,8 @@ pub async fn handle(agent: Arc<Agent>, caller: Caller, mut req: Request<RecvStre
     let Some(route) = table.service(key) else {
         let service = key.to_string();
         return refuse(
-            StatusCode::NOT_FOUND,
-            "not-exported",
+            kind,
+            ErrorCode::NotExported,
             format!("{service} is not served by site {}", agent.site()),
         );
     };
@@ -373,23 +375,23 @@ pub async fn handle(agent: Arc<Agent>, caller: Caller, mut req: Request<RecvStre
     // exports under the same name is not thereby exported here.
     if !route.destinations.iter().any(|d| d.site == agent.site()) {
         return refuse(
-            StatusCode::NOT_FOUND,
-            "not-exported",
+            kind,
+            ErrorCode::NotExported,
             format!("{service} is not exported by site {}", agent.site()),
         );
     }
     if !route.admits(&source) {
         warn!(service = %service, caller = %source, "ingress: caller outside the service's consumer scope");
         return refuse(
-            StatusCode::FORBIDDEN,
-            "scope",
+            kind,
+            ErrorCode::Scope,
             format!("site {source} may not call {service}"),
         );
     }
     let Some(port) = route.port(target.port) else {
         return refuse(
-            StatusCode::NOT_FOUND,
-            "unknown-port",
+            kind,
+            ErrorCode::UnknownPort,
             format!("{service} has no port {:?}", target.port),
         );
     };
@@ -400,15 +402,15 @@ pub async fn handle(agent: Arc<Agent>, caller: Caller, mut req: Request<RecvStre
             Ok(u) => u,
             Err(e) => {
                 warn!(service = %service, error = %e, "ingress: tunnel upstream unreachable");
-                return refuse(StatusCode::BAD_GATEWAY, "upstream-failed", e);
+                return refuse(kind, ErrorCode::UpstreamFailed, e);
             }
         };
         return accept_tunnel(&agent, req, upstream, service, start);
     }
     let Some(upstream) = agent.config.upstream(&key.namespace, &key.name, port_no) else {
         return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no-local-endpoint",
+            kind,
+            ErrorCode::NoLocalEndpoint,
             format!(
                 "{service} port {port_no} has no local upstream at site {}",
                 agent.site()
@@ -417,8 +419,8 @@ pub async fn handle(agent: Arc<Agent>, caller: Caller, mut req: Request<RecvStre
     };
     let Some(address) = &port.address else {
         return refuse(
-            StatusCode::BAD_REQUEST,
-            "bad-destination",
+            kind,
+            ErrorCode::BadDestination,
             format!("{service} port {port_no} has no address"),
         );
     };
@@ -438,8 +440,8 @@ pub async fn handle(agent: Arc<Agent>, caller: Caller, mut req: Request<RecvStre
     match result {
         Ok(resp) => relay_response(resp, agent.site_header()).into(),
         Err(e) => {
-            warn!(service = %service, caller = %source, error = %e.reason, "ingress: upstream failed");
-            refuse(e.status, e.code, format!("{service}: {}", e.reason))
+            warn!(service = %service, caller = %source, error = %e.message, "ingress: upstream failed");
+            e.context(service).respond(kind).into()
         }
     }
 }
@@ -503,13 +505,14 @@ async fn relay(
     mut req: Request<RecvStream>,
 ) -> Answer {
     let start = Instant::now();
+    let kind = CallerKind::of(req.headers());
     let into_child = agent.pool.is_child(site);
     let from_child = agent.pool.is_child(&caller.site);
     if !into_child && !from_child {
         warn!(caller = %caller.site, target_site = site, "ingress: relay refused");
         return refuse(
-            StatusCode::FORBIDDEN,
-            "relay-refused",
+            kind,
+            ErrorCode::RelayRefused,
             format!(
                 "site {} does not relay calls from {} to {site}",
                 agent.site(),
@@ -535,8 +538,8 @@ async fn relay(
             Some(d) if !d.admits(&caller.site) => {
                 warn!(service = %service, caller = %caller.site, target_site = site, "relay refused: edge node outside the destination's consumer scope");
                 return refuse(
-                    StatusCode::FORBIDDEN,
-                    "scope",
+                    kind,
+                    ErrorCode::Scope,
                     format!("site {} may not call {service} at site {site}", caller.site),
                 );
             }
@@ -546,8 +549,8 @@ async fn relay(
             }
             None => {
                 return refuse(
-                    StatusCode::NOT_FOUND,
-                    "unknown-service",
+                    kind,
+                    ErrorCode::UnknownService,
                     format!("no route to {service} at site {site}"),
                 );
             }
@@ -557,14 +560,14 @@ async fn relay(
         Ok(s) => s,
         Err(e) => {
             warn!(service = %service, target_site = site, error = %e, "relay: link down");
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, "site-unreachable", e);
+            return refuse(kind, ErrorCode::SiteUnreachable, e);
         }
     };
     if req.method() == Method::CONNECT {
         let authority = req.uri().to_string();
         let upstream = match tunnel::connect_over(&agent, send, site, &authority).await {
             Ok(u) => u,
-            Err(e) => return refuse(StatusCode::BAD_GATEWAY, "upstream-failed", e),
+            Err(e) => return refuse(kind, ErrorCode::UpstreamFailed, e),
         };
         return accept_tunnel(&agent, req, upstream, &service, start);
     }
@@ -587,15 +590,7 @@ async fn relay(
             info!(service = %service, caller = %source, target_site = site, "relayed");
             relay_response(resp, None).into()
         }
-        Ok(Err(e)) => refuse(
-            StatusCode::BAD_GATEWAY,
-            "relay-failed",
-            crate::agent::error_chain(&e),
-        ),
-        Err(_) => refuse(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            "relay timed out".into(),
-        ),
+        Ok(Err(e)) => refuse(kind, ErrorCode::RelayFailed, crate::agent::error_chain(&e)),
+        Err(_) => refuse(kind, ErrorCode::Timeout, "relay timed out"),
     }
 }

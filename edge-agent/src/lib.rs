@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod balance;
+pub mod call_error;
 pub mod clusterset;
 pub mod coalesce;
 pub mod config;

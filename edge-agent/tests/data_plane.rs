@@ -92,7 +92,7 @@ async fn a_caller_on_b_reaches_a_over_http1_h2_grpc_and_tcp() {
         "services:
 - {name: payment, namespace: shop, ports: [{port: 8080, protocol: http}], destinations: [{site: a}], consumers: [b]}
 - {name: ledger, namespace: shop, ports: [{port: 9090, protocol: http2}], destinations: [{site: a}]}
-- {name: health, namespace: shop, ports: [{port: 50051, protocol: grpc}], destinations: [{site: a}]}
+- {name: health, namespace: shop, ports: [{port: 50051, protocol: grpc}], destinations: [{site: a}], consumers: [b]}
 - {name: db, namespace: shop, ports: [{port: 5432, protocol: tcp}], destinations: [{site: a}]}
 ",
     );
@@ -230,6 +230,37 @@ async fn a_caller_on_b_reaches_a_over_http1_h2_grpc_and_tcp() {
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound, "gRPC status crosses");
+    // The agent's own refusals reach a gRPC caller as gRPC statuses with the agent's words
+    // (not an HTTP status the client has to guess from), and keep x-multimesh-error.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{egress}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut nowhere = tonic_health::pb::health_client::HealthClient::with_interceptor(
+        channel,
+        |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert(
+                "x-multimesh-destination",
+                "nope.shop.svc.clusterset.local:50051".parse().unwrap(),
+            );
+            Ok(req)
+        },
+    );
+    let refused = nowhere
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+    assert_eq!(
+        refused.message(),
+        "multimesh: no route for shop/nope",
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.metadata().get("x-multimesh-error").unwrap(),
+        "unknown-service"
+    );
 
     // Raw TCP through an HTTP/2 CONNECT tunnel.
     let mut tcp = tokio::net::TcpStream::connect(b.bound.egress_tcp[0])
@@ -300,6 +331,31 @@ async fn a_caller_on_b_reaches_a_over_http1_h2_grpc_and_tcp() {
     assert_eq!(s, 403, "{body}");
     assert_eq!(h["x-multimesh-error"], "scope");
     assert!(body.contains("site c may not call shop/payment"), "{body}");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.egress()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut from_c = tonic_health::pb::health_client::HealthClient::with_interceptor(
+        channel,
+        |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert(
+                "x-multimesh-destination",
+                "health.shop.svc.clusterset.local:50051".parse().unwrap(),
+            );
+            Ok(req)
+        },
+    );
+    let refused = from_c
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert_eq!(
+        refused.message(),
+        "multimesh: site c may not call shop/health",
+        "{refused:?}"
+    );
     assert_eq!(
         pay.calls.load(Ordering::Relaxed),
         served_before,
