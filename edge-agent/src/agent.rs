@@ -226,21 +226,29 @@ impl Agent {
         d: &Destination,
         authority: &Authority,
         head: &Head,
-        body: &mut Option<Body>,
-    ) -> Result<Response<Body>, CallError> {
+        body: Body,
+    ) -> Result<Response<Body>, Failed> {
         let (link, addresses) = self.link_for(d);
-        let send = self
-            .pool
-            .get(link, addresses)
-            .await
-            .map_err(|reason| CallError::new(ErrorCode::SiteUnreachable, reason))?;
-        let uri = Uri::builder()
+        let send = match self.pool.get(link, addresses).await {
+            Ok(s) => s,
+            Err(reason) => {
+                let e = CallError::new(ErrorCode::SiteUnreachable, reason);
+                return Err(Failed::Unsent(e, body));
+            }
+        };
+        let uri = match Uri::builder()
             .scheme(Scheme::HTTPS)
             .authority(authority.clone())
             .path_and_query(head.path.clone())
             .build()
-            .map_err(|e| CallError::new(ErrorCode::BadRequest, e.to_string()))?;
-        let mut req = Request::new(body.take().unwrap_or_else(h::empty));
+        {
+            Ok(u) => u,
+            Err(e) => {
+                let e = CallError::new(ErrorCode::BadRequest, e.to_string());
+                return Err(Failed::Unsent(e, body));
+            }
+        };
+        let mut req = Request::new(body);
         *req.method_mut() = head.method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_2;
@@ -248,7 +256,7 @@ impl Agent {
         if let Some(v) = &d.site_header {
             req.headers_mut().insert(h::SITE, v.clone());
         }
-        self.timed(send.request(req)).await
+        self.timed(send.request(req)).await.map_err(Failed::Sent)
     }
 
     /// Sends a call to a workload of this site at `upstream` (`host:port`): HTTP/1.1 on a
@@ -309,6 +317,26 @@ impl Agent {
                     self.config.limits.request_timeout_ms
                 ),
             )),
+        }
+    }
+}
+
+/// How an attempt to send a call failed; whether another site may be tried follows from it.
+#[derive(Debug)]
+pub enum Failed {
+    /// Nothing left this agent (no link could be opened, no local upstream, no request could
+    /// be built): the body comes back untouched, and any call may be tried at another site.
+    Unsent(CallError, Body),
+    /// The request left, perhaps only in part: only a call that may be sent twice (an
+    /// idempotent one with no body) is tried again.
+    Sent(CallError),
+}
+
+impl Failed {
+    /// Why it failed.
+    pub fn error(&self) -> &CallError {
+        match self {
+            Failed::Unsent(e, _) | Failed::Sent(e) => e,
         }
     }
 }

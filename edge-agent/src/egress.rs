@@ -13,7 +13,7 @@ use hyper::body::Body as _;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use crate::agent::{Agent, Head, relay_response};
+use crate::agent::{Agent, Failed, Head, relay_response};
 use crate::call_error::{CallError, CallerKind, ErrorCode};
 use crate::http::{self as h, Body};
 use crate::metrics::Direction;
@@ -98,7 +98,9 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
         headers: parts.headers,
     };
-    let mut body: Option<Body> = Some(body);
+    // The body until a request leaves with it; after that, a retried call (idempotent, so
+    // bodiless) is sent with an empty one.
+    let mut unsent: Option<Body> = Some(body);
     let mut tried: Vec<&str> = Vec::new();
     let max_sent = 1 + if retryable {
         agent.config.limits.retries
@@ -111,38 +113,35 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
     while let Some(dest) = agent.pick(route, service, &tried, rand::random()) {
         let site = dest.site.as_str();
         tried.push(site);
+        let body = unsent.take().unwrap_or_else(h::empty);
         let result = if site == agent.site() {
             match agent
                 .config
                 .upstream(&route.namespace, &route.name, port.port)
             {
+                // Boxed: the workload hop's future is large, and calls to other sites (this
+                // function's usual path) should not carry its size.
                 Some(up) => {
-                    sent += 1;
-                    let b = body.take().unwrap_or_else(h::empty);
-                    // Boxed: the workload hop's future is large, and calls to other sites
-                    // (this function's usual path) should not carry its size.
-                    Box::pin(agent.send_local(up, port.protocol, address, head.clone(), b)).await
+                    Box::pin(agent.send_local(up, port.protocol, address, head.clone(), body))
+                        .await
+                        .map_err(Failed::Sent)
                 }
-                None => Err(CallError::new(
-                    ErrorCode::NoLocalEndpoint,
-                    format!("{service} port {} has no local upstream", port.port),
+                None => Err(Failed::Unsent(
+                    CallError::new(
+                        ErrorCode::NoLocalEndpoint,
+                        format!("{service} port {} has no local upstream", port.port),
+                    ),
+                    body,
                 )),
             }
         } else {
-            let had_body = body.is_some();
-            let r = agent
-                .send_remote(dest, &address.authority, &head, &mut body)
-                .await;
-            if had_body && body.is_none() {
-                sent += 1;
-            }
-            r
+            agent
+                .send_remote(dest, &address.authority, &head, body)
+                .await
         };
-        // Another site may be tried when nothing was sent (connect failure), or when the call
-        // may be repeated and the retry budget allows.
-        let may_retry = body.is_some() || (retryable && sent < max_sent);
-        match result {
+        let e = match result {
             Ok(resp) => {
+                sent += 1;
                 let status = resp.status();
                 let failed = h::is_failure(status);
                 agent.record(service, site, !failed);
@@ -161,17 +160,24 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
                 }
                 return relay_response(resp, None);
             }
-            Err(e) => {
-                agent.record(service, site, false);
-                warn!(service = %service, destination = %site, error = %e.message, "call failed");
-                last_error = Some(e);
-                if !may_retry {
-                    break;
-                }
-                if sent > 0 {
-                    agent.metrics.retries.fetch_add(1, Ordering::Relaxed);
-                }
+            // Nothing left: another site may be tried, whatever the call.
+            Err(Failed::Unsent(e, body)) => {
+                unsent = Some(body);
+                e
             }
+            Err(Failed::Sent(e)) => {
+                sent += 1;
+                e
+            }
+        };
+        agent.record(service, site, false);
+        warn!(service = %service, destination = %site, error = %e.message, "call failed");
+        last_error = Some(e);
+        if unsent.is_none() && !(retryable && sent < max_sent) {
+            break;
+        }
+        if sent > 0 {
+            agent.metrics.retries.fetch_add(1, Ordering::Relaxed);
         }
     }
     if let Some(resp) = last_failed {

@@ -628,6 +628,104 @@ async fn sigterm_stops_an_agent_promptly_with_silent_idle_and_h2c_callers_connec
     drop((silent, idle, h2c));
 }
 
+/// Retry safety. A call goes to another site whenever nothing of it left this agent (the
+/// first site's link cannot be opened): a POST too, with its body. Once a request left, only a
+/// call that may be sent twice goes on: a POST that timed out at a is not repeated at c (a
+/// booking must not be made twice), a GET is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_moves_on_only_when_nothing_of_it_left_or_it_may_be_sent_twice() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let (silent, pc) = (silent_backend().await, http_backend("c").await);
+    let a = payment_site(&pki, root, "a", &silent, "");
+    let c = payment_site(&pki, root, "c", &pc, "");
+    let h1 = client_h1();
+
+    // Site x's address has nobody listening: nothing of the call leaves b.
+    let nobody = addr_below_ephemeral_range();
+    Agent::write_routes(
+        root,
+        "b",
+        &payment_routes(&[("x", 1_000_000, nobody), ("c", 1, c.ingress())]),
+    );
+    let b = Agent::start(
+        &pki,
+        root,
+        "b",
+        &agent_toml("egress_http = \"127.0.0.1:0\""),
+    );
+    for i in 0..3 {
+        let card = format!("card={i}");
+        let (s, _, body) = request(
+            &h1,
+            "POST",
+            &format!("http://{}/pay", b.egress()),
+            &[("host", PAY)],
+            &card,
+        )
+        .await
+        .unwrap();
+        assert_eq!((s, served_site(&body)), (200, "c"), "{body}\n{}", b.log());
+        assert!(
+            body.contains(&format!("body={card}")),
+            "the body moved with the call: {body}"
+        );
+    }
+    assert!(
+        b.log().contains("destination=x"),
+        "x was tried first:\n{}",
+        b.log()
+    );
+
+    // Site a accepts the call and never answers: d gives up after 300 ms.
+    Agent::write_routes(
+        root,
+        "d",
+        &payment_routes(&[("a", 1_000_000, a.ingress()), ("c", 1, c.ingress())]),
+    );
+    let d = Agent::start(
+        &pki,
+        root,
+        "d",
+        &agent_toml("egress_http = \"127.0.0.1:0\"\n[limits]\nrequest_timeout_ms = 300"),
+    );
+    let served_at_c = pc.calls.load(Ordering::Relaxed);
+    let (s, h, body) = request(
+        &h1,
+        "POST",
+        &format!("http://{}/pay", d.egress()),
+        &[("host", PAY)],
+        "card=9",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (s, h["x-multimesh-error"].as_str()),
+        (504, "timeout"),
+        "{body}\n{}",
+        d.log()
+    );
+    assert_eq!(
+        pc.calls.load(Ordering::Relaxed),
+        served_at_c,
+        "a POST that left for a was repeated at c"
+    );
+    let (s, _, body) = get(&h1, &format!("http://{}/", d.egress()), &[("host", PAY)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, served_site(&body)),
+        (200, "c"),
+        "a GET moves on: {body}\n{}",
+        d.log()
+    );
+    assert!(
+        silent.calls.load(Ordering::Relaxed) >= 1,
+        "a got the calls first"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_sites_edge_fails_over_to_c_and_a_is_used_again_when_back() {
     let dir = test_dir();
