@@ -2,6 +2,7 @@
 //! handshake ([`crate::tls`]); a gRPC channel over that one connection. Used by federationd's
 //! peer links and by the edge agent (its route feed, its links to peers and parent).
 
+use crate::locks::lock;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,7 +111,7 @@ pub async fn channel_over(
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10))
         .connect_with_connector(tower::service_fn(move |_| {
-            let s = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let s = lock(&slot).take();
             async move {
                 s.map(TokioIo::new)
                     .ok_or_else(|| std::io::Error::other("connection already used; redial"))

@@ -7,7 +7,7 @@
 //!   authorise peers by them; [`pki`] issues them (feature `pki`, control plane only);
 //! - [`dial`]: resolve, connect and verify a site; [`backoff`]: the one back-off;
 //! - [`config`], [`yaml`] and [`files`]: config files, bounded YAML, and files written whole;
-//!   [`process`]: logging and shutdown signals.
+//!   [`process`]: logging and shutdown signals; [`locks`]: the one lock helper.
 
 pub mod backoff;
 pub mod config;
@@ -15,6 +15,7 @@ pub mod dial;
 pub mod error;
 pub mod files;
 pub mod identity;
+pub mod locks;
 pub mod names;
 #[cfg(feature = "pki")]
 pub mod pki;

@@ -1,6 +1,7 @@
 //! The agent's shared state, and the two ways a call leaves it: to a local workload, or to
 //! another site's edge agent over the pooled mTLS HTTP/2 link.
 
+use multimesh_core::locks::{read, write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use multimesh_core::service::Protocol;
 use multimesh_core::tls::SiteTls;
 use tracing::{info, warn};
 
-use crate::balance::{Candidate, Change, Health};
+use crate::balance::{Candidate, Change, Health, weighted};
 use crate::call_error::{CallError, ErrorCode};
 use crate::config::AgentConfig;
 use crate::deadline::{Deadlines, Within};
@@ -104,10 +105,7 @@ impl Agent {
 
     /// The current route table (calls keep the table they started with).
     pub fn table(&self) -> Arc<RouteTable> {
-        self.routes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        read(&self.routes).clone()
     }
 
     /// Changes whenever a route table is applied.
@@ -122,7 +120,7 @@ impl Agent {
             services = table.len(),
             "route table applied"
         );
-        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        *write(&self.routes) = Arc::new(table);
         self.routes_loaded.store(true, Ordering::Release);
         self.route_epoch.send_modify(|e| *e += 1);
         self.metrics
@@ -148,18 +146,10 @@ impl Agent {
         key: &ServiceKey,
         roll: u64,
     ) -> Option<&'t ServiceRoute> {
-        if let Some(backends) = table.split(key) {
-            let total: u64 = backends.iter().map(|(_, w)| u64::from(*w)).sum();
-            let mut x = roll % total.max(1);
-            for (b, w) in backends {
-                let w = u64::from(*w);
-                if x < w {
-                    return table.service(b);
-                }
-                x -= w;
-            }
-        }
-        table.service(key)
+        let backend = table
+            .split(key)
+            .and_then(|backends| weighted(backends.iter().map(|(b, w)| (b, *w)), roll));
+        table.service(backend.unwrap_or(key))
     }
 
     /// Picks the destination site for a call to `route`, skipping `tried` sites.

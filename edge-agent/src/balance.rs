@@ -1,6 +1,7 @@
 //! Choosing a destination site (pure): weighted random choice among healthy sites, and outlier
 //! detection that ejects a site after consecutive failures for a growing back-off period.
 
+use multimesh_core::locks::lock;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -64,6 +65,25 @@ pub struct Candidate<'a> {
     pub weight: u32,
 }
 
+/// The one weighted choice (sites of a service, backends of a split): the item whose share of
+/// the cumulative weights holds `roll % total`, so a uniform `roll` picks each item with
+/// probability weight / total. Zero weights are never chosen; `None` when all are zero.
+pub fn weighted<T>(items: impl Iterator<Item = (T, u32)> + Clone, roll: u64) -> Option<T> {
+    let total: u64 = items.clone().map(|(_, w)| u64::from(w)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut x = roll % total;
+    for (item, w) in items {
+        let w = u64::from(w);
+        if x < w {
+            return Some(item);
+        }
+        x -= w;
+    }
+    None
+}
+
 impl Health {
     /// Health tracking with `settings`.
     pub fn new(settings: OutlierSettings) -> Self {
@@ -71,10 +91,6 @@ impl Health {
             settings,
             sites: Mutex::default(),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), SiteHealth>> {
-        self.sites.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Picks a site for `service` among `candidates`, skipping `tried` ones, by weight among
@@ -89,26 +105,15 @@ impl Health {
         now: Instant,
         roll: u64,
     ) -> Option<&'a str> {
-        let sites = self.lock();
+        let sites = lock(&self.sites);
         if sites.is_empty() {
             // Nothing has failed lately (the common case): a plain weighted choice.
             drop(sites);
             let open = candidates
                 .iter()
-                .filter(|c| c.weight > 0 && !tried.contains(&c.site));
-            let total: u64 = open.clone().map(|c| u64::from(c.weight)).sum();
-            if total == 0 {
-                return None;
-            }
-            let mut x = roll % total;
-            for c in open {
-                let w = u64::from(c.weight);
-                if x < w {
-                    return Some(c.site);
-                }
-                x -= w;
-            }
-            return None;
+                .filter(|c| !tried.contains(&c.site))
+                .map(|c| (c.site, c.weight));
+            return weighted(open, roll);
         }
         let ejected_until = |site: &str| {
             sites
@@ -130,21 +135,12 @@ impl Health {
                 .min_by_key(|c| ejected_until(c.site))
                 .map(|c| c.site);
         }
-        let total: u64 = healthy.iter().map(|c| u64::from(c.weight)).sum();
-        let mut x = roll % total;
-        for c in &healthy {
-            let w = u64::from(c.weight);
-            if x < w {
-                return Some(c.site);
-            }
-            x -= w;
-        }
-        None
+        weighted(healthy.iter().map(|c| (c.site, c.weight)), roll)
     }
 
     /// Whether `site` is ejected for `service` at `now`.
     pub fn is_ejected(&self, service: &str, site: &str, now: Instant) -> bool {
-        let sites = self.lock();
+        let sites = lock(&self.sites);
         if sites.is_empty() {
             return false;
         }
@@ -156,7 +152,7 @@ impl Health {
 
     /// Records a call's outcome.
     pub fn record(&self, service: &str, site: &str, ok: bool, now: Instant) -> Change {
-        let mut sites = self.lock();
+        let mut sites = lock(&self.sites);
         if ok && sites.is_empty() {
             return Change::None;
         }
@@ -191,7 +187,7 @@ impl Health {
 
     /// (service, site) pairs ejected at `now`, for metrics.
     pub fn ejected(&self, now: Instant) -> Vec<(String, String)> {
-        self.lock()
+        lock(&self.sites)
             .iter()
             .filter(|(_, h)| h.ejected_until.is_some_and(|t| t > now))
             .map(|(k, _)| k.clone())
@@ -203,6 +199,21 @@ impl Health {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn weighted_choice_gives_each_item_exactly_its_share_of_rolls() {
+        let items = [("a", 3), ("zero", 0), ("b", 1)];
+        let mut seen = HashMap::new();
+        for roll in 0..4 * 1000 {
+            let got = weighted(items.iter().copied(), roll);
+            *seen.entry(got).or_insert(0) += 1;
+        }
+        assert_eq!(seen[&Some("a")], 3000);
+        assert_eq!(seen[&Some("b")], 1000);
+        assert_eq!(seen.len(), 2, "zero weights are never chosen: {seen:?}");
+        assert_eq!(weighted([("z", 0)].into_iter(), 7), None);
+        assert_eq!(weighted(std::iter::empty::<(&str, u32)>(), 7), None);
+    }
 
     fn settings() -> OutlierSettings {
         OutlierSettings {

@@ -10,9 +10,10 @@
 //! again; it ends when no deadline is left and the next call starts another. A deadline is
 //! as precise as a tokio timer's.
 
+use multimesh_core::locks::lock;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -56,11 +57,6 @@ impl Deadlines {
             call,
         }
     }
-}
-
-fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
-    // No update under the lock can be left half done by a panic.
-    table.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 pin_project_lite::pin_project! {

@@ -2,6 +2,7 @@
 //! under the federation CA); each call is then admitted by the service's consumer scope and
 //! forwarded to the local workload, or relayed to/from an edge node this site parents.
 
+use multimesh_core::locks::Slots;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -48,59 +49,6 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a caller may take to send its first byte (a ClientHello starts at once).
 pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Connections served per calling site, each counted until its guard drops.
-struct PerSite {
-    max: usize,
-    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
-}
-
-/// One connection of a site, counted while it lives.
-struct SiteSlot {
-    of: Arc<PerSite>,
-    site: String,
-}
-
-impl PerSite {
-    fn new(max: usize) -> Self {
-        Self {
-            max,
-            open: std::sync::Mutex::default(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
-        self.open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// A slot for one more connection of `site`, unless it has `max` already.
-    fn take(self: &Arc<Self>, site: &str) -> Option<SiteSlot> {
-        let mut open = self.lock();
-        let n = open.entry(site.to_string()).or_default();
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(SiteSlot {
-            of: self.clone(),
-            site: site.to_string(),
-        })
-    }
-}
-
-impl Drop for SiteSlot {
-    fn drop(&mut self) {
-        let mut open = self.of.lock();
-        if let Some(n) = open.get_mut(&self.site) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.site);
-            }
-        }
-    }
-}
-
 /// Who is calling, as proven by the connection.
 #[derive(Clone, Debug)]
 pub struct Caller {
@@ -144,7 +92,7 @@ pub async fn serve(
     // MAX_HANDSHAKES is closed at once: a flood neither holds files nor queues ahead of peers.
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let slots = Arc::new(Semaphore::new(agent.config.limits.max_connections));
-    let per_site = Arc::new(PerSite::new(agent.config.limits.max_connections_per_site));
+    let per_site = Slots::new(agent.config.limits.max_connections_per_site);
     let mut links = JoinSet::new();
     loop {
         let (tcp, addr) = tokio::select! {

@@ -3,6 +3,7 @@
 //! Hand-rolled rather than a registry crate: a handful of families, one short lock per
 //! request, no allocation on the hot path once a (direction, service, site) series exists.
 
+use multimesh_core::locks::lock;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -60,10 +61,6 @@ pub struct Metrics {
     pub route_updates: AtomicU64,
     /// Route tables refused.
     pub route_rejects: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Metrics {

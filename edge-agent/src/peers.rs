@@ -4,6 +4,7 @@
 //! this side then uses that same connection as the HTTP/2 *client* (the node has no listening
 //! port); it is one connection, used from every thread.
 
+use multimesh_core::locks::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,10 +46,6 @@ pub struct PeerPool {
     /// has one link, used from every thread.
     children: Mutex<HashMap<String, Option<Link>>>,
     connectors: Mutex<HashMap<String, TlsConnector>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl PeerPool {

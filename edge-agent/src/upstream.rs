@@ -9,6 +9,7 @@
 //! been read to the end and its request written to the end; one whose response is dropped
 //! early, or that failed in any way, is closed (HTTP/1.1 cannot reuse it).
 
+use multimesh_core::locks::lock;
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -139,10 +140,6 @@ pub struct Http1Pool {
     connect_timeout: Duration,
     max_idle: usize,
     idle_timeout: Duration,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Http1Pool {

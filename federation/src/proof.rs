@@ -13,6 +13,7 @@
 //!
 //! This module is pure: no I/O, no clock (the caller passes `now`).
 
+use multimesh_core::locks::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -262,9 +263,7 @@ impl Verifier {
     }
 
     fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<Fingerprint, Arc<Signatory>>> {
-        self.admitted
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.admitted)
     }
 
     /// Checks one certificate: it chains to the federation CA, is valid at `now`, and names
@@ -375,12 +374,8 @@ impl Verifier {
             return Err(ProofError("signature is too long".into()));
         }
         let digest = seal_digest(context, seal);
-        let lock = || {
-            self.verified
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        };
-        if lock().contains(&digest) {
+        let verified = || lock(&self.verified);
+        if verified().contains(&digest) {
             return Ok(s);
         }
         let cert = CertificateDer::from(s.cert.0.as_slice());
@@ -401,7 +396,7 @@ impl Verifier {
                 short(&seal.signer)
             )));
         }
-        lock().insert(digest);
+        verified().insert(digest);
         Ok(s)
     }
 }

@@ -2,6 +2,7 @@
 //! (the API server unreachable), and each object the mesh or the cluster did not take, with the
 //! reason, how often it was tried, and when it is tried next.
 
+use multimesh_core::locks::lock;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -92,12 +93,12 @@ impl BackendState {
 
     /// A copy of the report.
     pub fn get(&self) -> BackendReport {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.0).clone()
     }
 
     /// Changes the report.
     pub fn update(&self, f: impl FnOnce(&mut BackendReport)) {
-        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        f(&mut lock(&self.0));
     }
 }
 

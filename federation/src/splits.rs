@@ -9,6 +9,7 @@
 //! Only whole-service splits are taken: a rule with request matches (HTTPRouteGroup, HTTPRoute
 //! `matches`) needs the mesh, not the edge, and is refused with the field named.
 
+use multimesh_core::locks::{read, write};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
@@ -233,14 +234,14 @@ impl SplitStore {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<(String, String), SplitRule>> {
-        self.rules.read().unwrap_or_else(|p| p.into_inner())
+        read(&self.rules)
     }
 
     fn update(
         &self,
         f: impl FnOnce(&mut BTreeMap<(String, String), SplitRule>) -> usize,
     ) -> Result<usize, String> {
-        let mut guard = self.rules.write().unwrap_or_else(|p| p.into_inner());
+        let mut guard = write(&self.rules);
         let mut next = guard.clone();
         let changed = f(&mut next);
         if changed == 0 {

@@ -22,10 +22,11 @@
 //! Mutations only happen through the methods of [`Store`] that journal them; runtime-only state
 //! (heads, beats) changes through [`Store::touch`] and is saved with the next snapshot.
 
+use multimesh_core::locks::lock;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -240,22 +241,16 @@ impl Store {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves the catalog as it was between two complete
-        // operations (every mutation validates first), so the poison can be ignored.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Reads the catalog.
     pub fn read<R>(&self, f: impl FnOnce(&Catalog) -> R) -> R {
-        f(&self.lock().catalog)
+        f(&lock(&self.inner).catalog)
     }
 
     /// Applies and journals one op; wakes sessions if the change stream moved, and the persister.
     fn apply(&self, op: Op) -> Outcome {
         // Encoded before applying (the op is consumed); dropped if the op is refused.
         let line = serde_json::to_vec(&op);
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         let before = inner.catalog.position().seq;
         let out = op.apply(&mut inner.catalog);
         let after = inner.catalog.position().seq;
@@ -363,21 +358,21 @@ impl Store {
 
     /// Changes runtime-only parts of the catalog (heads, beats): wakes nobody, journals nothing.
     pub fn touch<R>(&self, f: impl FnOnce(&mut Catalog) -> R) -> R {
-        f(&mut self.lock().catalog)
+        f(&mut lock(&self.inner).catalog)
     }
 
     /// Writes the pending journal lines and fsyncs them (blocking), compacting the journal into
     /// a new snapshot when it has grown large. After this returns, every change applied before
     /// the call survives a crash: call it before acknowledging an export.
     pub fn flush(&self) -> Result<(), StateError> {
-        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let mut files = lock(&self.files);
         let compact = files.journal.is_none()
             || files.journal_bytes > files.min_compaction_bytes.max(files.snapshot_bytes)
-            || self.lock().needs_snapshot;
+            || lock(&self.inner).needs_snapshot;
         if compact {
             return self.compact_locked(&mut files);
         }
-        let pending = std::mem::take(&mut self.lock().pending);
+        let pending = std::mem::take(&mut lock(&self.inner).pending);
         if pending.is_empty() {
             return Ok(());
         }
@@ -406,14 +401,14 @@ impl Store {
 
     /// Writes a full snapshot and starts a new, empty journal (blocking).
     pub fn compact(&self) -> Result<(), StateError> {
-        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let mut files = lock(&self.files);
         self.compact_locked(&mut files)
     }
 
     fn compact_locked(&self, files: &mut Files) -> Result<(), StateError> {
         // The snapshot contains every pending op: they are dropped under the same lock.
         let mut state = {
-            let mut inner = self.lock();
+            let mut inner = lock(&self.inner);
             inner.pending.clear();
             inner.needs_snapshot = false;
             inner.catalog.to_state()
@@ -440,7 +435,7 @@ impl Store {
 
     /// Reads liveness.
     pub fn liveness<R>(&self, f: impl FnOnce(&mut Liveness) -> R) -> R {
-        f(&mut self.liveness.lock().unwrap_or_else(|p| p.into_inner()))
+        f(&mut lock(&self.liveness))
     }
 
     /// Notified whenever the change stream moves.

@@ -10,6 +10,7 @@
 //! Not checked: `x-kubernetes-validations` (CEL rules; tests that depend on one say so) and
 //! `format` (it only annotates strings here).
 
+use multimesh_core::locks::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Mutex;
@@ -132,7 +133,7 @@ impl Schemas {
     }
 
     fn pattern_matches(&self, pattern: &str, s: &str) -> bool {
-        let mut cache = self.regexes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = lock(&self.regexes);
         let re = cache
             .entry(pattern.to_string())
             .or_insert_with(|| Regex::new(pattern).ok());

@@ -6,6 +6,7 @@
 //! domain, validity), the signature over the exact bytes, that the signer is the item's origin,
 //! and that the origin's stamp or beat is not from the future beyond [`MAX_CLOCK_SKEW`].
 
+use multimesh_core::locks::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -318,10 +319,7 @@ impl Sealer {
 
     fn seal_own(&self, key: &Key, record: &Record) -> Arc<Proof> {
         let live = record.service().is_some();
-        let mut m = self
-            .records
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = lock(&self.records);
         if let Some((stamp, l, seal)) = m.get(key)
             && *stamp == record.stamp
             && *l == live
@@ -340,10 +338,7 @@ impl Sealer {
 
     /// This site's head, sealed.
     pub fn seal_head(&self, head: &Head) -> Arc<Seal> {
-        let mut h = self
-            .head
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut h = lock(&self.head);
         if let Some((stamp, beat, seal)) = h.as_ref()
             && *stamp == head.stamp
             && *beat == head.beat

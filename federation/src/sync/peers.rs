@@ -1,5 +1,6 @@
 //! The table of peer links: connection state, health inputs and message counters.
 
+use multimesh_core::locks::lock;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -132,7 +133,7 @@ impl PeerTable {
     }
 
     fn with<R>(&self, peer: &str, f: impl FnOnce(&mut Link) -> R) -> Option<R> {
-        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let mut links = lock(&self.links);
         links.get_mut(peer).map(f)
     }
 
@@ -227,7 +228,7 @@ impl PeerTable {
     /// A snapshot of every link.
     pub fn views(&self) -> Vec<LinkView> {
         let now = Instant::now();
-        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let links = lock(&self.links);
         links
             .iter()
             .map(|(site, l)| {

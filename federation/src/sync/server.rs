@@ -1,6 +1,7 @@
 //! The peer listener: a TLS accept loop that logs every refused connection with its reason,
 //! then the `CatalogSync` gRPC service on the authenticated connections.
 
+use multimesh_core::locks::{Slot, Slots};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -38,7 +39,7 @@ pub struct PeerStream {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     info: PeerInfo,
     _slot: tokio::sync::OwnedSemaphorePermit,
-    _site_slot: SiteSlot,
+    _site_slot: Slot<(String, Role)>,
 }
 
 /// TLS handshakes in progress at once on the peer listener; a connection beyond it is closed at
@@ -54,48 +55,6 @@ pub const MAX_CONNECTIONS: usize = 256;
 pub const MAX_CONNECTIONS_PER_SITE: usize = 8;
 /// How long a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Open connections per (site, role).
-#[derive(Default)]
-struct PerSite(std::sync::Mutex<std::collections::HashMap<(String, Role), usize>>);
-
-struct SiteSlot {
-    of: Arc<PerSite>,
-    key: (String, Role),
-}
-
-impl PerSite {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, Role), usize>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn take(self: &Arc<Self>, key: (String, Role)) -> Option<SiteSlot> {
-        let mut open = self.lock();
-        let n = open.entry(key.clone()).or_default();
-        if *n >= MAX_CONNECTIONS_PER_SITE {
-            return None;
-        }
-        *n += 1;
-        Some(SiteSlot {
-            of: self.clone(),
-            key,
-        })
-    }
-}
-
-impl Drop for SiteSlot {
-    fn drop(&mut self) {
-        let mut open = self.of.lock();
-        if let Some(n) = open.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.key);
-            }
-        }
-    }
-}
 
 impl Connected for PeerStream {
     type ConnectInfo = PeerInfo;
@@ -151,7 +110,7 @@ pub fn accept_loop(
     let (tx, rx) = mpsc::channel(16);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let per_site = Arc::new(PerSite::default());
+    let per_site = Slots::new(MAX_CONNECTIONS_PER_SITE);
     tokio::spawn(async move {
         loop {
             let (tcp, addr) = match listener.accept().await {
@@ -210,7 +169,7 @@ pub fn accept_loop(
                     warn!(remote = %addr, site = %site, reason = "the peer listener serves its maximum of connections", "refused peer connection");
                     return;
                 };
-                let Some(site_slot) = per_site.take((site.clone(), role)) else {
+                let Some(site_slot) = per_site.take(&(site.clone(), role)) else {
                     warn!(remote = %addr, site = %site, role = %role, reason = "this site already has its maximum of connections", "refused peer connection");
                     return;
                 };

@@ -5,6 +5,7 @@
 //! tests FAIL and say how to install them. No mocks.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use multimesh_core::locks::lock;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -253,7 +254,7 @@ pub fn free_port() -> u16 {
         .unwrap()
         .subsec_nanos()
         ^ std::process::id();
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut given = lock(&GIVEN);
     for i in 0..10_000u32 {
         let p = 10_000 + ((seed.wrapping_add(i.wrapping_mul(7919))) % 10_000) as u16;
         if !given.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {

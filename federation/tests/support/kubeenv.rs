@@ -4,6 +4,7 @@
 //! when the API server is not installed these tests FAIL and say how to install it.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use multimesh_core::locks::lock;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,7 +34,7 @@ fn port_base(n: usize) -> u16 {
         .unwrap()
         .subsec_nanos() as u64;
     let seed = std::process::id() as u64 * 1_000_003 + nanos;
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut given = lock(&GIVEN);
     for attempt in 0..200u64 {
         let base = 20000 + ((seed.wrapping_mul(7919) + attempt * 37) % 120) as u16 * 100;
         // Blocks are 100 apart, and one test takes at most 10 sites.

@@ -10,6 +10,7 @@
 //!   /bookings`. Bookings are kept in a JSON-lines file when `--data` is given.
 //! * `frontend`: the web page (`GET /`), and `/api/tours`, `/api/bookings` behind it.
 
+use multimesh_core::locks::lock;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -113,18 +114,12 @@ impl Ctx {
                 .map_err(|e| format!("{}: {e}", p.display()))?;
             writeln!(f, "{record}").map_err(|e| format!("{}: {e}", p.display()))?;
         }
-        self.records
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(record);
+        lock(&self.records).push(record);
         Ok(())
     }
 
     fn records(&self) -> Vec<Value> {
-        self.records
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.records).clone()
     }
 
     fn egress(&self) -> Result<&Egress, ApiError> {

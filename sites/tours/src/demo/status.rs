@@ -5,6 +5,7 @@
 //! scrapes its edge agent's `/metrics` every second; rates and observed shares are computed over
 //! the last [`WINDOW`] of samples. `GET /` is the page, `GET /api/status` the JSON it polls.
 
+use multimesh_core::locks::lock;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -126,16 +127,13 @@ impl Status {
         loop {
             tick.tick().await;
             let v = self.sample().await;
-            *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = v;
+            *lock(&self.latest) = v;
         }
     }
 
     /// The latest status document.
     pub fn latest(&self) -> Value {
-        self.latest
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.latest).clone()
     }
 
     async fn scrape(&self, edge: &str) -> Result<(EdgeCounters, bool, String), String> {
@@ -173,7 +171,7 @@ impl Status {
             }
             sites.push(json!({"name": s.name, "mesh": s.mesh, "edge": edge, "federation": fed}));
         }
-        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let mut samples = lock(&self.samples);
         samples.push_back(Sample { at: now, edges });
         while samples
             .front()
