@@ -83,7 +83,7 @@ impl Agent {
             routes: RwLock::new(Arc::new(RouteTable::default())),
             routes_loaded: AtomicBool::new(false),
             route_epoch: tokio::sync::watch::Sender::new(0),
-            metrics: Metrics::default(),
+            metrics: Metrics::new(threads),
             pool,
             h1,
             h2c,

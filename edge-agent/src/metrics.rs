@@ -1,7 +1,10 @@
 //! Prometheus metrics of the agent, rendered in the text exposition format on `/metrics`.
 //!
-//! Hand-rolled rather than a registry crate: a handful of families, one short lock per
-//! request, no allocation on the hot path once a (direction, service, site) series exists.
+//! Hand-rolled rather than a registry crate: a handful of families, no allocation on the hot
+//! path once a (direction, service, site) series exists. Call series are sharded per
+//! data-plane thread (each thread locks only its own shard, which nothing else touches but a
+//! scrape) and summed when scraped; the rest is shared and rare (TLS failures, ejections) or
+//! atomic counters.
 
 use multimesh_core::locks::lock;
 use std::collections::BTreeMap;
@@ -9,6 +12,8 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::workers::PerThread;
 
 /// Latency buckets (seconds).
 const BUCKETS: [f64; 14] = [
@@ -42,11 +47,13 @@ struct Series {
     sum: f64,
 }
 
+/// One thread's call series, per direction (egress, ingress): service -> destination site.
+type CallShard = [Mutex<BTreeMap<String, BTreeMap<String, Series>>>; 2];
+
 /// The agent's metrics.
-#[derive(Default)]
 pub struct Metrics {
-    /// Per direction (egress, ingress): service -> destination site -> series.
-    calls: [Mutex<BTreeMap<String, BTreeMap<String, Series>>>; 2],
+    /// Call series: each data-plane thread records into its own shard.
+    calls: PerThread<CallShard>,
     tls_failures: Mutex<BTreeMap<(&'static str, String), u64>>,
     ejections: Mutex<BTreeMap<(String, String), u64>>,
     /// Open connections per listener: egress, ingress, tcp.
@@ -63,7 +70,35 @@ pub struct Metrics {
     pub route_rejects: AtomicU64,
 }
 
+impl Series {
+    fn add(&mut self, other: &Series) {
+        for (a, b) in self.by_class.iter_mut().zip(other.by_class) {
+            *a += b;
+        }
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+    }
+}
+
 impl Metrics {
+    /// Metrics for an agent with `threads` data-plane threads.
+    pub fn new(threads: usize) -> Self {
+        Self {
+            calls: PerThread::new(threads, CallShard::default),
+            tls_failures: Mutex::default(),
+            ejections: Mutex::default(),
+            active_egress: AtomicI64::default(),
+            active_ingress: AtomicI64::default(),
+            active_tunnels: AtomicI64::default(),
+            retries: AtomicU64::default(),
+            route_updates: AtomicU64::default(),
+            route_rejects: AtomicU64::default(),
+        }
+    }
+
     /// Records one call: `status` is `None` when no response came back.
     pub fn call(
         &self,
@@ -74,7 +109,7 @@ impl Metrics {
         took: Duration,
     ) {
         let secs = took.as_secs_f64();
-        let mut calls = lock(&self.calls[dir as usize]);
+        let mut calls = lock(&self.calls.get()[dir as usize]);
         // Look up by reference first: no allocation once a series exists.
         if !calls.get(service).is_some_and(|m| m.contains_key(site)) {
             calls
@@ -111,18 +146,28 @@ impl Metrics {
     /// Calls recorded for (direction, service, site) that got a response, by site — for tests
     /// and the status page.
     pub fn calls_by_site(&self, dir: Direction, service: &str) -> BTreeMap<String, u64> {
-        lock(&self.calls[dir as usize])
-            .get(service)
-            .map(|m| m.iter().map(|(site, v)| (site.clone(), v.count)).collect())
-            .unwrap_or_default()
+        let mut out: BTreeMap<String, u64> = BTreeMap::new();
+        for shard in self.calls.all() {
+            if let Some(m) = lock(&shard[dir as usize]).get(service) {
+                for (site, v) in m {
+                    *out.entry(site.clone()).or_default() += v.count;
+                }
+            }
+        }
+        out
     }
 
-    fn series(&self) -> Vec<(Direction, String, String, Series)> {
-        let mut out = Vec::new();
-        for dir in [Direction::Egress, Direction::Ingress] {
-            for (svc, sites) in lock(&self.calls[dir as usize]).iter() {
-                for (site, s) in sites {
-                    out.push((dir, svc.clone(), site.clone(), s.clone()));
+    /// Every series, summed over the threads' shards, by (direction, service, site).
+    fn series(&self) -> BTreeMap<(Direction, String, String), Series> {
+        let mut out: BTreeMap<(Direction, String, String), Series> = BTreeMap::new();
+        for shard in self.calls.all() {
+            for dir in [Direction::Egress, Direction::Ingress] {
+                for (svc, sites) in lock(&shard[dir as usize]).iter() {
+                    for (site, s) in sites {
+                        out.entry((dir, svc.clone(), site.clone()))
+                            .or_default()
+                            .add(s);
+                    }
                 }
             }
         }
@@ -138,7 +183,7 @@ impl Metrics {
             "# HELP multimesh_edge_requests_total Calls handled, by direction, service, destination site and status class.\n# TYPE multimesh_edge_requests_total counter"
         );
         let calls = self.series();
-        for (d, svc, dst, s) in calls.iter() {
+        for ((d, svc, dst), s) in calls.iter() {
             for (i, n) in s.by_class.iter().enumerate() {
                 if *n == 0 {
                     continue;
@@ -161,7 +206,7 @@ impl Metrics {
             o,
             "# HELP multimesh_edge_request_duration_seconds Time to the response headers.\n# TYPE multimesh_edge_request_duration_seconds histogram"
         );
-        for (d, svc, dst, s) in calls.iter() {
+        for ((d, svc, dst), s) in calls.iter() {
             let labels = format!(
                 "site=\"{site}\",direction=\"{}\",service=\"{}\",destination=\"{}\"",
                 d.as_str(),
@@ -260,5 +305,41 @@ impl Metrics {
             "# HELP multimesh_edge_routes Services in the route table.\n# TYPE multimesh_edge_routes gauge\nmultimesh_edge_routes{{site=\"{site}\"}} {routes}"
         );
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workers::as_thread;
+
+    #[test]
+    fn each_thread_records_into_its_own_shard_and_a_scrape_sums_them() {
+        let m = Metrics::new(2);
+        let ms = Duration::from_millis(3);
+        as_thread(0, || {
+            m.call(Direction::Egress, "shop/pay", "a", Some(200), ms)
+        });
+        as_thread(1, || {
+            m.call(Direction::Egress, "shop/pay", "a", Some(503), ms)
+        });
+        as_thread(1, || m.call(Direction::Egress, "shop/pay", "b", None, ms));
+        m.call(Direction::Ingress, "shop/pay", "c", Some(200), ms);
+        let shard = |i: usize| lock(&m.calls.all()[i][0]).get("shop/pay").map(|x| x.len());
+        assert_eq!((shard(0), shard(1), shard(2)), (Some(1), Some(2), None));
+        assert_eq!(
+            m.calls_by_site(Direction::Egress, "shop/pay"),
+            BTreeMap::from([("a".to_string(), 2), ("b".to_string(), 1)])
+        );
+        let text = m.render("x", &[], 1);
+        for line in [
+            "multimesh_edge_requests_total{site=\"x\",direction=\"egress\",service=\"shop/pay\",destination=\"a\",code=\"2xx\"} 1",
+            "multimesh_edge_requests_total{site=\"x\",direction=\"egress\",service=\"shop/pay\",destination=\"a\",code=\"5xx\"} 1",
+            "multimesh_edge_requests_total{site=\"x\",direction=\"egress\",service=\"shop/pay\",destination=\"b\",code=\"none\"} 1",
+            "multimesh_edge_request_duration_seconds_count{site=\"x\",direction=\"egress\",service=\"shop/pay\",destination=\"a\"} 2",
+            "multimesh_edge_requests_total{site=\"x\",direction=\"ingress\",service=\"shop/pay\",destination=\"c\",code=\"2xx\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
     }
 }

@@ -50,6 +50,15 @@ impl<T> PerThread<T> {
     }
 }
 
+/// Runs `f` as if on data-plane thread `i` (tests of per-thread state).
+#[cfg(test)]
+pub(crate) fn as_thread<R>(i: usize, f: impl FnOnce() -> R) -> R {
+    let before = INDEX.replace(i);
+    let r = f();
+    INDEX.set(before);
+    r
+}
+
 /// The running data-plane threads. Dropping the last handle to them stops them (after their
 /// tasks have been dropped).
 pub struct Workers {
