@@ -17,6 +17,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::edge::Edge;
@@ -401,12 +402,21 @@ async fn istio_envoy_splits_and_enforces_what_federationd_writes() {
     .await
     .unwrap();
     // The policy applies to new connections as soon as Envoy has it, and to connections
-    // opened before once Envoy has drained its previous listener (1 s here): wait until every
-    // call is refused.
-    let refused = within(30, || async {
+    // opened before once Envoy has drained its previous filter chain (1 s here). Each Envoy
+    // worker keeps its own upstream pool, so one round of refusals can come from a new
+    // connection while another worker still holds one opened before the policy: wait until
+    // every call is refused in two rounds more than a drain period apart.
+    let all_refused = || {
         calls(("127.0.0.2", port), v1_host, 20)
             .keys()
             .all(|k| k.starts_with("HTTP 403"))
+    };
+    let refused = within(30, || async {
+        if !all_refused() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        all_refused()
     })
     .await;
     assert!(
