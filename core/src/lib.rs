@@ -7,8 +7,10 @@
 //!   authorise peers by them; [`pki`] issues them (feature `pki`, control plane only);
 //! - [`dial`]: resolve, connect and verify a site; [`backoff`]: the one back-off;
 //! - [`config`], [`yaml`] and [`files`]: config files, bounded YAML, and files written whole;
-//!   [`process`]: logging and shutdown signals; [`locks`]: the one lock helper.
+//!   [`process`]: logging and shutdown signals; [`locks`]: the one lock helper;
+//! - [`accept`]: the one accept loop, and the mutual-TLS front door for sites.
 
+pub mod accept;
 pub mod backoff;
 pub mod config;
 pub mod dial;

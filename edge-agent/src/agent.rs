@@ -17,16 +17,16 @@ use multimesh_core::service::Protocol;
 use multimesh_core::tls::SiteTls;
 use tracing::{info, warn};
 
-use crate::balance::{Candidate, Change, Health, weighted};
 use crate::call_error::{CallError, ErrorCode};
 use crate::config::AgentConfig;
-use crate::deadline::{Deadlines, Within};
 use crate::http::{self as h, Body};
-use crate::metrics::Metrics;
-use crate::peers::PeerPool;
+use crate::link::peers::PeerPool;
+use crate::routes::balance::{Candidate, Change, Health, weighted};
 use crate::routes::{Destination, PortAddress, RouteTable, ServiceKey, ServiceRoute};
-use crate::upstream::Http1Pool;
-use crate::workers::PerThread;
+use crate::runtime::deadline::{Deadlines, Within};
+use crate::runtime::metrics::Metrics;
+use crate::runtime::workers::PerThread;
+use crate::workload::pool::Http1Pool;
 
 /// A running agent's shared state.
 pub struct Agent {
@@ -62,7 +62,7 @@ impl Agent {
             Http1Pool::new(
                 connect_timeout,
                 config.limits.max_streams as usize,
-                crate::upstream::IDLE_TIMEOUT,
+                crate::workload::pool::IDLE_TIMEOUT,
             )
         });
         let h2c = PerThread::new(threads, || {

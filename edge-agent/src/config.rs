@@ -9,7 +9,7 @@ use multimesh_core::error::InvalidField;
 use multimesh_core::names;
 use serde::Deserialize;
 
-use crate::balance::OutlierSettings;
+use crate::routes::balance::OutlierSettings;
 
 /// One edge agent's configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -79,7 +79,7 @@ pub struct TcpEgress {
     pub port: u16,
 }
 
-/// The clusterset names (`clusterset.rs`): a DNS responder for `svc.clusterset.local`, and the
+/// The clusterset names (`outbound::clusterset`): a DNS responder for `svc.clusterset.local`, and the
 /// address its answers give, where the agent listens on every port of every service it routes.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,30 +1,31 @@
-//! The multimesh edge agent: the cross-site data plane.
+//! The multimesh edge agent: the cross-site data plane. Its folders follow a call's path.
 //!
-//! Pure core: [`routes`] (the route table and host parsing) and [`balance`] (weighted choice
-//! and outlier detection). I/O at the edges: [`peers`] (one HTTP/2-over-mTLS link per site),
-//! [`egress`] and [`ingress`] (the two proxy directions), [`tunnel`] (TCP over HTTP/2
-//! CONNECT), [`feed`] (route file or federationd watch), [`serve`] (listeners and wiring),
-//! [`workers`] (the data-plane threads, each serving its connections start to end),
-//! [`clusterset`] (a DNS responder for `svc.clusterset.local` and listeners on every routed port).
+//! - [`outbound`]: calls from this site's workloads to services elsewhere. How they arrive
+//!   (h2c, clusterset names), and [`outbound::call`], the steps of one call: target, route,
+//!   attempts, dispatch, record, respond.
+//! - [`link`]: the HTTP/2-over-mTLS connections to other sites' agents that carry those calls
+//!   (one per peer and thread), and TCP tunnelled over them.
+//! - [`inbound`]: calls from other sites: [`inbound::accept`] (the handshake that proves the
+//!   calling site) and [`inbound::call`] (admission by consumer scope, then the workload or an
+//!   edge node).
+//! - [`workload`]: the hop to this site's own workloads (HTTP/1.1 keep-alive pool).
+//! - [`routes`]: where a call may go (pure): the route table, host parsing, weighted choice
+//!   and outlier detection ([`routes::balance`]), and where tables come from ([`routes::feed`]).
+//! - [`runtime`]: data-plane threads, deadlines, listeners and wiring, metrics.
+//!
+//! Shared by every step: [`agent`] (the running agent's state), [`call_error`] (the agent's
+//! own answers, in HTTP or gRPC form), [`http`] (bodies, headers, HTTP/2 plumbing), [`config`].
+//!
+//! Where a per-call policy goes: in `outbound::call` for calls leaving the site, in
+//! `inbound::call` for calls arriving; the route table (`routes`) carries its settings.
 
 pub mod agent;
-pub mod balance;
 pub mod call_error;
-pub mod clusterset;
-pub mod coalesce;
 pub mod config;
-pub mod deadline;
-pub mod egress;
-pub mod feed;
-pub mod h1codec;
-pub mod h2c;
 pub mod http;
-pub mod ingress;
+pub mod inbound;
 pub mod link;
-pub mod metrics;
-pub mod peers;
+pub mod outbound;
 pub mod routes;
-pub mod serve;
-pub mod tunnel;
-pub mod upstream;
-pub mod workers;
+pub mod runtime;
+pub mod workload;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use edge_agent::config::AgentConfig;
-use edge_agent::{feed, serve};
+use edge_agent::routes::feed;
+use edge_agent::runtime::serve;
 use multimesh_core::process;
 
 /// mimalloc: a proxy allocates and frees many small buffers across threads; glibc's malloc
@@ -48,7 +49,7 @@ enum Command {
 }
 
 /// The control runtime (signals, route feed, accepting); calls are served on the agent's own
-/// data-plane threads (workers.rs).
+/// data-plane threads (`runtime::workers`).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use multimesh_core::accept::SiteAcceptor;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -232,7 +232,7 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
         &cfg.site,
         cfg.peer_names(),
     )?;
-    let incoming = accept_loop(listener, TlsAcceptor::from(server_cfg));
+    let incoming = accept_loop(listener, SiteAcceptor::new(server_cfg));
     let sd = shutdown.clone();
     let sync_service = SyncService::new(node.clone());
     let route_node = node.clone();

@@ -1,4 +1,4 @@
-//! The HTTP/1.1 response codec a workload's answers pass through (`edge_agent::h1codec`).
+//! The HTTP/1.1 response codec a workload's answers pass through (`edge_agent::workload::h1codec`).
 //!
 //! Property: whatever the bytes, the codec never panics, and the outcome does not depend on
 //! how the bytes were cut by the network. The same stream is fed whole and in pieces of a size
@@ -7,7 +7,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use edge_agent::h1codec::{ChunkedDecoder, Decoded, Framing, parse_response_head};
+use edge_agent::workload::h1codec::{ChunkedDecoder, Decoded, Framing, parse_response_head};
 use http::Method;
 use libfuzzer_sys::fuzz_target;
 

@@ -1,26 +1,25 @@
 //! The peer listener: a TLS accept loop that logs every refused connection with its reason,
 //! then the `CatalogSync` gRPC service on the authenticated connections.
 
+use multimesh_core::accept::{self, SiteAcceptor};
 use multimesh_core::locks::{Slot, Slots};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use multimesh_proto::catalog::v1::{self as wire, catalog_sync_server};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 use tracing::{Instrument, info, warn};
 
 use super::peers::Direction;
 use super::{Node, session};
-use crate::identity::{Role, site_id_of};
-use crate::tls::describe_handshake_error;
+use crate::identity::Role;
 
 /// The authenticated peer of a connection, handed to gRPC handlers in request extensions.
 #[derive(Clone, Debug)]
@@ -42,19 +41,11 @@ pub struct PeerStream {
     _site_slot: Slot<(String, Role)>,
 }
 
-/// TLS handshakes in progress at once on the peer listener; a connection beyond it is closed at
-/// once (the peer retries with backoff), so a flood neither holds files nor fills the backlog
-/// ahead of real peers.
-pub const MAX_HANDSHAKES: usize = 64;
-/// How long a client may take to send its first byte (a ClientHello starts at once).
-const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Authenticated connections served at once on the peer listener.
 pub const MAX_CONNECTIONS: usize = 256;
 /// Authenticated connections served at once for one site (a peer holds one session; a new one
 /// may overlap the old while it is replaced; the site's own edge agent watches its routes).
 pub const MAX_CONNECTIONS_PER_SITE: usize = 8;
-/// How long a client may take to complete its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Connected for PeerStream {
     type ConnectInfo = PeerInfo;
@@ -101,28 +92,24 @@ impl AsyncWrite for PeerStream {
 
 /// Accepts TCP connections, completes the mutual-TLS handshake (the verifier authorises the
 /// peer by SPIFFE ID) and yields authorised connections. Refusals are logged with the reason.
-/// At most [`MAX_HANDSHAKES`] handshakes run at once, each for at most 10 s, and at most
-/// [`MAX_CONNECTIONS`] connections ([`MAX_CONNECTIONS_PER_SITE`] per site) are served.
+/// Handshakes are bounded by `multimesh_core::accept` (shared with the edge agent's ingress:
+/// at most `MAX_HANDSHAKES` at once, each within `HANDSHAKE_TIMEOUT`), and at most
+/// [`MAX_CONNECTIONS`] connections ([`MAX_CONNECTIONS_PER_SITE`] per site and role) are served.
 pub fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: SiteAcceptor,
 ) -> ReceiverStream<Result<PeerStream, std::io::Error>> {
     let (tx, rx) = mpsc::channel(16);
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let per_site = Slots::new(MAX_CONNECTIONS_PER_SITE);
+    // The loop runs as long as the server reads its stream.
+    let stop = CancellationToken::new();
     tokio::spawn(async move {
-        loop {
-            let (tcp, addr) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+        while let Some((tcp, addr)) = accept::next(&listener, &stop, "peer").await {
+            if tx.is_closed() {
+                break;
+            }
+            let Some(handshake) = acceptor.begin() else {
                 tracing::debug!(remote = %addr, "peer listener: too many handshakes in progress; connection closed");
                 continue;
             };
@@ -131,40 +118,14 @@ pub fn accept_loop(
             let slots = slots.clone();
             let per_site = per_site.clone();
             tokio::spawn(async move {
-                let mut first = [0u8; 1];
-                if !matches!(
-                    tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut first)).await,
-                    Ok(Ok(1))
-                ) {
-                    warn!(remote = %addr, reason = "sent nothing within 2 s", "refused peer connection");
-                    return;
-                }
-                let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                drop(handshake);
-                let tls = match tls {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        warn!(remote = %addr, reason = %describe_handshake_error(&e), "refused peer connection");
-                        return;
-                    }
-                    Err(_) => {
-                        warn!(remote = %addr, reason = "TLS handshake timed out", "refused peer connection");
+                let (tls, id) = match acceptor.handshake(handshake, tcp).await {
+                    Ok(x) => x,
+                    Err(refused) => {
+                        warn!(remote = %addr, reason = %refused.reason, "refused peer connection");
                         return;
                     }
                 };
-                let site = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(site_id_of);
-                let (site, role) = match site {
-                    Some(Ok(id)) => (id.site, id.role),
-                    _ => {
-                        warn!(remote = %addr, reason = "no site SPIFFE ID after handshake", "refused peer connection");
-                        return;
-                    }
-                };
+                let (site, role) = (id.site, id.role);
                 let Ok(slot) = slots.try_acquire_owned() else {
                     warn!(remote = %addr, site = %site, reason = "the peer listener serves its maximum of connections", "refused peer connection");
                     return;

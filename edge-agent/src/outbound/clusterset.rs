@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::agent::Agent;
 use crate::routes::{CLUSTERSET_SUFFIX, RouteTable, ServiceKey};
-use crate::workers::Workers;
+use crate::runtime::workers::Workers;
 
 /// Seconds a resolver may keep an answer: short, since routes change.
 pub const TTL: u32 = 5;
@@ -244,7 +244,7 @@ pub async fn serve_listeners(
             info!(%address, port, ?kind, "clusterset listener open");
             match &kind {
                 PortUse::Http => {
-                    tokio::spawn(crate::serve::serve_egress_http(
+                    tokio::spawn(crate::runtime::serve::serve_egress_http(
                         agent.clone(),
                         l,
                         stop.clone(),
@@ -252,7 +252,7 @@ pub async fn serve_listeners(
                     ));
                 }
                 PortUse::Tcp(key) => {
-                    tokio::spawn(crate::serve::serve_tcp(
+                    tokio::spawn(crate::runtime::serve::serve_tcp(
                         agent.clone(),
                         l,
                         key.clone(),

@@ -21,13 +21,16 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use multimesh_core::accept;
+
 use crate::agent::Agent;
-use crate::coalesce::Coalesce;
 use crate::config::AgentConfig;
+use crate::http::coalesce::Coalesce;
 use crate::http::{self as h, Body};
-use crate::ingress::{self, Caller};
-use crate::workers::Workers;
-use crate::{egress, feed};
+use crate::inbound::{self, call::Caller};
+use crate::outbound;
+use crate::routes::feed;
+use crate::runtime::workers::Workers;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +154,7 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
             workers.clone(),
         );
         tasks.spawn(async move {
-            if let Err(e) = ingress::serve(a, t, l, s, w).await {
+            if let Err(e) = inbound::accept::serve(a, t, l, s, w).await {
                 error!(error = %e, "ingress stopped");
             }
         });
@@ -196,13 +199,13 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
                     source,
                 })?;
         bound.dns = socket.local_addr().ok();
-        tasks.spawn(crate::clusterset::serve_dns(
+        tasks.spawn(crate::outbound::clusterset::serve_dns(
             agent.clone(),
             socket,
             c.address,
             shutdown.clone(),
         ));
-        tasks.spawn(crate::clusterset::serve_listeners(
+        tasks.spawn(crate::outbound::clusterset::serve_listeners(
             agent.clone(),
             c.address,
             shutdown.clone(),
@@ -280,21 +283,20 @@ async fn serve_http(
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             () = shutdown.cancelled() => break,
         };
-        let (tcp, _) = tokio::select! {
-            r = l.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { warn!(error = %e, "accept failed"); continue; }
-            },
-            () = shutdown.cancelled() => break,
+        let what = match kind {
+            Listener::Egress => "egress",
+            Listener::Admin => "admin",
         };
-        let _ = tcp.set_nodelay(true);
+        let Some((tcp, _)) = accept::next(&l, &shutdown, what).await else {
+            break;
+        };
         let agent = agent.clone();
         let stop = shutdown.clone();
         workers.serve(&mut conns, tcp, move |tcp| async move {
             let _permit = permit;
             // h2c callers multiplex many calls on a connection: served on the h2 crate, their
             // calls run in the connection's task and their responses are coalesced into fewer
-            // writes (h2c.rs). HTTP/1.1 has one response in flight, so nothing to batch.
+            // writes (`http::h2`, `http::coalesce`). HTTP/1.1 has one response in flight, so nothing to batch.
             // (Bounded, and given up on shutdown: a caller that connects and sends nothing
             // must not hold the agent open.)
             let h2 = matches!(kind, Listener::Egress)
@@ -311,7 +313,7 @@ async fn serve_http(
                 agent.metrics.active_egress.fetch_add(1, Ordering::Relaxed);
             }
             if h2 {
-                crate::h2c::serve(agent.clone(), Coalesce::new(tcp), stop).await;
+                crate::outbound::h2c::serve(agent.clone(), Coalesce::new(tcp), stop).await;
             } else {
                 serve_http1(&agent, tcp, kind, &stop).await;
             }
@@ -337,7 +339,7 @@ async fn serve_http1(agent: &Arc<Agent>, tcp: TcpStream, kind: Listener, stop: &
         let call = InFlight::new(&counted);
         async move {
             let resp = match kind {
-                Listener::Egress => egress::handle(a, req.map(h::incoming)).await,
+                Listener::Egress => outbound::call::handle(a, req.map(h::incoming)).await,
                 Listener::Admin => admin(&a, &req),
             };
             drop(call);
@@ -476,20 +478,15 @@ pub(crate) async fn serve_tcp(
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             () = shutdown.cancelled() => break,
         };
-        let tcp = tokio::select! {
-            r = l.accept() => match r {
-                Ok((t, _)) => t,
-                Err(e) => { warn!(error = %e, "TCP egress accept failed"); continue; }
-            },
-            () = shutdown.cancelled() => break,
+        let Some((tcp, _)) = accept::next(&l, &shutdown, "tcp-egress").await else {
+            break;
         };
-        let _ = tcp.set_nodelay(true);
         let (a, k) = (agent.clone(), key.clone());
         let span = info_span!("tcp-egress", service = %key);
         workers.serve(&mut conns, tcp, move |tcp| {
             async move {
                 let _permit = permit;
-                egress::tcp(a, tcp, k, port).await;
+                outbound::call::tcp(a, tcp, k, port).await;
             }
             .instrument(span)
         });
@@ -574,7 +571,7 @@ async fn parent_link(agent: Arc<Agent>, shutdown: CancellationToken) {
                     site: parent.site.clone(),
                     from_parent: true,
                 };
-                ingress::serve_link(agent.clone(), tls, caller, shutdown.clone())
+                inbound::call::serve_link(agent.clone(), tls, caller, shutdown.clone())
                     .instrument(info_span!("parent-link", parent = %parent.site))
                     .await;
                 agent.parent_up.store(false, Ordering::Release);

@@ -1,12 +1,12 @@
-//! Ingress: calls from other sites. The mTLS handshake proves the calling site (SPIFFE ID
-//! under the federation CA); each call is then admitted by the service's consumer scope and
-//! forwarded to the local workload, or relayed to/from an edge node this site parents.
+//! One call from another site, on a link whose handshake proved the calling site
+//! ([`super::accept`]): [`serve_link`] serves a link's streams, [`handle`] admits each call by
+//! the service's consumer scope and forwards it to the local workload, or relays it to or from
+//! an edge node this site parents.
 
-use multimesh_core::locks::Slots;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use h2::RecvStream;
@@ -14,40 +14,23 @@ use h2::server::SendResponse;
 use http::header::HeaderValue;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response};
-use multimesh_core::identity::site_id_of;
-use multimesh_core::tls::{
-    SiteTls, any_site_server_config, describe_handshake_error, handshake_failure_kind,
-};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, warn};
 
 use crate::agent::{Agent, Head, relay_response};
-use crate::coalesce::Coalesce;
-use crate::h2c::{MAX_HEADER_LIST, answer, serve_streams};
+use crate::http::coalesce::Coalesce;
+use crate::http::h2::{MAX_HEADER_LIST, Tunnel, answer, recv_body, serve_streams};
 
 use crate::call_error::{CallError, CallerKind, ErrorCode};
 use crate::http::{self as h, Body};
-use crate::link::{PING_EVERY, PONG_WITHIN, Tunnel, recv_body};
-use crate::metrics::Direction;
-use crate::peers::{ALPN_H2, ALPN_REVERSE};
+use crate::link::client::{PING_EVERY, PONG_WITHIN};
+use crate::link::tunnel;
 use crate::routes::parse_host;
-use crate::tunnel;
-use crate::workers::Workers;
+use crate::runtime::metrics::Direction;
 
 /// On calls relayed by a parent to its edge node: the site that made the call.
 pub use crate::http::SOURCE;
-
-/// TLS handshakes in progress at once at an ingress.
-pub const MAX_HANDSHAKES: usize = 64;
-/// How long a caller may take to complete its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a caller may take to send its first byte (a ClientHello starts at once).
-pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Who is calling, as proven by the connection.
 #[derive(Clone, Debug)]
@@ -70,123 +53,6 @@ fn h2_server(agent: &Agent) -> h2::server::Builder {
     b
 }
 
-/// Accepts peer connections until `shutdown`, each served on a data-plane thread; then waits
-/// for open links to drain.
-pub async fn serve(
-    agent: Arc<Agent>,
-    tls: Arc<SiteTls>,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-    workers: Arc<Workers>,
-) -> Result<(), String> {
-    let cfg = any_site_server_config(
-        &tls,
-        &agent.config.trust_domain,
-        vec![ALPN_H2.to_vec(), ALPN_REVERSE.to_vec()],
-    )
-    .map_err(|e| e.to_string())?;
-    let acceptor = TlsAcceptor::from(cfg);
-    // Handshakes in progress and served connections are bounded apart: a caller that never
-    // finishes its handshake holds a handshake permit (for at most FIRST_BYTE_TIMEOUT if it
-    // sends nothing, HANDSHAKE_TIMEOUT in all), never a connection slot. A connection beyond
-    // MAX_HANDSHAKES is closed at once: a flood neither holds files nor queues ahead of peers.
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    let slots = Arc::new(Semaphore::new(agent.config.limits.max_connections));
-    let per_site = Slots::new(agent.config.limits.max_connections_per_site);
-    let mut links = JoinSet::new();
-    loop {
-        let (tcp, addr) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { warn!(error = %e, "ingress accept failed"); continue; }
-            },
-            () = shutdown.cancelled() => break,
-        };
-        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
-            agent.metrics.tls_failure("ingress", "handshakes-full");
-            debug!(peer_addr = %addr, "ingress: too many handshakes in progress; connection closed");
-            continue;
-        };
-        let agent = agent.clone();
-        let acceptor = acceptor.clone();
-        let shutdown = shutdown.clone();
-        let slots = slots.clone();
-        let per_site = per_site.clone();
-        workers.serve(&mut links, tcp, move |tcp| async move {
-            let _ = tcp.set_nodelay(true);
-            let mut first = [0u8; 1];
-            if !matches!(
-                tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut first)).await,
-                Ok(Ok(1))
-            ) {
-                agent.metrics.tls_failure("ingress", "timeout");
-                debug!(peer_addr = %addr, "ingress: caller sent nothing within 2 s");
-                return;
-            }
-            let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-            drop(handshake);
-            let tls = match tls {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    let kind = handshake_failure_kind(&e);
-                    agent.metrics.tls_failure("ingress", kind);
-                    warn!(peer_addr = %addr, reason = %describe_handshake_error(&e), "ingress refused a connection");
-                    return;
-                }
-                Err(_) => {
-                    agent.metrics.tls_failure("ingress", "timeout");
-                    warn!(peer_addr = %addr, "ingress TLS handshake timed out");
-                    return;
-                }
-            };
-            let (_, conn) = tls.get_ref();
-            let site = match conn
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(site_id_of)
-            {
-                Some(Ok(id)) => id.site,
-                _ => {
-                    warn!(peer_addr = %addr, "ingress: peer certificate without a site ID");
-                    return;
-                }
-            };
-            let Ok(_slot) = slots.try_acquire_owned() else {
-                agent.metrics.tls_failure("ingress", "full");
-                warn!(peer = %site, peer_addr = %addr, limit = agent.config.limits.max_connections, "ingress refused a connection: at max_connections");
-                return;
-            };
-            let Some(_site_slot) = per_site.take(&site) else {
-                agent.metrics.tls_failure("ingress", "site-full");
-                warn!(peer = %site, peer_addr = %addr, limit = agent.config.limits.max_connections_per_site, "ingress refused a connection: the site is at max_connections_per_site");
-                return;
-            };
-            if conn.alpn_protocol() == Some(ALPN_REVERSE) {
-                if !agent.config.children.contains(&site) {
-                    agent.metrics.tls_failure("ingress", "not-a-child");
-                    warn!(peer = %site, peer_addr = %addr, reason = "not configured as an edge node of this site (`children`)", "edge node link refused");
-                    return;
-                }
-                if let Err(e) = agent.pool.adopt_child(&site, tls).await {
-                    warn!(peer = %site, error = %e, "edge node link refused");
-                }
-                return;
-            }
-            let caller = Caller {
-                site: site.clone(),
-                from_parent: false,
-            };
-            debug!(peer = %site, peer_addr = %addr, "ingress connection");
-            serve_link(agent, tls, caller, shutdown)
-                .instrument(info_span!("ingress", peer = %site))
-                .await;
-        });
-        while links.try_join_next().is_some() {}
-    }
-    while links.join_next().await.is_some() {}
-    Ok(())
-}
-
 /// Serves calls arriving on one authenticated link until it closes or `shutdown`.
 pub async fn serve_link<S>(agent: Arc<Agent>, io: S, caller: Caller, shutdown: CancellationToken)
 where
@@ -204,7 +70,7 @@ where
                 Some((PING_EVERY, PONG_WITHIN)),
                 // Peer links are kept while idle: they are pinged, bounded per site, and
                 // reused by the next call instead of a new handshake.
-                crate::h2c::Bounds {
+                crate::http::h2::Bounds {
                     max_calls: agent.config.limits.max_streams as usize,
                     idle: None,
                 },

@@ -6,24 +6,21 @@
 //! stream from the caller's own task and awaits the response there: no task, channel or
 //! one-shot per call. The link is one task that drives the connection and pings the peer.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use h2::client::SendRequest;
-use h2::{Ping, PingPong, RecvStream, SendStream};
 use http::{Request, Response};
-use http_body_util::BodyExt;
-use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use hyper::body::Body as HttpBody;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use crate::coalesce::Coalesce;
-use crate::http::{Body, BoxError};
+use crate::http::Body;
+use crate::http::coalesce::Coalesce;
+use crate::http::h2::{Tunnel, keepalive, pipe, recv_body};
 
 /// How often an idle or busy link is pinged (from either side), and how long a pong may take.
 pub(crate) const PING_EVERY: Duration = Duration::from_secs(10);
@@ -145,220 +142,18 @@ async fn drive<T>(
     ended.notify.notify_waiters();
 }
 
-/// Pings the peer every `every` with `pinger` (a connection's, polled alongside it) and returns
-/// why the link is dead: a pong `within` late, or a failed ping. Without a pinger it never
-/// returns.
-pub(crate) async fn keepalive(
-    pinger: Option<PingPong>,
-    every: Duration,
-    within: Duration,
-) -> String {
-    let Some(mut pp) = pinger else {
-        return std::future::pending::<String>().await;
-    };
-    loop {
-        tokio::time::sleep(every).await;
-        match tokio::time::timeout(within, pp.ping(Ping::opaque())).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return format!("ping failed: {e}"),
-            Err(_) => return format!("no pong within {} ms", within.as_millis()),
-        }
-    }
-}
-
-/// Streams a body into its HTTP/2 stream, within the peer's flow-control window; stops
-/// (dropping the body) when the peer resets the stream, e.g. after answering early.
-pub(crate) async fn pipe(mut body: Body, mut stream: SendStream<Bytes>) {
-    loop {
-        let next = tokio::select! {
-            f = body.frame() => f,
-            _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
-        };
-        match next {
-            None => {
-                let _ = stream.send_data(Bytes::new(), true);
-                return;
-            }
-            Some(Err(e)) => {
-                debug!(error = %e, "request body failed; resetting the stream");
-                stream.send_reset(h2::Reason::CANCEL);
-                return;
-            }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(mut data) => {
-                    // The body's last DATA frame carries END_STREAM: no empty frame after it.
-                    let last = body.is_end_stream();
-                    if last && data.is_empty() {
-                        let _ = stream.send_data(data, true);
-                        return;
-                    }
-                    while data.has_remaining() {
-                        stream.reserve_capacity(data.len());
-                        let n = match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
-                            Some(Ok(0)) => continue,
-                            Some(Ok(n)) => n,
-                            _ => return,
-                        };
-                        let chunk = data.split_to(n.min(data.len()));
-                        let end = last && data.is_empty();
-                        if stream.send_data(chunk, end).is_err() || end {
-                            return;
-                        }
-                    }
-                }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        let _ = stream.send_trailers(trailers);
-                        return;
-                    }
-                }
-            },
-        }
-    }
-}
-
-/// A body arriving on an HTTP/2 stream, as a [`Body`].
-pub(crate) fn recv_body(recv: RecvStream) -> Body {
-    LinkBody {
-        recv,
-        data_done: false,
-    }
-    .boxed()
-}
-
-/// A body arriving on an HTTP/2 stream; window credit is given back as it is read.
-struct LinkBody {
-    recv: RecvStream,
-    data_done: bool,
-}
-
-impl HttpBody for LinkBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if !self.data_done {
-            match ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-                None => self.data_done = true,
-            }
-        }
-        match ready!(self.recv.poll_trailers(cx)) {
-            Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e.into()))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
-}
-
-/// A `CONNECT` stream as a byte stream (RFC 9113 §8.5): DATA frames both ways.
-pub struct Tunnel {
-    send: SendStream<Bytes>,
-    recv: RecvStream,
-    buf: Bytes,
-}
-
-impl Tunnel {
-    /// The tunnel carried by an HTTP/2 stream's two halves.
-    pub(crate) fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
-        Tunnel {
-            send,
-            recv,
-            buf: Bytes::new(),
-        }
-    }
-}
-
-fn io_error(e: h2::Error) -> std::io::Error {
-    std::io::Error::other(e)
-}
-
-impl AsyncRead for Tunnel {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        while self.buf.is_empty() {
-            match ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    self.buf = data;
-                }
-                Some(Err(e)) if e.is_reset() && e.reason() == Some(h2::Reason::NO_ERROR) => {
-                    return Poll::Ready(Ok(()));
-                }
-                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
-                None => return Poll::Ready(Ok(())),
-            }
-        }
-        let n = self.buf.len().min(out.remaining());
-        out.put_slice(&self.buf[..n]);
-        self.buf.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Tunnel {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        if data.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        self.send.reserve_capacity(data.len());
-        let n = loop {
-            match ready!(self.send.poll_capacity(cx)) {
-                Some(Ok(0)) => {}
-                Some(Ok(n)) => break n.min(data.len()),
-                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
-                None => return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
-            }
-        };
-        self.send
-            .send_data(Bytes::copy_from_slice(&data[..n]), false)
-            .map_err(io_error)?;
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let _ = self.send.send_data(Bytes::new(), true);
-        Poll::Ready(Ok(()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use http_body_util::Full;
-    use hyper::body::Incoming;
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Frame, Incoming};
     use hyper::service::service_fn;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
+    use crate::http::BoxError;
 
     /// A plain-TCP HTTP/2 server on loopback (TLS is not what is tested here) that answers
     /// each call with its request body and the body's length in `x-length`; on `/early` it

@@ -17,8 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 use tracing::info;
 
-use crate::link::Link;
-use crate::workers::PerThread;
+use crate::link::client::Link;
+use crate::runtime::workers::PerThread;
 
 /// ALPN protocol of ordinary edge-to-edge connections.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -40,7 +40,7 @@ pub struct PeerPool {
     resolver: TokioResolver,
     connect_timeout: Duration,
     /// Dialled links, by site: each data-plane thread has its own, so a call's streams stay
-    /// on the thread that serves the call (workers.rs).
+    /// on the thread that serves the call (`runtime::workers`).
     dialled: PerThread<Mutex<HashMap<String, Arc<Dialled>>>>,
     /// Edge nodes that have dialled in since start, with their link while it is up. A node
     /// has one link, used from every thread.

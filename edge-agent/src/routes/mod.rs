@@ -4,6 +4,9 @@
 //! The table arrives whole (from a file or from `federationd`'s RouteDiscovery watch) and is
 //! swapped atomically; requests in flight keep the table they started with.
 
+pub mod balance;
+pub mod feed;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use http::HeaderValue;

@@ -1,6 +1,9 @@
 //! HTTP plumbing shared by ingress and egress: the body type, hop-by-hop headers, the headers
 //! multimesh adds (the agent's own answers are `call_error`'s).
 
+pub mod coalesce;
+pub mod h2;
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, StatusCode};

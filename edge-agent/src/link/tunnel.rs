@@ -13,7 +13,7 @@ use tracing::debug;
 
 use crate::agent::{Agent, error_chain};
 use crate::http as h;
-use crate::link::Link;
+use crate::link::client::Link;
 use crate::routes::{Destination, ServiceKey};
 
 /// A byte stream: a TCP connection or a tunnel.

@@ -1,6 +1,6 @@
 //! HTTP/1.1 connections to this site's workloads: a pool of keep-alive connections per
 //! upstream address (`host:port` from the config), spoken with our own client codec
-//! (`h1codec.rs`).
+//! (`workload::h1codec`).
 //!
 //! This is the hop every ingress call takes, so it runs inside the task of the call itself:
 //! the request is written and the response read by the call's own task, with no connection
@@ -27,8 +27,8 @@ use tracing::debug;
 
 use http_body_util::BodyExt;
 
-use crate::h1codec::{self, ChunkedDecoder, Decoded, Framing, ResponseHead};
 use crate::http::{self as h, Body, BoxError};
+use crate::workload::h1codec::{self, ChunkedDecoder, Decoded, Framing, ResponseHead};
 
 /// Why a call to a workload failed.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::workers::PerThread;
+use crate::runtime::workers::PerThread;
 
 /// Latency buckets (seconds).
 const BUCKETS: [f64; 14] = [
@@ -311,7 +311,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workers::as_thread;
+    use crate::runtime::workers::as_thread;
 
     #[test]
     fn each_thread_records_into_its_own_shard_and_a_scrape_sums_them() {

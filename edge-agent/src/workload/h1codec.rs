@@ -1,6 +1,6 @@
 //! HTTP/1.1 as a client speaks it to a workload (RFC 9112): the request head and body framing
 //! it writes, the response head it parses, and the chunked decoder. Pure functions over
-//! buffers; the connection I/O is in `upstream.rs`.
+//! buffers; the connection I/O is in `workload::pool`.
 
 use std::fmt::Write as _;
 

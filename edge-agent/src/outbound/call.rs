@@ -16,9 +16,9 @@ use tracing::{debug, warn};
 use crate::agent::{Agent, Failed, Head, relay_response};
 use crate::call_error::{CallError, CallerKind, ErrorCode};
 use crate::http::{self as h, Body};
-use crate::metrics::Direction;
+use crate::link::tunnel;
 use crate::routes::{ServiceKey, parse_host};
-use crate::tunnel;
+use crate::runtime::metrics::Direction;
 
 /// The host a local caller asked for.
 fn destination_of<B>(req: &Request<B>) -> Option<&str> {
