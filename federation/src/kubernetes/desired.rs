@@ -478,3 +478,368 @@ pub fn remote_info(key: &model::Key, svc: &Service) -> Option<((String, String),
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use smi_adapters::render::Mesh;
+
+    fn port(name: &str, port: i32, protocol: &str, app: Option<&str>) -> ServicePort {
+        ServicePort {
+            name: name.into(),
+            port,
+            protocol: protocol.into(),
+            app_protocol: app.map(str::to_string),
+        }
+    }
+
+    fn object(annotations: &[(&str, &str)]) -> ExportObject {
+        ExportObject {
+            namespace: "shop".into(),
+            name: "payment".into(),
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    fn base() -> ExportBase {
+        ExportBase {
+            trust_domain: "fed.example".into(),
+            ingress: vec!["10.0.0.1:15443".into()],
+        }
+    }
+
+    fn service(ports: Vec<ServicePort>, ready: usize) -> LocalService {
+        LocalService {
+            ports,
+            ready_endpoints: ready,
+        }
+    }
+
+    #[test]
+    fn an_export_carries_the_services_tcp_ports_with_their_protocols_and_the_site_defaults() {
+        let svc = service(
+            vec![
+                port("http-web", 8080, "TCP", None),
+                port("", 9090, "TCP", Some("kubernetes.io/h2c")),
+                port("dns", 53, "UDP", None),
+            ],
+            2,
+        );
+        let s = export(&object(&[]), Some(&svc), &base()).unwrap();
+        let got: Vec<_> = s
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.port, p.protocol))
+            .collect();
+        // UDP is left out; an unnamed port is named after its protocol.
+        assert_eq!(
+            got,
+            vec![
+                ("http-web", 8080, Protocol::Http),
+                ("http2", 9090, Protocol::Http2)
+            ]
+        );
+        assert_eq!(s.identity, "spiffe://fed.example/ns/shop/sa/payment");
+        assert_eq!(s.ingress, vec!["10.0.0.1:15443".to_string()]);
+        assert_eq!(s.scope, Scope::All);
+    }
+
+    #[test]
+    fn annotations_set_scope_stale_policy_and_shared_names() {
+        let obj = object(&[
+            (CONSUMERS_ANNOTATION, " b , c "),
+            (STALE_TTL_ANNOTATION, "30"),
+            (STALE_SERVE_ANNOTATION, "false"),
+            (SHARE_WITH_ANNOTATION, "x,, y"),
+        ]);
+        let svc = service(vec![port("http", 80, "TCP", None)], 1);
+        let s = export(&obj, Some(&svc), &base()).unwrap();
+        assert!(s.scope.allows("b") && s.scope.allows("c") && !s.scope.allows("d"));
+        assert_eq!(s.stale.ttl_seconds, 30);
+        assert!(!s.stale.serve);
+        assert_eq!(s.share_with, ["x".to_string(), "y".to_string()].into());
+    }
+
+    #[test]
+    fn what_cannot_be_exported_says_why_and_names_the_field() {
+        let ok = service(vec![port("http", 80, "TCP", None)], 1);
+        let cases: Vec<(ExportObject, Option<LocalService>, &str, &str, &str)> = vec![
+            (
+                object(&[]),
+                None,
+                "Valid",
+                "ServiceNotFound",
+                "no Service shop/payment",
+            ),
+            (
+                object(&[]),
+                Some(service(vec![port("dns", 53, "UDP", None)], 1)),
+                "Valid",
+                "InvalidService",
+                "Service spec.ports: no TCP port",
+            ),
+            (
+                object(&[]),
+                Some(service(vec![port("http", 70000, "TCP", None)], 1)),
+                "Valid",
+                "InvalidService",
+                "spec.ports[0].port: 70000 is out of range",
+            ),
+            (
+                object(&[(STALE_TTL_ANNOTATION, "soon")]),
+                Some(ok.clone()),
+                "Valid",
+                "InvalidAnnotation",
+                STALE_TTL_ANNOTATION,
+            ),
+            (
+                object(&[(STALE_SERVE_ANNOTATION, "yes")]),
+                Some(ok.clone()),
+                "Valid",
+                "InvalidAnnotation",
+                "must be \"true\" or \"false\"",
+            ),
+            (
+                object(&[(CONSUMERS_ANNOTATION, "b,Not_A_Site")]),
+                Some(ok.clone()),
+                "Valid",
+                "InvalidAnnotation",
+                CONSUMERS_ANNOTATION,
+            ),
+            (
+                object(&[]),
+                Some(service(vec![port("http", 80, "TCP", None)], 0)),
+                "Ready",
+                "NoReadyEndpoints",
+                "no ready endpoints",
+            ),
+        ];
+        for (obj, svc, condition, reason, says) in cases {
+            let e = export(&obj, svc.as_ref(), &base()).unwrap_err();
+            assert_eq!((e.condition, e.reason), (condition, reason), "{e:?}");
+            assert!(e.message.contains(says), "{:?} lacks {says:?}", e.message);
+        }
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_while_the_status_holds() {
+        let svc = service(vec![port("http", 80, "TCP", None)], 1);
+        let ok = export(&object(&[]), Some(&svc), &base());
+        let first = export_conditions(&ok, None, Some(1), &[], "t1");
+        let again = export_conditions(&ok, None, Some(2), &first, "t2");
+        assert!(again.iter().all(|c| c.last_transition_time == "t1"));
+        assert!(again.iter().all(|c| c.observed_generation == Some(2)));
+        let status = |cs: &[Condition], t: &str| {
+            let c = cs.iter().find(|c| c.type_ == t).unwrap();
+            (
+                c.status.clone(),
+                c.reason.clone(),
+                c.last_transition_time.clone(),
+            )
+        };
+        assert_eq!(
+            status(&again, "Ready"),
+            ("True".into(), "Exported".into(), "t1".into())
+        );
+        // Withdrawn: Ready turns False now, Valid stays True since t1.
+        let gone = export(&object(&[]), Some(&service(svc.ports.clone(), 0)), &base());
+        let later = export_conditions(&gone, Some("x".into()), Some(3), &again, "t3");
+        assert_eq!(
+            status(&later, "Ready"),
+            ("False".into(), "NoReadyEndpoints".into(), "t3".into())
+        );
+        assert_eq!(
+            status(&later, "Valid"),
+            ("True".into(), "Valid".into(), "t1".into())
+        );
+        assert_eq!(
+            status(&later, "Conflict"),
+            ("True".into(), "PortConflict".into(), "t3".into())
+        );
+    }
+
+    #[test]
+    fn a_conflict_names_the_sites_whose_ports_differ() {
+        let svc = service(vec![port("http", 80, "TCP", None)], 1);
+        let mine = export(&object(&[]), Some(&svc), &base()).unwrap();
+        let same = mine.ports.clone();
+        let mut other = mine.ports.clone();
+        other[0].port = 81;
+        assert_eq!(conflict(&mine, &[("b".into(), same.clone())]), None);
+        let said = conflict(&mine, &[("b".into(), same), ("c".into(), other)]).unwrap();
+        assert!(said.starts_with("site(s) c export"), "{said}");
+    }
+
+    fn remote(
+        origin: &str,
+        ns: &str,
+        name: &str,
+        ports: &[Port],
+    ) -> ((String, String), ServiceInfo) {
+        let key = model::Key {
+            origin: origin.into(),
+            namespace: ns.into(),
+            name: name.into(),
+        };
+        let svc = Service {
+            share_with: BTreeSet::new(),
+            ports: ports.to_vec(),
+            ingress: vec!["10.0.0.2:15443".into()],
+            via: None,
+            labels: BTreeMap::new(),
+            identity: format!("spiffe://fed.example/ns/{ns}/sa/{name}"),
+            scope: Scope::All,
+            stale: StalePolicy::default(),
+        };
+        remote_info(&key, &svc).unwrap()
+    }
+
+    fn http(port: u16) -> Port {
+        Port {
+            name: "http".into(),
+            port,
+            protocol: Protocol::Http,
+        }
+    }
+
+    #[test]
+    fn a_site_without_a_mesh_gets_one_labelled_service_import_per_remote_service() {
+        let remotes: BTreeMap<_, _> = [
+            remote("b", "shop", "payment", &[http(8080)]),
+            remote("c", "shop", "reviews", &[http(9080)]),
+        ]
+        .into_iter()
+        .collect();
+        let d = imports("a", SiteMesh::None, &remotes, &[], &Options::default());
+        let keys: Vec<String> = d.objects.iter().map(object_key).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "multicluster.x-k8s.io/v1alpha1/ServiceImport/shop/payment",
+                "multicluster.x-k8s.io/v1alpha1/ServiceImport/shop/reviews",
+            ]
+        );
+        let p = &d.objects[0];
+        assert_eq!(p["metadata"]["labels"]["multimesh.io/origin-site"], "b");
+        assert_eq!(p["metadata"]["labels"][MANAGED_BY_LABEL], MANAGED_BY);
+        assert_eq!(p["metadata"]["labels"][SITE_LABEL], "a");
+        assert_eq!(p["spec"]["ports"][0]["port"], 8080);
+        assert_eq!(p["spec"]["ports"][0]["appProtocol"], "http");
+        assert!(d.diagnostics.is_empty());
+    }
+
+    #[test]
+    fn a_remote_service_in_a_namespace_that_is_not_a_dns_label_is_not_imported() {
+        let key = model::Key {
+            origin: "b".into(),
+            namespace: "Not_A_Label".into(),
+            name: "payment".into(),
+        };
+        let (_, info) = remote("b", "shop", "payment", &[http(8080)]);
+        let svc = Service {
+            share_with: BTreeSet::new(),
+            ports: vec![http(8080)],
+            ingress: info.remote.unwrap().ingress,
+            via: None,
+            labels: BTreeMap::new(),
+            identity: String::new(),
+            scope: Scope::All,
+            stale: StalePolicy::default(),
+        };
+        assert!(remote_info(&key, &svc).is_none());
+    }
+
+    #[test]
+    fn a_split_to_a_remote_service_is_rendered_for_the_mesh_and_its_diagnostics_keyed_by_object() {
+        let remotes: BTreeMap<_, _> = [remote("b", "shop", "reviews-v2", &[http(9080)])]
+            .into_iter()
+            .collect();
+        let split = SpecObject {
+            key: "TrafficSplit/shop/reviews".into(),
+            object: json!({
+                "apiVersion": "split.smi-spec.io/v1alpha4",
+                "kind": "TrafficSplit",
+                "metadata": {"name": "reviews", "namespace": "shop", "uid": "u1",
+                             "resourceVersion": "7", "managedFields": []},
+                "spec": {"service": "reviews",
+                         "backends": [{"service": "reviews-v1", "weight": 90},
+                                      {"service": "reviews-v2", "weight": 10}]}
+            }),
+        };
+        let d = imports(
+            "a",
+            SiteMesh::Mesh(Mesh::Istio),
+            &remotes,
+            std::slice::from_ref(&split),
+            &Options::default(),
+        );
+        let vs = d
+            .objects
+            .iter()
+            .find(|o| {
+                o["kind"] == "VirtualService"
+                    && o["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.contains("reviews"))
+            })
+            .unwrap_or_else(|| panic!("no VirtualService for reviews: {:#?}", d.objects));
+        // The remote share is routed by its clusterset host, which a ServiceEntry resolves to
+        // the local edge agent.
+        let route = &vs["spec"]["http"][0]["route"];
+        assert_eq!(
+            route[0]["destination"]["host"],
+            "reviews-v1.shop.svc.cluster.local"
+        );
+        assert_eq!(route[0]["weight"], 90);
+        let remote_host = "reviews-v2.shop.svc.clusterset.local";
+        assert_eq!(route[1]["destination"]["host"], remote_host);
+        assert_eq!(route[1]["weight"], 10);
+        let entry = d
+            .objects
+            .iter()
+            .find(|o| o["kind"] == "ServiceEntry" && o["spec"]["hosts"][0] == remote_host)
+            .unwrap_or_else(|| panic!("no ServiceEntry for {remote_host}: {:#?}", d.objects));
+        assert!(
+            entry
+                .to_string()
+                .contains("multimesh-edge.multimesh.svc.cluster.local"),
+            "{entry}"
+        );
+        assert_eq!(vs["metadata"]["labels"][SITE_LABEL], "a");
+        // Every object once, in a stable order.
+        let keys: Vec<String> = d.objects.iter().map(object_key).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(keys, sorted);
+        assert!(
+            !d.diagnostics
+                .values()
+                .flatten()
+                .any(|x| x.severity == Severity::Error),
+            "{:?}",
+            d.diagnostics
+        );
+
+        // A broken spec is reported under its own key; the rest is still rendered.
+        let mut bad = split.clone();
+        bad.key = "TrafficSplit/shop/broken".into();
+        bad.object["metadata"]["name"] = json!("broken");
+        bad.object["spec"]["backends"][0]["weight"] = json!(-1);
+        let d = imports(
+            "a",
+            SiteMesh::Mesh(Mesh::Istio),
+            &remotes,
+            &[split, bad],
+            &Options::default(),
+        );
+        let errs = &d.diagnostics["TrafficSplit/shop/broken"];
+        assert!(has_errors(errs), "{errs:?}");
+        assert!(d.objects.iter().any(|o| o["kind"] == "VirtualService"));
+    }
+}
