@@ -13,6 +13,40 @@ use crate::names;
 /// The most ports one service may carry.
 pub const MAX_PORTS: usize = 64;
 
+/// The zone of imported host names: `NAME.NAMESPACE.svc.clusterset.local` (KEP-1645).
+pub const CLUSTERSET_SUFFIX: &str = "svc.clusterset.local";
+
+/// A service by namespace and name: the one key of a service within a site, in both planes
+/// (an export of the federation adds its origin site: `federation::model::Key`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ServiceKey {
+    /// Builds a key.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// The imported host name, `NAME.NAMESPACE.svc.clusterset.local`.
+    pub fn host(&self) -> String {
+        format!("{}.{}.{CLUSTERSET_SUFFIX}", self.name, self.namespace)
+    }
+}
+
+impl std::fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 /// Application protocol of a port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

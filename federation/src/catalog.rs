@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AdminError, Refusal};
-use crate::model::{Body, Key, Record, Scope, Service, Site, Stamp};
+use crate::model::{Body, Key, Record, Scope, Service, ServiceKey, Site, Stamp};
 use crate::proof::{CertDer, Fingerprint, Seal};
 
 /// A position in one site's change stream.
@@ -148,8 +148,8 @@ pub struct Catalog {
     tombstones: BTreeMap<u64, Key>,
     links: BTreeMap<Site, Link>,
     heads: BTreeMap<Site, Head>,
-    /// Exports declared by the site config (namespace, name).
-    declared: BTreeSet<(String, String)>,
+    /// Exports declared by the site config.
+    declared: BTreeSet<ServiceKey>,
     /// The configured peers; `None` until set (every link is then kept).
     peers: Option<BTreeSet<Site>>,
     /// Certificates of the signers of the seals held (DER), so relayed items can travel with
@@ -278,14 +278,13 @@ impl Catalog {
     }
 
     /// Marks which exports the site config declares (they cannot be changed at run time).
-    pub fn set_declared(&mut self, declared: BTreeSet<(String, String)>) {
+    pub fn set_declared(&mut self, declared: BTreeSet<ServiceKey>) {
         self.declared = declared;
     }
 
     /// Whether the site config declares this export.
     pub fn is_declared(&self, namespace: &str, name: &str) -> bool {
-        self.declared
-            .contains(&(namespace.to_string(), name.to_string()))
+        self.declared.contains(&ServiceKey::new(namespace, name))
     }
 
     /// This site's live exports.
@@ -917,14 +916,18 @@ impl Catalog {
                 .iter()
                 .map(|(s, h)| (s.clone(), h.clone()))
                 .collect(),
-            declared: self.declared.iter().cloned().collect(),
+            declared: self
+                .declared
+                .iter()
+                .map(|k| (k.namespace.clone(), k.name.clone()))
+                .collect(),
             certs: self.certs.values().cloned().collect(),
             journal: 0,
         }
     }
 
     /// The exports the site config declared when this state was saved.
-    pub fn declared(&self) -> &BTreeSet<(String, String)> {
+    pub fn declared(&self) -> &BTreeSet<ServiceKey> {
         &self.declared
     }
 
@@ -1014,7 +1017,11 @@ impl Catalog {
             .into_iter()
             .map(|c| (crate::proof::fingerprint(&c.0), c))
             .collect();
-        c.declared = state.declared.into_iter().collect();
+        c.declared = state
+            .declared
+            .iter()
+            .map(|(ns, name)| ServiceKey::new(ns, name))
+            .collect();
         if let Some(h) = c.heads.get_mut(&c.site) {
             h.stamp = Stamp {
                 epoch: c.epoch,
@@ -1065,6 +1072,7 @@ pub struct State {
     merged: Vec<(Key, Merged)>,
     links: Vec<LinkState>,
     heads: Vec<(Site, Head)>,
+    /// `(namespace, name)` pairs (the saved form predates `ServiceKey`).
     #[serde(default)]
     declared: Vec<(String, String)>,
     /// Certificates of the signers of the seals held.

@@ -17,6 +17,7 @@ use crate::admin::{self, AdminService};
 use crate::catalog::{Limits, Liveness};
 use crate::config::{BackendKind, Config};
 use crate::identity::{self, Role};
+use crate::model::ServiceKey;
 use crate::routes::RouteService;
 use crate::store::{self, Store};
 use crate::sync::peers::PeerTable;
@@ -134,15 +135,15 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
         catalog
             .export(&svc.namespace, &svc.name, cfg.service(svc))
             .map_err(|e| DaemonError::Export(format!("{}/{}: {e}", svc.namespace, svc.name)))?;
-        declared.insert((svc.namespace.clone(), svc.name.clone()));
+        declared.insert(ServiceKey::new(&svc.namespace, &svc.name));
     }
     // With the kubernetes backend, ServiceExport objects declare the exports: the backend
     // reconciles them once it has read the cluster (withdrawing nothing before that).
     if cfg.backend == BackendKind::Static {
         let dropped: Vec<_> = catalog.declared().difference(&declared).cloned().collect();
-        for (ns, name) in dropped {
-            if catalog.unexport(&ns, &name).is_ok() {
-                info!(service = %format!("{ns}/{name}"), "withdrawn: no longer declared in the config");
+        for key in dropped {
+            if catalog.unexport(&key.namespace, &key.name).is_ok() {
+                info!(service = %key, "withdrawn: no longer declared in the config");
             }
         }
         catalog.set_declared(declared);

@@ -16,7 +16,9 @@ use crate::proof::Seal;
 /// A site name (a DNS-1123 label).
 pub type Site = String;
 
-pub use multimesh_core::service::{MAX_PORTS, Port, Protocol, ports_from_wire, validate_ports};
+pub use multimesh_core::service::{
+    MAX_PORTS, Port, Protocol, ServiceKey, ports_from_wire, validate_ports,
+};
 
 /// Upper bounds on what one service entry may carry.
 /// Upper bound on labels per service.
@@ -37,6 +39,13 @@ pub struct Key {
     pub namespace: String,
     /// Service name.
     pub name: String,
+}
+
+impl Key {
+    /// The service, without its origin.
+    pub fn service(&self) -> ServiceKey {
+        ServiceKey::new(&self.namespace, &self.name)
+    }
 }
 
 impl fmt::Display for Key {

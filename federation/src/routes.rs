@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 pub use multimesh_core::files::fingerprint;
 
 use crate::catalog::{EntryState, Liveness};
-use crate::model::{Port, Scope, Service};
+use crate::model::{Port, Scope, Service, ServiceKey};
 use crate::ownership;
 use crate::splits::SplitRule;
 use crate::sync::Node;
@@ -26,8 +26,8 @@ use multimesh_proto::admin::v1::NameConflict;
 
 /// The entries served at `now` (fresh, or stale with a policy to serve), grouped by name, with
 /// the verdict of [`ownership::decide`] on each name's exporters.
-pub fn served_names(node: &Node, now: Instant) -> BTreeMap<(String, String), ServedName> {
-    let mut names: BTreeMap<(String, String), ServedName> = BTreeMap::new();
+pub fn served_names(node: &Node, now: Instant) -> BTreeMap<ServiceKey, ServedName> {
+    let mut names: BTreeMap<ServiceKey, ServedName> = BTreeMap::new();
     node.store.read(|c| {
         node.store.liveness(|live| {
             for (key, rec) in c.entries() {
@@ -41,7 +41,7 @@ pub fn served_names(node: &Node, now: Instant) -> BTreeMap<(String, String), Ser
                 };
                 if served {
                     names
-                        .entry((key.namespace.clone(), key.name.clone()))
+                        .entry(key.service())
                         .or_default()
                         .exporters
                         .push((key.origin.clone(), svc.clone()));
@@ -73,13 +73,13 @@ pub struct ServedName {
 }
 
 /// The names whose exporters disagree, as the admin API reports them.
-pub fn conflicts(names: &BTreeMap<(String, String), ServedName>) -> Vec<NameConflict> {
+pub fn conflicts(names: &BTreeMap<ServiceKey, ServedName>) -> Vec<NameConflict> {
     names
         .iter()
         .filter(|(_, n)| n.verdict.conflict())
-        .map(|((namespace, name), n)| NameConflict {
-            namespace: namespace.clone(),
-            name: name.clone(),
+        .map(|(key, n)| NameConflict {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
             serving: n.verdict.serving.clone(),
             refused: n.verdict.refused.clone(),
         })
@@ -93,9 +93,9 @@ pub fn route_table(node: &Node, now: Instant) -> wire::RouteTable {
     route_table_of(node, &served_names(node, now))
 }
 
-fn route_table_of(node: &Node, names: &BTreeMap<(String, String), ServedName>) -> wire::RouteTable {
-    let mut services: BTreeMap<(String, String), wire::ServiceRoute> = BTreeMap::new();
-    for ((namespace, name), n) in names {
+fn route_table_of(node: &Node, names: &BTreeMap<ServiceKey, ServedName>) -> wire::RouteTable {
+    let mut services: BTreeMap<ServiceKey, wire::ServiceRoute> = BTreeMap::new();
+    for (key, n) in names {
         for (origin, svc) in &n.exporters {
             if !n.verdict.serving.contains(origin) {
                 continue;
@@ -106,10 +106,10 @@ fn route_table_of(node: &Node, names: &BTreeMap<(String, String), ServedName>) -
                 Scope::Sites(s) => s.iter().cloned().collect(),
             };
             let route = services
-                .entry((namespace.clone(), name.clone()))
+                .entry(key.clone())
                 .or_insert_with(|| wire::ServiceRoute {
-                    name: name.clone(),
-                    namespace: namespace.clone(),
+                    name: key.name.clone(),
+                    namespace: key.namespace.clone(),
                     ports: svc.ports.iter().map(Port::to_wire).collect(),
                     ..Default::default()
                 });
@@ -144,7 +144,7 @@ fn route_table_of(node: &Node, names: &BTreeMap<(String, String), ServedName>) -
         .into_iter()
         .filter_map(|rule| {
             routable_split(&rule, |b| {
-                services.contains_key(&(rule.namespace.clone(), b.to_string()))
+                services.contains_key(&ServiceKey::new(&rule.namespace, b))
             })
         })
         .collect();

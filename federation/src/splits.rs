@@ -10,6 +10,7 @@
 //! `matches`) needs the mesh, not the edge, and is refused with the field named.
 
 use multimesh_core::locks::{read, write};
+use multimesh_core::service::ServiceKey;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
@@ -163,7 +164,7 @@ pub fn path_for(state_file: &Path) -> PathBuf {
 #[derive(Debug)]
 pub struct SplitStore {
     path: PathBuf,
-    rules: RwLock<BTreeMap<(String, String), SplitRule>>,
+    rules: RwLock<BTreeMap<ServiceKey, SplitRule>>,
     changed: watch::Sender<u64>,
 }
 
@@ -182,7 +183,7 @@ impl SplitStore {
                     .map_err(|e| format!("{}: {e}", path.display()))?;
                 f.splits
                     .into_iter()
-                    .map(|r| ((r.namespace.clone(), r.service.clone()), r))
+                    .map(|r| (ServiceKey::new(&r.namespace, &r.service), r))
                     .collect()
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
@@ -206,7 +207,7 @@ impl SplitStore {
         self.update(|rules| {
             let mut changed = 0;
             for r in new {
-                let key = (r.namespace.clone(), r.service.clone());
+                let key = ServiceKey::new(&r.namespace, &r.service);
                 if rules.get(&key) != Some(&r) {
                     rules.insert(key, r);
                     changed += 1;
@@ -219,11 +220,7 @@ impl SplitStore {
     /// Removes the split of `namespace/service`; whether there was one.
     pub fn delete(&self, namespace: &str, service: &str) -> Result<bool, String> {
         self.update(|rules| {
-            usize::from(
-                rules
-                    .remove(&(namespace.to_string(), service.to_string()))
-                    .is_some(),
-            )
+            usize::from(rules.remove(&ServiceKey::new(namespace, service)).is_some())
         })
         .map(|n| n > 0)
     }
@@ -233,13 +230,13 @@ impl SplitStore {
         self.changed.subscribe()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<(String, String), SplitRule>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ServiceKey, SplitRule>> {
         read(&self.rules)
     }
 
     fn update(
         &self,
-        f: impl FnOnce(&mut BTreeMap<(String, String), SplitRule>) -> usize,
+        f: impl FnOnce(&mut BTreeMap<ServiceKey, SplitRule>) -> usize,
     ) -> Result<usize, String> {
         let mut guard = write(&self.rules);
         let mut next = guard.clone();

@@ -1062,7 +1062,7 @@ fn parse_service(doc: &Doc, d: &mut Vec<Diagnostic>) -> Option<ServiceInfo> {
 
 /// Reads the federation catalog as printed by `federationctl catalog -o json`: every served
 /// entry of another origin than the viewing site is a remote service.
-pub fn parse_catalog(json: &str) -> Result<BTreeMap<(String, String), ServiceInfo>, String> {
+pub fn parse_catalog(json: &str) -> Result<BTreeMap<ServiceKey, ServiceInfo>, String> {
     let v: Value = serde_json::from_str(json).map_err(|e| format!("catalog: not JSON: {e}"))?;
     let site = v["site"]
         .as_str()
@@ -1102,7 +1102,7 @@ pub fn parse_catalog(json: &str) -> Result<BTreeMap<(String, String), ServiceInf
                 });
             }
             out.insert(
-                (namespace.clone(), name.clone()),
+                ServiceKey::new(&namespace, &name),
                 ServiceInfo {
                     namespace,
                     name,
@@ -1128,7 +1128,7 @@ pub fn parse_catalog(json: &str) -> Result<BTreeMap<(String, String), ServiceInf
 /// Parses every input into the model; objects with errors are left out and reported.
 pub fn parse(
     files: &[(String, String)],
-    remote: BTreeMap<(String, String), ServiceInfo>,
+    remote: BTreeMap<ServiceKey, ServiceInfo>,
     d: &mut Vec<Diagnostic>,
 ) -> Model {
     let docs = documents(files, d);
@@ -1165,7 +1165,7 @@ pub fn parse(
                     model
                         .services
                         .local
-                        .insert((s.namespace.clone(), s.name.clone()), s);
+                        .insert(ServiceKey::new(&s.namespace, &s.name), s);
                 }
             }
             _ => {}

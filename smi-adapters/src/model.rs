@@ -20,7 +20,7 @@ impl fmt::Display for Origin {
     }
 }
 
-pub use multimesh_core::service::Protocol;
+pub use multimesh_core::service::{Protocol, ServiceKey};
 
 /// A port of a service.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,16 +88,16 @@ pub fn host(name: &str, namespace: &str, remote: bool) -> String {
 /// (from the catalog). A local service shadows a remote one of the same name.
 #[derive(Clone, Debug, Default)]
 pub struct Services {
-    /// By (namespace, name).
-    pub local: BTreeMap<(String, String), ServiceInfo>,
-    /// By (namespace, name).
-    pub remote: BTreeMap<(String, String), ServiceInfo>,
+    /// Services of this site.
+    pub local: BTreeMap<ServiceKey, ServiceInfo>,
+    /// Services of other sites.
+    pub remote: BTreeMap<ServiceKey, ServiceInfo>,
 }
 
 impl Services {
     /// Looks a service up, local first.
     pub fn get(&self, namespace: &str, name: &str) -> Option<&ServiceInfo> {
-        let k = (namespace.to_string(), name.to_string());
+        let k = ServiceKey::new(namespace, name);
         self.local.get(&k).or_else(|| self.remote.get(&k))
     }
 }

@@ -16,38 +16,7 @@ use multimesh_core::names;
 use multimesh_core::service::Protocol;
 use serde::{Deserialize, Serialize};
 
-/// The suffix of imported host names.
-pub const CLUSTERSET_SUFFIX: &str = "svc.clusterset.local";
-
-/// A service, by namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ServiceKey {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-}
-
-impl ServiceKey {
-    /// Builds a key.
-    pub fn new(namespace: &str, name: &str) -> Self {
-        Self {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        }
-    }
-
-    /// The imported host name, `NAME.NAMESPACE.svc.clusterset.local`.
-    pub fn host(&self) -> String {
-        format!("{}.{}.{CLUSTERSET_SUFFIX}", self.name, self.namespace)
-    }
-}
-
-impl std::fmt::Display for ServiceKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+pub use multimesh_core::service::{CLUSTERSET_SUFFIX, ServiceKey};
 
 /// A host as a caller names it: the service and, when given, the port.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -35,6 +35,7 @@ use super::plan::{self, Change, Existing};
 use super::types::Condition;
 use super::{FIELD_MANAGER, KubeSettings, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::catalog::{EntryState, Liveness};
+use crate::model::ServiceKey;
 use crate::sync::Node;
 
 /// Errors of one reconciliation pass; the pass is retried.
@@ -191,7 +192,7 @@ impl Cluster {
     pub async fn desired_and_existing(
         &self,
         site: &str,
-        remote: &BTreeMap<(String, String), ServiceInfo>,
+        remote: &BTreeMap<ServiceKey, ServiceInfo>,
     ) -> Result<(Desired, Vec<Existing>), KubeError> {
         let mut specs = Vec::new();
         let mut spec_namespaces = BTreeSet::new();
@@ -359,7 +360,7 @@ pub struct Controller {
     /// What was last reported on each spec object (to emit an Event only on a change).
     reported: BTreeMap<String, String>,
     /// Exports this backend put in the catalog.
-    exported: BTreeSet<(String, String)>,
+    exported: BTreeSet<ServiceKey>,
     /// Conflicts already reported.
     conflicts: BTreeSet<String>,
     /// Remote services left out by `import_namespaces`, already reported.
@@ -535,7 +536,7 @@ impl Controller {
             .list(&ListParams::default())
             .await
             .map_err(api_err("listing Services"))?;
-        let mut ready: BTreeMap<(String, String), usize> = BTreeMap::new();
+        let mut ready: BTreeMap<ServiceKey, usize> = BTreeMap::new();
         if let Some(es) = &self.cluster.kinds.endpoint_slice {
             let api: Api<DynamicObject> = Api::all_with(self.cluster.client.clone(), es);
             let slices = api
@@ -552,17 +553,17 @@ impl Controller {
                 else {
                     continue;
                 };
-                *ready.entry((ns, svc.clone())).or_default() += ready_endpoints(&s.data);
+                *ready.entry(ServiceKey::new(&ns, svc)).or_default() += ready_endpoints(&s.data);
             }
         }
-        let local: BTreeMap<(String, String), LocalService> = services
+        let local: BTreeMap<ServiceKey, LocalService> = services
             .items
             .iter()
             .map(|s| {
-                let key = (
-                    s.metadata.namespace.clone().unwrap_or_default(),
-                    s.metadata.name.clone().unwrap_or_default(),
-                );
+                let key = ServiceKey {
+                    namespace: s.metadata.namespace.clone().unwrap_or_default(),
+                    name: s.metadata.name.clone().unwrap_or_default(),
+                };
                 let ports = s
                     .spec
                     .as_ref()
@@ -599,7 +600,7 @@ impl Controller {
                 labels: serde_json::from_value(obj.data["spec"]["exportedLabels"].clone())
                     .unwrap_or_default(),
             };
-            let key = (eo.namespace.clone(), eo.name.clone());
+            let key = ServiceKey::new(&eo.namespace, &eo.name);
             let outcome = desired::export(&eo, local.get(&key), &self.base);
             let conflict = outcome.as_ref().ok().and_then(|svc| {
                 let others = self.node.store.read(|c| {
@@ -621,28 +622,28 @@ impl Controller {
                 wanted.insert(key.clone());
                 let same = self.node.store.read(|c| {
                     c.exports().any(|(k, r)| {
-                        k.namespace == key.0
-                            && k.name == key.1
+                        k.namespace == key.namespace
+                            && k.name == key.name
                             && r.service().is_some_and(|s| **s == *svc)
                     })
                 });
                 if !same {
                     self.node
                         .store
-                        .export(&key.0, &key.1, svc.clone())
+                        .export(&key.namespace, &key.name, svc.clone())
                         .map_err(|e| KubeError::Store(e.to_string()))?;
                     changed = true;
-                    info!(site = %site, service = %format!("{}/{}", key.0, key.1), scope = %svc.scope, "exported from ServiceExport");
+                    info!(site = %site, service = %key, scope = %svc.scope, "exported from ServiceExport");
                 }
             }
             self.write_export_status(&exports_api, obj, &outcome, conflict)
                 .await?;
         }
         let gone: Vec<_> = self.exported.difference(&wanted).cloned().collect();
-        for (ns, name) in gone {
-            if self.node.store.unexport(&ns, &name).is_ok() {
+        for key in gone {
+            if self.node.store.unexport(&key.namespace, &key.name).is_ok() {
                 changed = true;
-                info!(site = %site, service = %format!("{ns}/{name}"), "withdrawn: ServiceExport deleted or not ready");
+                info!(site = %site, service = %key, "withdrawn: ServiceExport deleted or not ready");
             }
         }
         self.node.store.touch(|c| c.set_declared(wanted.clone()));
@@ -704,14 +705,14 @@ impl Controller {
 
     /// The remote services this site may see and route to now, in the namespaces it imports
     /// into; the others are reported once each.
-    fn remote(&mut self) -> BTreeMap<(String, String), ServiceInfo> {
+    fn remote(&mut self) -> BTreeMap<ServiceKey, ServiceInfo> {
         let mut remote = self.served_remote();
         let allowed = &self.cluster.settings.import_namespaces;
-        remote.retain(|(ns, name), info| {
-            if super::namespace_allowed(ns, allowed) {
+        remote.retain(|key, info| {
+            if super::namespace_allowed(&key.namespace, allowed) {
                 return true;
             }
-            let key = format!("{ns}/{name}");
+            let key = key.to_string();
             if self.skipped.insert(key.clone()) {
                 let origin = info.remote.as_ref().map(|r| r.site.as_str()).unwrap_or("?");
                 warn!(site = %self.node.site, service = %key, origin, "remote service not imported: its namespace is not in kubernetes.import_namespaces (protected namespaces need naming exactly)");
@@ -722,7 +723,7 @@ impl Controller {
     }
 
     /// The remote services this site may see and route to now.
-    fn served_remote(&self) -> BTreeMap<(String, String), ServiceInfo> {
+    fn served_remote(&self) -> BTreeMap<ServiceKey, ServiceInfo> {
         let now = Instant::now();
         let site = &self.node.site;
         self.node.store.read(|c| {

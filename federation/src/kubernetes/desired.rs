@@ -15,7 +15,7 @@ use super::{
     CONSUMERS_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, SHARE_WITH_ANNOTATION, SITE_LABEL,
     STALE_SERVE_ANNOTATION, STALE_TTL_ANNOTATION,
 };
-use crate::model::{self, Port, Protocol, Scope, Service, StalePolicy};
+use crate::model::{self, Port, Protocol, Scope, Service, ServiceKey, StalePolicy};
 use crate::names;
 
 /// A port of a Kubernetes Service, as read from the cluster.
@@ -312,7 +312,7 @@ pub struct Desired {
 pub fn imports(
     site: &str,
     mesh: SiteMesh,
-    remote: &BTreeMap<(String, String), ServiceInfo>,
+    remote: &BTreeMap<ServiceKey, ServiceInfo>,
     specs: &[SpecObject],
     opts: &Options,
 ) -> Desired {
@@ -407,7 +407,7 @@ fn clean_spec(v: &Value) -> Value {
 }
 
 /// The remote services in the JSON form smi-adapters reads (`federationctl catalog -o json`).
-fn catalog_json(site: &str, remote: &BTreeMap<(String, String), ServiceInfo>) -> String {
+fn catalog_json(site: &str, remote: &BTreeMap<ServiceKey, ServiceInfo>) -> String {
     use smi_adapters::model::Protocol as P;
     let entries: Vec<Value> = remote
         .values()
@@ -448,7 +448,7 @@ pub fn object_key(v: &Value) -> String {
 }
 
 /// The smi-adapters view of a catalog entry of another site.
-pub fn remote_info(key: &model::Key, svc: &Service) -> Option<((String, String), ServiceInfo)> {
+pub fn remote_info(key: &model::Key, svc: &Service) -> Option<(ServiceKey, ServiceInfo)> {
     use smi_adapters::model::{Port as SPort, Remote, TargetPort};
     if names::dns_label("namespace", &key.namespace).is_err() {
         return None;
@@ -464,7 +464,7 @@ pub fn remote_info(key: &model::Key, svc: &Service) -> Option<((String, String),
         })
         .collect();
     Some((
-        (key.namespace.clone(), key.name.clone()),
+        key.service(),
         ServiceInfo {
             namespace: key.namespace.clone(),
             name: key.name.clone(),
@@ -675,12 +675,7 @@ mod tests {
         assert!(said.starts_with("site(s) c export"), "{said}");
     }
 
-    fn remote(
-        origin: &str,
-        ns: &str,
-        name: &str,
-        ports: &[Port],
-    ) -> ((String, String), ServiceInfo) {
+    fn remote(origin: &str, ns: &str, name: &str, ports: &[Port]) -> (ServiceKey, ServiceInfo) {
         let key = model::Key {
             origin: origin.into(),
             namespace: ns.into(),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::desired::object_key;
+use crate::model::ServiceKey;
 
 /// An object found in the cluster.
 #[derive(Clone, Debug)]
@@ -75,7 +76,7 @@ pub fn plan(desired: &[Value], existing: &[Existing]) -> (Vec<Change>, usize) {
     }
     // Endpoints attach to the Service of the same name: never give a Service we do not own
     // endpoints (that would hijack its traffic), and take back any we gave it.
-    let foreign_services: std::collections::BTreeSet<(String, String)> = changes
+    let foreign_services: std::collections::BTreeSet<ServiceKey> = changes
         .iter()
         .filter_map(|c| match c {
             Change::Conflict(o) if o["apiVersion"] == "v1" && o["kind"] == "Service" => {
@@ -116,16 +117,11 @@ pub fn plan(desired: &[Value], existing: &[Existing]) -> (Vec<Change>, usize) {
     (out, unchanged)
 }
 
-fn ns_name(o: &Value) -> (String, String) {
-    (
-        o["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        o["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
+/// The Service an object (a Service, or the Endpoints of one) stands for.
+fn ns_name(o: &Value) -> ServiceKey {
+    ServiceKey::new(
+        o["metadata"]["namespace"].as_str().unwrap_or_default(),
+        o["metadata"]["name"].as_str().unwrap_or_default(),
     )
 }
 

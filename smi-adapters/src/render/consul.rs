@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 
 use super::{metadata, route_ports};
 use crate::diag::Diagnostic;
-use crate::model::{Access, Allowed, Backend, HttpMatch, Model, PathMatch, Protocol, Route};
+use crate::model::{
+    Access, Allowed, Backend, HttpMatch, Model, PathMatch, Protocol, Route, ServiceKey,
+};
 use crate::weights;
 
 const API: &str = "consul.hashicorp.com/v1alpha1";
@@ -203,7 +205,7 @@ fn intentions(model: &Model, a: &Access, d: &mut Vec<Diagnostic>) -> Option<Valu
         model
             .services
             .local
-            .get(&(dest.namespace.clone(), dest.name.clone()))
+            .get(&ServiceKey::new(&dest.namespace, &dest.name))
             .is_some_and(|s| s.ports.iter().all(|x| x.port == p))
     };
     if let Some(p) = a.port

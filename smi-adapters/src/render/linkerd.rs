@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::gateway::{self, Flavor, mirror_name};
 use super::{Options, imports, metadata};
 use crate::diag::Diagnostic;
-use crate::model::Model;
+use crate::model::{Model, ServiceKey};
 
 /// Renders the model for Linkerd.
 pub fn render(model: &Model, opts: &Options, d: &mut Vec<Diagnostic>) -> Vec<Value> {
@@ -113,7 +113,7 @@ pub fn access(model: &Model, a: &crate::model::Access, d: &mut Vec<Diagnostic>) 
     let Some(svc) = model
         .services
         .local
-        .get(&(dest.namespace.clone(), dest.name.clone()))
+        .get(&ServiceKey::new(&dest.namespace, &dest.name))
     else {
         return vec![];
     };

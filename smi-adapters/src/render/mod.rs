@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::diag::Diagnostic;
-use crate::model::{Backend, Model, Protocol, Route, ServiceInfo};
+use crate::model::{Backend, Model, Protocol, Route, ServiceInfo, ServiceKey};
 use crate::weights;
 
 pub mod consul;
@@ -249,7 +249,7 @@ pub fn destination_selector(
     a: &crate::model::Access,
     d: &mut Vec<Diagnostic>,
 ) -> Option<std::collections::BTreeMap<String, String>> {
-    let key = (a.destination.namespace.clone(), a.destination.name.clone());
+    let key = ServiceKey::new(&a.destination.namespace, &a.destination.name);
     match model.services.local.get(&key) {
         Some(s) if !s.selector.is_empty() => Some(s.selector.clone()),
         _ => {
@@ -300,21 +300,14 @@ pub fn imports(model: &Model, opts: &Options) -> Vec<ServiceInfo> {
     }
     let mut keys = std::collections::BTreeSet::new();
     for r in &model.routes {
-        if !model
-            .services
-            .local
-            .contains_key(&(r.namespace.clone(), r.root.clone()))
-            && model
-                .services
-                .remote
-                .contains_key(&(r.namespace.clone(), r.root.clone()))
-        {
-            keys.insert((r.namespace.clone(), r.root.clone()));
+        let root = ServiceKey::new(&r.namespace, &r.root);
+        if !model.services.local.contains_key(&root) && model.services.remote.contains_key(&root) {
+            keys.insert(root);
         }
         for rule in &r.rules {
             for b in &rule.backends {
                 if b.remote.is_some() {
-                    keys.insert((b.namespace.clone(), b.name.clone()));
+                    keys.insert(ServiceKey::new(&b.namespace, &b.name));
                 }
             }
         }
