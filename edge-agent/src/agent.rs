@@ -1,9 +1,8 @@
 //! The agent's shared state, and the two ways a call leaves it: to a local workload, or to
 //! another site's edge agent over the pooled mTLS HTTP/2 link.
 
-use multimesh_core::locks::{read, write};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use http::header::HeaderValue;
@@ -22,6 +21,7 @@ use crate::config::AgentConfig;
 use crate::http::{self as h, Body};
 use crate::link::peers::PeerPool;
 use crate::routes::balance::{Candidate, Change, Health, weighted};
+use crate::routes::published::Published;
 use crate::routes::{Destination, PortAddress, RouteTable, ServiceKey, ServiceRoute};
 use crate::runtime::deadline::{Deadlines, Within};
 use crate::runtime::metrics::Metrics;
@@ -32,10 +32,8 @@ use crate::workload::pool::Http1Pool;
 pub struct Agent {
     /// The config.
     pub config: AgentConfig,
-    routes: RwLock<Arc<RouteTable>>,
-    routes_loaded: AtomicBool,
-    /// Counts route tables applied; listeners that follow the table wait on it.
-    route_epoch: tokio::sync::watch::Sender<u64>,
+    /// The route table in force, as the feed publishes it.
+    pub routes: Arc<Published>,
     /// Outlier detection state.
     pub health: Health,
     /// Metrics.
@@ -54,7 +52,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Builds the state; routes start empty until [`Agent::set_routes`].
+    /// Builds the state; routes start empty until the feed publishes a table.
     pub fn new(config: AgentConfig, tls: Arc<SiteTls>) -> Self {
         let connect_timeout = Duration::from_millis(config.limits.connect_timeout_ms);
         let threads = config.data_plane_threads();
@@ -80,9 +78,7 @@ impl Agent {
         Self {
             health: Health::new(config.outlier),
             config,
-            routes: RwLock::new(Arc::new(RouteTable::default())),
-            routes_loaded: AtomicBool::new(false),
-            route_epoch: tokio::sync::watch::Sender::new(0),
+            routes: Arc::new(Published::default()),
             metrics: Metrics::new(threads),
             pool,
             h1,
@@ -105,32 +101,12 @@ impl Agent {
 
     /// The current route table (calls keep the table they started with).
     pub fn table(&self) -> Arc<RouteTable> {
-        read(&self.routes).clone()
-    }
-
-    /// Changes whenever a route table is applied.
-    pub fn route_changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.route_epoch.subscribe()
-    }
-
-    /// Swaps in a new route table.
-    pub fn set_routes(&self, table: RouteTable) {
-        info!(
-            version = %table.version,
-            services = table.len(),
-            "route table applied"
-        );
-        *write(&self.routes) = Arc::new(table);
-        self.routes_loaded.store(true, Ordering::Release);
-        self.route_epoch.send_modify(|e| *e += 1);
-        self.metrics
-            .route_updates
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.routes.current()
     }
 
     /// Ready to serve: routes loaded, and (on an edge node) the parent link up.
     pub fn ready(&self) -> Result<(), &'static str> {
-        if !self.routes_loaded.load(Ordering::Acquire) {
+        if !self.routes.loaded() {
             return Err("no route table yet");
         }
         if self.config.parent.is_some() && !self.parent_up.load(Ordering::Acquire) {

@@ -197,7 +197,7 @@ pub async fn serve_listeners(
     shutdown: CancellationToken,
     workers: Arc<Workers>,
 ) {
-    let mut changes = agent.route_changes();
+    let mut changes = agent.routes.changes();
     let mut open: BTreeMap<u16, (PortUse, CancellationToken)> = BTreeMap::new();
     let mut warned: Vec<u16> = Vec::new();
     let mut warned_over = 0;

@@ -18,7 +18,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::agent::Agent;
+use crate::routes::published::Published;
 use crate::routes::{
     Destination, PortSpec, RouteDocument, RouteTable, ServiceRoute, Split, SplitBackend,
 };
@@ -42,7 +42,7 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 }
 
 /// Re-reads `path` whenever its modification time or size changes.
-pub async fn watch_file(agent: Arc<Agent>, path: PathBuf, shutdown: CancellationToken) {
+pub async fn watch_file(routes: Arc<Published>, path: PathBuf, shutdown: CancellationToken) {
     let mut last = stamp(&path);
     loop {
         tokio::select! {
@@ -55,10 +55,10 @@ pub async fn watch_file(agent: Arc<Agent>, path: PathBuf, shutdown: Cancellation
         }
         last = now;
         match load_file(&path) {
-            Ok(t) if t.version == agent.table().version => {}
-            Ok(t) => agent.set_routes(t),
+            Ok(t) if t.version == routes.current().version => {}
+            Ok(t) => routes.publish(t),
             Err(e) => {
-                agent.metrics.route_rejects.fetch_add(1, Ordering::Relaxed);
+                routes.reject();
                 error!(error = %e, "route file refused; keeping the previous table");
             }
         }
@@ -120,17 +120,32 @@ pub fn from_wire(t: wire::RouteTable) -> Result<RouteDocument, String> {
     Ok(RouteDocument { services, splits })
 }
 
+/// Which federationd to follow.
+#[derive(Clone, Debug)]
+pub struct Follow {
+    /// The federation's trust domain.
+    pub trust_domain: String,
+    /// This site: the daemon must present this site's federation ID.
+    pub site: String,
+    /// The daemon's `host:port`.
+    pub address: String,
+}
+
 /// Follows the site's federationd: connects with the site identity (the daemon must present
-/// the same site's ID), applies each table, and reconnects with back-off when the watch ends.
+/// the same site's ID), publishes each table, and reconnects with back-off when the watch ends.
 pub async fn watch_federation(
-    agent: Arc<Agent>,
-    address: String,
+    routes: Arc<Published>,
+    follow: Follow,
     tls: Arc<SiteTls>,
     shutdown: CancellationToken,
 ) {
     let resolver = system_resolver();
-    let site = agent.site().to_string();
-    let connector = match SiteId::new(&agent.config.trust_domain, &site, Role::Federation)
+    let Follow {
+        trust_domain,
+        site,
+        address,
+    } = follow;
+    let connector = match SiteId::new(&trust_domain, &site, Role::Federation)
         .map_err(|e| e.to_string())
         .and_then(|id| client_config(&tls, id).map_err(|e| e.to_string()))
     {
@@ -169,9 +184,9 @@ pub async fn watch_federation(
                         match from_wire(t)
                             .and_then(|d| RouteTable::build(d, version).map_err(|e| e.to_string()))
                         {
-                            Ok(table) => agent.set_routes(table),
+                            Ok(table) => routes.publish(table),
                             Err(e) => {
-                                agent.metrics.route_rejects.fetch_add(1, Ordering::Relaxed);
+                                routes.reject();
                                 error!(error = %e, "route table from federationd refused; keeping the previous one");
                             }
                         }

@@ -6,6 +6,7 @@
 
 pub mod balance;
 pub mod feed;
+pub mod published;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -6,13 +6,15 @@
 //! scrape) and summed when scraped; the rest is shared and rare (TLS failures, ejections) or
 //! atomic counters.
 
-use multimesh_core::locks::lock;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use multimesh_core::locks::lock;
+
+use crate::routes::published::Published;
 use crate::runtime::workers::PerThread;
 
 /// Latency buckets (seconds).
@@ -64,10 +66,6 @@ pub struct Metrics {
     pub active_tunnels: AtomicI64,
     /// Retries sent to another site.
     pub retries: AtomicU64,
-    /// Route tables applied.
-    pub route_updates: AtomicU64,
-    /// Route tables refused.
-    pub route_rejects: AtomicU64,
 }
 
 impl Series {
@@ -94,8 +92,6 @@ impl Metrics {
             active_ingress: AtomicI64::default(),
             active_tunnels: AtomicI64::default(),
             retries: AtomicU64::default(),
-            route_updates: AtomicU64::default(),
-            route_rejects: AtomicU64::default(),
         }
     }
 
@@ -174,8 +170,11 @@ impl Metrics {
         out
     }
 
-    /// The text exposition. `ejected` lists the currently ejected (service, site) pairs.
-    pub fn render(&self, site: &str, ejected: &[(String, String)], routes: usize) -> String {
+    /// The text exposition. `ejected` lists the currently ejected (service, site) pairs;
+    /// `routes` is the route table in force with its counts.
+    pub fn render(&self, site: &str, ejected: &[(String, String)], routes: &Published) -> String {
+        let (updates, rejects) = routes.counts();
+        let services = routes.current().len();
         let mut o = String::new();
         let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
         let _ = writeln!(
@@ -281,28 +280,27 @@ impl Metrics {
             (
                 "multimesh_edge_retries_total",
                 "Calls retried on another site.",
-                &self.retries,
+                self.retries.load(Ordering::Relaxed),
             ),
             (
                 "multimesh_edge_route_updates_total",
                 "Route tables applied.",
-                &self.route_updates,
+                updates,
             ),
             (
                 "multimesh_edge_route_rejects_total",
                 "Route tables refused as invalid.",
-                &self.route_rejects,
+                rejects,
             ),
         ] {
             let _ = writeln!(
                 o,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{site=\"{site}\"}} {}",
-                v.load(Ordering::Relaxed)
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{site=\"{site}\"}} {v}"
             );
         }
         let _ = writeln!(
             o,
-            "# HELP multimesh_edge_routes Services in the route table.\n# TYPE multimesh_edge_routes gauge\nmultimesh_edge_routes{{site=\"{site}\"}} {routes}"
+            "# HELP multimesh_edge_routes Services in the route table.\n# TYPE multimesh_edge_routes gauge\nmultimesh_edge_routes{{site=\"{site}\"}} {services}"
         );
         o
     }
@@ -331,7 +329,7 @@ mod tests {
             m.calls_by_site(Direction::Egress, "shop/pay"),
             BTreeMap::from([("a".to_string(), 2), ("b".to_string(), 1)])
         );
-        let text = m.render("x", &[], 1);
+        let text = m.render("x", &[], &Published::default());
         for line in [
             "multimesh_edge_requests_total{site=\"x\",direction=\"egress\",service=\"shop/pay\",destination=\"a\",code=\"2xx\"} 1",
             "multimesh_edge_requests_total{site=\"x\",direction=\"egress\",service=\"shop/pay\",destination=\"a\",code=\"5xx\"} 1",

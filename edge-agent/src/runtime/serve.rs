@@ -129,16 +129,20 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
 
     if let Some(path) = &config.routes.file {
         let table = feed::load_file(path).map_err(StartError::Routes)?;
-        agent.set_routes(table);
+        agent.routes.publish(table);
         tasks.spawn(feed::watch_file(
-            agent.clone(),
+            agent.routes.clone(),
             path.clone(),
             shutdown.clone(),
         ));
     } else if let Some(addr) = &config.routes.federation {
         tasks.spawn(feed::watch_federation(
-            agent.clone(),
-            addr.clone(),
+            agent.routes.clone(),
+            feed::Follow {
+                trust_domain: config.trust_domain.clone(),
+                site: config.site.clone(),
+                address: addr.clone(),
+            },
             site_tls.clone(),
             shutdown.clone(),
         ));
@@ -518,11 +522,10 @@ fn admin(agent: &Agent, req: &Request<Incoming>) -> Response<Body> {
             ),
         },
         "/metrics" => {
-            let table = agent.table();
             let ejected = agent.health.ejected(std::time::Instant::now());
             text(
                 StatusCode::OK,
-                agent.metrics.render(agent.site(), &ejected, table.len()),
+                agent.metrics.render(agent.site(), &ejected, &agent.routes),
                 "text/plain; version=0.0.4",
             )
         }
