@@ -22,7 +22,7 @@ use crate::http::{self as h, Body};
 use crate::link::peers::PeerPool;
 use crate::routes::balance::{Candidate, Change, Health, weighted};
 use crate::routes::published::Published;
-use crate::routes::{Destination, PortAddress, RouteTable, ServiceKey, ServiceRoute};
+use crate::routes::{PortAddress, Route, RouteDest, RouteTable, ServiceKey};
 use crate::runtime::deadline::{Deadlines, Within};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::workers::PerThread;
@@ -77,8 +77,8 @@ impl Agent {
         let site_header = HeaderValue::from_str(&config.site).ok();
         Self {
             health: Health::new(config.outlier),
+            routes: Arc::new(Published::new(config.local.clone())),
             config,
-            routes: Arc::new(Published::default()),
             metrics: Metrics::new(threads),
             pool,
             h1,
@@ -121,7 +121,7 @@ impl Agent {
         table: &'t RouteTable,
         key: &ServiceKey,
         roll: u64,
-    ) -> Option<&'t ServiceRoute> {
+    ) -> Option<&'t Route> {
         let backend = table
             .split(key)
             .and_then(|backends| weighted(backends.iter().map(|(b, w)| (b, *w)), roll));
@@ -131,11 +131,11 @@ impl Agent {
     /// Picks the destination site for a call to `route`, skipping `tried` sites.
     pub fn pick<'r>(
         &self,
-        route: &'r ServiceRoute,
+        route: &'r Route,
         service: &str,
         tried: &[&str],
         roll: u64,
-    ) -> Option<&'r Destination> {
+    ) -> Option<&'r RouteDest> {
         let now = Instant::now();
         let own = self.site();
         if route.prefer_local
@@ -176,7 +176,7 @@ impl Agent {
 
     /// The site whose link carries calls to `d`, and that link's addresses: the parent on an
     /// edge node, the relay for a destination behind one, else the destination itself.
-    pub fn link_for<'a>(&'a self, d: &'a Destination) -> (&'a str, &'a [String]) {
+    pub fn link_for<'a>(&'a self, d: &'a RouteDest) -> (&'a str, &'a [String]) {
         if let Some(p) = &self.config.parent {
             return (&p.site, std::slice::from_ref(&p.address));
         }
@@ -189,7 +189,7 @@ impl Agent {
     /// Sends a call to another site's edge agent for `authority` (the service host and port).
     pub async fn send_remote(
         &self,
-        d: &Destination,
+        d: &RouteDest,
         authority: &Authority,
         head: &Head,
         body: Body,
@@ -219,9 +219,7 @@ impl Agent {
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_2;
         *req.headers_mut() = head.headers.clone();
-        if let Some(v) = &d.site_header {
-            req.headers_mut().insert(h::SITE, v.clone());
-        }
+        req.headers_mut().insert(h::SITE, d.site_header.clone());
         self.timed(send.request(req)).await.map_err(Failed::Sent)
     }
 

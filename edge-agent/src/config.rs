@@ -298,17 +298,6 @@ impl AgentConfig {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         })
     }
-
-    /// The upstream address of a local service port.
-    pub fn upstream(&self, namespace: &str, name: &str, port: u16) -> Option<&str> {
-        self.local
-            .iter()
-            .find(|l| l.name == name && l.namespace == namespace)?
-            .ports
-            .iter()
-            .find(|p| p.port == port)
-            .map(|p| p.upstream.as_str())
-    }
 }
 
 #[cfg(test)]

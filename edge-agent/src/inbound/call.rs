@@ -212,7 +212,7 @@ pub async fn handle(agent: Arc<Agent>, caller: Caller, mut req: Request<RecvStre
     let port_no = port.port;
     let protocol = port.protocol;
     if req.method() == Method::CONNECT {
-        let upstream = match Box::pin(tunnel::open_local(&agent, key, port_no)).await {
+        let upstream = match Box::pin(tunnel::open_local(&agent, Some(port), key, port_no)).await {
             Ok(u) => u,
             Err(e) => {
                 warn!(service = %service, error = %e, "ingress: tunnel upstream unreachable");
@@ -221,7 +221,7 @@ pub async fn handle(agent: Arc<Agent>, caller: Caller, mut req: Request<RecvStre
         };
         return accept_tunnel(&agent, req, upstream, service, start);
     }
-    let Some(upstream) = agent.config.upstream(&key.namespace, &key.name, port_no) else {
+    let Some(upstream) = port.upstream.as_deref() else {
         return refuse(
             kind,
             ErrorCode::NoLocalEndpoint,
@@ -231,13 +231,7 @@ pub async fn handle(agent: Arc<Agent>, caller: Caller, mut req: Request<RecvStre
             ),
         );
     };
-    let Some(address) = &port.address else {
-        return refuse(
-            kind,
-            ErrorCode::BadDestination,
-            format!("{service} port {port_no} has no address"),
-        );
-    };
+    let address = &port.address;
     let head = take_head(&mut req);
     let body = recv_body(req.into_body());
     let result = agent

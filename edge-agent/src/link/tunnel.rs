@@ -14,17 +14,21 @@ use tracing::debug;
 use crate::agent::{Agent, error_chain};
 use crate::http as h;
 use crate::link::client::Link;
-use crate::routes::{Destination, ServiceKey};
+use crate::routes::{RouteDest, RoutePort, ServiceKey};
 
 /// A byte stream: a TCP connection or a tunnel.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// Connects to the local workload of `key`:`port`.
-pub async fn open_local(agent: &Agent, key: &ServiceKey, port: u16) -> Result<Box<dyn Io>, String> {
-    let up = agent
-        .config
-        .upstream(&key.namespace, &key.name, port)
+/// Connects to the local workload serving `route_port` (port `port` of `key`).
+pub async fn open_local(
+    agent: &Agent,
+    route_port: Option<&RoutePort>,
+    key: &ServiceKey,
+    port: u16,
+) -> Result<Box<dyn Io>, String> {
+    let up = route_port
+        .and_then(|p| p.upstream.as_deref())
         .ok_or_else(|| format!("{key} port {port} has no local upstream"))?;
     let limit = Duration::from_millis(agent.config.limits.connect_timeout_ms);
     match tokio::time::timeout(limit, TcpStream::connect(up)).await {
@@ -40,7 +44,7 @@ pub async fn open_local(agent: &Agent, key: &ServiceKey, port: u16) -> Result<Bo
 /// Opens a tunnel to `key`:`port` at site `dest` (or through its relay).
 pub async fn open_remote(
     agent: &Agent,
-    dest: &Destination,
+    dest: &RouteDest,
     key: &ServiceKey,
     port: u16,
 ) -> Result<Box<dyn Io>, String> {

@@ -75,13 +75,7 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
         )
         .respond(caller);
     }
-    let Some(address) = &port.address else {
-        return CallError::new(
-            ErrorCode::BadDestination,
-            format!("{service} port {} has no address", port.port),
-        )
-        .respond(caller);
-    };
+    let address = &port.address;
     let (mut parts, body) = req.into_parts();
     h::strip_hop_by_hop(&mut parts.headers);
     // What only edge agents may say: a local caller speaks for no site but this one.
@@ -115,10 +109,7 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Body>) -> Response<Body> {
         tried.push(site);
         let body = unsent.take().unwrap_or_else(h::empty);
         let result = if site == agent.site() {
-            match agent
-                .config
-                .upstream(&route.namespace, &route.name, port.port)
-            {
+            match port.upstream.as_deref() {
                 // Boxed: the workload hop's future is large, and calls to other sites (this
                 // function's usual path) should not carry its size.
                 Some(up) => {
@@ -207,7 +198,7 @@ pub async fn tcp(agent: Arc<Agent>, mut client: TcpStream, key: ServiceKey, port
         warn!(service = %key, "TCP egress: no route");
         return;
     };
-    let key = route.key();
+    let key = route.key.clone();
     let service = key.to_string();
     let mut tried: Vec<String> = Vec::new();
     loop {
@@ -219,7 +210,7 @@ pub async fn tcp(agent: Arc<Agent>, mut client: TcpStream, key: ServiceKey, port
         tried.push(dest.site.clone());
         let start = Instant::now();
         let opened = if dest.site == agent.site() {
-            tunnel::open_local(&agent, &key, port).await
+            tunnel::open_local(&agent, route.port(Some(port)), &key, port).await
         } else {
             tunnel::open_remote(&agent, dest, &key, port).await
         };

@@ -153,7 +153,7 @@ pub fn ports(table: &RouteTable) -> (BTreeMap<u16, PortUse>, Vec<u16>, usize) {
     let mut out: BTreeMap<u16, PortUse> = BTreeMap::new();
     let mut conflicts = Vec::new();
     for s in table.services() {
-        let key = ServiceKey::new(&s.namespace, &s.name);
+        let key = s.key.clone();
         for p in &s.ports {
             let want = if p.protocol == multimesh_core::service::Protocol::Tcp {
                 PortUse::Tcp(key.clone())

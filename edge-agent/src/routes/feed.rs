@@ -80,7 +80,6 @@ pub fn from_wire(t: wire::RouteTable) -> Result<RouteDocument, String> {
                     name: p.name,
                     port: p.port,
                     protocol: p.protocol,
-                    address: None,
                 })
                 .collect(),
             destinations: s
@@ -92,13 +91,10 @@ pub fn from_wire(t: wire::RouteTable) -> Result<RouteDocument, String> {
                     weight: d.weight,
                     via: (!d.via.is_empty()).then_some(d.via),
                     consumers: d.consumers,
-                    site_header: None,
                 })
                 .collect(),
             consumers: s.consumers,
             prefer_local: s.prefer_local,
-            id: String::new(),
-            host: String::new(),
         });
     }
     let splits = t

@@ -8,6 +8,7 @@ pub mod balance;
 pub mod feed;
 pub mod published;
 
+use crate::config::LocalService;
 use std::collections::{BTreeMap, BTreeSet};
 
 use http::HeaderValue;
@@ -90,9 +91,6 @@ pub struct PortSpec {
     /// Application protocol.
     #[serde(default = "default_protocol")]
     pub protocol: Protocol,
-    /// How calls name this port, made once when the table is built.
-    #[serde(skip)]
-    pub address: Option<PortAddress>,
 }
 
 /// A service port as calls name it, `NAME.NAMESPACE.svc.clusterset.local:PORT`: the
@@ -138,10 +136,6 @@ pub struct Destination {
     /// relays its edge node's calls only where the node itself is admitted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub consumers: Vec<String>,
-    /// `site` as a header value (`x-multimesh-site` of calls to it), made when the table is
-    /// built.
-    #[serde(skip)]
-    pub site_header: Option<HeaderValue>,
 }
 
 fn default_weight() -> u32 {
@@ -169,12 +163,60 @@ pub struct ServiceRoute {
     /// (weights then only matter for failover).
     #[serde(default)]
     pub prefer_local: bool,
-    /// `NAMESPACE/NAME`, computed once when the table is built (logs, metrics, health keys).
-    #[serde(skip)]
+}
+
+/// A service's route as calls use it: compiled from a [`ServiceRoute`] when the table is built,
+/// with everything a call needs made once, and no optional or blank field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The service.
+    pub key: ServiceKey,
+    /// `NAMESPACE/NAME` (logs, metrics, health keys).
     pub id: String,
-    /// `NAME.NAMESPACE.svc.clusterset.local`, computed once when the table is built.
-    #[serde(skip)]
+    /// `NAME.NAMESPACE.svc.clusterset.local`.
     pub host: String,
+    /// Ports, each with the address calls name it by.
+    pub ports: Vec<RoutePort>,
+    /// The sites serving it (this site included when it runs here).
+    pub destinations: Vec<RouteDest>,
+    /// Sites whose callers this site's ingress admits for it (empty: every site).
+    pub consumers: Vec<String>,
+    /// Send every call here while the service is healthy here.
+    pub prefer_local: bool,
+}
+
+/// A port of a [`Route`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutePort {
+    /// Port name.
+    pub name: String,
+    /// Port number.
+    pub port: u16,
+    /// Application protocol.
+    pub protocol: Protocol,
+    /// How calls name this port.
+    pub address: PortAddress,
+    /// The workload serving this port at this site (`host:port`, from the config's
+    /// `[[local]]`), joined in when the table is published; `None` where it does not run here.
+    pub upstream: Option<String>,
+}
+
+/// A site serving a [`Route`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteDest {
+    /// The site.
+    pub site: String,
+    /// `site` as a header value (`x-multimesh-site` of calls to it).
+    pub site_header: HeaderValue,
+    /// Its edge agent's ingress addresses (empty for this site itself, and for an edge node
+    /// reached through its outbound link).
+    pub addresses: Vec<String>,
+    /// Relative weight; 0 takes no new traffic.
+    pub weight: u32,
+    /// Reach the site through this site's edge agent (an edge node behind its parent).
+    pub via: Option<String>,
+    /// The sites whose callers that site admits for the service (empty: every site).
+    pub consumers: Vec<String>,
 }
 
 fn default_namespace() -> String {
@@ -221,7 +263,7 @@ pub struct RouteDocument {
 pub struct RouteTable {
     /// Where the table came from and its version, for logs and `/readyz`.
     pub version: String,
-    services: BTreeMap<ServiceKey, ServiceRoute>,
+    services: BTreeMap<ServiceKey, Route>,
     splits: BTreeMap<ServiceKey, Vec<(ServiceKey, u32)>>,
     split_docs: Vec<Split>,
 }
@@ -240,7 +282,7 @@ impl RouteTable {
             ));
         }
         let mut services = BTreeMap::new();
-        for (i, mut s) in doc.services.into_iter().enumerate() {
+        for (i, s) in doc.services.into_iter().enumerate() {
             let at = |e: InvalidField| e.within(&format!("services[{i}]"));
             names::dns_label("name", &s.name).map_err(at)?;
             names::dns_label("namespace", &s.namespace).map_err(at)?;
@@ -290,14 +332,51 @@ impl RouteTable {
                 names::dns_label(&format!("consumers[{j}]"), c).map_err(at)?;
             }
             let key = ServiceKey::new(&s.namespace, &s.name);
-            s.id = key.to_string();
-            s.host = key.host();
-            for p in &mut s.ports {
-                p.address = PortAddress::new(&s.host, p.port);
+            let host = key.host();
+            let mut ports = Vec::with_capacity(s.ports.len());
+            for (j, p) in s.ports.into_iter().enumerate() {
+                let Some(address) = PortAddress::new(&host, p.port) else {
+                    return Err(at(InvalidField::new(
+                        &format!("ports[{j}]"),
+                        format!("{host}:{}", p.port),
+                        "is not a valid authority",
+                    )));
+                };
+                ports.push(RoutePort {
+                    name: p.name,
+                    port: p.port,
+                    protocol: p.protocol,
+                    address,
+                    upstream: None,
+                });
             }
-            for d in &mut s.destinations {
-                d.site_header = HeaderValue::from_str(&d.site).ok();
+            let mut destinations = Vec::with_capacity(s.destinations.len());
+            for (j, d) in s.destinations.into_iter().enumerate() {
+                let Ok(site_header) = HeaderValue::from_str(&d.site) else {
+                    return Err(at(InvalidField::new(
+                        &format!("destinations[{j}].site"),
+                        &d.site,
+                        "is not a valid header value",
+                    )));
+                };
+                destinations.push(RouteDest {
+                    site: d.site,
+                    site_header,
+                    addresses: d.addresses,
+                    weight: d.weight,
+                    via: d.via,
+                    consumers: d.consumers,
+                });
             }
+            let route = Route {
+                id: key.to_string(),
+                host,
+                key: key.clone(),
+                ports,
+                destinations,
+                consumers: s.consumers,
+                prefer_local: s.prefer_local,
+            };
             if services.contains_key(&key) {
                 return Err(InvalidField::new(
                     &format!("services[{i}]"),
@@ -305,7 +384,7 @@ impl RouteTable {
                     "is listed twice",
                 ));
             }
-            services.insert(key, s);
+            services.insert(key, route);
         }
         let mut splits = BTreeMap::new();
         let split_docs = doc.splits.clone();
@@ -373,7 +452,7 @@ impl RouteTable {
     }
 
     /// The route of a service.
-    pub fn service(&self, key: &ServiceKey) -> Option<&ServiceRoute> {
+    pub fn service(&self, key: &ServiceKey) -> Option<&Route> {
         self.services.get(key)
     }
 
@@ -403,19 +482,70 @@ impl RouteTable {
     }
 
     /// All services.
-    pub fn services(&self) -> impl Iterator<Item = &ServiceRoute> {
+    pub fn services(&self) -> impl Iterator<Item = &Route> {
         self.services.values()
+    }
+
+    /// Joins in this site's workloads (the config's `[[local]]`): each port of a local service
+    /// gets its upstream, so a call never searches the config.
+    pub fn join_locals(&mut self, locals: &[LocalService]) {
+        for l in locals {
+            let Some(route) = self
+                .services
+                .get_mut(&ServiceKey::new(&l.namespace, &l.name))
+            else {
+                continue;
+            };
+            for lp in &l.ports {
+                if let Some(p) = route.ports.iter_mut().find(|p| p.port == lp.port) {
+                    p.upstream = Some(lp.upstream.clone());
+                }
+            }
+        }
+    }
+
+    /// The table as a document (what `/routes` shows): it builds back into an equal table.
+    pub fn document(&self) -> RouteDocument {
+        RouteDocument {
+            services: self.services.values().map(Route::document).collect(),
+            splits: self.split_docs.clone(),
+        }
     }
 }
 
-impl ServiceRoute {
-    /// The key.
-    pub fn key(&self) -> ServiceKey {
-        ServiceKey::new(&self.namespace, &self.name)
+impl Route {
+    /// The route as written.
+    pub fn document(&self) -> ServiceRoute {
+        ServiceRoute {
+            name: self.key.name.clone(),
+            namespace: self.key.namespace.clone(),
+            ports: self
+                .ports
+                .iter()
+                .map(|p| PortSpec {
+                    name: p.name.clone(),
+                    port: p.port,
+                    protocol: p.protocol,
+                })
+                .collect(),
+            destinations: self
+                .destinations
+                .iter()
+                .map(|d| Destination {
+                    site: d.site.clone(),
+                    addresses: d.addresses.clone(),
+                    weight: d.weight,
+                    via: d.via.clone(),
+                    consumers: d.consumers.clone(),
+                })
+                .collect(),
+            consumers: self.consumers.clone(),
+            prefer_local: self.prefer_local,
+        }
     }
 
     /// The port a call uses: the named one, or the only / first HTTP-like port.
-    pub fn port(&self, asked: Option<u16>) -> Option<&PortSpec> {
+    pub fn port(&self, asked: Option<u16>) -> Option<&RoutePort> {
         match asked {
             Some(p) => self.ports.iter().find(|s| s.port == p),
             None => self
@@ -432,7 +562,7 @@ impl ServiceRoute {
     }
 }
 
-impl Destination {
+impl RouteDest {
     /// Whether that site admits callers of `site` for the service.
     pub fn admits(&self, site: &str) -> bool {
         self.consumers.is_empty() || self.consumers.iter().any(|c| c == site)
@@ -534,5 +664,47 @@ mod tests {
         assert!(s.port(Some(1)).is_none());
         assert!(s.admits("b"));
         assert!(!s.admits("c"));
+    }
+
+    #[test]
+    fn a_compiled_table_has_every_address_made_and_its_document_builds_it_again() {
+        let t = doc(
+            "services:\n- {name: payment, namespace: shop, ports: [{port: 8080}, {name: raw, port: 9000, protocol: tcp}], destinations: [{site: a}, {site: b, addresses: ['10.0.0.2:15443'], weight: 3, consumers: [a]}], consumers: [b]}\n- {name: payment-v2, namespace: shop, ports: [{port: 8080}], destinations: [{site: b, addresses: ['10.0.0.2:15443']}]}\nsplits:\n- {service: payment, namespace: shop, backends: [{service: payment, weight: 1}, {service: payment-v2, weight: 1}]}\n",
+        )
+        .unwrap();
+        let r = t.service(&ServiceKey::new("shop", "payment")).unwrap();
+        assert_eq!(r.id, "shop/payment");
+        assert_eq!(r.host, "payment.shop.svc.clusterset.local");
+        assert_eq!(
+            r.ports[1].address.authority.as_str(),
+            "payment.shop.svc.clusterset.local:9000"
+        );
+        assert_eq!(r.destinations[1].site_header, "b");
+        let again = RouteTable::build(t.document(), "again".into()).unwrap();
+        assert_eq!(again.document(), t.document());
+        assert_eq!(again.service(&r.key), Some(r));
+        assert_eq!(again.split(&r.key), t.split(&r.key));
+    }
+
+    #[test]
+    fn local_workloads_are_joined_into_the_ports_they_serve() {
+        let mut t = doc(
+            "services: [{name: payment, namespace: shop, ports: [{port: 8080}, {port: 9090}], destinations: [{site: a}]}]",
+        )
+        .unwrap();
+        let locals: Vec<LocalService> = toml::from_str::<std::collections::BTreeMap<String, Vec<LocalService>>>(
+            "local = [{ name = \"payment\", namespace = \"shop\", ports = [{ port = 8080, upstream = \"127.0.0.1:1\" }, { port = 7, upstream = \"127.0.0.1:2\" }] }, { name = \"other\", namespace = \"shop\", ports = [{ port = 8080, upstream = \"127.0.0.1:3\" }] }]",
+        )
+        .unwrap()
+        .remove("local")
+        .unwrap();
+        t.join_locals(&locals);
+        let r = t.service(&ServiceKey::new("shop", "payment")).unwrap();
+        assert_eq!(
+            r.port(Some(8080)).unwrap().upstream.as_deref(),
+            Some("127.0.0.1:1")
+        );
+        assert_eq!(r.port(Some(9090)).unwrap().upstream, None);
+        assert_eq!(t.len(), 1, "a local service without a route adds nothing");
     }
 }

@@ -9,12 +9,15 @@ use multimesh_core::locks::{read, write};
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::config::LocalService;
 use crate::routes::RouteTable;
 
 /// The published route table, shared by the feed (writer) and every data-plane thread
 /// (readers: one read lock and an `Arc` clone per call; written only when a table is applied).
 #[derive(Debug)]
 pub struct Published {
+    /// This site's workloads, joined into every table published.
+    locals: Vec<LocalService>,
     table: RwLock<Arc<RouteTable>>,
     loaded: AtomicBool,
     /// Counts tables published; listeners that follow the table wait on it.
@@ -25,7 +28,15 @@ pub struct Published {
 
 impl Default for Published {
     fn default() -> Self {
+        Self::new(Vec::new())
+    }
+}
+
+impl Published {
+    /// An empty table; each table published gets `locals` joined in.
+    pub fn new(locals: Vec<LocalService>) -> Self {
         Self {
+            locals,
             table: RwLock::new(Arc::new(RouteTable::default())),
             loaded: AtomicBool::new(false),
             epoch: watch::Sender::new(0),
@@ -33,16 +44,15 @@ impl Default for Published {
             rejects: AtomicU64::new(0),
         }
     }
-}
 
-impl Published {
     /// The table in force (empty until the first is published).
     pub fn current(&self) -> Arc<RouteTable> {
         read(&self.table).clone()
     }
 
-    /// Puts `table` in force.
-    pub fn publish(&self, table: RouteTable) {
+    /// Puts `table` in force, with this site's workloads joined in.
+    pub fn publish(&self, mut table: RouteTable) {
+        table.join_locals(&self.locals);
         info!(
             version = %table.version,
             services = table.len(),

@@ -531,10 +531,7 @@ fn admin(agent: &Agent, req: &Request<Incoming>) -> Response<Body> {
         }
         "/routes" => {
             let table = agent.table();
-            let doc = crate::routes::RouteDocument {
-                services: table.services().cloned().collect(),
-                splits: table.split_list(),
-            };
+            let doc = table.document();
             text(
                 StatusCode::OK,
                 serde_json::to_string_pretty(&serde_json::json!({
