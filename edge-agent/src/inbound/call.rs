@@ -19,10 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::agent::{Agent, Head, relay_response};
+use crate::call_error::{CallError, CallerKind, ErrorCode};
 use crate::http::coalesce::Coalesce;
 use crate::http::h2::{MAX_HEADER_LIST, Tunnel, answer, recv_body, serve_streams};
-
-use crate::call_error::{CallError, CallerKind, ErrorCode};
 use crate::http::{self as h, Body};
 use crate::link::client::{PING_EVERY, PONG_WITHIN};
 use crate::link::tunnel;

@@ -2,7 +2,7 @@
 //! the old one whole; calls in flight keep the table they started with (an `Arc`). The feed
 //! knows only this handle, never the agent.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use multimesh_core::locks::{read, write};
@@ -19,7 +19,6 @@ pub struct Published {
     /// This site's workloads, joined into every table published.
     locals: Vec<LocalService>,
     table: RwLock<Arc<RouteTable>>,
-    loaded: AtomicBool,
     /// Counts tables published; listeners that follow the table wait on it.
     epoch: watch::Sender<u64>,
     updates: AtomicU64,
@@ -38,7 +37,6 @@ impl Published {
         Self {
             locals,
             table: RwLock::new(Arc::new(RouteTable::default())),
-            loaded: AtomicBool::new(false),
             epoch: watch::Sender::new(0),
             updates: AtomicU64::new(0),
             rejects: AtomicU64::new(0),
@@ -59,9 +57,8 @@ impl Published {
             "route table applied"
         );
         *write(&self.table) = Arc::new(table);
-        self.loaded.store(true, Ordering::Release);
         self.epoch.send_modify(|e| *e += 1);
-        self.updates.fetch_add(1, Ordering::Relaxed);
+        self.updates.fetch_add(1, Ordering::Release);
     }
 
     /// Counts a table refused as invalid (the one in force stays).
@@ -71,7 +68,7 @@ impl Published {
 
     /// Whether a table was ever published.
     pub fn loaded(&self) -> bool {
-        self.loaded.load(Ordering::Acquire)
+        self.updates.load(Ordering::Acquire) > 0
     }
 
     /// Changes whenever a table is published.

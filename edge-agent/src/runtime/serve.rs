@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use multimesh_core::backoff::Backoff;
-
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use multimesh_core::accept;
+use multimesh_core::backoff::Backoff;
 use multimesh_core::tls;
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
@@ -20,8 +20,6 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
-
-use multimesh_core::accept;
 
 use crate::agent::Agent;
 use crate::config::AgentConfig;

@@ -675,7 +675,8 @@ mod tests {
         assert!(said.starts_with("site(s) c export"), "{said}");
     }
 
-    fn remote(origin: &str, ns: &str, name: &str, ports: &[Port]) -> (ServiceKey, ServiceInfo) {
+    /// A catalog entry of `origin` and what it exports.
+    fn entry(origin: &str, ns: &str, name: &str, ports: &[Port]) -> (model::Key, Service) {
         let key = model::Key {
             origin: origin.into(),
             namespace: ns.into(),
@@ -691,6 +692,11 @@ mod tests {
             scope: Scope::All,
             stale: StalePolicy::default(),
         };
+        (key, svc)
+    }
+
+    fn remote(origin: &str, ns: &str, name: &str, ports: &[Port]) -> (ServiceKey, ServiceInfo) {
+        let (key, svc) = entry(origin, ns, name, ports);
         remote_info(&key, &svc).unwrap()
     }
 
@@ -730,22 +736,7 @@ mod tests {
 
     #[test]
     fn a_remote_service_in_a_namespace_that_is_not_a_dns_label_is_not_imported() {
-        let key = model::Key {
-            origin: "b".into(),
-            namespace: "Not_A_Label".into(),
-            name: "payment".into(),
-        };
-        let (_, info) = remote("b", "shop", "payment", &[http(8080)]);
-        let svc = Service {
-            share_with: BTreeSet::new(),
-            ports: vec![http(8080)],
-            ingress: info.remote.unwrap().ingress,
-            via: None,
-            labels: BTreeMap::new(),
-            identity: String::new(),
-            scope: Scope::All,
-            stale: StalePolicy::default(),
-        };
+        let (key, svc) = entry("b", "Not_A_Label", "payment", &[http(8080)]);
         assert!(remote_info(&key, &svc).is_none());
     }
 

@@ -1,12 +1,12 @@
 //! The peer listener: a TLS accept loop that logs every refused connection with its reason,
 //! then the `CatalogSync` gRPC service on the authenticated connections.
 
-use multimesh_core::accept::{self, SiteAcceptor};
-use multimesh_core::locks::{Slot, Slots};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use multimesh_core::accept::{self, SiteAcceptor};
+use multimesh_core::locks::{Slot, Slots};
 use multimesh_proto::catalog::v1::{self as wire, catalog_sync_server};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -95,15 +95,15 @@ impl AsyncWrite for PeerStream {
 /// Handshakes are bounded by `multimesh_core::accept` (shared with the edge agent's ingress:
 /// at most `MAX_HANDSHAKES` at once, each within `HANDSHAKE_TIMEOUT`), and at most
 /// [`MAX_CONNECTIONS`] connections ([`MAX_CONNECTIONS_PER_SITE`] per site and role) are served.
+/// Accepting ends at `stop`, or when the server stops reading the stream.
 pub fn accept_loop(
     listener: TcpListener,
     acceptor: SiteAcceptor,
+    stop: CancellationToken,
 ) -> ReceiverStream<Result<PeerStream, std::io::Error>> {
     let (tx, rx) = mpsc::channel(16);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let per_site = Slots::new(MAX_CONNECTIONS_PER_SITE);
-    // The loop runs as long as the server reads its stream.
-    let stop = CancellationToken::new();
     tokio::spawn(async move {
         while let Some((tcp, addr)) = accept::next(&listener, &stop, "peer").await {
             if tx.is_closed() {
