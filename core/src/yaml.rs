@@ -69,5 +69,5 @@ pub fn check_bounds(text: &str) -> Result<(), String> {
 /// Checks the bounds, then parses `text` as one YAML document into `T`.
 pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, String> {
     check_bounds(text)?;
-    serde_yaml::from_str(text).map_err(|e| e.to_string())
+    serde_norway::from_str(text).map_err(|e| e.to_string())
 }

@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if t.complete() && !t.resources.is_empty() {
         let yaml = t.to_yaml();
-        let back = serde_yaml::Deserializer::from_str(&yaml)
+        let back = serde_norway::Deserializer::from_str(&yaml)
             .map(serde_json::Value::deserialize)
             .collect::<Result<Vec<_>, _>>()
             .unwrap_or_else(|e| panic!("rendered YAML does not parse: {e}\n{yaml}"));

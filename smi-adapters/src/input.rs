@@ -30,7 +30,7 @@ fn documents(files: &[(String, String)], diags: &mut Vec<Diagnostic>) -> Vec<Doc
             diags.push(Diagnostic::error(file, "", format!("not accepted: {e}")));
             continue;
         }
-        for (i, d) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        for (i, d) in serde_norway::Deserializer::from_str(text).enumerate() {
             let here = format!("{file}#{}", i + 1);
             let v: Value = match serde::Deserialize::deserialize(d) {
                 Ok(v) => v,

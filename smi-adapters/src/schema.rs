@@ -51,7 +51,7 @@ impl Schemas {
     /// added.
     pub fn add_crds(&mut self, yaml: &str) -> Result<usize, String> {
         let mut added = 0;
-        for doc in serde_yaml::Deserializer::from_str(yaml) {
+        for doc in serde_norway::Deserializer::from_str(yaml) {
             let v: Value = serde::Deserialize::deserialize(doc).map_err(|e| e.to_string())?;
             if v.get("kind").and_then(Value::as_str) != Some("CustomResourceDefinition") {
                 continue;

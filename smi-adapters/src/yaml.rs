@@ -144,7 +144,7 @@ mod tests {
             text.contains("- \"/api/.*\"\n") || text.contains("- /api/.*\n"),
             "{text}"
         );
-        let back: Value = serde_yaml::from_str(text.trim_start_matches("---\n")).unwrap();
+        let back: Value = serde_norway::from_str(text.trim_start_matches("---\n")).unwrap();
         assert_eq!(back, v, "{text}");
     }
 }

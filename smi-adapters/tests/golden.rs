@@ -120,7 +120,7 @@ fn every_case_matches_its_golden_output_and_validates_against_upstream_crds() {
                 validated += 1;
             }
             // The YAML reads back as exactly the rendered resources.
-            let back: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&t.to_yaml())
+            let back: Vec<serde_json::Value> = serde_norway::Deserializer::from_str(&t.to_yaml())
                 .map(|d| serde::Deserialize::deserialize(d).unwrap())
                 .filter(|v: &serde_json::Value| !v.is_null()) // an empty text reads as one null
                 .collect();

@@ -620,7 +620,7 @@ fn print(out: Output, v: &Value, table: impl FnOnce() -> String) -> Result<(), F
     let text = match out {
         Output::Table => table(),
         Output::Json => format!("{}\n", serde_json::to_string_pretty(v)?),
-        Output::Yaml => serde_yaml::to_string(v)?,
+        Output::Yaml => serde_norway::to_string(v)?,
     };
     use std::io::Write;
     std::io::stdout().write_all(text.as_bytes())?;

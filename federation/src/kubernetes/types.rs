@@ -133,7 +133,7 @@ pub fn crds_yaml() -> String {
     let import = serde_json::to_value(ServiceImport::crd()).unwrap_or_default();
     for crd in [export, import] {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd).unwrap_or_default());
+        out.push_str(&serde_norway::to_string(&crd).unwrap_or_default());
     }
     out
 }

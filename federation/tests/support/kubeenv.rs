@@ -177,7 +177,7 @@ fn crd_resource() -> ApiResource {
 
 /// The non-empty documents of a multi-document YAML text.
 pub fn yaml_documents(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
+    serde_norway::Deserializer::from_str(text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .filter(|v: &Value| !v.is_null())
         .collect()

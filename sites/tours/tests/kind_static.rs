@@ -12,9 +12,9 @@ fn kind_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../kind")
 }
 
-fn docs(file: &Path) -> Vec<serde_yaml::Value> {
+fn docs(file: &Path) -> Vec<serde_norway::Value> {
     let text = std::fs::read_to_string(file).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
+    serde_norway::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect()
 }

@@ -134,7 +134,7 @@ impl MeshCluster {
         for ns in ["istio-system", NAMESPACE] {
             c.apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))?;
         }
-        let mut binding: Value = serde_yaml::from_str(&std::fs::read_to_string(
+        let mut binding: Value = serde_norway::from_str(&std::fs::read_to_string(
             deploy.join("rbac-namespace.yaml"),
         )?)?;
         binding["metadata"]["namespace"] = json!(NAMESPACE);
@@ -237,7 +237,7 @@ impl MeshCluster {
 
     /// Server-side apply of every document of a YAML text.
     fn apply_yaml(&self, text: &str) -> anyhow::Result<()> {
-        for doc in serde_yaml::Deserializer::from_str(text) {
+        for doc in serde_norway::Deserializer::from_str(text) {
             let v: Value = serde::Deserialize::deserialize(doc)?;
             if v.is_object() {
                 self.apply(&v)?;
