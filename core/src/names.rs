@@ -28,6 +28,17 @@ pub fn dns_label(field: &str, value: &str) -> Result<(), InvalidField> {
     Ok(())
 }
 
+/// Whether `s` is a DNS-1123 label (the test of [`dns_label`], without the reason).
+pub fn is_dns_label(s: &str) -> bool {
+    dns_label("", s).is_ok()
+}
+
+/// Whether `s` is a DNS-1123 subdomain (Kubernetes object names): dot-separated labels, at most
+/// 253 characters.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
 /// Checks a SPIFFE trust domain: a lower-case DNS name of labels joined by dots.
 pub fn trust_domain(field: &str, value: &str) -> Result<(), InvalidField> {
     if value.is_empty() || value.len() > 255 {

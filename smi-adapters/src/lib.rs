@@ -5,7 +5,12 @@
 //! federation catalog for remote services — are parsed into one [`model::Model`]
 //! ([`input`]), then rendered by a mesh renderer ([`render`]). Every refusal and every inexact
 //! rendering is a structured [`diag::Diagnostic`] naming the object and field.
-//! [`schema`] validates rendered resources strictly against upstream CRD schemas.
+//!
+//! Two entry points: [`translate`] reads YAML texts and the catalog's JSON (the CLI's
+//! `federationctl translate`); [`translate_objects`] takes objects and remote services already in
+//! memory (federationd's Kubernetes controller), with no text in between. The strict schema
+//! check of rendered resources against upstream CRDs is test support
+//! (`tests/support/schema.rs`); the real API server is the final judge (federation's tests).
 //!
 //! Rendered today: routes for Istio, Linkerd, Consul, Gateway API (GAMMA) and Kuma; access
 //! (`TrafficTarget` with `HTTPRouteGroup`/`TCPRoute` rules) for Istio, Linkerd, Consul and Kuma
@@ -17,7 +22,6 @@ pub mod input;
 pub mod model;
 pub mod patterns;
 pub mod render;
-pub mod schema;
 pub mod weights;
 pub mod yaml;
 
@@ -70,19 +74,41 @@ pub fn translate(
         }
     };
     let model = input::parse(files, remote, &mut diagnostics);
+    render(&model, mesh, opts, diagnostics)
+}
+
+/// Translates objects already in memory (`(where it came from, object)`; diagnostics name the
+/// object by that origin) for `mesh`, with `remote` the services of other sites.
+pub fn translate_objects(
+    objects: Vec<(String, Value)>,
+    remote: input::RemoteServices,
+    mesh: Mesh,
+    opts: &Options,
+) -> Translation {
+    let mut diagnostics = Vec::new();
+    let model = input::parse_objects(objects, remote, &mut diagnostics);
+    render(&model, mesh, opts, diagnostics)
+}
+
+fn render(
+    model: &model::Model,
+    mesh: Mesh,
+    opts: &Options,
+    mut diagnostics: Vec<Diagnostic>,
+) -> Translation {
     let resources = match mesh {
-        Mesh::Istio => render::istio::render(&model, opts, &mut diagnostics),
+        Mesh::Istio => render::istio::render(model, opts, &mut diagnostics),
         Mesh::GatewayApi => {
             render::access_unsupported(
-                &model,
+                model,
                 "gateway-api (it has no authorization resource)",
                 &mut diagnostics,
             );
-            render::gateway::render(&model, render::gateway::Flavor::Gamma, &mut diagnostics)
+            render::gateway::render(model, render::gateway::Flavor::Gamma, &mut diagnostics)
         }
-        Mesh::Linkerd => render::linkerd::render(&model, opts, &mut diagnostics),
-        Mesh::Consul => render::consul::render(&model, opts, &mut diagnostics),
-        Mesh::Kuma => render::kuma::render(&model, opts, &mut diagnostics),
+        Mesh::Linkerd => render::linkerd::render(model, opts, &mut diagnostics),
+        Mesh::Consul => render::consul::render(model, opts, &mut diagnostics),
+        Mesh::Kuma => render::kuma::render(model, opts, &mut diagnostics),
     };
     diagnostics.sort();
     diagnostics.dedup();

@@ -411,3 +411,120 @@ fn istio_authorization_never_writes_a_literal_istio_reads_as_a_wildcard() {
         );
     }
 }
+
+/// Every kind is read into its version's types: each field the version does not have is
+/// refused (all of them, by path, at any depth), and a value of the wrong type is refused with
+/// its path.
+#[test]
+fn unknown_fields_and_wrong_types_are_refused_with_their_paths() {
+    let e = refused(
+        "apiVersion: specs.smi-spec.io/v1alpha1\nkind: HTTPRouteGroup\nmetadata: {name: g, namespace: shop}\nmatches: [{name: a, pathRegx: /x}]\nspec: {}\n",
+    );
+    has(&e, "matches[0].pathRegx", "unknown field");
+    has(&e, "spec", "unknown field");
+    let e = refused(&target(
+        "[{kind: HTTPRouteGroup, name: g, match: [reads]}]",
+        "[{kind: ServiceAccount, name: client, namepsace: shop}]",
+    ));
+    has(&e, "spec.rules[0].match", "unknown field");
+    has(&e, "spec.sources[0].namepsace", "unknown field");
+    let e = refused(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: web, port: 8080}]\n  rules:\n  - matches: [{path: {type: Exact, value: /a, vaule: /b}}]\n    backendRefs: [{name: web-v1, port: 8080}]\n",
+    );
+    has(&e, "spec.rules[0].matches[0].path.vaule", "unknown field");
+    let e = refused(&split("v1alpha2", "  - {service: 5, weight: 1}\n"));
+    has(&e, "spec.backends[0].service", "invalid type");
+    let e = refused(&split("v1alpha2", "  - {service: web-v1, weight: [1]}\n"));
+    has(&e, "spec.backends[0].weight", "invalid type");
+    let e = refused(&route_group(r#"[{name: a, methods: GET}]"#));
+    has(&e, "spec.matches[0].methods", "invalid type");
+}
+
+/// A backendRef filter changes what a backend receives (headers, mirrors): it was once read as
+/// a known field and then dropped, so the route rendered without it. It is refused now, as is a
+/// parent's sectionName (dropping it would widen the route to every port).
+#[test]
+fn gateway_route_filters_on_a_backend_and_section_names_are_refused_not_dropped() {
+    let route = |parent: &str, backend: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n  parentRefs: [{parent}]\n  rules:\n  - backendRefs: [{backend}]\n"
+        )
+    };
+    let e = refused(&route(
+        "{group: \"\", kind: Service, name: web, port: 8080}",
+        "{name: web-v1, port: 8080, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x, value: y}]}}]}",
+    ));
+    has(
+        &e,
+        "spec.rules[0].backendRefs[0].filters",
+        "not translated yet",
+    );
+    let e = refused(&route(
+        "{group: \"\", kind: Service, name: web, sectionName: http}",
+        "{name: web-v1, port: 8080}",
+    ));
+    has(&e, "spec.parentRefs[0].sectionName", "not translated yet");
+}
+
+/// The typed entry point (objects in memory, as federationd's controller calls it) renders
+/// exactly what the text entry point renders for the same objects, diagnostics included.
+#[test]
+fn objects_in_memory_translate_as_their_text_does() {
+    let text = format!(
+        "{SERVICES}---\n{}",
+        split(
+            "v1alpha2",
+            "  - {service: web-v1, weight: 1}\n  - {service: web-v2, weight: 3}\n"
+        )
+    );
+    let files = vec![("in.yaml".to_string(), text.clone())];
+    let objects: Vec<(String, serde_json::Value)> = serde_norway::Deserializer::from_str(&text)
+        .enumerate()
+        .map(|(i, d)| {
+            (
+                format!("in.yaml#{}", i + 1),
+                serde::Deserialize::deserialize(d).unwrap(),
+            )
+        })
+        .collect();
+    for mesh in [Mesh::Istio, Mesh::Linkerd, Mesh::Consul, Mesh::Kuma] {
+        let a = smi_adapters::translate(&files, None, mesh, &Options::default());
+        let b = smi_adapters::translate_objects(
+            objects.clone(),
+            Default::default(),
+            mesh,
+            &Options::default(),
+        );
+        assert!(a.complete(), "{:?}", a.diagnostics);
+        assert!(!a.resources.is_empty());
+        assert_eq!(a.resources, b.resources, "{mesh:?}");
+        assert_eq!(a.diagnostics, b.diagnostics, "{mesh:?}");
+    }
+}
+
+#[test]
+fn a_bad_catalog_is_refused_naming_the_field() {
+    let bad = |json: &str| {
+        let files = vec![("s.yaml".to_string(), SERVICES.to_string())];
+        let t = smi_adapters::translate(&files, Some(json), Mesh::Istio, &Options::default());
+        assert!(t.resources.is_empty());
+        t.diagnostics
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let e = bad(
+        r#"{"site":"a","origins":[{"entries":[{"origin":"b","namespace":"shop","name":"db","ports":[{"port":70000}]}]}]}"#,
+    );
+    assert!(e.contains("origins[0].entries[0].ports[0].port"), "{e}");
+    let e = bad(
+        r#"{"site":"a","origins":[{"entries":[{"origin":"b","namespace":"../etc","name":"db"}]}]}"#,
+    );
+    assert!(
+        e.contains("origins[0].entries[0].namespace") && e.contains("not a DNS label"),
+        "{e}"
+    );
+    let e = bad(r#"{"origins":[]}"#);
+    assert!(e.contains("missing field `site`"), "{e}");
+}

@@ -340,22 +340,18 @@ pub fn imports(
         }));
     }
     if let SiteMesh::Mesh(m) = mesh {
-        let files: Vec<(String, String)> = specs
+        let objects: Vec<(String, Value)> = specs
             .iter()
-            .map(|s| {
-                (
-                    s.key.clone(),
-                    serde_json::to_string(&clean_spec(&s.object)).unwrap_or_default(),
-                )
-            })
+            .map(|s| (s.key.clone(), clean_spec(&s.object)))
             .collect();
-        let catalog = catalog_json(site, remote);
-        let t = smi_adapters::translate(&files, Some(&catalog), m, opts);
+        let t = smi_adapters::translate_objects(objects, remote.clone(), m, opts);
         out.objects.extend(t.resources);
         for d in t.diagnostics {
+            // A diagnostic names its object as `ORIGIN Kind apiVersion namespace/name`, and the
+            // origin given here is the spec's key.
             let key = d
                 .object
-                .split_once('#')
+                .split_once(' ')
                 .map(|(k, _)| k.to_string())
                 .filter(|k| specs.iter().any(|s| &s.key == k))
                 .unwrap_or_default();
@@ -404,36 +400,6 @@ fn clean_spec(v: &Value) -> Value {
         )
     })
     .unwrap_or(Value::Null)
-}
-
-/// The remote services in the JSON form smi-adapters reads (`federationctl catalog -o json`).
-fn catalog_json(site: &str, remote: &BTreeMap<ServiceKey, ServiceInfo>) -> String {
-    use smi_adapters::model::Protocol as P;
-    let entries: Vec<Value> = remote
-        .values()
-        .filter_map(|s| {
-            let r = s.remote.as_ref()?;
-            Some(json!({
-                "origin": r.site,
-                "namespace": s.namespace,
-                "name": s.name,
-                "served": true,
-                "ingress": r.ingress,
-                "identity": r.identity,
-                "ports": s.ports.iter().map(|p| json!({
-                    "name": p.name,
-                    "port": p.port,
-                    "protocol": match p.protocol {
-                        P::Http => "HTTP",
-                        P::Http2 => "HTTP2",
-                        P::Grpc => "GRPC",
-                        P::Tcp => "TCP",
-                    },
-                })).collect::<Vec<_>>(),
-            }))
-        })
-        .collect();
-    json!({"site": site, "origins": [{"entries": entries}]}).to_string()
 }
 
 /// `apiVersion/kind/namespace/name`: identifies an object.

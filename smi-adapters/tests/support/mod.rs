@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
-use smi_adapters::schema::Schemas;
+pub mod schema;
+
+use multimesh_core::names::is_dns_label;
+use schema::Schemas;
 
 /// The repository's `vendor/crds` (provenance and licences in its SOURCES.md).
 pub fn schemas_dir() -> PathBuf {
@@ -53,7 +56,7 @@ pub fn check_core(r: &serde_json::Value) -> Result<(), Vec<String>> {
         }
     };
     let port_ok = |v: &Value| v.as_u64().is_some_and(|p| (1..=65535).contains(&p));
-    let label = |v: &Value| smi_adapters::schema::is_dns_label(v.as_str().unwrap_or_default());
+    let label = |v: &Value| is_dns_label(v.as_str().unwrap_or_default());
     match r["kind"].as_str() {
         Some("Service") => {
             keys(
@@ -112,7 +115,7 @@ pub fn check_core(r: &serde_json::Value) -> Result<(), Vec<String>> {
         other => errs.push(format!("unexpected core kind {other:?}")),
     }
     let name = r["metadata"]["name"].as_str().unwrap_or_default();
-    if !smi_adapters::schema::is_dns_label(name) {
+    if !is_dns_label(name) {
         errs.push(format!("metadata.name: {name:?} is not a DNS label"));
     }
     if errs.is_empty() { Ok(()) } else { Err(errs) }

@@ -11,6 +11,7 @@
 //! `format` (it only annotates strings here).
 
 use multimesh_core::locks::lock;
+use multimesh_core::names::{is_dns_label, is_dns_subdomain};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Mutex;
@@ -421,22 +422,6 @@ fn check_metadata(m: &Value, out: &mut Vec<Violation>) {
             ),
         }
     }
-}
-
-/// A DNS-1123 label: lower-case alphanumerics and '-', at most 63, starting and ending with an
-/// alphanumeric.
-pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// A DNS-1123 subdomain: dot-separated labels, at most 253 characters.
-pub fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 #[cfg(test)]
