@@ -268,4 +268,127 @@ mod tests {
             &json!({"p": [{"a": 1}]})
         ));
     }
+
+    fn kind(api: &str, kind: &str, ns: &str, name: &str) -> Value {
+        json!({"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": ns}, "spec": {"a": 1}})
+    }
+
+    fn verbs(changes: &[Change]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|c| format!("{} {}", c.verb(), object_key(c.object())))
+            .collect()
+    }
+
+    #[test]
+    fn an_object_is_its_api_version_kind_namespace_and_name() {
+        let desired = vec![
+            kind("v1", "Service", "ns", "x"),
+            kind("multicluster.x-k8s.io/v1alpha1", "ServiceImport", "ns", "x"),
+            kind("v1", "Service", "other", "x"),
+        ];
+        // Only the first exists: the same name of another kind or namespace is another object,
+        // and an owned object of the same name in another namespace is not wanted.
+        let existing = vec![
+            Existing {
+                object: kind("v1", "Service", "ns", "x"),
+                owned: true,
+            },
+            Existing {
+                object: kind("v1", "Service", "third", "x"),
+                owned: true,
+            },
+        ];
+        let (changes, unchanged) = plan(&desired, &existing);
+        assert_eq!(
+            verbs(&changes),
+            [
+                "create multicluster.x-k8s.io/v1alpha1/ServiceImport/ns/x",
+                "create v1/Service/other/x",
+                "delete v1/Service/third/x",
+            ]
+        );
+        assert_eq!(unchanged, 1);
+    }
+
+    #[test]
+    fn server_defaults_do_not_count_but_every_wanted_field_does() {
+        // Numbers compare by value (the server may echo 1 as 1.0); null asks for nothing.
+        assert!(contains(&json!({"w": 1.0}), &json!({"w": 1})));
+        assert!(contains(&json!({}), &json!({"w": null})));
+        // A wanted field the server dropped, or a different scalar, is a change.
+        assert!(!contains(&json!({"a": 1}), &json!({"a": 1, "b": 2})));
+        assert!(!contains(&json!({"a": "1"}), &json!({"a": 1})));
+        // Lists compare in order.
+        assert!(!contains(&json!({"p": [2, 1]}), &json!({"p": [1, 2]})));
+    }
+
+    /// Applying a plan and planning again changes nothing: creates, updates and deletes land,
+    /// conflicts stay conflicts.
+    #[test]
+    fn a_plan_once_applied_plans_nothing_more() {
+        let ep = |name: &str, n: u64| json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": "ns"}, "subsets": [{"n": n}]});
+        let desired = vec![
+            obj("a", json!({"a": 1})),
+            obj("b", json!({"a": 2})),
+            obj("foreign", json!({})),
+            ep("foreign", 1),
+            ep("b", 2),
+        ];
+        let mut existing = vec![
+            Existing {
+                object: obj("b", json!({"a": 1})),
+                owned: true,
+            },
+            Existing {
+                object: obj("old", json!({})),
+                owned: true,
+            },
+            Existing {
+                object: obj("foreign", json!({"theirs": true})),
+                owned: false,
+            },
+            // An unchanged Endpoints we once gave a Service that is not ours: taken back.
+            Existing {
+                object: ep("foreign", 1),
+                owned: true,
+            },
+        ];
+        let (changes, unchanged) = plan(&desired, &existing);
+        assert_eq!(
+            verbs(&changes),
+            [
+                "create v1/Service/ns/a",
+                "update v1/Service/ns/b",
+                "conflict v1/Service/ns/foreign",
+                "create v1/Endpoints/ns/b",
+                "delete v1/Service/ns/old",
+                "delete v1/Endpoints/ns/foreign",
+            ]
+        );
+        assert_eq!(unchanged, 0);
+        for c in &changes {
+            let key = object_key(c.object());
+            match c {
+                Change::Create(o) | Change::Update(o) => {
+                    existing.retain(|e| object_key(&e.object) != key);
+                    existing.push(Existing {
+                        object: o.clone(),
+                        owned: true,
+                    });
+                }
+                Change::Delete(_) => existing.retain(|e| object_key(&e.object) != key),
+                Change::Conflict(_) => {}
+            }
+        }
+        let (again, unchanged) = plan(&desired, &existing);
+        assert_eq!(
+            verbs(&again),
+            [
+                "conflict v1/Service/ns/foreign",
+                "conflict v1/Endpoints/ns/foreign"
+            ]
+        );
+        assert_eq!(unchanged, 3);
+    }
 }
