@@ -423,20 +423,38 @@ async fn exports_become_imports_and_mesh_resources_on_every_site_and_survive_res
     let converged = plan(None);
     assert!(converged.contains("0 to change"), "{converged}");
     assert!(converged.contains("2 left alone"), "{converged}");
+    // A table row, whatever the column widths.
+    let row = |text: &str, cells: &[&str]| {
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == cells)
+    };
     assert!(
-        converged.contains("conflict  v1 Service shop/payment-clusterset"),
+        row(
+            &converged,
+            &["conflict", "v1", "Service", "shop/payment-clusterset"]
+        ),
         "{converged}"
     );
     let empty = dir.path().join("empty-catalog.json");
     std::fs::write(&empty, r#"{"site": "b", "origins": []}"#).unwrap();
     let withdraw_all = plan(Some(empty));
     assert!(
-        withdraw_all
-            .contains("delete    multicluster.x-k8s.io/v1alpha1 ServiceImport shop/payment"),
+        row(
+            &withdraw_all,
+            &[
+                "delete",
+                "multicluster.x-k8s.io/v1alpha1",
+                "ServiceImport",
+                "shop/payment"
+            ]
+        ),
         "{withdraw_all}"
     );
     assert!(
-        withdraw_all.contains("delete    v1 Service shop/tours-v2-clusterset"),
+        row(
+            &withdraw_all,
+            &["delete", "v1", "Service", "shop/tours-v2-clusterset"]
+        ),
         "{withdraw_all}"
     );
     assert!(
@@ -464,6 +482,86 @@ async fn exports_become_imports_and_mesh_resources_on_every_site_and_survive_res
     let svc = &k::list(&cb, "v1", "Service", Some("shop")).await["shop/payment-clusterset"];
     assert_eq!(svc["metadata"]["labels"]["owner"], "team-x");
     drop((a, b, c));
+}
+
+/// LIST requests the API server has answered for `resource`, from its own metrics.
+async fn lists_of(c: &Client, resource: &str) -> u64 {
+    let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = c.request_text(req).await.unwrap();
+    let needle = format!("resource=\"{resource}\"");
+    text.lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| l.contains("verb=\"LIST\"") && l.contains(&needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A pass reads the controller's reflector stores, kept by its watches: passes do not LIST.
+/// (Before the stores, every pass listed ServiceExports, Services, EndpointSlices, every
+/// traffic-spec kind and every owned kind.) Each ready/not-ready flip of an EndpointSlice is
+/// seen in the ServiceExport's Ready condition, which only a pass writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_read_the_watch_caches_instead_of_listing() {
+    let env = KubeEnv::start(&["a"]);
+    let dir = test_dir();
+    let pki = Pki::new(dir.path());
+    let kubeconfig = prepare(&env, "a", &["mcs", "istio", "smi"]).await;
+    let ca = env.client("a").await;
+    let _a = Site::start(
+        &pki,
+        dir.path(),
+        &site_spec("a", "istio", &kubeconfig, &[], &[]),
+        None,
+    );
+    local_service(&ca, "payment", 8080).await;
+    endpoints(&ca, "payment", true).await;
+    export(&ca, "payment").await;
+    // Read with GET, not LIST: the test's own reads must not count.
+    let (se, _) = k::resource(&ca, "multicluster.x-k8s.io/v1alpha1", "ServiceExport").await;
+    let exports: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(ca.clone(), "shop", &se);
+    let ready = |want: &'static str| {
+        let exports = exports.clone();
+        move || {
+            let exports = exports.clone();
+            async move {
+                let o = exports.get("payment").await.unwrap();
+                condition(&serde_json::to_value(&o).unwrap(), "Ready")
+                    .is_some_and(|(s, _)| s == want)
+            }
+        }
+    };
+    eventually(30, "the export is Ready", ready("True")).await;
+    let resources = [
+        "serviceexports",
+        "services",
+        "endpointslices",
+        "trafficsplits",
+        "serviceimports",
+    ];
+    let mut before = Vec::new();
+    for r in resources {
+        before.push(lists_of(&ca, r).await);
+    }
+    for _ in 0..3 {
+        endpoints(&ca, "payment", false).await;
+        eventually(30, "a pass sees no ready endpoint", ready("False")).await;
+        endpoints(&ca, "payment", true).await;
+        eventually(30, "a pass sees the endpoint ready", ready("True")).await;
+    }
+    for (r, b) in resources.iter().zip(before) {
+        let after = lists_of(&ca, r).await;
+        assert_eq!(after, b, "{r}: {} LIST requests during 6 passes", after - b);
+    }
+    assert!(
+        before_is_counted(&ca).await,
+        "the API server's metrics count no LIST at all"
+    );
+}
+
+/// The metric is real: the watches' own first LISTs were counted.
+async fn before_is_counted(c: &Client) -> bool {
+    lists_of(c, "serviceexports").await > 0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,10 +2,11 @@
 //! with the pure functions of [`super::desired`] and [`super::plan`].
 //!
 //! Level-triggered: any watch event, catalog change or the resync timer schedules one full
-//! reconciliation (debounced), which *lists* what it needs. Watches are only triggers, so a
-//! lost event, an expired watch (410 Gone, relisted by the watcher) or an API-server restart
-//! cannot leave state behind: the next pass sees the truth. At the scale of a site's exports
-//! and imports (hundreds of objects) a pass costs a handful of LIST calls.
+//! reconciliation (debounced). The watches fill kube-runtime reflector stores
+//! ([`super::view`]); a pass reads a snapshot of them and LISTs nothing, and each pass
+//! recomputes everything from that snapshot and the catalog, so a lost event cannot leave state
+//! behind: the next pass sees the truth. An expired watch (410 Gone) or an API-server restart
+//! relists into the store.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -13,14 +14,12 @@ use std::time::{Duration, Instant};
 
 use multimesh_core::backoff::Backoff;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ObjectReference, Service as KService};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{ApiCapabilities, Scope as KScope};
 use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
-use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use smi_adapters::model::ServiceInfo;
 use smi_adapters::render::{Mesh, Options};
@@ -33,6 +32,7 @@ use super::desired::{
 };
 use super::plan::{self, Change, Existing};
 use super::types::Condition;
+use super::view::{self, Snapshot, Stores};
 use super::{FIELD_MANAGER, KubeSettings, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::catalog::{EntryState, Liveness};
 use crate::model::ServiceKey;
@@ -58,9 +58,12 @@ pub enum KubeError {
     /// The catalog could not be saved.
     #[error("saving the catalog: {0}")]
     Store(String),
+    /// The watches of these kinds have not delivered their first list yet.
+    #[error("waiting for the first list of {0}")]
+    Syncing(String),
 }
 
-fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> KubeError {
+pub(super) fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> KubeError {
     let what = what.into();
     move |source| KubeError::Api { what, source }
 }
@@ -84,14 +87,14 @@ pub async fn client(settings: &KubeSettings) -> Result<Client, KubeError> {
 
 /// The API resources the backend uses, found by discovery.
 #[derive(Clone, Default)]
-struct Kinds {
-    service_export: Option<ApiResource>,
-    /// EndpointSlices: `discovery.k8s.io/v1`, or `v1beta1` on old servers (v1.20).
-    endpoint_slice: Option<ApiResource>,
+pub(super) struct Kinds {
+    pub(super) service_export: Option<ApiResource>,
+    /// EndpointSlices: `discovery.k8s.io/v1`, or `v1beta1` on old servers.
+    pub(super) endpoint_slice: Option<ApiResource>,
     /// Traffic specs found in the cluster (TrafficSplit, HTTPRouteGroup, ...).
-    specs: Vec<ApiResource>,
+    pub(super) specs: Vec<ApiResource>,
     /// Every `(apiVersion, kind)` multimesh may write, when served.
-    owned: BTreeMap<(String, String), (ApiResource, bool)>,
+    pub(super) owned: BTreeMap<(String, String), (ApiResource, bool)>,
 }
 
 /// Traffic spec kinds read from the cluster: (group, kind).
@@ -188,25 +191,29 @@ impl Cluster {
         self.kinds = discover(&self.client).await;
     }
 
-    /// What the import side wants, and the objects multimesh owns now.
+    /// Reads the cluster once (LISTs every kind a pass reads), for a one-shot pass.
+    pub async fn snapshot(&self) -> Result<Snapshot, KubeError> {
+        Snapshot::list(&self.client, &self.kinds).await
+    }
+
+    /// What the import side wants, and the objects multimesh owns now, from `snapshot`.
     pub async fn desired_and_existing(
         &self,
         site: &str,
         remote: &BTreeMap<ServiceKey, ServiceInfo>,
+        snapshot: &Snapshot,
     ) -> Result<(Desired, Vec<Existing>), KubeError> {
         let mut specs = Vec::new();
         let mut spec_namespaces = BTreeSet::new();
         for ar in &self.kinds.specs {
-            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), ar);
-            let list = api
-                .list(&ListParams::default())
-                .await
-                .map_err(api_err(format!("listing {}", ar.kind)))?;
-            for o in list.items {
+            for o in snapshot.of(ar) {
+                if is_owned(&o.metadata.labels) {
+                    continue; // what multimesh rendered is not a traffic spec to translate
+                }
                 let ns = o.metadata.namespace.clone().unwrap_or_default();
                 let name = o.metadata.name.clone().unwrap_or_default();
                 spec_namespaces.insert(ns.clone());
-                let mut v = serde_json::to_value(&o).unwrap_or(Value::Null);
+                let mut v = serde_json::to_value(&**o).unwrap_or(Value::Null);
                 v["apiVersion"] = json!(ar.api_version);
                 v["kind"] = json!(ar.kind);
                 specs.push(SpecObject {
@@ -216,40 +223,32 @@ impl Cluster {
             }
         }
         // Local Services of the namespaces holding specs: their ports.
-        for ns in &spec_namespaces {
-            let api: Api<KService> = Api::namespaced(self.client.clone(), ns);
-            let list = api
-                .list(&ListParams::default())
-                .await
-                .map_err(api_err(format!("listing Services in {ns}")))?;
-            for s in list.items {
-                if is_owned(&s.metadata.labels) {
-                    continue; // our own mirrors are not local services
-                }
-                let name = s.metadata.name.clone().unwrap_or_default();
-                let mut v = serde_json::to_value(&s).unwrap_or(Value::Null);
-                v["apiVersion"] = json!("v1");
-                v["kind"] = json!("Service");
-                specs.push(SpecObject {
-                    key: format!("Service/{ns}/{name}"),
-                    object: v,
-                });
+        for s in &snapshot.services {
+            let ns = s.metadata.namespace.clone().unwrap_or_default();
+            if !spec_namespaces.contains(&ns) || is_owned(&s.metadata.labels) {
+                continue; // our own mirrors are not local services
             }
+            let name = s.metadata.name.clone().unwrap_or_default();
+            let mut v = serde_json::to_value(&**s).unwrap_or(Value::Null);
+            v["apiVersion"] = json!("v1");
+            v["kind"] = json!("Service");
+            specs.push(SpecObject {
+                key: format!("Service/{ns}/{name}"),
+                object: v,
+            });
         }
+        specs.sort_by(|a, b| a.key.cmp(&b.key));
         let mesh = SiteMesh::parse(&self.settings.mesh).unwrap_or(SiteMesh::None);
-        let opts = self.options().await?;
+        let opts = self.options(snapshot);
         let desired = desired::imports(site, mesh, remote, &specs, &opts);
         // What multimesh owns now, over every kind it may write.
-        let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
         let mut existing = Vec::new();
         for (ar, _) in self.kinds.owned.values() {
-            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), ar);
-            let list = api
-                .list(&ListParams::default().labels(&selector))
-                .await
-                .map_err(api_err(format!("listing {} {}", ar.api_version, ar.kind)))?;
-            for o in list.items {
-                let mut v = serde_json::to_value(&o).unwrap_or(Value::Null);
+            for o in snapshot.of(ar) {
+                if !is_owned(&o.metadata.labels) {
+                    continue; // a kind read whole (HTTPRoute) holds others' objects too
+                }
+                let mut v = serde_json::to_value(&**o).unwrap_or(Value::Null);
                 v["apiVersion"] = json!(ar.api_version);
                 v["kind"] = json!(ar.kind);
                 existing.push(Existing {
@@ -283,20 +282,22 @@ impl Cluster {
         Ok((desired, existing))
     }
 
-    /// Where imported services are sent (the edge agent's Service).
-    pub async fn options(&self) -> Result<Options, KubeError> {
+    /// Where imported services are sent (the edge agent's Service, read from `snapshot`).
+    pub fn options(&self, snapshot: &Snapshot) -> Options {
         let (ns, name) = self.settings.edge();
-        let api: Api<KService> = Api::namespaced(self.client.clone(), ns);
-        let edge = api.get_opt(name).await.map_err(api_err(format!(
-            "reading the edge agent Service {ns}/{name}"
-        )))?;
-        let edge_ips = edge
-            .and_then(|s| s.spec)
-            .and_then(|s| s.cluster_ip)
+        let edge_ips = snapshot
+            .services
+            .iter()
+            .find(|s| {
+                s.metadata.namespace.as_deref() == Some(ns)
+                    && s.metadata.name.as_deref() == Some(name)
+            })
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.cluster_ip.clone())
             .filter(|ip| !ip.is_empty() && ip != "None")
             .into_iter()
             .collect();
-        Ok(Options {
+        Options {
             edge_host: self
                 .settings
                 .edge_address
@@ -306,7 +307,7 @@ impl Cluster {
             edge_ips,
             trust_domain: self.settings.mesh_trust_domain.clone(),
             import_all: true,
-        })
+        }
     }
 
     /// The API of an object's kind, when served.
@@ -401,24 +402,36 @@ impl Controller {
         let site = self.node.site.clone();
         let wake = Arc::new(Notify::new());
         let mut watchers = tokio::task::JoinSet::new();
+        let mut stores: Option<Stores> = None;
+        let mut reading = String::new();
         let mut catalog = self.node.store.subscribe();
         let resync = Duration::from_secs(self.cluster.settings.resync_seconds);
         let mut next_discovery = Instant::now();
         let mut failures = 0u32;
         loop {
             if Instant::now() >= next_discovery {
-                let before: BTreeSet<String> = self.watched().into_iter().map(|a| a.0).collect();
                 self.cluster.rediscover().await;
-                let now: Vec<(String, ApiResource)> = self.watched();
-                if before != now.iter().map(|a| a.0.clone()).collect() {
+                let now = self.reading();
+                if stores.is_none() || now != reading {
                     watchers.abort_all();
-                    self.watch_all(&mut watchers, &wake);
-                    self.watch_services(&mut watchers, &wake);
-                    info!(site = %site, watching = %now.iter().map(|a| a.0.as_str()).collect::<Vec<_>>().join(","), "kubernetes backend: watching");
+                    stores = Some(Stores::start(
+                        &self.cluster.client,
+                        &self.cluster.kinds,
+                        &mut watchers,
+                        &wake,
+                    ));
+                    info!(site = %site, watching = %now, "kubernetes backend: watching");
+                    reading = now;
                 }
                 next_discovery = Instant::now() + resync;
             }
-            let outcome = self.reconcile().await;
+            let outcome = match &stores {
+                Some(stores) => match stores.snapshot(Duration::from_secs(10)).await {
+                    Ok(snapshot) => self.reconcile(&snapshot).await,
+                    Err(e) => Err(e),
+                },
+                None => Ok(()),
+            };
             let pass_error = match &outcome {
                 Ok(()) => {
                     failures = 0;
@@ -461,89 +474,39 @@ impl Controller {
         }
     }
 
-    fn watched(&self) -> Vec<(String, ApiResource)> {
+    /// The kinds read, as one line (a change restarts the watches).
+    fn reading(&self) -> String {
         let k = &self.cluster.kinds;
-        let mut out: Vec<ApiResource> = Vec::new();
-        out.extend(k.service_export.clone());
-        out.extend(k.endpoint_slice.clone());
-        out.extend(k.specs.iter().cloned());
-        out.extend(k.owned.values().map(|(a, _)| a.clone()));
-        let mut v: Vec<(String, ApiResource)> = out
-            .into_iter()
-            .map(|a| (format!("{}/{}", a.api_version, a.kind), a))
+        let mut v: Vec<String> = k
+            .service_export
+            .iter()
+            .chain(&k.endpoint_slice)
+            .chain(&k.specs)
+            .chain(k.owned.values().map(|(a, _)| a))
+            .map(view::kind_key)
             .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v.dedup_by(|a, b| a.0 == b.0);
-        v
-    }
-
-    fn watch_all(&self, set: &mut tokio::task::JoinSet<()>, wake: &Arc<Notify>) {
-        for (_, ar) in self.watched() {
-            let api: Api<DynamicObject> = Api::all_with(self.cluster.client.clone(), &ar);
-            let wake = wake.clone();
-            set.spawn(async move {
-                let mut s = watcher(api, watcher::Config::default())
-                    .default_backoff()
-                    .boxed();
-                while let Some(ev) = s.next().await {
-                    match ev {
-                        Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))
-                        | Ok(watcher::Event::InitDone) => wake.notify_one(),
-                        Ok(_) => {}
-                        Err(e) => {
-                            debug!(kind = %ar.kind, error = %e, "watch interrupted; resuming")
-                        }
-                    }
-                }
-            });
-        }
-    }
-
-    fn watch_services(&self, set: &mut tokio::task::JoinSet<()>, wake: &Arc<Notify>) {
-        let api: Api<KService> = Api::all(self.cluster.client.clone());
-        let wake = wake.clone();
-        set.spawn(async move {
-            let mut s = watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
-            while let Some(ev) = s.next().await {
-                if matches!(ev, Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))) {
-                    wake.notify_one();
-                }
-            }
-        });
+        v.sort();
+        v.dedup();
+        v.join(",")
     }
 
     /// One full pass: exports, then imports.
-    pub async fn reconcile(&mut self) -> Result<(), KubeError> {
-        self.reconcile_exports().await?;
-        self.reconcile_imports().await
+    pub async fn reconcile(&mut self, snapshot: &Snapshot) -> Result<(), KubeError> {
+        self.reconcile_exports(snapshot).await?;
+        self.reconcile_imports(snapshot).await
     }
 
-    async fn reconcile_exports(&mut self) -> Result<(), KubeError> {
+    async fn reconcile_exports(&mut self, snapshot: &Snapshot) -> Result<(), KubeError> {
         let Some(se) = self.cluster.kinds.service_export.clone() else {
             return Err(KubeError::Missing(
                 "multicluster.x-k8s.io/v1alpha1 ServiceExport".into(),
             ));
         };
         let exports_api: Api<DynamicObject> = Api::all_with(self.cluster.client.clone(), &se);
-        let exports = exports_api
-            .list(&ListParams::default())
-            .await
-            .map_err(api_err("listing ServiceExports"))?;
-        let services: Api<KService> = Api::all(self.cluster.client.clone());
-        let services = services
-            .list(&ListParams::default())
-            .await
-            .map_err(api_err("listing Services"))?;
+        let exports = snapshot.of(&se);
         let mut ready: BTreeMap<ServiceKey, usize> = BTreeMap::new();
         if let Some(es) = &self.cluster.kinds.endpoint_slice {
-            let api: Api<DynamicObject> = Api::all_with(self.cluster.client.clone(), es);
-            let slices = api
-                .list(&ListParams::default())
-                .await
-                .map_err(api_err("listing EndpointSlices"))?;
-            for s in slices.items {
+            for s in snapshot.of(es) {
                 let ns = s.metadata.namespace.clone().unwrap_or_default();
                 let Some(svc) = s
                     .metadata
@@ -556,8 +519,8 @@ impl Controller {
                 *ready.entry(ServiceKey::new(&ns, svc)).or_default() += ready_endpoints(&s.data);
             }
         }
-        let local: BTreeMap<ServiceKey, LocalService> = services
-            .items
+        let local: BTreeMap<ServiceKey, LocalService> = snapshot
+            .services
             .iter()
             .map(|s| {
                 let key = ServiceKey {
@@ -592,7 +555,7 @@ impl Controller {
         let site = self.node.site.clone();
         let mut wanted = BTreeSet::new();
         let mut changed = false;
-        for obj in &exports.items {
+        for obj in exports {
             let eo = ExportObject {
                 namespace: obj.metadata.namespace.clone().unwrap_or_default(),
                 name: obj.metadata.name.clone().unwrap_or_default(),
@@ -750,11 +713,11 @@ impl Controller {
         })
     }
 
-    async fn reconcile_imports(&mut self) -> Result<(), KubeError> {
+    async fn reconcile_imports(&mut self, snapshot: &Snapshot) -> Result<(), KubeError> {
         let remote = self.remote();
         let (desired, existing) = self
             .cluster
-            .desired_and_existing(&self.node.site, &remote)
+            .desired_and_existing(&self.node.site, &remote, snapshot)
             .await?;
         let (changes, unchanged) = plan::plan(&desired.objects, &existing);
         let site = self.node.site.clone();
@@ -836,7 +799,7 @@ impl Controller {
                 ),
             );
         }
-        self.report(&desired).await;
+        self.report(&desired, snapshot).await;
         Ok(())
     }
 
@@ -893,13 +856,12 @@ impl Controller {
     }
 
     /// Reports each traffic spec's translation as an Event on it, when the outcome changed.
-    async fn report(&mut self, desired: &Desired) {
+    async fn report(&mut self, desired: &Desired, snapshot: &Snapshot) {
         for ar in self.cluster.kinds.specs.clone() {
-            let api: Api<DynamicObject> = Api::all_with(self.cluster.client.clone(), &ar);
-            let Ok(list) = api.list(&ListParams::default()).await else {
-                continue;
-            };
-            for o in list.items {
+            for o in snapshot.of(&ar) {
+                if is_owned(&o.metadata.labels) {
+                    continue;
+                }
                 let ns = o.metadata.namespace.clone().unwrap_or_default();
                 let name = o.metadata.name.clone().unwrap_or_default();
                 let key = format!("{}/{ns}/{name}", ar.kind);

@@ -19,6 +19,8 @@ pub mod desired;
 pub mod plan;
 #[cfg(feature = "kubernetes")]
 pub mod types;
+#[cfg(feature = "kubernetes")]
+pub mod view;
 
 use std::path::PathBuf;
 
