@@ -93,10 +93,39 @@ pub enum AdminError {
     TooMany(usize),
 }
 
+/// Binary metadata keys of an `INVALID_ARGUMENT` answer: the request field (`ports[0].port`),
+/// its value and the reason, so a client can say it in its own terms (the CLI names its flag).
+const FIELD_KEYS: [&str; 3] = [
+    "multimesh-field-bin",
+    "multimesh-value-bin",
+    "multimesh-reason-bin",
+];
+
+impl InvalidField {
+    /// The field error an admin answer carries, if any.
+    pub fn of_status(s: &tonic::Status) -> Option<Self> {
+        let get = |k: &str| {
+            let v = s.metadata().get_bin(k)?.to_bytes().ok()?;
+            String::from_utf8(v.to_vec()).ok()
+        };
+        Some(Self {
+            field: get(FIELD_KEYS[0])?,
+            value: get(FIELD_KEYS[1])?,
+            reason: get(FIELD_KEYS[2])?,
+        })
+    }
+}
+
 impl From<AdminError> for tonic::Status {
     fn from(e: AdminError) -> Self {
         match &e {
-            AdminError::Invalid(_) => tonic::Status::invalid_argument(e.to_string()),
+            AdminError::Invalid(f) => {
+                let mut md = tonic::metadata::MetadataMap::new();
+                for (k, v) in FIELD_KEYS.iter().zip([&f.field, &f.value, &f.reason]) {
+                    md.insert_bin(*k, tonic::metadata::MetadataValue::from_bytes(v.as_bytes()));
+                }
+                tonic::Status::with_metadata(tonic::Code::InvalidArgument, e.to_string(), md)
+            }
             AdminError::NotExported { .. } => tonic::Status::not_found(e.to_string()),
             AdminError::DeclaredInConfig { .. } => {
                 tonic::Status::failed_precondition(e.to_string())

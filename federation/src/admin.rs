@@ -50,7 +50,7 @@ impl AdminService {
                 Some(s) => s.ports.clone(),
                 None => {
                     return Err(crate::error::InvalidField::new(
-                        "--port",
+                        "ports",
                         "",
                         &format!(
                             "is required: {}/{} is not a service in the site config",
@@ -61,12 +61,12 @@ impl AdminService {
                 }
             }
         } else {
-            model::ports_from_wire("--port", &r.ports)?
+            model::ports_from_wire("ports", &r.ports)?
         };
         let scope = if r.to.is_empty() {
             Scope::All
         } else {
-            Scope::from_sites("--to", &r.to)?
+            Scope::from_sites("to", &r.to)?
         };
         let stale = match &r.stale {
             Some(s) => StalePolicy {
@@ -96,17 +96,7 @@ impl AdminService {
                 r.share_with.iter().cloned().collect()
             },
         };
-        svc.validate().map_err(|e| {
-            if e.field.starts_with("stale") {
-                crate::error::InvalidField::new("--stale-ttl", &e.value, &e.reason)
-            } else if e.field.starts_with("labels") {
-                crate::error::InvalidField::new("--label", &e.value, &e.reason)
-            } else if e.field.starts_with("share_with") {
-                crate::error::InvalidField::new("--share-with", &e.value, &e.reason)
-            } else {
-                e
-            }
-        })?;
+        svc.validate()?;
         Ok(svc)
     }
 

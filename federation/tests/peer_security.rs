@@ -107,7 +107,7 @@ async fn malformed_admin_requests_are_refused_and_change_nothing() {
     for (args, needle) in [
         (
             vec!["export", "Bad_Name", "--port", "80"],
-            "invalid name \"Bad_Name\"",
+            "invalid SERVICE \"Bad_Name\"",
         ),
         (vec!["export", "svc", "--port", "0"], "invalid --port"),
         (
@@ -134,6 +134,29 @@ async fn malformed_admin_requests_are_refused_and_change_nothing() {
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+    // The admin API names its own request fields (the CLI above says them as flags).
+    let mut admin = federation::admin::connect(&a.socket()).await.unwrap();
+    let refused = admin
+        .export(multimesh_proto::admin::v1::ExportRequest {
+            name: "svc".into(),
+            namespace: "default".into(),
+            ports: vec![wire::ServicePort {
+                name: "http".into(),
+                port: 0,
+                protocol: 2,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let field = multimesh_core::error::InvalidField::of_status(&refused).unwrap();
+    assert_eq!(
+        (field.field.as_str(), field.value.as_str()),
+        ("ports[0].port", "0"),
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("ports[0].port"), "{refused:?}");
     assert_eq!(a.entries().await, before);
     // The socket is private to the daemon's user.
     use std::os::unix::fs::PermissionsExt;
