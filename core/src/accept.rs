@@ -5,11 +5,14 @@
 //! A listener's loop is `while let Some((tcp, addr)) = accept::next(&l, &stop, "what").await`.
 //! Where a connection goes from there is the caller's: a data-plane thread, a handshake.
 //!
-//! The front door ([`SiteAcceptor`]) bounds handshakes apart from served connections: a caller
-//! that never finishes its handshake holds a handshake permit (for at most
-//! [`FIRST_BYTE_TIMEOUT`] if it sends nothing, [`HANDSHAKE_TIMEOUT`] in all), never a connection
-//! slot. A connection beyond [`MAX_HANDSHAKES`] is closed at once: a flood neither holds files
-//! nor queues ahead of real peers (who retry with back-off).
+//! The front door ([`SiteAcceptor`]) lets a caller in in two steps, [`SiteAcceptor::begin`]
+//! then [`SiteAcceptor::admit`], and bounds each: a caller that never finishes its handshake
+//! holds a handshake permit (for at most [`FIRST_BYTE_TIMEOUT`] if it sends nothing,
+//! [`HANDSHAKE_TIMEOUT`] in all), never a connection slot; a connection beyond
+//! [`MAX_HANDSHAKES`] is closed at once, so a flood neither holds files nor queues ahead of real
+//! peers (who retry with back-off). A caller that proved its site ID is then served only within
+//! the listener's [`Bounds`]: connections in all, and per caller (SPIFFE ID), each counted until
+//! its [`Admitted::held`] drops.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::identity::{SiteId, site_id_of};
+use crate::locks::{Slot, Slots};
 use crate::tls::{describe_handshake_error, handshake_failure_kind};
 
 /// TLS handshakes in progress at once on one listener.
@@ -70,7 +74,37 @@ pub async fn next(
 pub struct SiteAcceptor {
     tls: TlsAcceptor,
     handshakes: Arc<Semaphore>,
+    bounds: Bounds,
+    connections: Arc<Semaphore>,
+    per_caller: Arc<Slots<SiteId>>,
 }
+
+/// How many connections a listener serves at once.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    /// In all.
+    pub connections: usize,
+    /// Per caller (one SPIFFE ID: a site's federation or edge half).
+    pub per_caller: usize,
+}
+
+/// A caller let in: its TLS stream, its proven site ID, and its places among the served
+/// connections.
+pub struct Admitted {
+    /// The connection.
+    pub tls: TlsStream<TcpStream>,
+    /// Who called.
+    pub id: SiteId,
+    /// The caller's places (in all and as itself); they are free again when this drops, so it
+    /// lives as long as the connection is served.
+    pub held: Held,
+}
+
+/// Places held by one served connection.
+pub struct Held(
+    #[allow(dead_code)] OwnedSemaphorePermit,
+    #[allow(dead_code)] Slot<SiteId>,
+);
 
 /// Leave to run one handshake; the handshake's slot is free again when it is dropped.
 pub struct Handshake(#[allow(dead_code)] OwnedSemaphorePermit);
@@ -86,12 +120,47 @@ pub struct Refused {
 }
 
 impl SiteAcceptor {
-    /// A front door serving `config` (which must require and verify client certificates).
-    pub fn new(config: Arc<rustls::ServerConfig>) -> Self {
+    /// A front door serving `config` (which must require and verify client certificates)
+    /// within `bounds`.
+    pub fn new(config: Arc<rustls::ServerConfig>, bounds: Bounds) -> Self {
         SiteAcceptor {
             tls: TlsAcceptor::from(config),
             handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+            bounds,
+            connections: Arc::new(Semaphore::new(bounds.connections)),
+            per_caller: Slots::new(bounds.per_caller),
         }
+    }
+
+    /// Completes the handshake ([`Self::handshake`]) and takes the caller's places; refused
+    /// (`full`, `site-full`) when the listener or the caller is at its bound.
+    pub async fn admit(&self, permit: Handshake, tcp: TcpStream) -> Result<Admitted, Refused> {
+        let (tls, id) = self.handshake(permit, tcp).await?;
+        let Ok(all) = self.connections.clone().try_acquire_owned() else {
+            return Err(Refused {
+                kind: "full",
+                reason: format!(
+                    "{} refused: the listener serves its maximum of {} connections",
+                    id.uri(),
+                    self.bounds.connections
+                ),
+            });
+        };
+        let Some(own) = self.per_caller.take(&id) else {
+            return Err(Refused {
+                kind: "site-full",
+                reason: format!(
+                    "{} refused: it already has its maximum of {} connections here",
+                    id.uri(),
+                    self.bounds.per_caller
+                ),
+            });
+        };
+        Ok(Admitted {
+            tls,
+            id,
+            held: Held(all, own),
+        })
     }
 
     /// Leave to handshake, or `None` when [`MAX_HANDSHAKES`] are in progress (the caller then
@@ -181,10 +250,79 @@ mod tests {
             .unwrap()
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(rustls::server::ResolvesServerCertUsingSni::new()));
-        let door = SiteAcceptor::new(Arc::new(cfg));
+        let door = SiteAcceptor::new(
+            Arc::new(cfg),
+            Bounds {
+                connections: 1,
+                per_caller: 1,
+            },
+        );
         let held: Vec<Handshake> = (0..MAX_HANDSHAKES).map(|_| door.begin().unwrap()).collect();
         assert!(door.begin().is_none());
         drop(held);
         assert!(door.begin().is_some());
+    }
+
+    /// Served connections are bounded in all and per caller, through real mutual-TLS
+    /// handshakes; a closed connection gives its places back.
+    #[tokio::test]
+    async fn admitted_connections_are_bounded_in_all_and_per_caller() {
+        use crate::identity::Role;
+        use crate::pki::{Validity, init_ca, issue_to};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = init_ca("td.example", 1).unwrap();
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, &ca.cert_pem).unwrap();
+        let tls_of = |site: &str| {
+            let id = SiteId::new("td.example", site, Role::Edge).unwrap();
+            let (cert, key) = issue_to(dir.path(), &ca, &id, Validity::days(1)).unwrap();
+            let files = crate::config::TlsFiles {
+                ca: ca_path.clone(),
+                cert,
+                key,
+            };
+            crate::tls::load_site(&files, "td.example", site, Role::Edge).unwrap()
+        };
+        let server = tls_of("srv");
+        let cfg = crate::tls::any_site_server_config(&server, "td.example", vec![]).unwrap();
+        let door = SiteAcceptor::new(
+            cfg,
+            Bounds {
+                connections: 2,
+                per_caller: 1,
+            },
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let srv_id = SiteId::new("td.example", "srv", Role::Edge).unwrap();
+        let dial = |site: &str| {
+            let cfg =
+                crate::tls::client_config_alpn(&tls_of(site), srv_id.clone(), vec![]).unwrap();
+            async move {
+                let tcp = TcpStream::connect(addr).await.unwrap();
+                let name = rustls::pki_types::ServerName::try_from("srv").unwrap();
+                tokio_rustls::TlsConnector::from(cfg)
+                    .connect(name, tcp)
+                    .await
+                    .unwrap()
+            }
+        };
+        async fn admit(door: &SiteAcceptor, listener: &TcpListener) -> Result<Admitted, Refused> {
+            let (tcp, _) = listener.accept().await.unwrap();
+            door.admit(door.begin().unwrap(), tcp).await
+        }
+        let (_c1, a1) = tokio::join!(dial("a"), admit(&door, &listener));
+        let a1 = a1.map_err(|r| r.reason).unwrap();
+        assert_eq!(a1.id.site, "a");
+        let (_c2, a2) = tokio::join!(dial("a"), admit(&door, &listener));
+        assert_eq!(a2.err().map(|r| r.kind), Some("site-full"));
+        let (_c3, b) = tokio::join!(dial("b"), admit(&door, &listener));
+        let b = b.map_err(|r| r.reason).unwrap();
+        let (_c4, c) = tokio::join!(dial("c"), admit(&door, &listener));
+        assert_eq!(c.err().map(|r| r.kind), Some("full"));
+        drop(a1);
+        let (_c5, again) = tokio::join!(dial("a"), admit(&door, &listener));
+        assert!(again.is_ok(), "a's place was not given back");
+        drop(b);
     }
 }

@@ -233,7 +233,11 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
         &cfg.site,
         cfg.peer_names(),
     )?;
-    let incoming = accept_loop(listener, SiteAcceptor::new(server_cfg), shutdown.clone());
+    let incoming = accept_loop(
+        listener,
+        SiteAcceptor::new(server_cfg, crate::sync::server::BOUNDS),
+        shutdown.clone(),
+    );
     let sd = shutdown.clone();
     let sync_service = SyncService::new(node.clone());
     let route_node = node.clone();

@@ -5,11 +5,9 @@
 
 use std::sync::Arc;
 
-use multimesh_core::accept::{self, SiteAcceptor};
-use multimesh_core::locks::Slots;
+use multimesh_core::accept::{self, Admitted, Bounds, SiteAcceptor};
 use multimesh_core::tls::{SiteTls, any_site_server_config};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
@@ -20,9 +18,9 @@ use crate::link::peers::{ALPN_H2, ALPN_REVERSE};
 use crate::runtime::workers::Workers;
 
 /// Accepts peer connections until `shutdown`, each served on a data-plane thread; then waits
-/// for open links to drain. The handshake and its bounds are `multimesh_core::accept`'s
-/// (shared with federationd's peer listener); served connections are bounded here, in all
-/// (`limits.max_connections`) and per site (`limits.max_connections_per_site`).
+/// for open links to drain. The handshake and the bounds are `multimesh_core::accept`'s
+/// (shared with federationd's peer listener): served connections at most
+/// `limits.max_connections` in all and `limits.max_connections_per_site` per site.
 pub async fn serve(
     agent: Arc<Agent>,
     tls: Arc<SiteTls>,
@@ -36,9 +34,13 @@ pub async fn serve(
         vec![ALPN_H2.to_vec(), ALPN_REVERSE.to_vec()],
     )
     .map_err(|e| e.to_string())?;
-    let door = SiteAcceptor::new(cfg);
-    let slots = Arc::new(Semaphore::new(agent.config.limits.max_connections));
-    let per_site = Slots::new(agent.config.limits.max_connections_per_site);
+    let door = SiteAcceptor::new(
+        cfg,
+        Bounds {
+            connections: agent.config.limits.max_connections,
+            per_caller: agent.config.limits.max_connections_per_site,
+        },
+    );
     let mut links = JoinSet::new();
     while let Some((tcp, addr)) = accept::next(&listener, &shutdown, "ingress").await {
         let Some(handshake) = door.begin() else {
@@ -49,11 +51,9 @@ pub async fn serve(
         let agent = agent.clone();
         let door = door.clone();
         let shutdown = shutdown.clone();
-        let slots = slots.clone();
-        let per_site = per_site.clone();
         workers.serve(&mut links, tcp, move |tcp| async move {
-            let (tls, site) = match door.handshake(handshake, tcp).await {
-                Ok((tls, id)) => (tls, id.site),
+            let (tls, site, _held) = match door.admit(handshake, tcp).await {
+                Ok(Admitted { tls, id, held }) => (tls, id.site, held),
                 Err(refused) => {
                     agent.metrics.tls_failure("ingress", refused.kind);
                     // Silent connections are the cheap flood: counted, not logged one by one.
@@ -64,16 +64,6 @@ pub async fn serve(
                     }
                     return;
                 }
-            };
-            let Ok(_slot) = slots.try_acquire_owned() else {
-                agent.metrics.tls_failure("ingress", "full");
-                warn!(peer = %site, peer_addr = %addr, limit = agent.config.limits.max_connections, "ingress refused a connection: at max_connections");
-                return;
-            };
-            let Some(_site_slot) = per_site.take(&site) else {
-                agent.metrics.tls_failure("ingress", "site-full");
-                warn!(peer = %site, peer_addr = %addr, limit = agent.config.limits.max_connections_per_site, "ingress refused a connection: the site is at max_connections_per_site");
-                return;
             };
             if tls.get_ref().1.alpn_protocol() == Some(ALPN_REVERSE) {
                 if !agent.config.children.contains(&site) {

@@ -5,8 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use multimesh_core::accept::{self, SiteAcceptor};
-use multimesh_core::locks::{Slot, Slots};
+use multimesh_core::accept::{self, Admitted, Bounds, Held, SiteAcceptor};
 use multimesh_proto::catalog::v1::{self as wire, catalog_sync_server};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -37,8 +36,7 @@ pub struct PeerInfo {
 pub struct PeerStream {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     info: PeerInfo,
-    _slot: tokio::sync::OwnedSemaphorePermit,
-    _site_slot: Slot<(String, Role)>,
+    _held: Held,
 }
 
 /// Authenticated connections served at once on the peer listener.
@@ -90,6 +88,13 @@ impl AsyncWrite for PeerStream {
     }
 }
 
+/// The peer listener's bounds: [`MAX_CONNECTIONS`] in all, [`MAX_CONNECTIONS_PER_SITE`] per
+/// caller (a site's federation or edge identity).
+pub const BOUNDS: Bounds = Bounds {
+    connections: MAX_CONNECTIONS,
+    per_caller: MAX_CONNECTIONS_PER_SITE,
+};
+
 /// Accepts TCP connections, completes the mutual-TLS handshake (the verifier authorises the
 /// peer by SPIFFE ID) and yields authorised connections. Refusals are logged with the reason.
 /// Handshakes are bounded by `multimesh_core::accept` (shared with the edge agent's ingress:
@@ -102,8 +107,6 @@ pub fn accept_loop(
     stop: CancellationToken,
 ) -> ReceiverStream<Result<PeerStream, std::io::Error>> {
     let (tx, rx) = mpsc::channel(16);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let per_site = Slots::new(MAX_CONNECTIONS_PER_SITE);
     tokio::spawn(async move {
         while let Some((tcp, addr)) = accept::next(&listener, &stop, "peer").await {
             if tx.is_closed() {
@@ -115,31 +118,23 @@ pub fn accept_loop(
             };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
-            let slots = slots.clone();
-            let per_site = per_site.clone();
             tokio::spawn(async move {
-                let (tls, id) = match acceptor.handshake(handshake, tcp).await {
+                let Admitted { tls, id, held } = match acceptor.admit(handshake, tcp).await {
                     Ok(x) => x,
                     Err(refused) => {
                         warn!(remote = %addr, reason = %refused.reason, "refused peer connection");
                         return;
                     }
                 };
-                let (site, role) = (id.site, id.role);
-                let Ok(slot) = slots.try_acquire_owned() else {
-                    warn!(remote = %addr, site = %site, reason = "the peer listener serves its maximum of connections", "refused peer connection");
-                    return;
-                };
-                let Some(site_slot) = per_site.take(&(site.clone(), role)) else {
-                    warn!(remote = %addr, site = %site, role = %role, reason = "this site already has its maximum of connections", "refused peer connection");
-                    return;
-                };
                 let _ = tx
                     .send(Ok(PeerStream {
                         inner: tls,
-                        info: PeerInfo { site, role, addr },
-                        _slot: slot,
-                        _site_slot: site_slot,
+                        info: PeerInfo {
+                            site: id.site,
+                            role: id.role,
+                            addr,
+                        },
+                        _held: held,
                     }))
                     .await;
             });
