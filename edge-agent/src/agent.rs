@@ -14,15 +14,14 @@ use hyper_util::rt::TokioExecutor;
 pub use multimesh_core::dial::error_chain;
 use multimesh_core::service::Protocol;
 use multimesh_core::tls::SiteTls;
-use tracing::{info, warn};
 
 use crate::call_error::{CallError, ErrorCode};
 use crate::config::AgentConfig;
 use crate::http::{self as h, Body};
 use crate::link::peers::PeerPool;
-use crate::routes::balance::{Candidate, Change, Health, weighted};
+use crate::routes::balance::Health;
 use crate::routes::published::Published;
-use crate::routes::{PortAddress, Route, RouteDest, RouteTable, ServiceKey};
+use crate::routes::{PortAddress, RouteDest, RouteTable};
 use crate::runtime::deadline::{Deadlines, Within};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::workers::PerThread;
@@ -113,65 +112,6 @@ impl Agent {
             return Err("parent link down");
         }
         Ok(())
-    }
-
-    /// Resolves a split on `key` (weighted by `roll`) to the service actually called.
-    pub fn resolve<'t>(
-        &self,
-        table: &'t RouteTable,
-        key: &ServiceKey,
-        roll: u64,
-    ) -> Option<&'t Route> {
-        let backend = table
-            .split(key)
-            .and_then(|backends| weighted(backends.iter().map(|(b, w)| (b, *w)), roll));
-        table.service(backend.unwrap_or(key))
-    }
-
-    /// Picks the destination site for a call to `route`, skipping `tried` sites.
-    pub fn pick<'r>(
-        &self,
-        route: &'r Route,
-        service: &str,
-        tried: &[&str],
-        roll: u64,
-    ) -> Option<&'r RouteDest> {
-        let now = Instant::now();
-        let own = self.site();
-        if route.prefer_local
-            && !tried.contains(&own)
-            && let Some(local) = route.destinations.iter().find(|d| d.site == own)
-            && !self.health.is_ejected(service, own, now)
-        {
-            return Some(local);
-        }
-        let cands: Vec<Candidate<'_>> = route
-            .destinations
-            .iter()
-            .map(|d| Candidate {
-                site: &d.site,
-                weight: d.weight,
-            })
-            .collect();
-        let site = self.health.pick(service, &cands, tried, now, roll)?;
-        route.destinations.iter().find(|d| d.site == site)
-    }
-
-    /// Records a call's outcome for outlier detection, logging ejections and recoveries.
-    pub fn record(&self, service: &str, site: &str, ok: bool) {
-        match self.health.record(service, site, ok, Instant::now()) {
-            Change::None => {}
-            Change::Ejected(d) => {
-                warn!(
-                    service,
-                    destination = site,
-                    ejected_for_ms = d.as_millis() as u64,
-                    "destination ejected after consecutive failures"
-                );
-                self.metrics.ejection(service, site);
-            }
-            Change::Recovered => info!(service, destination = site, "destination healthy again"),
-        }
     }
 
     /// The site whose link carries calls to `d`, and that link's addresses: the parent on an

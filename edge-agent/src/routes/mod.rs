@@ -456,6 +456,15 @@ impl RouteTable {
         self.services.get(key)
     }
 
+    /// The route a call to `key` takes: a split on `key` resolved by weight (`roll` a uniform
+    /// random number) to one backend, else `key`'s own.
+    pub fn resolve(&self, key: &ServiceKey, roll: u64) -> Option<&Route> {
+        let backend = self
+            .split(key)
+            .and_then(|backends| balance::weighted(backends.iter().map(|(b, w)| (b, *w)), roll));
+        self.service(backend.unwrap_or(key))
+    }
+
     /// Whether calls to `key` can be routed: it has a route or a split.
     pub fn knows(&self, key: &ServiceKey) -> bool {
         self.services.contains_key(key) || self.splits.contains_key(key)
