@@ -4,7 +4,10 @@
 # local processes on loopback, linked by mTLS with certificates from a fresh federation CA.
 # Prints the front end's and the status page's URLs; Ctrl-C stops everything.
 #
-#   sites/local/run.sh [--walkthrough] [--meshes] [--once] [--dir DIR] [--port-base N] [--debug] [...]
+#   sites/local/run.sh [--walkthrough] [--meshes] [--once] [--dir DIR] [--port-base N] [--release|--debug] [...]
+#
+# Builds with the `demo` profile (optimised, quick to build); --release uses the release
+# profile, --debug an unoptimised build.
 #
 # --walkthrough books a tour across sites, shifts tour-catalog 90/10 -> 50/50 -> 0/100 with a
 # TrafficSplit and measures it, kills site b's edge agent to show payment failing over, and
@@ -15,12 +18,13 @@
 # `multimesh-demo --help`).
 set -euo pipefail
 
-profile=release
+profile=demo
 args=()
 for a in "$@"; do
   case "$a" in
     --debug) profile=debug ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --release) profile=release ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) args+=("$a") ;;
   esac
 done
@@ -29,6 +33,9 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$root/target}
 echo "==> building federationd, federationctl, edge-agent and the app ($profile)" >&2
 build=(cargo build -q --manifest-path "$root/Cargo.toml" -p multimesh-federation -p edge-agent -p multimesh-tours --bins)
-[ "$profile" = release ] && build+=(--release)
+case "$profile" in
+  release) build+=(--release) ;;
+  demo) build+=(--profile demo) ;;
+esac
 "${build[@]}"
 exec "$target/$profile/multimesh-demo" "${args[@]}"
