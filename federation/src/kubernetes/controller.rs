@@ -408,6 +408,7 @@ impl Controller {
         let resync = Duration::from_secs(self.cluster.settings.resync_seconds);
         let mut next_discovery = Instant::now();
         let mut failures = 0u32;
+        let pass_backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(8));
         loop {
             if Instant::now() >= next_discovery {
                 self.cluster.rediscover().await;
@@ -453,8 +454,9 @@ impl Controller {
                 .get()
                 .retry_ms(cap)
                 .map(Duration::from_millis);
+            // A failed pass is tried again after 0.5 s, doubling per failure up to 8 s.
             let retry = if failures > 0 {
-                Duration::from_millis(250 << failures.min(5))
+                pass_backoff.delay_after(failures)
             } else {
                 object_retry.unwrap_or(resync)
             };
