@@ -57,9 +57,9 @@ impl Doc {
         self.api.rsplit_once('/').unwrap_or(("", self.api.as_str()))
     }
 
-    /// The key of another object of this namespace.
-    fn key(&self, name: &str) -> ServiceKey {
-        ServiceKey::new(&self.namespace, name)
+    /// Another object of this namespace, by name: `(namespace, name)`.
+    fn sibling(&self, name: &str) -> route_group::ObjectName {
+        (self.namespace.clone(), name.to_string())
     }
 }
 
@@ -272,12 +272,12 @@ pub fn parse_objects(
         match (doc.group_version(), doc.kind.as_str()) {
             (("specs.smi-spec.io", v), "HTTPRouteGroup") => {
                 if let Some(m) = route_group::read_group(doc, v, d) {
-                    refs.groups.insert(doc.key(&doc.name), m);
+                    refs.groups.insert(doc.sibling(&doc.name), m);
                 }
             }
             (("specs.smi-spec.io", _), "TCPRoute") => {
                 if let Some(p) = route_group::read_tcp(doc, d) {
-                    refs.tcp.insert(doc.key(&doc.name), p);
+                    refs.tcp.insert(doc.sibling(&doc.name), p);
                 }
             }
             (("", "v1"), "Service") => {

@@ -10,16 +10,19 @@ use serde_json::Value;
 
 use super::{Doc, typed, values};
 use crate::diag::Diagnostic;
-use crate::model::{HeaderMatch, HttpMatch, PathMatch, ServiceKey};
+use crate::model::{HeaderMatch, HttpMatch, PathMatch};
 use crate::patterns::{check_header_name, check_re2};
 
-/// What splits and access rules may refer to, by the referred object's key.
+/// An object named by another: `(namespace, name)`.
+pub(super) type ObjectName = (String, String);
+
+/// What splits and access rules may refer to, by the referred object's name.
 #[derive(Default)]
 pub(super) struct Refs {
     /// HTTPRouteGroup matches.
-    pub groups: BTreeMap<ServiceKey, Vec<HttpMatch>>,
+    pub groups: BTreeMap<ObjectName, Vec<HttpMatch>>,
     /// TCPRoute ports (empty: any).
-    pub tcp: BTreeMap<ServiceKey, Vec<u16>>,
+    pub tcp: BTreeMap<ObjectName, Vec<u16>>,
 }
 
 /// HTTPRouteGroup v1alpha1 and v1alpha2: the matches sit at the top level.

@@ -147,7 +147,7 @@ pub(super) fn read(
             continue;
         }
         let name = m.name.unwrap_or_default();
-        match refs.groups.get(&doc.key(&name)) {
+        match refs.groups.get(&doc.sibling(&name)) {
             Some(g) => conditions.extend(g.iter().cloned()),
             None => d.push(Diagnostic::error(
                 o,

@@ -164,7 +164,7 @@ pub(super) fn read(
     for (i, r) in spec.rules.into_iter().enumerate() {
         let f = format!("{prefix}{rules_key}[{i}]");
         let name = r.name.unwrap_or_default();
-        let key = doc.key(&name);
+        let key = doc.sibling(&name);
         match r.kind.as_deref() {
             Some("HTTPRouteGroup") => {
                 let Some(group) = refs.groups.get(&key) else {
