@@ -412,7 +412,7 @@ impl Controller {
         loop {
             if Instant::now() >= next_discovery {
                 self.cluster.rediscover().await;
-                let now = self.reading();
+                let now = view::describe(&self.cluster.kinds);
                 if stores.is_none() || now != reading {
                     watchers.abort_all();
                     stores = Some(Stores::start(
@@ -474,22 +474,6 @@ impl Controller {
             // Debounce: one pass for a burst of events.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    /// The kinds read, as one line (a change restarts the watches).
-    fn reading(&self) -> String {
-        let k = &self.cluster.kinds;
-        let mut v: Vec<String> = k
-            .service_export
-            .iter()
-            .chain(&k.endpoint_slice)
-            .chain(&k.specs)
-            .chain(k.owned.values().map(|(a, _)| a))
-            .map(view::kind_key)
-            .collect();
-        v.sort();
-        v.dedup();
-        v.join(",")
     }
 
     /// One full pass: exports, then imports.

@@ -76,6 +76,22 @@ fn reads(kinds: &Kinds) -> BTreeMap<String, Read> {
     out
 }
 
+/// The kinds a pass reads, as one line (`apiVersion/Kind`, with `(managed)` for a kind read
+/// through multimesh's label only): when it changes, the watches start over.
+pub(super) fn describe(kinds: &Kinds) -> String {
+    reads(kinds)
+        .into_iter()
+        .map(|(key, r)| {
+            if r.only_owned {
+                format!("{key} (managed)")
+            } else {
+                key
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The objects of one pass.
 #[derive(Default)]
 pub struct Snapshot {
