@@ -7,7 +7,8 @@
 #   sites/local/run.sh [--walkthrough] [--meshes] [--once] [--dir DIR] [--port-base N] [--release|--debug] [...]
 #
 # Builds with the `demo` profile (optimised, quick to build); --release uses the release
-# profile, --debug an unoptimised build.
+# profile, --debug an unoptimised build. Without --meshes, federationd is built without its
+# Kubernetes backend (no site here is a cluster), which halves the first build.
 #
 # --walkthrough books a tour across sites, shifts tour-catalog 90/10 -> 50/50 -> 0/100 with a
 # TrafficSplit and measures it, kills site b's edge agent to show payment failing over, and
@@ -19,12 +20,14 @@
 set -euo pipefail
 
 profile=demo
+features=(--no-default-features)
 args=()
 for a in "$@"; do
   case "$a" in
+    --meshes) features=(); args+=("$a") ;;
     --debug) profile=debug ;;
     --release) profile=release ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) args+=("$a") ;;
   esac
 done
@@ -32,7 +35,7 @@ done
 root=$(cd "$(dirname "$0")/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$root/target}
 echo "==> building federationd, federationctl, edge-agent and the app ($profile)" >&2
-build=(cargo build -q --manifest-path "$root/Cargo.toml" -p multimesh-federation -p edge-agent -p multimesh-tours --bins)
+build=(cargo build -q --manifest-path "$root/Cargo.toml" -p multimesh-federation -p edge-agent -p multimesh-tours --bins "${features[@]}")
 case "$profile" in
   release) build+=(--release) ;;
   demo) build+=(--profile demo) ;;

@@ -145,6 +145,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+/// The error of a command that needs the Kubernetes backend, in a build without it.
+#[cfg(not(feature = "kubernetes"))]
+pub fn without_kubernetes(command: &str) -> Failure {
+    usage(format!(
+        "`federationctl {command}` needs the Kubernetes backend, and this build has none \
+         (built without the `kubernetes` feature of multimesh-federation)"
+    ))
+}
+
 /// Reads a file, or standard input for `-`.
 pub fn read_input(path: &Path) -> Result<String, Failure> {
     if path == Path::new("-") {

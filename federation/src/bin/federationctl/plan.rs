@@ -4,18 +4,24 @@
 use std::path::PathBuf;
 
 use clap::Args;
+#[cfg(feature = "kubernetes")]
 use federation::kubernetes::{controller::Cluster, desired, plan as diff};
+#[cfg(feature = "kubernetes")]
 use serde::Serialize;
 
+use crate::Failure;
+#[cfg(feature = "kubernetes")]
 use crate::observe::fetch_catalog;
-use crate::output::{Out, Table};
-use crate::{Failure, usage};
+use crate::output::Out;
+#[cfg(feature = "kubernetes")]
+use crate::{output::Table, usage};
 
 /// `plan` arguments.
 #[derive(Args)]
 #[command(
     after_help = "Examples:\n  federationctl plan --config /etc/multimesh/federationd.toml\n  federationctl plan --config site.toml --catalog catalog.json -o json"
 )]
+#[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
 pub struct Plan {
     /// The site's federationd config (backend = "kubernetes").
     #[arg(long)]
@@ -26,6 +32,7 @@ pub struct Plan {
     catalog: Option<PathBuf>,
 }
 
+#[cfg(feature = "kubernetes")]
 #[derive(Serialize)]
 struct PlanView {
     site: String,
@@ -35,6 +42,7 @@ struct PlanView {
     diagnostics: Vec<String>,
 }
 
+#[cfg(feature = "kubernetes")]
 #[derive(Serialize)]
 struct ChangeView {
     action: &'static str,
@@ -42,7 +50,14 @@ struct ChangeView {
     resource: serde_json::Value,
 }
 
+/// `federationctl plan`, in a build without the Kubernetes backend.
+#[cfg(not(feature = "kubernetes"))]
+pub async fn plan(_: Out, _: Plan) -> Result<(), Failure> {
+    Err(crate::without_kubernetes("plan"))
+}
+
 /// `federationctl plan`.
+#[cfg(feature = "kubernetes")]
 pub async fn plan(out: Out, p: Plan) -> Result<(), Failure> {
     let cfg = federation::config::Config::load(&p.config)?;
     if cfg.backend != federation::config::BackendKind::Kubernetes {

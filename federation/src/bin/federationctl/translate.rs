@@ -121,7 +121,14 @@ pub fn translate(out: Out, t: Translate) -> Result<(), Failure> {
 }
 
 /// `federationctl crds`.
+#[cfg(feature = "kubernetes")]
 pub fn crds() -> Result<(), Failure> {
     std::io::stdout().write_all(federation::kubernetes::types::crds_yaml().as_bytes())?;
     Ok(())
+}
+
+/// `federationctl crds`, in a build without the Kubernetes backend.
+#[cfg(not(feature = "kubernetes"))]
+pub fn crds() -> Result<(), Failure> {
+    Err(crate::without_kubernetes("crds"))
 }
