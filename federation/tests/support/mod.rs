@@ -24,7 +24,9 @@ use tokio_stream::wrappers::ReceiverStream;
 mod common;
 pub use common::*;
 pub mod edge;
+#[cfg(feature = "kubernetes")]
 pub mod istio;
+#[cfg(feature = "kubernetes")]
 pub mod kubeenv;
 
 /// How one site is set up.

@@ -179,64 +179,7 @@ pub async fn catalog(out: Out, socket: &Path) -> Result<(), Failure> {
     out.print(&v, |o| o.table(&v.table()))
 }
 
-#[derive(Serialize)]
-struct PeerView {
-    site: String,
-    address: String,
-    state: String,
-    direction: String,
-    healthy: bool,
-    last_heartbeat_ms: Option<u64>,
-    last_ack_ms: Option<u64>,
-    lag_versions: u64,
-    last_error: String,
-    counters: CountersView,
-}
-
-#[derive(Serialize)]
-struct CountersView {
-    snapshots_sent: u64,
-    snapshots_received: u64,
-    deltas_sent: u64,
-    deltas_received: u64,
-    records_sent: u64,
-    records_received: u64,
-    acks_received: u64,
-    nacks_received: u64,
-    nacks_sent: u64,
-    sessions: u64,
-    throttled_ms: u64,
-}
-
-fn peer_view(p: &api::PeerView) -> PeerView {
-    let c = p.counters.unwrap_or_default();
-    PeerView {
-        site: p.site.clone(),
-        address: p.address.clone(),
-        state: p.state.clone(),
-        direction: p.direction.clone(),
-        healthy: p.healthy,
-        last_heartbeat_ms: p.last_heartbeat_ms,
-        last_ack_ms: p.last_ack_ms,
-        lag_versions: p.lag_versions,
-        last_error: p.last_error.clone(),
-        counters: CountersView {
-            snapshots_sent: c.snapshots_sent,
-            snapshots_received: c.snapshots_received,
-            deltas_sent: c.deltas_sent,
-            deltas_received: c.deltas_received,
-            records_sent: c.records_sent,
-            records_received: c.records_received,
-            acks_received: c.acks_received,
-            nacks_received: c.nacks_received,
-            nacks_sent: c.nacks_sent,
-            sessions: c.sessions,
-            throttled_ms: c.throttled_ms,
-        },
-    }
-}
-
-fn peers_table(peers: &[PeerView]) -> Table {
+fn peers_table(peers: &[api::PeerView]) -> Table {
     let ago = |v: Option<u64>| v.map_or_else(|| "never".into(), |m| format!("{m}ms ago"));
     let mut t = Table::new(&[
         "PEER",
@@ -252,7 +195,7 @@ fn peers_table(peers: &[PeerView]) -> Table {
     .wide(&["ADDRESS", "SESSIONS", "NACKS IN/OUT", "THROTTLED"])
     .right(&["LAG"]);
     for p in peers {
-        let c = &p.counters;
+        let c = p.counters.unwrap_or_default();
         t.row(vec![
             p.site.clone(),
             p.state.clone(),
@@ -284,87 +227,50 @@ pub async fn peers(out: Out, socket: &Path) -> Result<(), Failure> {
         .await
         .map_err(failure)?
         .into_inner();
-    let v: Vec<PeerView> = r.peers.iter().map(peer_view).collect();
-    out.print(&v, |o| o.table(&peers_table(&v)))
+    out.print(&r.peers, |o| o.table(&peers_table(&r.peers)))
 }
 
-#[derive(Serialize)]
-struct StatusView {
-    site: String,
-    trust_domain: String,
-    listen: String,
-    epoch: u64,
-    version: u64,
-    seq: u64,
-    exports: u32,
-    entries_visible: u32,
-    peers: u32,
-    peers_healthy: u32,
-    uptime_s: u64,
-    backend: BackendView,
-}
-
-#[derive(Serialize)]
-struct BackendView {
-    kind: String,
-    mesh: String,
-    last_pass_unix_ms: u64,
-    error: String,
-    problems: Vec<ProblemView>,
-    next_retry_ms: u64,
-}
-
-#[derive(Serialize)]
-struct ProblemView {
-    object: String,
-    reason: String,
-    refused: bool,
-    attempts: u32,
-    since_unix_ms: u64,
-}
-
-impl StatusView {
-    fn text(&self) -> String {
-        let b = &self.backend;
-        let mut backend = format!("backend {}", b.kind);
-        if !b.mesh.is_empty() {
-            backend.push_str(&format!(" (mesh {})", b.mesh));
-        }
-        if !b.error.is_empty() {
-            backend.push_str(&format!(": last pass failed: {}", b.error));
-        } else if b.problems.is_empty() {
-            backend.push_str(": every object applied");
-        } else {
-            backend.push_str(&format!(
-                ": {} object(s) not applied, tried again in {} s",
-                b.problems.len(),
-                b.next_retry_ms.div_ceil(1000)
-            ));
-        }
-        for p in &b.problems {
-            backend.push_str(&format!(
-                "\n  {} {} ({} attempt(s)): {}",
-                p.object,
-                if p.refused { "REFUSED" } else { "FAILED" },
-                p.attempts,
-                p.reason
-            ));
-        }
-        format!(
-            "site {} ({}) listening on {}\nversion {} (epoch {}), stream seq {}\nexports {}, visible entries {}\npeers {}/{} healthy, up {} s\n{backend}\n",
-            self.site,
-            self.trust_domain,
-            self.listen,
-            self.version,
-            self.epoch,
-            self.seq,
-            self.exports,
-            self.entries_visible,
-            self.peers_healthy,
-            self.peers,
-            self.uptime_s
-        )
+/// `federationctl status` as sentences.
+fn status_text(s: &api::StatusResponse) -> String {
+    let b = s.backend.clone().unwrap_or_default();
+    let mut backend = format!("backend {}", b.kind);
+    if !b.mesh.is_empty() {
+        backend.push_str(&format!(" (mesh {})", b.mesh));
     }
+    if !b.error.is_empty() {
+        backend.push_str(&format!(": last pass failed: {}", b.error));
+    } else if b.problems.is_empty() {
+        backend.push_str(": every object applied");
+    } else {
+        backend.push_str(&format!(
+            ": {} object(s) not applied, tried again in {} s",
+            b.problems.len(),
+            b.next_retry_ms.div_ceil(1000)
+        ));
+    }
+    for p in &b.problems {
+        backend.push_str(&format!(
+            "\n  {} {} ({} attempt(s)): {}",
+            p.object,
+            if p.refused { "REFUSED" } else { "FAILED" },
+            p.attempts,
+            p.reason
+        ));
+    }
+    format!(
+        "site {} ({}) listening on {}\nversion {} (epoch {}), stream seq {}\nexports {}, visible entries {}\npeers {}/{} healthy, up {} s\n{backend}\n",
+        s.site,
+        s.trust_domain,
+        s.listen,
+        s.version,
+        s.epoch,
+        s.seq,
+        s.exports,
+        s.entries_visible,
+        s.peers_healthy,
+        s.peers,
+        s.uptime_s
+    )
 }
 
 /// `federationctl status`.
@@ -375,39 +281,7 @@ pub async fn status(out: Out, socket: &Path) -> Result<(), Failure> {
         .await
         .map_err(failure)?
         .into_inner();
-    let b = s.backend.clone().unwrap_or_default();
-    let v = StatusView {
-        site: s.site,
-        trust_domain: s.trust_domain,
-        listen: s.listen,
-        epoch: s.epoch,
-        version: s.version,
-        seq: s.seq,
-        exports: s.exports,
-        entries_visible: s.entries_visible,
-        peers: s.peers,
-        peers_healthy: s.peers_healthy,
-        uptime_s: s.uptime_s,
-        backend: BackendView {
-            kind: b.kind,
-            mesh: b.mesh,
-            last_pass_unix_ms: b.last_pass_unix_ms,
-            error: b.error,
-            problems: b
-                .problems
-                .into_iter()
-                .map(|p| ProblemView {
-                    object: p.object,
-                    reason: p.reason,
-                    refused: p.refused,
-                    attempts: p.attempts,
-                    since_unix_ms: p.since_unix_ms,
-                })
-                .collect(),
-            next_retry_ms: b.next_retry_ms,
-        },
-    };
-    out.print(&v, |_| v.text())
+    out.print(&s, |_| status_text(&s))
 }
 
 /// `watch` arguments.
@@ -416,12 +290,6 @@ pub struct Watch {
     /// Exit (status 0) once this site sees at least this many entries.
     #[arg(long)]
     until_entries: Option<u32>,
-}
-
-#[derive(Serialize)]
-struct WatchLine {
-    seq: u64,
-    entries: u32,
 }
 
 /// `federationctl watch`: one line per catalog change (JSON lines with `-o json|yaml`).
@@ -433,13 +301,9 @@ pub async fn watch(out: Out, socket: &Path, w: Watch) -> Result<(), Failure> {
         .map_err(failure)?
         .into_inner();
     while let Some(e) = events.message().await.map_err(failure)? {
-        let v = WatchLine {
-            seq: e.seq,
-            entries: e.entries,
-        };
         let line = match out.format {
-            Format::Table | Format::Wide => format!("seq {} entries {}\n", v.seq, v.entries),
-            Format::Json | Format::Yaml => format!("{}\n", serde_json::to_string(&v)?),
+            Format::Table | Format::Wide => format!("seq {} entries {}\n", e.seq, e.entries),
+            Format::Json | Format::Yaml => format!("{}\n", serde_json::to_string(&e)?),
         };
         let mut stdout = std::io::stdout().lock();
         stdout.write_all(line.as_bytes())?;

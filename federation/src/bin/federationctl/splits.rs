@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use multimesh_proto::admin::v1 as api;
-use serde::Serialize;
 
 use crate::output::{Out, Table};
 use crate::{Failure, client, read_input, status};
@@ -33,77 +32,29 @@ pub struct DeleteSplit {
     namespace: String,
 }
 
-#[derive(Serialize)]
-struct SplitsView {
-    changed: u32,
-    splits: Vec<SplitView>,
-}
-
-#[derive(Serialize)]
-struct SplitView {
-    service: String,
-    namespace: String,
-    source: String,
-    backends: Vec<BackendView>,
-}
-
-#[derive(Serialize)]
-struct BackendView {
-    service: String,
-    weight: u32,
-    percent: f64,
-    sites: Vec<String>,
-}
-
-impl SplitsView {
-    fn of(r: &api::SplitsResponse) -> Self {
-        Self {
-            changed: r.changed,
-            splits: r
-                .splits
-                .iter()
-                .map(|s| SplitView {
-                    service: s.service.clone(),
-                    namespace: s.namespace.clone(),
-                    source: s.source.clone(),
-                    backends: s
-                        .backends
-                        .iter()
-                        .map(|b| BackendView {
-                            service: b.service.clone(),
-                            weight: b.weight,
-                            percent: b.percent,
-                            sites: b.sites.clone(),
-                        })
-                        .collect(),
-                })
-                .collect(),
+/// The table of a splits answer.
+fn splits_table(r: &api::SplitsResponse) -> Table {
+    let mut t = Table::new(&["SPLIT", "BACKEND", "WEIGHT", "SHARE", "SITES"])
+        .wide(&["SOURCE"])
+        .right(&["WEIGHT", "SHARE"]);
+    for s in &r.splits {
+        for b in &s.backends {
+            let sites = if b.sites.is_empty() {
+                "(not routable now)".to_string()
+            } else {
+                b.sites.join(",")
+            };
+            t.row(vec![
+                format!("{}/{}", s.namespace, s.service),
+                b.service.clone(),
+                b.weight.to_string(),
+                format!("{:.1}%", b.percent),
+                sites,
+                s.source.clone(),
+            ]);
         }
     }
-
-    fn table(&self) -> Table {
-        let mut t = Table::new(&["SPLIT", "BACKEND", "WEIGHT", "SHARE", "SITES"])
-            .wide(&["SOURCE"])
-            .right(&["WEIGHT", "SHARE"]);
-        for s in &self.splits {
-            for b in &s.backends {
-                let sites = if b.sites.is_empty() {
-                    "(not routable now)".to_string()
-                } else {
-                    b.sites.join(",")
-                };
-                t.row(vec![
-                    format!("{}/{}", s.namespace, s.service),
-                    b.service.clone(),
-                    b.weight.to_string(),
-                    format!("{:.1}%", b.percent),
-                    sites,
-                    s.source.clone(),
-                ]);
-            }
-        }
-        t
-    }
+    t
 }
 
 /// `federationctl apply`.
@@ -132,13 +83,12 @@ pub async fn apply(out: Out, socket: &Path, a: Apply) -> Result<(), Failure> {
     } else {
         "applied"
     };
-    let v = SplitsView::of(&r);
-    out.print(&v, |o| {
+    out.print(&r, |o| {
         format!(
             "{}{} split(s) {verb}, {} changed\n",
-            o.table(&v.table()),
-            v.splits.len(),
-            v.changed
+            o.table(&splits_table(&r)),
+            r.splits.len(),
+            r.changed
         )
     })
 }
@@ -151,8 +101,7 @@ pub async fn show(out: Out, socket: &Path) -> Result<(), Failure> {
         .await
         .map_err(status)?
         .into_inner();
-    let v = SplitsView::of(&r);
-    out.print(&v, |o| o.table(&v.table()))
+    out.print(&r, |o| o.table(&splits_table(&r)))
 }
 
 /// `federationctl delete-split`.
@@ -166,7 +115,7 @@ pub async fn delete(out: Out, socket: &Path, d: DeleteSplit) -> Result<(), Failu
         .await
         .map_err(status)?
         .into_inner();
-    out.print(&SplitsView::of(&r), |_| {
+    out.print(&r, |_| {
         format!(
             "deleted the traffic split of {}/{}\n",
             d.namespace, d.service
