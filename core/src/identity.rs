@@ -159,12 +159,20 @@ pub fn not_after(cert_pem: &str) -> Result<OffsetDateTime, IdentityError> {
             path: "certificate".into(),
             what: "no CERTIFICATE block".into(),
         })?;
+    Ok(validity(&der)?.1)
+}
+
+/// When a certificate starts and stops being valid: (notBefore, notAfter).
+pub fn validity(
+    cert: &CertificateDer<'_>,
+) -> Result<(OffsetDateTime, OffsetDateTime), IdentityError> {
     let (_, c) =
-        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| IdentityError::Pem {
+        x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| IdentityError::Pem {
             path: "certificate".into(),
             what: format!("unparsable: {e}"),
         })?;
-    Ok(c.validity().not_after.to_datetime())
+    let v = c.validity();
+    Ok((v.not_before.to_datetime(), v.not_after.to_datetime()))
 }
 
 /// Where `site`'s `role` certificate and key are kept in `dir`: `SITE-ROLE.pem` and

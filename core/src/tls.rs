@@ -122,6 +122,27 @@ impl SiteTls {
     }
 }
 
+impl SiteTls {
+    /// Checks that the private key is the one the site certificate was issued for (their
+    /// public keys are compared): with another key every handshake and every origin proof
+    /// fails at the peer.
+    pub fn key_matches(&self) -> Result<(), String> {
+        let key = provider()
+            .key_provider
+            .load_private_key(self.key.clone_key())
+            .map_err(|e| format!("the key cannot be used: {e}"))?;
+        let cert = self.chain.first().ok_or("the certificate file is empty")?;
+        rustls::sign::CertifiedKey::new(vec![cert.clone()], key)
+            .keys_match()
+            .map_err(|e| match e {
+                rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                    "the key does not match the certificate's public key".to_string()
+                }
+                other => format!("the key cannot be compared with the certificate: {other}"),
+            })
+    }
+}
+
 /// Checks that a root may sign certificates (basicConstraints cA, and keyUsage keyCertSign when
 /// it has a keyUsage) and returns its `pathLen` (`None`: unlimited).
 fn ca_constraints(der: &CertificateDer<'_>) -> Result<Option<usize>, String> {

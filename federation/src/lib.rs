@@ -1,10 +1,11 @@
 //! The multimesh federation daemon library.
 //!
 //! Pure core: [`names`] and [`model`] (validated domain types), [`catalog`] (the per-site
-//! catalog store, replication and liveness). I/O at the edges: [`identity`] and [`tls`]
-//! (SPIFFE site identities over rustls), [`config`], [`store`] and [`files`] (files written whole), [`sync`] (the peer
-//! protocol over gRPC), [`admin`] (the local admin API), [`kubernetes`] (the Kubernetes site
-//! backend), [`daemon`] (wiring).
+//! catalog store, replication and liveness), [`proof`] (origin proofs), [`check`] (what
+//! `federationctl check` finds). I/O at the edges: [`identity`] and [`tls`] (SPIFFE site
+//! identities over rustls), [`config`], [`store`] and [`files`] (files written whole),
+//! [`sync`] (the peer protocol over gRPC), [`admin`] (the local admin API), [`kubernetes`]
+//! (the Kubernetes site backend), [`daemon`] (wiring).
 
 pub use multimesh_core::{backoff, error, files, names, process, tls};
 
@@ -16,6 +17,7 @@ pub mod identity {
 
 pub mod admin;
 pub mod catalog;
+pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod kubernetes;

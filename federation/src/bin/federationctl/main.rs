@@ -5,13 +5,16 @@
 //! - `splits`: apply, show and delete traffic splits;
 //! - `observe`: what a site sees (catalog, peers, status, watch);
 //! - `translate`: offline translation of traffic specs, and the CRDs multimesh needs;
-//! - `plan`: what the kubernetes backend would change in a cluster.
+//! - `plan`: what the kubernetes backend would change in a cluster;
+//! - `check`: a site's certificates, checked as its peers check them, and its daemon's peers
+//!   and backend.
 //!
 //! Every command prints through `output`: a serializable value for `-o json|yaml`, a table
 //! (`-o table|wide`, `--no-headers`) or a sentence otherwise. The admin API names request
 //! fields (`ports[0].port`); [`flag_of`] says them as this command line's flags.
 
 mod certs;
+mod check;
 mod exports;
 mod observe;
 mod output;
@@ -32,7 +35,7 @@ use output::{Format, Out};
 #[derive(Parser)]
 #[command(
     version,
-    after_help = "Examples:\n  federationctl certs init --trust-domain multimesh.example --out pki\n  federationctl export payment -n shop --port http:8080/http --to b\n  federationctl catalog -o wide\n  federationctl peers --no-headers\n  federationctl translate --mesh istio -f split.yaml -f services.yaml"
+    after_help = "Examples:\n  federationctl certs init --trust-domain multimesh.example --out pki\n  federationctl export payment -n shop --port http:8080/http --to b\n  federationctl catalog -o wide\n  federationctl peers --no-headers\n  federationctl check --config /etc/multimesh/federationd.toml\n  federationctl translate --mesh istio -f split.yaml -f services.yaml"
 )]
 struct Cli {
     /// Admin socket of the local federationd.
@@ -78,6 +81,11 @@ enum Cmd {
     Peers,
     /// Show a summary of the daemon.
     Status,
+    /// Check a site: its config; its certificate files as its peers will check them (SPIFFE
+    /// ID, chain to the federation CA, the key, time left on the certificate and the CA); then,
+    /// through its running daemon, each configured peer and the backend. Prints one line per
+    /// check; exits 1 when any check fails (warnings do not).
+    Check(check::Check),
     /// Translate SMI TrafficSplit/HTTPRouteGroup/TCPRoute/TrafficTarget and Gateway API
     /// HTTPRoute specs into a mesh's native resources, offline (no cluster, no daemon). Prints
     /// multi-document YAML on stdout (or JSON with -o json) and diagnostics on stderr; exits 0
@@ -138,6 +146,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Catalog => observe::catalog(out, socket).await,
         Cmd::Peers => observe::peers(out, socket).await,
         Cmd::Status => observe::status(out, socket).await,
+        Cmd::Check(c) => check::run(out, c).await,
         Cmd::Watch(w) => observe::watch(out, socket, w).await,
         Cmd::Translate(t) => translate::translate(out, t),
         Cmd::Crds => translate::crds(),
