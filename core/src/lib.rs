@@ -12,6 +12,7 @@
 
 pub mod accept;
 pub mod backoff;
+pub mod check;
 pub mod config;
 pub mod dial;
 pub mod error;

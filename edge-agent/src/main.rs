@@ -1,5 +1,6 @@
 //! `edge-agent`: the data plane at a site's edge. Parses arguments, sets up logging, starts
-//! the agent and stops it cleanly on SIGINT/SIGTERM; `check-routes` validates a route file.
+//! the agent and stops it cleanly on SIGINT/SIGTERM; `check` checks an agent's certificates
+//! and readiness, `check-routes` validates a route file.
 
 use std::path::PathBuf;
 
@@ -41,6 +42,27 @@ enum Command {
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
     },
+    /// Check an agent: its config; its edge certificate files as its peers will check them
+    /// (SPIFFE ID, chain to the federation CA, the key, time left on the certificate and the
+    /// CA); then, on its admin listener, that the running agent is ready. Prints one line per
+    /// check; exits 1 when any check fails (warnings do not).
+    #[command(
+        after_help = "Examples:\n  edge-agent check --config /etc/multimesh/edge.toml\n  edge-agent check --config edge.toml --offline --warn-days 60 --json"
+    )]
+    Check {
+        /// Agent config file (TOML, or YAML with a .yaml/.yml extension).
+        #[arg(short, long, env = "MULTIMESH_EDGE_CONFIG")]
+        config: PathBuf,
+        /// A certificate (site or CA) ending within this many days is a warning.
+        #[arg(long, default_value_t = 30)]
+        warn_days: u32,
+        /// Check the config and certificate files only; do not ask the agent.
+        #[arg(long)]
+        offline: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a route file and print a summary (exit 1 when it is invalid).
     CheckRoutes {
         /// Route file (YAML, JSON or TOML by extension).
@@ -63,6 +85,24 @@ async fn main() -> anyhow::Result<()> {
                 t.split_list().len()
             );
             Ok(())
+        }
+        Command::Check {
+            config,
+            warn_days,
+            offline,
+            json,
+        } => {
+            let report = edge_agent::runtime::check::run(&config, warn_days, offline).await;
+            let text = if json {
+                format!("{}\n", serde_json::to_string_pretty(&report)?)
+            } else {
+                multimesh_core::check::render(&report.checks, true)
+            };
+            std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())?;
+            match report.failure() {
+                Some(e) => Err(anyhow::anyhow!(e)),
+                None => Ok(()),
+            }
         }
         Command::Run { config, log_format } => {
             process::init_logging(&log_format);

@@ -1,6 +1,8 @@
 //! What runs the agent: the data-plane threads ([`workers`]), their call deadlines
-//! ([`deadline`]), the listeners and their wiring ([`serve`]), and the metrics ([`metrics`]).
+//! ([`deadline`]), the listeners and their wiring ([`serve`]), the metrics ([`metrics`]), and
+//! `edge-agent check` ([`check`]).
 
+pub mod check;
 pub mod deadline;
 pub mod metrics;
 pub mod serve;

@@ -4,11 +4,10 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use federation::check::{self, Finding, Outcome};
+use federation::check::{self, Finding, Outcome, Report};
 use federation::config::Config;
-use serde::Serialize;
 
-use crate::output::{Out, Table};
+use crate::output::Out;
 use crate::{Failure, client};
 
 /// `check` arguments.
@@ -29,39 +28,11 @@ pub struct Check {
     offline: bool,
 }
 
-#[derive(Serialize)]
-struct Report {
-    checks: Vec<Finding>,
-    failed: usize,
-    warnings: usize,
-}
-
-fn table(r: &Report) -> Table {
-    let mut t = Table::new(&["CHECK", "RESULT", "DETAIL"]);
-    for f in &r.checks {
-        t.row(vec![
-            f.check.clone(),
-            match f.outcome {
-                Outcome::Pass => "ok",
-                Outcome::Warn => "WARN",
-                Outcome::Fail => "FAIL",
-            }
-            .to_string(),
-            f.detail.clone(),
-        ]);
-    }
-    t
-}
-
 /// `federationctl check`.
 pub async fn run(out: Out, c: Check) -> Result<(), Failure> {
     let mut checks = Vec::new();
     match Config::load(&c.config) {
-        Err(e) => checks.push(Finding {
-            check: "config".into(),
-            outcome: Outcome::Fail,
-            detail: e.to_string(),
-        }),
+        Err(e) => checks.push(check::finding("config", Outcome::Fail, e.to_string())),
         Ok(cfg) => {
             checks.push(Finding {
                 check: "config".into(),
@@ -84,31 +55,17 @@ pub async fn run(out: Out, c: Check) -> Result<(), Failure> {
             }
         }
     }
-    let count = |o| checks.iter().filter(|f| f.outcome == o).count();
-    let report = Report {
-        failed: count(Outcome::Fail),
-        warnings: count(Outcome::Warn),
-        checks,
-    };
-    out.print(&report, |o| o.table(&table(&report)))?;
-    if report.failed > 0 {
-        return Err(Failure(
-            format!("{} of {} checks failed", report.failed, report.checks.len()),
-            1,
-        ));
+    let report = Report::new(checks);
+    out.print(&report, |o| check::render(&report.checks, o.headers))?;
+    match report.failure() {
+        Some(e) => Err(Failure(e, 1)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The daemon's checks, or one failed check saying why it could not be asked.
 async fn daemon(cfg: &Config) -> Vec<Finding> {
-    let unreachable = |detail: String| {
-        vec![Finding {
-            check: "daemon".into(),
-            outcome: Outcome::Fail,
-            detail,
-        }]
-    };
+    let unreachable = |detail: String| vec![check::finding("daemon", Outcome::Fail, detail)];
     let mut admin = match client(&cfg.admin_socket).await {
         Ok(a) => a,
         Err(Failure(e, _)) => return unreachable(e),
