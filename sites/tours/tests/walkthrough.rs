@@ -55,6 +55,19 @@ fn the_walkthrough_books_across_sites_shifts_the_split_and_fails_over() {
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
 
+    // Every site checked itself first: both daemons of each of the four sites, all passed.
+    let c = step(&report, "pass their checks");
+    assert_eq!(c["ok"], true, "{c:#}");
+    let runs = c["detail"]["checks"].as_array().unwrap();
+    assert_eq!(runs.len(), 8, "{c:#}");
+    for r in runs {
+        assert_eq!(r["report"]["failed"], 0, "{r:#}");
+        assert!(
+            r["report"]["checks"].as_array().unwrap().len() >= 5,
+            "{r:#}"
+        );
+    }
+
     // A booking crosses sites: booking at a, the other steps at the sites that run them.
     let b = step(&report, "crosses sites");
     for booking in b["detail"]["bookings"].as_array().unwrap() {

@@ -405,13 +405,13 @@ fn check_ports_free(t: &Topology) -> anyhow::Result<()> {
 
 fn write_pki(dir: &Path, t: &Topology) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let ca = identity::init_ca(topology::TRUST_DOMAIN, 30)?;
+    let ca = identity::init_ca(topology::TRUST_DOMAIN, 365)?;
     identity::write_file(&dir.join("ca.pem"), &ca.cert_pem, false)?;
     identity::write_file(&dir.join("ca-key.pem"), &ca.key_pem, true)?;
     for s in &t.sites {
         for role in Role::ALL {
             let id = SiteId::new(topology::TRUST_DOMAIN, s.name, role)?;
-            identity::issue_to(dir, &ca, &id, Validity::days(30))?;
+            identity::issue_to(dir, &ca, &id, Validity::days(90))?;
         }
     }
     Ok(())
