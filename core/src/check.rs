@@ -162,7 +162,7 @@ pub fn certificates(
 
 /// Verifies `chain` to `anchors` at `at`, for use as a TLS client and as a TLS server (a site
 /// certificate is both).
-fn chains(
+pub(crate) fn chains(
     chain: &[CertificateDer<'static>],
     anchors: &[TrustAnchor<'_>],
     at: UnixTime,
@@ -186,7 +186,7 @@ fn chains(
     Ok(())
 }
 
-fn unix(t: OffsetDateTime) -> UnixTime {
+pub(crate) fn unix(t: OffsetDateTime) -> UnixTime {
     UnixTime::since_unix_epoch(std::time::Duration::from_secs(
         u64::try_from(t.unix_timestamp()).unwrap_or(0),
     ))

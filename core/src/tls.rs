@@ -11,11 +11,13 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
+use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
     RootCertStore, ServerConfig, SignatureScheme,
@@ -86,10 +88,78 @@ pub struct SiteTls {
     /// How many intermediate CAs a peer's chain may hold: the largest `pathLen` of the roots
     /// (`None`: a root sets no limit). webpki does not apply a trust anchor's own constraints.
     pub max_intermediates: Option<usize>,
-    /// This site's certificate chain.
+    /// This site's certificate chain, as read when this value was built.
     pub chain: Vec<CertificateDer<'static>>,
-    /// This site's private key.
+    /// This site's private key, as read when this value was built.
     pub key: PrivateKeyDer<'static>,
+    /// What this site's handshakes present: `chain` and `key` at first; the edge agent
+    /// replaces it when its certificate files change (see [`Presented`]).
+    pub presented: Arc<Presented>,
+}
+
+/// The certificate and key a site presents in its handshakes, replaceable while it runs:
+/// each new handshake, on either side, takes the current one; connections already open keep
+/// the one they were made with. Rotation without a restart replaces it.
+pub struct Presented(std::sync::Mutex<Arc<CertifiedKey>>);
+
+impl Presented {
+    fn new(
+        chain: &[CertificateDer<'static>],
+        key: &PrivateKeyDer<'static>,
+    ) -> Result<Self, TlsError> {
+        let signing = provider().key_provider.load_private_key(key.clone_key())?;
+        Ok(Self(std::sync::Mutex::new(Arc::new(CertifiedKey::new(
+            chain.to_vec(),
+            signing,
+        )))))
+    }
+
+    /// The certificate and key presented now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        crate::locks::lock(&self.0).clone()
+    }
+
+    /// Presents what `with` presents from the next handshake on.
+    pub fn replace(&self, with: &Presented) {
+        let next = with.current();
+        *crate::locks::lock(&self.0) = next;
+    }
+
+    /// Checks that the key is the one the certificate was issued for (rustls's check).
+    fn consistent(&self) -> Result<(), TlsError> {
+        match self.current().keys_match() {
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl fmt::Debug for Presented {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Presented")
+    }
+}
+
+impl ResolvesServerCert for Presented {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl ResolvesClientCert for Presented {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _schemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 impl SiteTls {
@@ -113,9 +183,16 @@ impl SiteTls {
         if roots.is_empty() {
             return Err(TlsError::Roots("no CA certificate".into()));
         }
+        if chain.is_empty() {
+            return Err(TlsError::Identity(crate::identity::IdentityError::Pem {
+                path: "certificate".into(),
+                what: "no CERTIFICATE block".into(),
+            }));
+        }
         Ok(Self {
             max_intermediates,
             roots: Arc::new(roots),
+            presented: Arc::new(Presented::new(&chain, &key)?),
             chain,
             key,
         })
@@ -396,7 +473,8 @@ fn build_server_config(
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(tls.chain.clone(), tls.key.clone_key())?;
+        .with_cert_resolver(tls.presented.clone());
+    tls.presented.consistent()?;
     cfg.alpn_protocols = alpn;
     Ok(Arc::new(cfg))
 }
@@ -423,7 +501,8 @@ pub fn client_config_alpn(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(tls.chain.clone(), tls.key.clone_key())?;
+        .with_client_cert_resolver(tls.presented.clone());
+    tls.presented.consistent()?;
     cfg.alpn_protocols = alpn;
     Ok(Arc::new(cfg))
 }

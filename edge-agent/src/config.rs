@@ -62,6 +62,15 @@ pub struct AgentConfig {
     /// keeps its own link to each peer site, so a peer sees this many links from this agent.
     #[serde(default)]
     pub threads: Option<usize>,
+    /// How often the certificate and key files are read again (ms); when they changed and pass
+    /// the checks a peer would apply, new handshakes present the new certificate (rotation
+    /// without a restart). 0: never.
+    #[serde(default = "default_certificate_reload_ms")]
+    pub certificate_reload_ms: u64,
+}
+
+fn default_certificate_reload_ms() -> u64 {
+    5_000
 }
 
 /// A raw TCP egress listener.
@@ -209,6 +218,13 @@ impl AgentConfig {
     pub fn validate(&self) -> Result<(), InvalidField> {
         names::dns_label("site", &self.site)?;
         names::trust_domain("trust_domain", &self.trust_domain)?;
+        if (1..100).contains(&self.certificate_reload_ms) {
+            return Err(InvalidField::new(
+                "certificate_reload_ms",
+                self.certificate_reload_ms,
+                "must be 0 (never) or at least 100",
+            ));
+        }
         match (&self.routes.file, &self.routes.federation) {
             (Some(_), None) => {}
             (None, Some(a)) => names::host_port("routes.federation", a)?,
@@ -326,5 +342,15 @@ mod tests {
             assert_eq!(e.field, "threads", "{bad}: {e}");
             assert!(e.reason.contains("between 1 and 256"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn certificate_reload_defaults_to_five_seconds_and_a_busy_period_is_named() {
+        assert_eq!(parse("").certificate_reload_ms, 5_000);
+        assert!(parse("certificate_reload_ms = 0").validate().is_ok());
+        assert!(parse("certificate_reload_ms = 100").validate().is_ok());
+        let e = parse("certificate_reload_ms = 10").validate().unwrap_err();
+        assert_eq!(e.field, "certificate_reload_ms", "{e}");
+        assert!(e.reason.contains("at least 100"), "{e}");
     }
 }

@@ -125,6 +125,17 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
     let mut tasks = JoinSet::new();
     let mut bound = Bound::default();
 
+    if config.certificate_reload_ms > 0 {
+        tasks.spawn(multimesh_core::rotate::watch(
+            config.tls.clone(),
+            config.trust_domain.clone(),
+            config.site.clone(),
+            multimesh_core::identity::Role::Edge,
+            site_tls.clone(),
+            std::time::Duration::from_millis(config.certificate_reload_ms),
+            shutdown.clone(),
+        ));
+    }
     if let Some(path) = &config.routes.file {
         let table = feed::load_file(path).map_err(StartError::Routes)?;
         agent.routes.publish(table);

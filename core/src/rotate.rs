@@ -1,0 +1,102 @@
+//! Certificate rotation without a restart: the certificate and key files are read again
+//! periodically, and when they changed and pass the checks a peer would apply, what the
+//! site's handshakes present ([`Presented`]) is replaced. Connections already open keep the
+//! certificate they were made with; the CA bundle is the one read at start.
+//!
+//! A replacement is refused, and the previous certificate kept, when the new files do not
+//! name this site and role, the key is not the certificate's, or the certificate does not
+//! chain to the federation CA or is not valid now. Each distinct content is judged once, so a
+//! refused pair is logged once, and a pair written one file at a time (certificate, then key)
+//! is taken when its second half lands.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::TrustAnchor;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::TlsFiles;
+use crate::identity::{Role, validity};
+use crate::tls::{SiteTls, load_site};
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}
+
+/// Judges the files as they are now: the new material when it may replace `current`.
+pub fn judge(
+    files: &TlsFiles,
+    trust_domain: &str,
+    site: &str,
+    role: Role,
+    current: &SiteTls,
+    now: OffsetDateTime,
+) -> Result<SiteTls, String> {
+    let next = load_site(files, trust_domain, site, role).map_err(|e| e.to_string())?;
+    next.key_matches()?;
+    let anchors: Vec<TrustAnchor<'_>> = current.roots.roots.clone();
+    crate::check::chains(&next.chain, &anchors, crate::check::unix(now)).map_err(|e| {
+        format!(
+            "{}: not a valid certificate of the federation CA now: {e}",
+            files.cert.display()
+        )
+    })?;
+    Ok(next)
+}
+
+/// Every `every`, reads `files` again; when they changed and pass [`judge`], `current`'s
+/// handshakes present the new certificate from then on. Runs until `shutdown`.
+pub async fn watch(
+    files: TlsFiles,
+    trust_domain: String,
+    site: String,
+    role: Role,
+    current: Arc<SiteTls>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    // What the files held when last judged (certificate and key bytes).
+    let mut seen = (read(&files.cert), read(&files.key));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let now = (read(&files.cert), read(&files.key));
+        if seen == now {
+            continue;
+        }
+        seen = now;
+        match judge(
+            &files,
+            &trust_domain,
+            &site,
+            role,
+            &current,
+            OffsetDateTime::now_utc(),
+        ) {
+            Ok(next) => {
+                current.presented.replace(&next.presented);
+                let until = validity(&next.chain[0])
+                    .map(|(_, end)| end.to_string())
+                    .unwrap_or_default();
+                info!(
+                    site = %site,
+                    role = role.as_str(),
+                    cert = %files.cert.display(),
+                    valid_until = %until,
+                    "certificate rotated: new handshakes present the new certificate"
+                );
+            }
+            Err(e) => warn!(
+                site = %site,
+                role = role.as_str(),
+                error = %e,
+                "certificate files changed but were refused; still presenting the previous certificate"
+            ),
+        }
+    }
+}
