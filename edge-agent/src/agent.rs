@@ -48,6 +48,8 @@ pub struct Agent {
     pub parent_up: AtomicBool,
     /// This site's name as a header value (`x-multimesh-served-by` of the calls it serves).
     site_header: Option<HeaderValue>,
+    /// This site's TLS material; what its handshakes present can be rotated while running.
+    pub tls: Arc<SiteTls>,
 }
 
 impl Agent {
@@ -72,7 +74,7 @@ impl Agent {
                 .http2_initial_connection_window_size(8 << 20)
                 .build(conn)
         });
-        let pool = PeerPool::new(tls, &config.trust_domain, connect_timeout, threads);
+        let pool = PeerPool::new(tls.clone(), &config.trust_domain, connect_timeout, threads);
         let site_header = HeaderValue::from_str(&config.site).ok();
         Self {
             health: Health::new(config.outlier),
@@ -85,6 +87,7 @@ impl Agent {
             deadlines: PerThread::new(threads, Deadlines::default),
             parent_up: AtomicBool::new(false),
             site_header,
+            tls,
         }
     }
 

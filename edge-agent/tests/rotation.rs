@@ -34,6 +34,16 @@ async fn presented(pki: &Pki, site: &str, addr: &str) -> Vec<u8> {
     s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
+/// When the certificate (DER) stops being valid, in Unix seconds.
+fn not_after_of(der: &[u8]) -> f64 {
+    let cert = rustls::pki_types::CertificateDer::from(der.to_vec());
+    identity::validity(&cert).unwrap().1.unix_timestamp() as f64
+}
+
+fn not_after(path: &Path) -> f64 {
+    not_after_of(&der_of(path))
+}
+
 fn der_of(path: &Path) -> Vec<u8> {
     identity::read_certs(path).unwrap()[0].to_vec()
 }
@@ -85,10 +95,21 @@ async fn a_renewed_certificate_is_presented_without_a_restart_and_a_bad_one_is_r
     let (cert, _) = pki.paths("a", Role::Edge);
     let first = der_of(&cert);
     assert_eq!(presented(&pki, "a", &ai).await, first);
+    const EXPIRY: &str = "multimesh_edge_certificate_expiration_timestamp_seconds";
+    assert_eq!(a.metric(EXPIRY, &["site=\"a\""]).await, not_after(&cert));
     assert_eq!(pay(b.egress()).await, 200, "{}", a.log());
 
     // Renewed in place (certificate, then key, as `federationctl certs issue` writes them).
-    pki.issue_with("a", Role::Edge, Validity::days(2));
+    // (Valid for 12 hours: the first ends with the test CA, in a day.)
+    let start = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
+    pki.issue_with(
+        "a",
+        Role::Edge,
+        Validity {
+            not_before: start,
+            not_after: start + time::Duration::hours(12),
+        },
+    );
     let renewed = der_of(&cert);
     assert_ne!(renewed, first);
     let rotated = within(10, || {
@@ -102,6 +123,10 @@ async fn a_renewed_certificate_is_presented_without_a_restart_and_a_bad_one_is_r
         a.log()
     );
     assert!(a.log().contains("certificate rotated"), "{}", a.log());
+    // The expiry gauge follows: about 12 hours earlier than the first certificate's.
+    let gauge = a.metric(EXPIRY, &[]).await;
+    assert_eq!(gauge, not_after(&cert));
+    assert!(gauge < not_after_of(&first) - 40_000.0, "{gauge}");
     // The running agent kept serving: a call through b's egress (b's link may be new or old).
     assert_eq!(pay(b.egress()).await, 200, "{}", a.log());
 
@@ -153,5 +178,6 @@ async fn a_renewed_certificate_is_presented_without_a_restart_and_a_bad_one_is_r
     assert!(log.contains("expired") || log.contains("Expired"), "{log}");
     assert!(log.contains("does not match"), "{log}");
     assert_eq!(presented(&pki, "a", &ai).await, renewed, "{log}");
+    assert_eq!(a.metric(EXPIRY, &[]).await, not_after_of(&renewed));
     assert_eq!(pay(b.egress()).await, 200);
 }

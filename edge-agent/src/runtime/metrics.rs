@@ -306,6 +306,15 @@ impl Metrics {
     }
 }
 
+/// The gauge of when the certificate the agent presents now stops being valid, for alerts
+/// (`multimesh_edge_certificate_expiration_timestamp_seconds - time() < 14 * 86400`); it follows
+/// a rotation.
+pub fn certificate_expiry(site: &str, not_after_unix: i64) -> String {
+    format!(
+        "# HELP multimesh_edge_certificate_expiration_timestamp_seconds When the certificate this agent presents stops being valid (Unix time).\n# TYPE multimesh_edge_certificate_expiration_timestamp_seconds gauge\nmultimesh_edge_certificate_expiration_timestamp_seconds{{site=\"{site}\"}} {not_after_unix}\n"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

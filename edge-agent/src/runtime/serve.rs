@@ -532,11 +532,19 @@ fn admin(agent: &Agent, req: &Request<Incoming>) -> Response<Body> {
         },
         "/metrics" => {
             let ejected = agent.health.ejected(std::time::Instant::now());
-            text(
-                StatusCode::OK,
-                agent.metrics.render(agent.site(), &ejected, &agent.routes),
-                "text/plain; version=0.0.4",
-            )
+            let mut body = agent.metrics.render(agent.site(), &ejected, &agent.routes);
+            let presented = agent.tls.presented.current();
+            if let Some((_, end)) = presented
+                .cert
+                .first()
+                .and_then(|c| multimesh_core::identity::validity(c).ok())
+            {
+                body.push_str(&crate::runtime::metrics::certificate_expiry(
+                    agent.site(),
+                    end.unix_timestamp(),
+                ));
+            }
+            text(StatusCode::OK, body, "text/plain; version=0.0.4")
         }
         "/routes" => {
             let table = agent.table();
