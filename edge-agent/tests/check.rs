@@ -14,33 +14,11 @@ use support::*;
 
 /// Runs `edge-agent check --json` on `config`; returns (exit code, the report).
 fn check(config: &Path, args: &[&str]) -> (i32, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
-        .args(["check", "--json", "--config"])
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let v = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap(), v)
-}
-
-/// The outcome and detail of the check named `name`.
-fn finding(v: &Value, name: &str) -> (String, String) {
-    let f = v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["check"] == name)
-        .unwrap_or_else(|| panic!("no check {name:?} in {v:#}"));
-    (
-        f["outcome"].as_str().unwrap().to_string(),
-        f["detail"].as_str().unwrap().to_string(),
+    check_report(
+        Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+            .args(["check", "--json", "--config"])
+            .arg(config)
+            .args(args),
     )
 }
 
@@ -64,13 +42,13 @@ async fn check_passes_a_ready_agent_and_fails_one_not_ready_or_not_running() {
     for f in v["checks"].as_array().unwrap() {
         assert_eq!(f["outcome"], "pass", "{v:#}");
     }
-    let (_, detail) = finding(&v, "site certificate");
+    let (_, detail) = check_finding(&v, "site certificate");
     assert!(detail.contains("/site/a/edge"), "{detail}");
-    assert!(finding(&v, "agent").1.contains("ready"), "{v:#}");
+    assert!(check_finding(&v, "agent").1.contains("ready"), "{v:#}");
     // The test CA lives a day: within the default 30 days, a warning, not a failure.
     let (code, v) = check(&config, &[]);
     assert_eq!(code, 0);
-    assert_eq!(finding(&v, "federation CA").0, "warn");
+    assert_eq!(check_finding(&v, "federation CA").0, "warn");
     assert_eq!(v["warnings"], 2, "{v:#}");
 
     // Not ready: its routes come from a federationd that does not answer.
@@ -82,7 +60,7 @@ async fn check_passes_a_ready_agent_and_fails_one_not_ready_or_not_running() {
     );
     let (code, v) = check(&b.dir.join("edge.toml"), &["--warn-days", "0"]);
     assert_eq!(code, 1, "{v:#}");
-    let (outcome, detail) = finding(&v, "agent");
+    let (outcome, detail) = check_finding(&v, "agent");
     assert_eq!(outcome, "fail");
     assert!(
         detail.contains("503") && detail.contains("no route table yet"),
@@ -94,7 +72,7 @@ async fn check_passes_a_ready_agent_and_fails_one_not_ready_or_not_running() {
     a.kill();
     let (code, v) = check(&config, &["--warn-days", "0"]);
     assert_eq!(code, 1);
-    let (outcome, detail) = finding(&v, "agent");
+    let (outcome, detail) = check_finding(&v, "agent");
     assert_eq!(outcome, "fail");
     assert!(detail.contains("is the agent running?"), "{detail}");
 
@@ -113,7 +91,7 @@ async fn check_passes_a_ready_agent_and_fails_one_not_ready_or_not_running() {
     .unwrap();
     let (code, v) = check(&wrong, &["--offline"]);
     assert_eq!(code, 1, "{v:#}");
-    let (outcome, detail) = finding(&v, "site certificate");
+    let (outcome, detail) = check_finding(&v, "site certificate");
     assert_eq!(outcome, "fail");
     assert!(detail.contains("/site/a/federation"), "{detail}");
     assert!(

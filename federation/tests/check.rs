@@ -13,32 +13,13 @@ use federation::identity::{Role, Validity};
 use serde_json::Value;
 use support::*;
 
-/// Runs `federationctl check` with `args`; returns (exit code, the JSON it printed, stderr).
-fn check(config: &Path, args: &[&str]) -> (i32, Value, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_federationctl"))
-        .args(["check", "-o", "json", "--config"])
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    let v = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\nstderr: {stderr}"));
-    (out.status.code().unwrap(), v, stderr)
-}
-
-/// The outcome and detail of the check named `name`.
-fn finding(v: &Value, name: &str) -> (String, String) {
-    let f = v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["check"] == name)
-        .unwrap_or_else(|| panic!("no check {name:?} in {v:#}"));
-    (
-        f["outcome"].as_str().unwrap().to_string(),
-        f["detail"].as_str().unwrap().to_string(),
+/// Runs `federationctl check` with `args`; returns (exit code, the JSON it printed).
+fn check(config: &Path, args: &[&str]) -> (i32, Value) {
+    check_report(
+        Command::new(env!("CARGO_BIN_EXE_federationctl"))
+            .args(["check", "-o", "json", "--config"])
+            .arg(config)
+            .args(args),
     )
 }
 
@@ -74,21 +55,21 @@ async fn check_passes_a_healthy_site_and_names_a_peer_that_is_down() {
     let config = a.dir.join("federationd.toml");
 
     // The test CA lives one day: every certificate is within 30 days of its end, a warning.
-    let (code, v, _) = check(&config, &[]);
+    let (code, v) = check(&config, &[]);
     assert_eq!(code, 0, "warnings alone do not fail: {v:#}");
-    let (outcome, detail) = finding(&v, "federation CA");
+    let (outcome, detail) = check_finding(&v, "federation CA");
     assert_eq!(outcome, "warn", "{detail}");
     assert!(detail.contains("expires in"), "{detail}");
-    assert_eq!(finding(&v, "site certificate").0, "warn");
-    assert_eq!(finding(&v, "site key").0, "pass");
-    let (outcome, detail) = finding(&v, "daemon");
+    assert_eq!(check_finding(&v, "site certificate").0, "warn");
+    assert_eq!(check_finding(&v, "site key").0, "pass");
+    let (outcome, detail) = check_finding(&v, "daemon");
     assert_eq!(outcome, "pass", "{detail}");
     assert!(detail.contains("site a"), "{detail}");
-    assert_eq!(finding(&v, "peer b").0, "pass");
-    assert_eq!(finding(&v, "backend").0, "pass");
+    assert_eq!(check_finding(&v, "peer b").0, "pass");
+    assert_eq!(check_finding(&v, "backend").0, "pass");
 
     // With no warning period, everything passes.
-    let (code, v, _) = check(&config, &["--warn-days", "0"]);
+    let (code, v) = check(&config, &["--warn-days", "0"]);
     assert_eq!(code, 0);
     for (name, outcome) in outcomes(&v) {
         assert_eq!(outcome, "pass", "{name}: {v:#}");
@@ -98,14 +79,14 @@ async fn check_passes_a_healthy_site_and_names_a_peer_that_is_down() {
     b.kill();
     let mut last = Value::Null;
     let failed = within(10, || {
-        let (code, v, _) = check(&config, &["--warn-days", "0"]);
-        let down = code == 1 && finding(&v, "peer b").0 == "fail";
+        let (code, v) = check(&config, &["--warn-days", "0"]);
+        let down = code == 1 && check_finding(&v, "peer b").0 == "fail";
         last = v;
         async move { down }
     })
     .await;
     assert!(failed, "peer b never failed the check: {last:#}");
-    let (_, detail) = finding(&last, "peer b");
+    let (_, detail) = check_finding(&last, "peer b");
     assert!(detail.contains("not healthy"), "{detail}");
     assert_eq!(last["failed"], 1, "{last:#}");
     // The table names it too, for a person.
@@ -129,9 +110,9 @@ async fn check_passes_a_healthy_site_and_names_a_peer_that_is_down() {
 
     // A daemon that is not running is a failed check, not a crash.
     drop(a);
-    let (code, v, _) = check(&config, &["--warn-days", "0"]);
+    let (code, v) = check(&config, &["--warn-days", "0"]);
     assert_eq!(code, 1);
-    let (outcome, detail) = finding(&v, "daemon");
+    let (outcome, detail) = check_finding(&v, "daemon");
     assert_eq!(outcome, "fail");
     assert!(detail.contains("admin socket"), "{detail}");
 }
@@ -170,7 +151,7 @@ fn check_fails_certificates_that_peers_would_refuse_naming_the_file() {
     // The good certificate passes offline (no daemon is asked).
     let (cert, key) = pki.issue("a");
     let (good_cert, good_key) = (copy(&cert, "good.pem"), copy(&key, "good-key.pem"));
-    let (code, v, _) = check(
+    let (code, v) = check(
         &offline_config(&dir, &pki, &good_cert, &good_key),
         &["--offline", "--warn-days", "0"],
     );
@@ -189,9 +170,9 @@ fn check_fails_certificates_that_peers_would_refuse_naming_the_file() {
     let foreign = Pki::new(&tmp.path().join("foreign"));
     let (fc, fk) = foreign.issue("a");
     let (fc, fk) = (copy(&fc, "foreign.pem"), copy(&fk, "foreign-key.pem"));
-    let (code, v, _) = check(&offline_config(&dir, &pki, &fc, &fk), &["--offline"]);
+    let (code, v) = check(&offline_config(&dir, &pki, &fc, &fk), &["--offline"]);
     assert_eq!(code, 1);
-    let (outcome, detail) = finding(&v, "site certificate");
+    let (outcome, detail) = check_finding(&v, "site certificate");
     assert_eq!(outcome, "fail");
     assert!(
         detail.contains("foreign.pem") && detail.contains("does not chain to the federation CA"),
@@ -200,12 +181,12 @@ fn check_fails_certificates_that_peers_would_refuse_naming_the_file() {
 
     // A key that is not the certificate's (another site's key from the same CA).
     let (_, other_key) = pki.issue("c");
-    let (code, v, _) = check(
+    let (code, v) = check(
         &offline_config(&dir, &pki, &good_cert, &copy(&other_key, "mixed-key.pem")),
         &["--offline"],
     );
     assert_eq!(code, 1);
-    let (outcome, detail) = finding(&v, "site key");
+    let (outcome, detail) = check_finding(&v, "site key");
     assert_eq!(outcome, "fail", "{v:#}");
     assert!(
         detail.contains("mixed-key.pem") && detail.contains("does not match"),
@@ -223,30 +204,30 @@ fn check_fails_certificates_that_peers_would_refuse_naming_the_file() {
         },
     );
     let (ec, ek) = (copy(&ec, "expired.pem"), copy(&ek, "expired-key.pem"));
-    let (code, v, _) = check(&offline_config(&dir, &pki, &ec, &ek), &["--offline"]);
+    let (code, v) = check(&offline_config(&dir, &pki, &ec, &ek), &["--offline"]);
     assert_eq!(code, 1);
-    let (outcome, detail) = finding(&v, "site certificate");
+    let (outcome, detail) = check_finding(&v, "site certificate");
     assert_eq!(outcome, "fail");
     assert!(
         detail.contains("expired.pem") && detail.contains("expired on"),
         "{detail}"
     );
-    assert_eq!(finding(&v, "site key").0, "pass");
+    assert_eq!(check_finding(&v, "site key").0, "pass");
 
     // Another site's certificate: the SPIFFE ID is named.
     let (bc, bk) = pki.issue("b");
-    let (code, v, _) = check(&offline_config(&dir, &pki, &bc, &bk), &["--offline"]);
+    let (code, v) = check(&offline_config(&dir, &pki, &bc, &bk), &["--offline"]);
     assert_eq!(code, 1);
-    let (outcome, detail) = finding(&v, "site certificate");
+    let (outcome, detail) = check_finding(&v, "site certificate");
     assert_eq!(outcome, "fail");
     assert!(detail.contains("/site/b/"), "{detail}");
 
     // A config that does not parse fails the first check and names the field.
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "site = \"A_B\"\n").unwrap();
-    let (code, v, _) = check(&bad, &["--offline"]);
+    let (code, v) = check(&bad, &["--offline"]);
     assert_eq!(code, 1);
-    let (outcome, detail) = finding(&v, "config");
+    let (outcome, detail) = check_finding(&v, "config");
     assert_eq!(outcome, "fail");
     assert!(detail.contains("bad.toml"), "{detail}");
 }

@@ -118,3 +118,31 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Runs a `check` command that prints its report as JSON (`federationctl check -o json`,
+/// `edge-agent check --json`); returns the exit code and the report.
+pub fn check_report(cmd: &mut std::process::Command) -> (i32, serde_json::Value) {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap(), report)
+}
+
+/// The outcome and detail of the check named `name` in a `check` report.
+pub fn check_finding(report: &serde_json::Value, name: &str) -> (String, String) {
+    let f = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == name)
+        .unwrap_or_else(|| panic!("no check {name:?} in {report:#}"));
+    (
+        f["outcome"].as_str().unwrap().to_string(),
+        f["detail"].as_str().unwrap().to_string(),
+    )
+}
