@@ -4,7 +4,6 @@
 //!
 //! Pure but for reading the files named by the config; the clock is passed in.
 
-use rustls::pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -120,9 +119,7 @@ pub fn certificates(
     };
     // The chain is checked at a time the certificate is valid, so that an expired certificate
     // is reported as expired, and a foreign one as foreign, each once.
-    let at = now.clamp(start, end);
-    let anchors: Vec<TrustAnchor<'_>> = tls.roots.roots.clone();
-    let chained = chains(&tls.chain, &anchors, unix(at));
+    let chained = tls::verify_chain(&tls.chain, &tls.roots, now.clamp(start, end));
     out.push(match chained {
         Err(e) => finding(
             "site certificate",
@@ -158,38 +155,6 @@ pub fn certificates(
         ),
     });
     out
-}
-
-/// Verifies `chain` to `anchors` at `at`, for use as a TLS client and as a TLS server (a site
-/// certificate is both).
-pub(crate) fn chains(
-    chain: &[CertificateDer<'static>],
-    anchors: &[TrustAnchor<'_>],
-    at: UnixTime,
-) -> Result<(), String> {
-    let ee = webpki::EndEntityCert::try_from(&chain[0]).map_err(|e| e.to_string())?;
-    for usage in [
-        webpki::KeyUsage::client_auth(),
-        webpki::KeyUsage::server_auth(),
-    ] {
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            anchors,
-            &chain[1..],
-            at,
-            usage,
-            None,
-            None,
-        )
-        .map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-pub(crate) fn unix(t: OffsetDateTime) -> UnixTime {
-    UnixTime::since_unix_epoch(std::time::Duration::from_secs(
-        u64::try_from(t.unix_timestamp()).unwrap_or(0),
-    ))
 }
 
 /// A finding about a validity period: failed outside it, a warning near its end.

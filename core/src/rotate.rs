@@ -13,7 +13,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::TrustAnchor;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -37,8 +36,7 @@ pub fn judge(
 ) -> Result<SiteTls, String> {
     let next = load_site(files, trust_domain, site, role).map_err(|e| e.to_string())?;
     next.key_matches()?;
-    let anchors: Vec<TrustAnchor<'_>> = current.roots.roots.clone();
-    crate::check::chains(&next.chain, &anchors, crate::check::unix(now)).map_err(|e| {
+    crate::tls::verify_chain(&next.chain, &current.roots, now).map_err(|e| {
         format!(
             "{}: not a valid certificate of the federation CA now: {e}",
             files.cert.display()

@@ -200,24 +200,47 @@ impl SiteTls {
 }
 
 impl SiteTls {
-    /// Checks that the private key is the one the site certificate was issued for (their
+    /// Checks that the private key presented is the one its certificate was issued for (their
     /// public keys are compared): with another key every handshake and every origin proof
     /// fails at the peer.
     pub fn key_matches(&self) -> Result<(), String> {
-        let key = provider()
-            .key_provider
-            .load_private_key(self.key.clone_key())
-            .map_err(|e| format!("the key cannot be used: {e}"))?;
-        let cert = self.chain.first().ok_or("the certificate file is empty")?;
-        rustls::sign::CertifiedKey::new(vec![cert.clone()], key)
-            .keys_match()
-            .map_err(|e| match e {
-                rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
-                    "the key does not match the certificate's public key".to_string()
-                }
-                other => format!("the key cannot be compared with the certificate: {other}"),
-            })
+        self.presented.current().keys_match().map_err(|e| match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                "the key does not match the certificate's public key".to_string()
+            }
+            other => format!("the key cannot be compared with the certificate: {other}"),
+        })
     }
+}
+
+/// Verifies a site's certificate `chain` to `roots` at `at`, for use as a TLS client and as a
+/// TLS server (a site certificate is both): what a peer's handshake checks of it.
+pub fn verify_chain(
+    chain: &[CertificateDer<'static>],
+    roots: &RootCertStore,
+    at: time::OffsetDateTime,
+) -> Result<(), String> {
+    let end_entity = chain.first().ok_or("no certificate")?;
+    let ee = webpki::EndEntityCert::try_from(end_entity).map_err(|e| e.to_string())?;
+    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        u64::try_from(at.unix_timestamp()).unwrap_or(0),
+    ));
+    for usage in [
+        webpki::KeyUsage::client_auth(),
+        webpki::KeyUsage::server_auth(),
+    ] {
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &roots.roots,
+            &chain[1..],
+            at,
+            usage,
+            None,
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Checks that a root may sign certificates (basicConstraints cA, and keyUsage keyCertSign when

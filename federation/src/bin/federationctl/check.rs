@@ -34,17 +34,17 @@ pub async fn run(out: Out, c: Check) -> Result<(), Failure> {
     match Config::load(&c.config) {
         Err(e) => checks.push(check::finding("config", Outcome::Fail, e.to_string())),
         Ok(cfg) => {
-            checks.push(Finding {
-                check: "config".into(),
-                outcome: Outcome::Pass,
-                detail: format!(
+            checks.push(check::finding(
+                "config",
+                Outcome::Pass,
+                format!(
                     "{}: site {} of {}, {} peer(s)",
                     c.config.display(),
                     cfg.site,
                     cfg.trust_domain,
                     cfg.peers.len()
                 ),
-            });
+            ));
             checks.extend(check::certificates(
                 &cfg,
                 time::OffsetDateTime::now_utc(),
