@@ -25,16 +25,28 @@ fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_default()
 }
 
+/// Whose certificate is watched: the files, and the identity they must hold.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// The certificate and key files (and the CA bundle, read at start only).
+    pub files: TlsFiles,
+    /// The federation's trust domain.
+    pub trust_domain: String,
+    /// This site.
+    pub site: String,
+    /// The role the certificate must name.
+    pub role: Role,
+}
+
 /// Judges the files as they are now: the new material when it may replace `current`.
-pub fn judge(
-    files: &TlsFiles,
-    trust_domain: &str,
-    site: &str,
-    role: Role,
-    current: &SiteTls,
-    now: OffsetDateTime,
-) -> Result<SiteTls, String> {
-    let next = load_site(files, trust_domain, site, role).map_err(|e| e.to_string())?;
+pub fn judge(source: &Source, current: &SiteTls, now: OffsetDateTime) -> Result<SiteTls, String> {
+    let Source {
+        files,
+        trust_domain,
+        site,
+        role,
+    } = source;
+    let next = load_site(files, trust_domain, site, *role).map_err(|e| e.to_string())?;
     next.key_matches()?;
     crate::tls::verify_chain(&next.chain, &current.roots, now).map_err(|e| {
         format!(
@@ -45,17 +57,35 @@ pub fn judge(
     Ok(next)
 }
 
-/// Every `every`, reads `files` again; when they changed and pass [`judge`], `current`'s
-/// handshakes present the new certificate from then on. Runs until `shutdown`.
+/// The least period of [`watch`] a config may ask for (ms); 0 means never.
+pub const MIN_RELOAD_MS: u64 = 100;
+
+/// Checks a configured reload period: 0 (never) or at least [`MIN_RELOAD_MS`].
+pub fn check_period(field: &str, ms: u64) -> Result<(), crate::error::InvalidField> {
+    if (1..MIN_RELOAD_MS).contains(&ms) {
+        return Err(crate::error::InvalidField::new(
+            field,
+            ms,
+            &format!("must be 0 (never) or at least {MIN_RELOAD_MS}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Every `every`, reads the files of `source` again; when they changed and pass [`judge`],
+/// `current`'s handshakes present the new certificate from then on, and `then` is called with
+/// the new material (for whatever else the certificate serves, such as signing). Runs until
+/// `shutdown`.
 pub async fn watch(
-    files: TlsFiles,
-    trust_domain: String,
-    site: String,
-    role: Role,
+    source: Source,
     current: Arc<SiteTls>,
     every: Duration,
     shutdown: CancellationToken,
+    then: impl Fn(&SiteTls) + Send + 'static,
 ) {
+    let Source {
+        files, site, role, ..
+    } = &source;
     // What the files held when last judged (certificate and key bytes).
     let mut seen = (read(&files.cert), read(&files.key));
     loop {
@@ -68,16 +98,10 @@ pub async fn watch(
             continue;
         }
         seen = now;
-        match judge(
-            &files,
-            &trust_domain,
-            &site,
-            role,
-            &current,
-            OffsetDateTime::now_utc(),
-        ) {
+        match judge(&source, &current, OffsetDateTime::now_utc()) {
             Ok(next) => {
                 current.presented.replace(&next.presented);
+                then(&next);
                 let until = validity(&next.chain[0])
                     .map(|(_, end)| end.to_string())
                     .unwrap_or_default();

@@ -218,13 +218,7 @@ impl AgentConfig {
     pub fn validate(&self) -> Result<(), InvalidField> {
         names::dns_label("site", &self.site)?;
         names::trust_domain("trust_domain", &self.trust_domain)?;
-        if (1..100).contains(&self.certificate_reload_ms) {
-            return Err(InvalidField::new(
-                "certificate_reload_ms",
-                self.certificate_reload_ms,
-                "must be 0 (never) or at least 100",
-            ));
-        }
+        multimesh_core::rotate::check_period("certificate_reload_ms", self.certificate_reload_ms)?;
         match (&self.routes.file, &self.routes.federation) {
             (Some(_), None) => {}
             (None, Some(a)) => names::host_port("routes.federation", a)?,

@@ -155,6 +155,8 @@ pub struct Catalog {
     /// Certificates of the signers of the seals held (DER), so relayed items can travel with
     /// them.
     certs: BTreeMap<Fingerprint, Arc<CertDer>>,
+    /// The certificate this site's own records are sealed with ([`Catalog::renew`]).
+    sealed_by: Option<Fingerprint>,
     limits: Limits,
     /// Live entries in the merged view: all of them, and this site's own.
     live: usize,
@@ -187,6 +189,7 @@ impl Catalog {
             declared: BTreeSet::new(),
             peers: None,
             certs: BTreeMap::new(),
+            sealed_by: None,
             limits,
             live: 0,
             own_live: 0,
@@ -275,6 +278,37 @@ impl Catalog {
         let audience = self.merged[&key].audience.clone();
         self.set_merged(key, Record::new(stamp, Body::Withdrawn { audience }), false);
         Ok(stamp)
+    }
+
+    /// Records that this site's own records are sealed by the certificate `signer` from now
+    /// on. When that is another certificate than before (a rotated one, or the first time),
+    /// every own record, live or withdrawn, gets a new stamp with the same content, so that
+    /// peers replace what they hold, sealed by the previous certificate, and relay the new
+    /// seal: a record held at the same stamp is never replaced, and once the previous
+    /// certificate ends, its seals are refused by every site a relay reaches. Returns how many
+    /// records were renewed, `None` when `signer` already sealed them (nothing changes).
+    pub fn renew(&mut self, signer: Fingerprint) -> Option<usize> {
+        if self.sealed_by == Some(signer) {
+            return None;
+        }
+        self.sealed_by = Some(signer);
+        let own: Vec<(Key, Body)> = self
+            .merged
+            .iter()
+            .filter(|(k, _)| k.origin == self.site)
+            .map(|(k, m)| (k.clone(), m.record.body.clone()))
+            .collect();
+        let renewed = own.len();
+        for (key, body) in own {
+            let stamp = self.next_version();
+            self.set_merged(key, Record::new(stamp, body), false);
+        }
+        Some(renewed)
+    }
+
+    /// The certificate this site's own records are sealed with, when known.
+    pub fn sealed_by(&self) -> Option<Fingerprint> {
+        self.sealed_by
     }
 
     /// Marks which exports the site config declares (they cannot be changed at run time).
@@ -922,6 +956,7 @@ impl Catalog {
                 .map(|k| (k.namespace.clone(), k.name.clone()))
                 .collect(),
             certs: self.certs.values().cloned().collect(),
+            sealed_by: self.sealed_by,
             journal: 0,
         }
     }
@@ -1017,6 +1052,7 @@ impl Catalog {
             .into_iter()
             .map(|c| (crate::proof::fingerprint(&c.0), c))
             .collect();
+        c.sealed_by = state.sealed_by;
         c.declared = state
             .declared
             .iter()
@@ -1078,6 +1114,10 @@ pub struct State {
     /// Certificates of the signers of the seals held.
     #[serde(default)]
     certs: Vec<Arc<CertDer>>,
+    /// The certificate this site's own records are sealed with (absent in states saved before
+    /// rotation: the first start renews them once).
+    #[serde(default, with = "crate::proof::fingerprint_hex::option")]
+    sealed_by: Option<Fingerprint>,
     /// The generation of the journal that continues this snapshot (see `store`).
     #[serde(default)]
     journal: u64,

@@ -36,6 +36,11 @@ pub struct Config {
     pub edge_via: Option<String>,
     /// Certificate files.
     pub tls: TlsFiles,
+    /// How often the certificate and key files are read again (ms); when they changed and pass
+    /// the checks a peer would apply, new handshakes present the new certificate and this
+    /// site's records are sealed again by it (rotation without a restart). 0: never.
+    #[serde(default = "default_certificate_reload_ms")]
+    pub certificate_reload_ms: u64,
     /// Sync protocol tuning.
     #[serde(default)]
     pub sync: SyncSettings,
@@ -55,6 +60,10 @@ pub struct Config {
     /// Settings of the `kubernetes` backend.
     #[serde(default)]
     pub kubernetes: Option<crate::kubernetes::KubeSettings>,
+}
+
+fn default_certificate_reload_ms() -> u64 {
+    5_000
 }
 
 /// The site backend.
@@ -216,6 +225,7 @@ impl Config {
         if let Some(v) = &self.edge_via {
             names::dns_label("edge_via", v)?;
         }
+        multimesh_core::rotate::check_period("certificate_reload_ms", self.certificate_reload_ms)?;
         let s = &self.sync;
         if s.heartbeat_ms == 0 || s.heartbeat_ms > 60_000 {
             return Err(InvalidField::new(
@@ -413,6 +423,31 @@ to = ["b"]
         assert_eq!(c.state_file, d.path().join("state.json"));
         assert_eq!(c.services[0].ports[0].port, 8080);
         assert_eq!(c.sync.liveness_timeout().as_millis(), 3500);
+        assert_eq!(c.certificate_reload_ms, 5_000);
+    }
+
+    #[test]
+    fn a_certificate_reload_period_too_busy_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let with = |v: &str| {
+            BASE.replace(
+                "edge_ingress",
+                &format!("certificate_reload_ms = {v}\nedge_ingress"),
+            )
+        };
+        assert_eq!(
+            Config::load(&write(d.path(), "a.toml", &with("0")))
+                .unwrap()
+                .certificate_reload_ms,
+            0
+        );
+        let e = Config::load(&write(d.path(), "b.toml", &with("10")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("certificate_reload_ms") && e.contains("at least 100"),
+            "{e}"
+        );
     }
 
     #[test]

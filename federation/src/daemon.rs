@@ -97,6 +97,27 @@ impl Running {
     }
 }
 
+/// Seals this site's records with a rotated certificate: from now on every seal is made by
+/// it (first), then every own record gets a new stamp (which wakes the sessions), so peers
+/// replace what the previous certificate sealed.
+fn reseal(node: &Node, next: &tls::SiteTls) {
+    let signer = match crate::proof::Signer::new(&next.chain[0], &next.key) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            warn!(error = %e, "the rotated certificate cannot sign records; they stay sealed by the previous one");
+            return;
+        }
+    };
+    let fingerprint = signer.fingerprint();
+    node.sealer.replace(signer);
+    let renewed = node.store.renew(fingerprint).unwrap_or(0);
+    info!(
+        records = renewed,
+        signer = %crate::proof::short(&fingerprint),
+        "records sealed by the rotated certificate: peers receive them with new stamps"
+    );
+}
+
 /// Starts a daemon for `cfg` (read from `config_path`).
 pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonError> {
     #[cfg(not(feature = "kubernetes"))]
@@ -153,6 +174,16 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
         info!(peer = %peer, "dropped what this peer sent: it is no longer configured");
     }
     catalog.add_certs([signer.certificate().clone()]);
+    // Started with another certificate than the one that sealed the records last: they get new
+    // stamps, so peers replace the seals of the previous certificate before it ends.
+    if let Some(renewed) = catalog.renew(signer.fingerprint())
+        && restored
+    {
+        info!(
+            records = renewed,
+            "this site's certificate changed since its state was saved: its records get new stamps sealed by the new one"
+        );
+    }
     info!(
         site = %cfg.site,
         restored,
@@ -203,6 +234,26 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
     });
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
+
+    // Certificate rotation: new handshakes present the new certificate, and this site's
+    // records are sealed again by it.
+    if cfg.certificate_reload_ms > 0 {
+        tasks.spawn(multimesh_core::rotate::watch(
+            multimesh_core::rotate::Source {
+                files: cfg.tls.clone(),
+                trust_domain: cfg.trust_domain.clone(),
+                site: cfg.site.clone(),
+                role: Role::Federation,
+            },
+            tls_material.clone(),
+            Duration::from_millis(cfg.certificate_reload_ms),
+            shutdown.clone(),
+            {
+                let node = node.clone();
+                move |next| reseal(&node, next)
+            },
+        ));
+    }
 
     // Persist every change (the journal is flushed at most every 200 ms, or at once for an
     // export before it is acknowledged).

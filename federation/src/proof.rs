@@ -416,8 +416,29 @@ mod b64 {
     }
 }
 
-mod fingerprint_hex {
+pub(crate) mod fingerprint_hex {
     use serde::{Deserialize, Deserializer, Serializer};
+
+    /// The same for an optional fingerprint (absent or null: `None`).
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(v: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(fp) => super::serialize(fp, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+            match Option::<String>::deserialize(d)? {
+                None => Ok(None),
+                Some(s) => crate::proof::parse_hex(&s)
+                    .map(Some)
+                    .ok_or_else(|| serde::de::Error::custom("not 64 hex digits")),
+            }
+        }
+    }
 
     pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&v.iter().map(|b| format!("{b:02x}")).collect::<String>())

@@ -107,6 +107,12 @@ pub enum Op {
         #[serde(default)]
         certs: Vec<Arc<CertDer>>,
     },
+    /// [`Catalog::renew`].
+    Renew {
+        /// The certificate that seals this site's records from now on.
+        #[serde(with = "crate::proof::fingerprint_hex")]
+        signer: crate::proof::Fingerprint,
+    },
     /// [`Catalog::advance_link`].
     AdvanceLink {
         /// The peer.
@@ -121,6 +127,7 @@ enum Outcome {
     Stamp(Result<Stamp, AdminError>),
     Applied(Result<Applied, Refusal>),
     Advanced(bool),
+    Renewed(Option<usize>),
 }
 
 impl Outcome {
@@ -130,6 +137,8 @@ impl Outcome {
             Outcome::Stamp(r) => r.is_ok(),
             Outcome::Applied(r) => r.is_ok(),
             Outcome::Advanced(b) => *b,
+            // A new signer is recorded even when there was no record to renew.
+            Outcome::Renewed(r) => r.is_some(),
         }
     }
 }
@@ -169,6 +178,7 @@ impl Op {
                 Outcome::Applied(r)
             }
             Op::AdvanceLink { peer, to } => Outcome::Advanced(c.advance_link(&peer, to)),
+            Op::Renew { signer } => Outcome::Renewed(c.renew(signer)),
         }
     }
 
@@ -353,6 +363,15 @@ impl Store {
         }) {
             Outcome::Advanced(b) => b,
             _ => unreachable!("advance_link yields a bool"),
+        }
+    }
+
+    /// Seals this site's records with a new certificate (see [`Catalog::renew`]): how many
+    /// records got a new stamp, `None` when that certificate already sealed them.
+    pub fn renew(&self, signer: crate::proof::Fingerprint) -> Option<usize> {
+        match self.apply(Op::Renew { signer }) {
+            Outcome::Renewed(r) => r,
+            _ => unreachable!("renew yields a count"),
         }
     }
 

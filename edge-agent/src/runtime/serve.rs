@@ -127,13 +127,16 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
 
     if config.certificate_reload_ms > 0 {
         tasks.spawn(multimesh_core::rotate::watch(
-            config.tls.clone(),
-            config.trust_domain.clone(),
-            config.site.clone(),
-            multimesh_core::identity::Role::Edge,
+            multimesh_core::rotate::Source {
+                files: config.tls.clone(),
+                trust_domain: config.trust_domain.clone(),
+                site: config.site.clone(),
+                role: multimesh_core::identity::Role::Edge,
+            },
             site_tls.clone(),
             std::time::Duration::from_millis(config.certificate_reload_ms),
             shutdown.clone(),
+            |_| {},
         ));
     }
     if let Some(path) = &config.routes.file {

@@ -227,6 +227,57 @@ fn relay_reaches_an_edge_node_and_back() {
 }
 
 #[test]
+fn renewing_with_a_new_signer_restamps_own_records_and_relays_replace_theirs() {
+    // a - c - n: c relays a's records to n.
+    let (mut a, mut c, mut n) = (cat("a", 1), cat("c", 3), cat("n", 9));
+    let first = [1u8; 32];
+    assert_eq!(
+        a.renew(first),
+        Some(0),
+        "a new signer is recorded even with no records"
+    );
+    assert_eq!(
+        a.renew(first),
+        None,
+        "the same signer again changes nothing"
+    );
+    a.export("shop", "payment", svc(Scope::All)).unwrap();
+    a.export("shop", "ledger", svc(Scope::All)).unwrap();
+    a.unexport("shop", "ledger").unwrap();
+    sync(&a, &mut c);
+    sync(&c, &mut n);
+    let stamp_at = |cat: &Catalog, name: &str| {
+        cat.merged
+            .iter()
+            .find(|(k, _)| k.origin == "a" && k.name == name)
+            .map(|(_, m)| m.record.stamp)
+            .unwrap()
+    };
+    let before = (stamp_at(&a, "payment"), stamp_at(&a, "ledger"));
+    let seq = a.position().seq;
+
+    // Rotated: both own records (the live one and the withdrawal) get new stamps, same
+    // content; nothing else moves.
+    assert_eq!(a.renew([2u8; 32]), Some(2));
+    assert_eq!(a.sealed_by(), Some([2u8; 32]));
+    assert!(stamp_at(&a, "payment") > before.0 && stamp_at(&a, "ledger") > before.1);
+    assert_eq!(a.position().seq, seq + 2);
+    assert_eq!(names(&a), ["shop/payment@a"]);
+    assert_eq!(a.exports().count(), 1);
+
+    // The relay and the node beyond it take the new stamps (with the new seals).
+    let to_c = sync(&a, &mut c);
+    assert_eq!((to_c.snapshots, to_c.deltas, to_c.records.len()), (0, 1, 2));
+    sync(&c, &mut n);
+    assert_eq!(stamp_at(&n, "payment"), stamp_at(&a, "payment"));
+    assert_eq!(names(&n), ["shop/payment@a"]);
+
+    // The signer survives a save and load: a restart with the same certificate renews nothing.
+    let mut back = Catalog::from_state(a.to_state(), Limits::default()).unwrap();
+    assert_eq!(back.renew([2u8; 32]), None);
+}
+
+#[test]
 fn reconnect_resumes_with_a_delta_without_resending() {
     let mut a = cat("a", 1);
     let mut b = cat("b", 2);

@@ -50,7 +50,8 @@ fn pull(store: &Store, b: &Catalog) {
     }
 }
 
-/// A deterministic walk of exports, unexports and pulls from a peer, flushing now and then.
+/// A deterministic walk of exports, unexports, pulls from a peer and certificate renewals,
+/// flushing now and then.
 /// Returns the image of the catalog at the last flush.
 fn walk(store: &Store, steps: usize, seed: u64) -> serde_json::Value {
     let mut b = Catalog::new("b", 7, Limits::default());
@@ -64,7 +65,7 @@ fn walk(store: &Store, steps: usize, seed: u64) -> serde_json::Value {
     let mut flushed = store.read(image);
     for _ in 0..steps {
         let name = format!("s{}", next(8));
-        match next(6) {
+        match next(7) {
             0 => {
                 let _ = store.export("ns", &name, svc(8000 + next(3) as u16, Scope::All));
             }
@@ -78,6 +79,10 @@ fn walk(store: &Store, steps: usize, seed: u64) -> serde_json::Value {
                 let _ = b.unexport("ns", &name);
             }
             4 => pull(store, &b),
+            // A rotated certificate (one of three): own records get new stamps.
+            5 => {
+                let _ = store.renew([1 + next(3) as u8; 32]);
+            }
             _ => {
                 store.flush().unwrap();
                 flushed = store.read(image);

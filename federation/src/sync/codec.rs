@@ -296,7 +296,10 @@ pub fn open_heads(
 /// stamp (so a snapshot to a new peer does not sign every record again).
 pub struct Sealer {
     site: Site,
-    signer: Arc<Signer>,
+    signer: Mutex<Arc<Signer>>,
+    /// The signer before the last [`Sealer::replace`]: a message sealed just before it still
+    /// finds its certificate.
+    previous: Mutex<Option<Arc<Signer>>>,
     records: Mutex<HashMap<Key, OwnSeal>>,
     head: Mutex<Option<(Stamp, u64, Arc<Seal>)>>,
 }
@@ -306,19 +309,46 @@ impl Sealer {
     pub fn new(site: &str, signer: Arc<Signer>) -> Self {
         Self {
             site: site.to_string(),
-            signer,
+            signer: Mutex::new(signer),
+            previous: Mutex::new(None),
             records: Mutex::new(HashMap::new()),
             head: Mutex::new(None),
         }
     }
 
-    /// The signer.
-    pub fn signer(&self) -> &Arc<Signer> {
-        &self.signer
+    /// The signer items are sealed with now.
+    pub fn signer(&self) -> Arc<Signer> {
+        lock(&self.signer).clone()
+    }
+
+    /// Seals with `signer` from now on (a rotated certificate); no seal made by the previous
+    /// one is handed out again.
+    pub fn replace(&self, signer: Arc<Signer>) {
+        // Under the signer's lock, so no seal by the previous signer enters a cache after
+        // the caches are cleared.
+        let mut current = lock(&self.signer);
+        lock(&self.records).clear();
+        *lock(&self.head) = None;
+        let before = std::mem::replace(&mut *current, signer);
+        *lock(&self.previous) = Some(before);
+    }
+
+    /// The certificate of `fp` when it is this site's signer (now or before the last
+    /// replacement).
+    pub fn certificate(&self, fp: &Fingerprint) -> Option<Arc<CertDer>> {
+        let now = self.signer();
+        if now.fingerprint() == *fp {
+            return Some(now.certificate().clone());
+        }
+        lock(&self.previous)
+            .as_ref()
+            .filter(|p| p.fingerprint() == *fp)
+            .map(|p| p.certificate().clone())
     }
 
     fn seal_own(&self, key: &Key, record: &Record) -> Arc<Proof> {
         let live = record.service().is_some();
+        let signer = lock(&self.signer);
         let mut m = lock(&self.records);
         if let Some((stamp, l, seal)) = m.get(key)
             && *stamp == record.stamp
@@ -329,7 +359,7 @@ impl Sealer {
         let bytes = record.encode(key);
         let header = crate::model::header_of(key, record, &bytes).encode_to_vec();
         let proof = Arc::new(Proof {
-            header: self.signer.seal(Context::Record, header),
+            header: signer.seal(Context::Record, header),
             record: Some(crate::proof::Blob(bytes)),
         });
         m.insert(key.clone(), (record.stamp, live, proof.clone()));
@@ -338,6 +368,7 @@ impl Sealer {
 
     /// This site's head, sealed.
     pub fn seal_head(&self, head: &Head) -> Arc<Seal> {
+        let signer = lock(&self.signer);
         let mut h = lock(&self.head);
         if let Some((stamp, beat, seal)) = h.as_ref()
             && *stamp == head.stamp
@@ -352,7 +383,7 @@ impl Sealer {
             beat: head.beat,
         }
         .encode_to_vec();
-        let seal = Arc::new(self.signer.seal(Context::Head, bytes));
+        let seal = Arc::new(signer.seal(Context::Head, bytes));
         *h = Some((head.stamp, head.beat, seal.clone()));
         seal
     }
@@ -377,24 +408,33 @@ fn signed_record(p: &Proof) -> wire::SignedRecord {
     }
 }
 
-/// Looks up the certificates of `signers` (this site's own, or held in the catalog).
+/// Looks up the certificates of `signers` (this site's own, or held in the catalog) that are
+/// valid at `now`. A seal whose certificate has ended (an origin that stopped renewing it) or
+/// is unknown gets none, and [`batches`] leaves its item out: a receiver refuses a whole
+/// message that carries one, so one such origin would otherwise block everything relayed
+/// with it.
 pub fn certificates_of(
     catalog: &Catalog,
-    own: &Signer,
+    own: &Sealer,
     signers: impl Iterator<Item = Fingerprint>,
+    now: time::OffsetDateTime,
 ) -> HashMap<Fingerprint, Arc<CertDer>> {
     let mut out = HashMap::new();
+    let mut ended = Vec::new();
     for fp in signers {
-        if out.contains_key(&fp) {
+        if out.contains_key(&fp) || ended.contains(&fp) {
             continue;
         }
-        let cert = if fp == own.fingerprint() {
-            Some(own.certificate().clone())
-        } else {
-            catalog.cert(&fp).cloned()
-        };
-        if let Some(c) = cert {
-            out.insert(fp, c);
+        let cert = own.certificate(&fp).or_else(|| catalog.cert(&fp).cloned());
+        let valid = cert.filter(|c| {
+            crate::identity::validity(&rustls::pki_types::CertificateDer::from(c.0.as_slice()))
+                .is_ok_and(|(from, until)| from <= now && now <= until)
+        });
+        match valid {
+            Some(c) => {
+                out.insert(fp, c);
+            }
+            None => ended.push(fp),
         }
     }
     out
@@ -420,7 +460,8 @@ impl<T> Default for Batch<T> {
 
 /// Cuts items into messages of at most `max_items` items and about `budget` bytes (an item
 /// larger than the budget travels alone). Each message carries the certificates its items
-/// need.
+/// need; an item whose signer has no certificate in `certs` (see [`certificates_of`]) is left
+/// out.
 pub fn batches<T>(
     items: Vec<(T, usize, Option<Fingerprint>)>,
     certs: &HashMap<Fingerprint, Arc<CertDer>>,
@@ -431,7 +472,10 @@ pub fn batches<T>(
     let mut cur: Batch<T> = Batch::default();
     let mut bytes = 0usize;
     let mut signers: Vec<Fingerprint> = Vec::new();
-    for (item, size, signer) in items {
+    let sendable = items
+        .into_iter()
+        .filter(|(_, _, signer)| signer.is_none_or(|s| certs.contains_key(&s)));
+    for (item, size, signer) in sendable {
         let new_signer = signer.filter(|s| !signers.contains(s));
         let extra = size
             + new_signer
@@ -513,30 +557,34 @@ pub fn seal_changes(
         .collect()
 }
 
-/// The heads to send: this site's own (sealed here) and every other origin's signed head.
+/// The heads to send: this site's own (sealed here) and every other origin's signed head whose
+/// certificate is valid at `now` (see [`certificates_of`]).
 pub fn seal_heads(
     sealer: &Sealer,
     catalog: &Catalog,
+    now: time::OffsetDateTime,
 ) -> (Vec<wire::SignedHead>, HashMap<Fingerprint, Arc<CertDer>>) {
-    let mut out = Vec::new();
-    let mut signers = Vec::new();
-    for (origin, h) in catalog.heads() {
-        let seal = if *origin == catalog.site() {
-            sealer.seal_head(h)
-        } else {
-            match &h.seal {
-                Some(s) => s.clone(),
-                None => continue,
+    let seals: Vec<Arc<Seal>> = catalog
+        .heads()
+        .iter()
+        .filter_map(|(origin, h)| {
+            if *origin == catalog.site() {
+                Some(sealer.seal_head(h))
+            } else {
+                h.seal.clone()
             }
-        };
-        signers.push(seal.signer);
-        out.push(wire::SignedHead {
+        })
+        .collect();
+    let certs = certificates_of(catalog, sealer, seals.iter().map(|s| s.signer), now);
+    let out = seals
+        .iter()
+        .filter(|s| certs.contains_key(&s.signer))
+        .map(|seal| wire::SignedHead {
             head: seal.bytes.clone(),
             signature: seal.signature.clone(),
             signer: seal.signer.to_vec(),
-        });
-    }
-    let certs = certificates_of(catalog, sealer.signer(), signers.into_iter());
+        })
+        .collect();
     (out, certs)
 }
 
@@ -642,5 +690,57 @@ mod tests {
             let bytes: usize = cert_len + p.items.iter().map(|i| i.encoded_len()).sum::<usize>();
             assert!(bytes <= budget, "{bytes} > {budget}");
         }
+    }
+
+    #[test]
+    fn a_seal_whose_certificate_ended_is_left_out_instead_of_spoiling_the_message() {
+        let b = Sealer::new("b", test_pki::signer("b"));
+        let catalog = Catalog::new("b", 1, crate::catalog::Limits::default());
+        let mut k = key("b");
+        let items = seal_records(&b, &[(k.clone(), payment(1))]);
+        let signer = b.signer().fingerprint();
+        let now = time::OffsetDateTime::now_utc();
+        let valid = certificates_of(&catalog, &b, [signer].into_iter(), now);
+        assert!(valid.contains_key(&signer));
+        assert_eq!(batches(items, &valid, 10, 1 << 20).len(), 1);
+        // Two days on, the test certificate (one day) has ended: neither it nor the item
+        // travels, and an unsigned item (a retraction) still does.
+        let later = now + time::Duration::days(2);
+        let ended = certificates_of(&catalog, &b, [signer].into_iter(), later);
+        assert!(ended.is_empty());
+        k.name = "other".into();
+        let mut items = seal_records(&b, &[(k, payment(1))]);
+        items.push((items[0].0.clone(), 1, None));
+        let parts = batches(items, &ended, 10, 1 << 20);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].items.len(), 1);
+        assert!(parts[0].certificates.is_empty());
+    }
+
+    #[test]
+    fn a_replaced_signer_seals_from_then_on_and_its_predecessor_is_still_found() {
+        let b = Sealer::new("b", test_pki::signer("b"));
+        let before = b.signer();
+        let record = payment(1);
+        let old = b.seal_of(&key("b"), &record).unwrap();
+        assert_eq!(old.header.signer, before.fingerprint());
+        let next = test_pki::signer("b");
+        b.replace(next.clone());
+        // Same stamp, but the cached seal of the previous signer is not handed out again.
+        let new = b.seal_of(&key("b"), &record).unwrap();
+        assert_eq!(new.header.signer, next.fingerprint());
+        let catalog = Catalog::new("b", 1, crate::catalog::Limits::default());
+        let now = time::OffsetDateTime::now_utc();
+        let certs = certificates_of(
+            &catalog,
+            &b,
+            [before.fingerprint(), next.fingerprint()].into_iter(),
+            now,
+        );
+        assert_eq!(
+            certs.len(),
+            2,
+            "a message sealed just before the swap finds its certificate"
+        );
     }
 }

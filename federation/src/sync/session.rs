@@ -63,7 +63,8 @@ fn pos_from_wire(p: &wire::StreamPosition) -> Position {
 
 /// This site's heads, each signed by its origin, with the signers' certificates.
 fn heads_for_wire(node: &Node) -> (Vec<wire::SignedHead>, Vec<Vec<u8>>) {
-    let (heads, certs) = node.store.read(|c| codec::seal_heads(&node.sealer, c));
+    let now = time::OffsetDateTime::now_utc();
+    let (heads, certs) = node.store.read(|c| codec::seal_heads(&node.sealer, c, now));
     (heads, certs.into_values().map(|c| c.0.clone()).collect())
 }
 
@@ -234,8 +235,9 @@ async fn send_loop(
                 let certs = node.store.read(|c| {
                     codec::certificates_of(
                         c,
-                        node.sealer.signer(),
+                        &node.sealer,
                         items.iter().filter_map(|(_, _, s)| *s),
+                        time::OffsetDateTime::now_utc(),
                     )
                 });
                 let parts = codec::batches(items, &certs, chunk, budget);
@@ -273,8 +275,9 @@ async fn send_loop(
                 let certs = node.store.read(|c| {
                     codec::certificates_of(
                         c,
-                        node.sealer.signer(),
+                        &node.sealer,
                         items.iter().filter_map(|(_, _, s)| *s),
+                        time::OffsetDateTime::now_utc(),
                     )
                 });
                 let mut parts = codec::batches(items, &certs, chunk, budget);
