@@ -119,7 +119,7 @@ pub fn certificates(
     };
     // The chain is checked at a time the certificate is valid, so that an expired certificate
     // is reported as expired, and a foreign one as foreign, each once.
-    let chained = tls::verify_chain(&tls.chain, &tls.roots, now.clamp(start, end));
+    let chained = tls::verify_chain(&tls.chain, &tls.roots(), now.clamp(start, end));
     out.push(match chained {
         Err(e) => finding(
             "site certificate",

@@ -1,13 +1,19 @@
-//! Certificate rotation without a restart: the certificate and key files are read again
-//! periodically, and when they changed and pass the checks a peer would apply, what the
-//! site's handshakes present ([`Presented`]) is replaced. Connections already open keep the
-//! certificate they were made with; the CA bundle is the one read at start.
+//! Certificate and CA rotation without a restart: the CA bundle, certificate and key files are
+//! read again periodically, and when they changed and pass the checks a peer would apply, what
+//! the site's handshakes present ([`Presented`]) and the bundle they check peers against
+//! ([`Trusted`]) are replaced. Connections already open keep what they were made with.
 //!
-//! A replacement is refused, and the previous certificate kept, when the new files do not
-//! name this site and role, the key is not the certificate's, or the certificate does not
-//! chain to the federation CA or is not valid now. Each distinct content is judged once, so a
-//! refused pair is logged once, and a pair written one file at a time (certificate, then key)
-//! is taken when its second half lands.
+//! A replacement is refused, and the previous material kept, when the new files do not name
+//! this site and role, the key is not the certificate's, or the certificate does not chain to
+//! the (new) CA bundle or is not valid now. So a CA is rotated in three steps, each taken by
+//! every site while it runs: a bundle with both CAs; certificates issued by the new CA; the
+//! bundle of the new CA alone. A bundle that no longer holds the CA of the site's own
+//! certificate (the last step taken too early) is refused, because every peer would refuse
+//! that site. Each distinct content is judged once, so a refused set is logged once, and
+//! files written one at a time (certificate, then key) are taken when the last one lands.
+//!
+//! [`Presented`]: crate::tls::Presented
+//! [`Trusted`]: crate::tls::Trusted
 
 use std::path::Path;
 use std::sync::Arc;
@@ -38,8 +44,8 @@ pub struct Source {
     pub role: Role,
 }
 
-/// Judges the files as they are now: the new material when it may replace `current`.
-pub fn judge(source: &Source, current: &SiteTls, now: OffsetDateTime) -> Result<SiteTls, String> {
+/// Judges the files as they are now: the new material when it may replace what runs.
+pub fn judge(source: &Source, now: OffsetDateTime) -> Result<SiteTls, String> {
     let Source {
         files,
         trust_domain,
@@ -48,13 +54,23 @@ pub fn judge(source: &Source, current: &SiteTls, now: OffsetDateTime) -> Result<
     } = source;
     let next = load_site(files, trust_domain, site, *role).map_err(|e| e.to_string())?;
     next.key_matches()?;
-    crate::tls::verify_chain(&next.chain, &current.roots, now).map_err(|e| {
+    crate::tls::verify_chain(&next.chain, &next.roots(), now).map_err(|e| {
         format!(
-            "{}: not a valid certificate of the federation CA now: {e}",
-            files.cert.display()
+            "{} is not a valid certificate of the federation CA bundle {} now: {e}",
+            files.cert.display(),
+            files.ca.display()
         )
     })?;
     Ok(next)
+}
+
+/// What changed between two readings of the files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Changed {
+    /// The CA bundle.
+    pub bundle: bool,
+    /// The certificate or key.
+    pub certificate: bool,
 }
 
 /// The least period of [`watch`] a config may ask for (ms); 0 means never.
@@ -73,51 +89,63 @@ pub fn check_period(field: &str, ms: u64) -> Result<(), crate::error::InvalidFie
 }
 
 /// Every `every`, reads the files of `source` again; when they changed and pass [`judge`],
-/// `current`'s handshakes present the new certificate from then on, and `then` is called with
-/// the new material (for whatever else the certificate serves, such as signing). Runs until
-/// `shutdown`.
+/// `current`'s handshakes present the new certificate and check peers against the new bundle
+/// from then on, and `then` is called with the new material and what changed (for whatever
+/// else they serve, such as signing and checking signatures). Runs until `shutdown`.
 pub async fn watch(
     source: Source,
     current: Arc<SiteTls>,
     every: Duration,
     shutdown: CancellationToken,
-    then: impl Fn(&SiteTls) + Send + 'static,
+    then: impl Fn(&SiteTls, Changed) + Send + 'static,
 ) {
     let Source {
         files, site, role, ..
     } = &source;
-    // What the files held when last judged (certificate and key bytes).
-    let mut seen = (read(&files.cert), read(&files.key));
+    let read_all = || [read(&files.ca), read(&files.cert), read(&files.key)];
+    // What the files held when last taken, and when last judged.
+    let mut taken = read_all();
+    let mut seen = taken.clone();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let now = (read(&files.cert), read(&files.key));
+        let now = read_all();
         if seen == now {
             continue;
         }
-        seen = now;
-        match judge(&source, &current, OffsetDateTime::now_utc()) {
+        seen = now.clone();
+        match judge(&source, OffsetDateTime::now_utc()) {
             Ok(next) => {
+                let changed = Changed {
+                    bundle: now[0] != taken[0],
+                    certificate: now[1..] != taken[1..],
+                };
+                taken = now;
                 current.presented.replace(&next.presented);
-                then(&next);
+                current.trusted.replace(&next.trusted);
+                then(&next, changed);
                 let until = validity(&next.chain[0])
                     .map(|(_, end)| end.to_string())
                     .unwrap_or_default();
                 info!(
                     site = %site,
                     role = role.as_str(),
+                    ca = %files.ca.display(),
                     cert = %files.cert.display(),
+                    bundle_changed = changed.bundle,
+                    certificate_changed = changed.certificate,
+                    cas = next.roots().roots.len(),
                     valid_until = %until,
-                    "certificate rotated: new handshakes present the new certificate"
+                    "certificate rotated: new handshakes present this certificate and check peers against this CA bundle"
                 );
             }
             Err(e) => warn!(
                 site = %site,
                 role = role.as_str(),
                 error = %e,
-                "certificate files changed but were refused; still presenting the previous certificate"
+                "certificate or CA files changed but were refused; the previous ones stay in use"
             ),
         }
     }

@@ -83,11 +83,9 @@ pub fn load_site(
 
 /// Material for one site's TLS: its CA roots, certificate chain and key.
 pub struct SiteTls {
-    /// The federation CA.
-    pub roots: Arc<RootCertStore>,
-    /// How many intermediate CAs a peer's chain may hold: the largest `pathLen` of the roots
-    /// (`None`: a root sets no limit). webpki does not apply a trust anchor's own constraints.
-    pub max_intermediates: Option<usize>,
+    /// The federation CA bundle peers are checked against: what was read when this value was
+    /// built at first; replaced while running when the bundle file changes (see [`Trusted`]).
+    pub trusted: Arc<Trusted>,
     /// This site's certificate chain, as read when this value was built.
     pub chain: Vec<CertificateDer<'static>>,
     /// This site's private key, as read when this value was built.
@@ -95,6 +93,69 @@ pub struct SiteTls {
     /// What this site's handshakes present: `chain` and `key` at first; the edge agent
     /// replaces it when its certificate files change (see [`Presented`]).
     pub presented: Arc<Presented>,
+}
+
+/// A federation CA bundle, ready for handshakes.
+pub struct Trust {
+    /// The CA certificates.
+    pub roots: Arc<RootCertStore>,
+    /// How many intermediate CAs a peer's chain may hold: the largest `pathLen` of the roots
+    /// (`None`: a root sets no limit). webpki does not apply a trust anchor's own constraints.
+    pub max_intermediates: Option<usize>,
+    /// The chain check of client certificates against `roots`.
+    clients: Arc<dyn ClientCertVerifier>,
+}
+
+impl Trust {
+    /// Builds the roots from CA certificates, refusing one that may not sign certificates.
+    pub fn new(ca: Vec<CertificateDer<'static>>) -> Result<Self, TlsError> {
+        let mut roots = RootCertStore::empty();
+        let mut max_intermediates = Some(0usize);
+        for (i, c) in ca.into_iter().enumerate() {
+            let path_len =
+                ca_constraints(&c).map_err(|e| TlsError::Roots(format!("[{i}]: {e}")))?;
+            max_intermediates = match (max_intermediates, path_len) {
+                (Some(m), Some(p)) => Some(m.max(p)),
+                _ => None,
+            };
+            roots.add(c).map_err(|e| TlsError::Roots(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(TlsError::Roots("no CA certificate".into()));
+        }
+        let roots = Arc::new(roots);
+        let clients = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        Ok(Self {
+            roots,
+            max_intermediates,
+            clients,
+        })
+    }
+}
+
+/// The CA bundle a site checks peers against, replaceable while it runs (like [`Presented`]):
+/// each new handshake, on either side, checks the peer against the current bundle.
+pub struct Trusted(std::sync::Mutex<Arc<Trust>>);
+
+impl Trusted {
+    /// The bundle trusted now.
+    pub fn current(&self) -> Arc<Trust> {
+        crate::locks::lock(&self.0).clone()
+    }
+
+    /// Trusts what `with` trusts from the next handshake on.
+    pub fn replace(&self, with: &Trusted) {
+        let next = with.current();
+        *crate::locks::lock(&self.0) = next;
+    }
+}
+
+impl fmt::Debug for Trusted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Trusted")
+    }
 }
 
 /// The certificate and key a site presents in its handshakes, replaceable while it runs:
@@ -169,20 +230,7 @@ impl SiteTls {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<Self, TlsError> {
-        let mut roots = RootCertStore::empty();
-        let mut max_intermediates = Some(0usize);
-        for (i, c) in ca.into_iter().enumerate() {
-            let path_len =
-                ca_constraints(&c).map_err(|e| TlsError::Roots(format!("[{i}]: {e}")))?;
-            max_intermediates = match (max_intermediates, path_len) {
-                (Some(m), Some(p)) => Some(m.max(p)),
-                _ => None,
-            };
-            roots.add(c).map_err(|e| TlsError::Roots(e.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(TlsError::Roots("no CA certificate".into()));
-        }
+        let trust = Trust::new(ca)?;
         if chain.is_empty() {
             return Err(TlsError::Identity(crate::identity::IdentityError::Pem {
                 path: "certificate".into(),
@@ -190,8 +238,7 @@ impl SiteTls {
             }));
         }
         Ok(Self {
-            max_intermediates,
-            roots: Arc::new(roots),
+            trusted: Arc::new(Trusted(std::sync::Mutex::new(Arc::new(trust)))),
             presented: Arc::new(Presented::new(&chain, &key)?),
             chain,
             key,
@@ -200,6 +247,11 @@ impl SiteTls {
 }
 
 impl SiteTls {
+    /// The CA certificates trusted now.
+    pub fn roots(&self) -> Arc<RootCertStore> {
+        self.trusted.current().roots.clone()
+    }
+
     /// Checks that the private key presented is the one its certificate was issued for (their
     /// public keys are compared): with another key every handshake and every origin proof
     /// fails at the peer.
@@ -334,18 +386,21 @@ impl Callers {
     }
 }
 
-/// Accepts a client certificate that chains to the CA and carries an ID `callers` admit.
+/// Accepts a client certificate that chains to the CA trusted now and carries an ID `callers`
+/// admit.
 #[derive(Debug)]
 struct PeerClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+    trusted: Arc<Trusted>,
+    algs: WebPkiSupportedAlgorithms,
     trust_domain: String,
     callers: Callers,
-    max_intermediates: Option<usize>,
 }
 
 impl ClientCertVerifier for PeerClientVerifier {
+    /// None: the bundle may change while the server runs, and a site's client presents its
+    /// one certificate whatever the hints say.
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &[]
     }
 
     fn verify_client_cert(
@@ -354,8 +409,10 @@ impl ClientCertVerifier for PeerClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        check_intermediates(intermediates.len(), self.max_intermediates)?;
-        self.inner
+        let trust = self.trusted.current();
+        check_intermediates(intermediates.len(), trust.max_intermediates)?;
+        trust
+            .clients
             .verify_client_cert(end_entity, intermediates, now)?;
         let id = site_id_of(end_entity).map_err(|e| refuse(e.to_string()))?;
         if id.trust_domain != self.trust_domain {
@@ -376,7 +433,7 @@ impl ClientCertVerifier for PeerClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
     }
 
     fn verify_tls13_signature(
@@ -385,21 +442,21 @@ impl ClientCertVerifier for PeerClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.algs.supported_schemes()
     }
 }
 
-/// Accepts a server certificate that chains to the CA and carries exactly `expected`.
+/// Accepts a server certificate that chains to the CA trusted now and carries exactly
+/// `expected`.
 #[derive(Debug)]
 struct PeerServerVerifier {
-    roots: Arc<RootCertStore>,
+    trusted: Arc<Trusted>,
     algs: WebPkiSupportedAlgorithms,
     expected: SiteId,
-    max_intermediates: Option<usize>,
 }
 
 impl ServerCertVerifier for PeerServerVerifier {
@@ -411,11 +468,12 @@ impl ServerCertVerifier for PeerServerVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        check_intermediates(intermediates.len(), self.max_intermediates)?;
+        let trust = self.trusted.current();
+        check_intermediates(intermediates.len(), trust.max_intermediates)?;
         let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &self.roots,
+            &trust.roots,
             intermediates,
             now,
             self.algs.all,
@@ -484,14 +542,11 @@ fn build_server_config(
     alpn: Vec<Vec<u8>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
-    let inner = WebPkiClientVerifier::builder_with_provider(tls.roots.clone(), provider.clone())
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let verifier = Arc::new(PeerClientVerifier {
-        inner,
+        trusted: tls.trusted.clone(),
+        algs: provider.signature_verification_algorithms,
         trust_domain: trust_domain.to_string(),
         callers,
-        max_intermediates: tls.max_intermediates,
     });
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -515,10 +570,9 @@ pub fn client_config_alpn(
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
     let verifier = Arc::new(PeerServerVerifier {
-        roots: tls.roots.clone(),
+        trusted: tls.trusted.clone(),
         algs: provider.signature_verification_algorithms,
         expected,
-        max_intermediates: tls.max_intermediates,
     });
     let mut cfg = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?

@@ -97,10 +97,18 @@ impl Running {
     }
 }
 
-/// Seals this site's records with a rotated certificate: from now on every seal is made by
-/// it (first), then every own record gets a new stamp (which wakes the sessions), so peers
-/// replace what the previous certificate sealed.
-fn reseal(node: &Node, next: &tls::SiteTls) {
+/// Takes rotated files beyond the handshakes: a new CA bundle checks the certificates of
+/// signed records from now on; a new certificate seals this site's records (first), then
+/// every own record gets a new stamp (which wakes the sessions), so peers replace what the
+/// previous certificate sealed.
+fn rotated(node: &Node, next: &tls::SiteTls, changed: multimesh_core::rotate::Changed) {
+    if changed.bundle {
+        node.verifier.set_roots(&next.roots());
+        info!("signed records are checked against the rotated CA bundle");
+    }
+    if !changed.certificate {
+        return;
+    }
     let signer = match crate::proof::Signer::new(&next.chain[0], &next.key) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -144,7 +152,7 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
         &tls_material.key,
     )?);
     let verifier = Arc::new(crate::proof::Verifier::from_roots(
-        &tls_material.roots,
+        &tls_material.roots(),
         &cfg.trust_domain,
     )?);
     let (mut catalog, generation) = store::load(&cfg.state_file, &cfg.site, limits)?;
@@ -235,8 +243,8 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
 
-    // Certificate rotation: new handshakes present the new certificate, and this site's
-    // records are sealed again by it.
+    // Certificate and CA rotation: new handshakes present the new certificate and check
+    // peers against the new bundle; this site's records are sealed again by a new certificate.
     if cfg.certificate_reload_ms > 0 {
         tasks.spawn(multimesh_core::rotate::watch(
             multimesh_core::rotate::Source {
@@ -250,7 +258,7 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
             shutdown.clone(),
             {
                 let node = node.clone();
-                move |next| reseal(&node, next)
+                move |next, changed| rotated(&node, next, changed)
             },
         ));
     }

@@ -176,11 +176,14 @@ pub struct Signatory {
 /// Checks origin proofs against the federation CA. Certificates that passed are remembered
 /// (bounded) until they expire, so a relayed catalog costs one chain check per signer.
 pub struct Verifier {
-    anchors: Vec<rustls::pki_types::TrustAnchor<'static>>,
+    /// The federation CA bundle (replaced by [`Verifier::set_roots`]).
+    anchors: Mutex<Arc<Anchors>>,
     trust_domain: String,
     admitted: Mutex<HashMap<Fingerprint, Arc<Signatory>>>,
     verified: Mutex<Verified>,
 }
+
+type Anchors = Vec<rustls::pki_types::TrustAnchor<'static>>;
 
 /// Most admitted certificates remembered; beyond it the memory starts again (only costs time).
 const MAX_ADMITTED: usize = 4096;
@@ -239,7 +242,7 @@ impl Verifier {
             return Err(ProofError("no federation CA certificate".into()));
         }
         Ok(Self {
-            anchors,
+            anchors: Mutex::new(Arc::new(anchors)),
             trust_domain: trust_domain.to_string(),
             admitted: Mutex::new(HashMap::new()),
             verified: Mutex::default(),
@@ -255,11 +258,22 @@ impl Verifier {
             return Err(ProofError("no federation CA certificate".into()));
         }
         Ok(Self {
-            anchors: roots.roots.clone(),
+            anchors: Mutex::new(Arc::new(roots.roots.clone())),
             trust_domain: trust_domain.to_string(),
             admitted: Mutex::new(HashMap::new()),
             verified: Mutex::default(),
         })
+    }
+
+    /// Checks certificates against `roots` from now on (a rotated CA bundle): what was admitted
+    /// under the previous bundle is checked again when it is next seen.
+    pub fn set_roots(&self, roots: &rustls::RootCertStore) {
+        // Under the admission memory's lock, so nothing checked against the previous bundle
+        // is remembered after this.
+        let mut admitted = self.remembered();
+        *lock(&self.anchors) = Arc::new(roots.roots.clone());
+        admitted.clear();
+        *lock(&self.verified) = Verified::default();
     }
 
     fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<Fingerprint, Arc<Signatory>>> {
@@ -288,9 +302,10 @@ impl Verifier {
         let cert = CertificateDer::from(der);
         let ee = webpki::EndEntityCert::try_from(&cert)
             .map_err(|e| ProofError(format!("certificate {}: {e}", short(&fp))))?;
+        let anchors = lock(&self.anchors).clone();
         ee.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
-            &self.anchors,
+            &anchors,
             &[],
             now,
             webpki::KeyUsage::client_auth(),
@@ -330,7 +345,10 @@ impl Verifier {
         if m.len() >= MAX_ADMITTED {
             m.clear();
         }
-        m.insert(fp, s.clone());
+        // Remembered only when the bundle it was checked against is still the one in use.
+        if Arc::ptr_eq(&anchors, &lock(&self.anchors)) {
+            m.insert(fp, s.clone());
+        }
         Ok((fp, s))
     }
 

@@ -199,3 +199,124 @@ async fn an_origin_whose_certificate_ended_does_not_block_what_a_relay_sends() {
     assert!(version_at(&b, "a", "ledger").await.is_some());
     assert!(!c.log().contains("refused a message"), "{}", c.log());
 }
+
+/// Writes the federation CA bundle every site of the test reads.
+fn write_bundle(pki: &Pki, cas: &[&multimesh_core::pki::Pair]) {
+    let pem: String = cas.iter().map(|c| c.cert_pem.as_str()).collect();
+    multimesh_core::identity::write_file(&pki.dir.join("ca.pem"), &pem, false).unwrap();
+}
+
+/// How many times `site` has taken rotated files.
+fn rotations(site: &Site) -> usize {
+    site.log().matches("certificate rotated").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_federation_ca_is_rotated_in_three_steps_while_every_site_runs() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let reload = "certificate_reload_ms = 200\n";
+    let a = Site::start(
+        &pki,
+        root,
+        &SiteSpec::new("a").top(reload).accept("b"),
+        None,
+    );
+    let b = Site::start(
+        &pki,
+        root,
+        &SiteSpec::new("b")
+            .top(reload)
+            .dial("a", &a.listen)
+            .accept("c"),
+        None,
+    );
+    a.export("ledger", &[]).await;
+    eventually(20, "b holds a's ledger", || async {
+        version_at(&b, "a", "ledger").await.is_some()
+    })
+    .await;
+    let old = &pki.ca;
+    let new = multimesh_core::pki::init_ca(TD, 1).unwrap();
+
+    // Too early: a bundle of the new CA alone does not hold the CA of the sites' own
+    // certificates. Both refuse it and keep the bundle they have.
+    write_bundle(&pki, &[&new]);
+    eventually(
+        10,
+        "a and b refuse a bundle without their own CA",
+        || async { a.log().contains("were refused") && b.log().contains("were refused") },
+    )
+    .await;
+    assert!(
+        a.log()
+            .contains("is not a valid certificate of the federation CA bundle"),
+        "{}",
+        a.log()
+    );
+
+    // 1. Both CAs.
+    write_bundle(&pki, &[old, &new]);
+    eventually(10, "a and b take the bundle of both CAs", || async {
+        rotations(&a) == 1 && rotations(&b) == 1
+    })
+    .await;
+    // 2. Certificates of the new CA, one site after the other; each is checked by the other
+    //    (handshakes and seals) against the bundle of both.
+    for (s, site) in [(&a, "a"), (&b, "b")] {
+        let id = multimesh_core::identity::SiteId::new(TD, site, Role::Federation).unwrap();
+        multimesh_core::pki::issue_to(&pki.dir, &new, &id, Validity::days(1)).unwrap();
+        eventually(
+            10,
+            &format!("{site} takes its certificate of the new CA"),
+            || async { rotations(s) == 2 },
+        )
+        .await;
+    }
+    let renewed = version_at(&a, "a", "ledger").await;
+    eventually(
+        10,
+        "b holds a's ledger sealed by the new certificate",
+        || async { version_at(&b, "a", "ledger").await == renewed },
+    )
+    .await;
+    // 3. The new CA alone.
+    write_bundle(&pki, &[&new]);
+    eventually(10, "a and b take the bundle of the new CA", || async {
+        rotations(&a) == 3 && rotations(&b) == 3
+    })
+    .await;
+
+    // The link a–b carries on, and a site that only knows the new CA links to b and gets a's
+    // records through it.
+    a.export("payment", &[]).await;
+    eventually(20, "b holds a's payment", || async {
+        version_at(&b, "a", "payment").await.is_some()
+    })
+    .await;
+    // A certificate of the old CA is refused from now on: c tries with one first.
+    let c_id = multimesh_core::identity::SiteId::new(TD, "c", Role::Federation).unwrap();
+    multimesh_core::pki::issue_to(&pki.dir, old, &c_id, Validity::days(1)).unwrap();
+    let spec_c = SiteSpec::new("c").dial("b", &b.listen);
+    let mut c = Site::start(&pki, root, &spec_c, None);
+    eventually(10, "b refuses c's certificate of the old CA", || async {
+        // Both CAs carry the trust domain's name: the signature is what fails.
+        b.log()
+            .contains("does not verify against the federation CA")
+    })
+    .await;
+    assert!(version_at(&c, "a", "ledger").await.is_none());
+    c.stop();
+    multimesh_core::pki::issue_to(&pki.dir, &new, &c_id, Validity::days(1)).unwrap();
+    let c = Site::start(&pki, root, &spec_c, None);
+    eventually(
+        20,
+        "c holds a's ledger and payment, relayed by b",
+        || async {
+            version_at(&c, "a", "ledger").await.is_some()
+                && version_at(&c, "a", "payment").await.is_some()
+        },
+    )
+    .await;
+}

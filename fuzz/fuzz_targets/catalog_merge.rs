@@ -134,7 +134,7 @@ fn world() -> &'static World {
                 .expect("b's record");
             b_records.push(signed(&sealer.seal_of(key, &r).expect("sealed")));
             cb.set_own_beat(beat);
-            let (heads, _) = codec::seal_heads(&sealer, cb);
+            let (heads, _) = codec::seal_heads(&sealer, &verifier, cb, clock.now);
             b_heads.extend(heads);
         };
         let beat0 = epoch(30) / 1_000_000;

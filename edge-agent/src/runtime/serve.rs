@@ -136,7 +136,7 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
             site_tls.clone(),
             std::time::Duration::from_millis(config.certificate_reload_ms),
             shutdown.clone(),
-            |_| {},
+            |_, _| {},
         ));
     }
     if let Some(path) = &config.routes.file {

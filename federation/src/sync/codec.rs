@@ -408,33 +408,31 @@ fn signed_record(p: &Proof) -> wire::SignedRecord {
     }
 }
 
-/// Looks up the certificates of `signers` (this site's own, or held in the catalog) that are
-/// valid at `now`. A seal whose certificate has ended (an origin that stopped renewing it) or
-/// is unknown gets none, and [`batches`] leaves its item out: a receiver refuses a whole
-/// message that carries one, so one such origin would otherwise block everything relayed
-/// with it.
+/// Looks up the certificates of `signers` (this site's own, or held in the catalog) that this
+/// site would admit at `now` (`verifier`: the federation CA bundle in use, validity, a
+/// federation identity), as every peer checks them. A seal whose certificate has ended (an
+/// origin that stopped renewing it), was issued by a CA no longer trusted (a rotated CA), or is
+/// unknown gets none, and [`batches`] leaves its item out: a receiver refuses a whole message
+/// that carries one, so one such origin would otherwise block everything relayed with it.
 pub fn certificates_of(
     catalog: &Catalog,
     own: &Sealer,
+    verifier: &Verifier,
     signers: impl Iterator<Item = Fingerprint>,
-    now: time::OffsetDateTime,
+    now: UnixTime,
 ) -> HashMap<Fingerprint, Arc<CertDer>> {
     let mut out = HashMap::new();
-    let mut ended = Vec::new();
+    let mut refused = Vec::new();
     for fp in signers {
-        if out.contains_key(&fp) || ended.contains(&fp) {
+        if out.contains_key(&fp) || refused.contains(&fp) {
             continue;
         }
         let cert = own.certificate(&fp).or_else(|| catalog.cert(&fp).cloned());
-        let valid = cert.filter(|c| {
-            crate::identity::validity(&rustls::pki_types::CertificateDer::from(c.0.as_slice()))
-                .is_ok_and(|(from, until)| from <= now && now <= until)
-        });
-        match valid {
+        match cert.filter(|c| verifier.admit(&c.0, now).is_ok()) {
             Some(c) => {
                 out.insert(fp, c);
             }
-            None => ended.push(fp),
+            None => refused.push(fp),
         }
     }
     out
@@ -558,11 +556,12 @@ pub fn seal_changes(
 }
 
 /// The heads to send: this site's own (sealed here) and every other origin's signed head whose
-/// certificate is valid at `now` (see [`certificates_of`]).
+/// certificate this site admits at `now` (see [`certificates_of`]).
 pub fn seal_heads(
     sealer: &Sealer,
+    verifier: &Verifier,
     catalog: &Catalog,
-    now: time::OffsetDateTime,
+    now: UnixTime,
 ) -> (Vec<wire::SignedHead>, HashMap<Fingerprint, Arc<CertDer>>) {
     let seals: Vec<Arc<Seal>> = catalog
         .heads()
@@ -575,7 +574,13 @@ pub fn seal_heads(
             }
         })
         .collect();
-    let certs = certificates_of(catalog, sealer, seals.iter().map(|s| s.signer), now);
+    let certs = certificates_of(
+        catalog,
+        sealer,
+        verifier,
+        seals.iter().map(|s| s.signer),
+        now,
+    );
     let out = seals
         .iter()
         .filter(|s| certs.contains_key(&s.signer))
@@ -699,15 +704,25 @@ mod tests {
         let mut k = key("b");
         let items = seal_records(&b, &[(k.clone(), payment(1))]);
         let signer = b.signer().fingerprint();
-        let now = time::OffsetDateTime::now_utc();
-        let valid = certificates_of(&catalog, &b, [signer].into_iter(), now);
+        let v = verifier();
+        let now = Clock::at(SystemTime::now()).now;
+        let valid = certificates_of(&catalog, &b, &v, [signer].into_iter(), now);
         assert!(valid.contains_key(&signer));
         assert_eq!(batches(items, &valid, 10, 1 << 20).len(), 1);
         // Two days on, the test certificate (one day) has ended: neither it nor the item
         // travels, and an unsigned item (a retraction) still does.
-        let later = now + time::Duration::days(2);
-        let ended = certificates_of(&catalog, &b, [signer].into_iter(), later);
+        let later = Clock::at(SystemTime::now() + Duration::from_secs(2 * 86_400)).now;
+        let ended = certificates_of(&catalog, &b, &v, [signer].into_iter(), later);
         assert!(ended.is_empty());
+        // The same once the bundle no longer holds the CA that issued it.
+        let other = crate::identity::init_ca(test_pki::TD, 1).expect("CA");
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(crate::identity::cert_from_pem(&other.cert_pem).expect("CA"))
+            .expect("root");
+        v.set_roots(&roots);
+        let foreign = certificates_of(&catalog, &b, &v, [signer].into_iter(), now);
+        assert!(foreign.is_empty());
         k.name = "other".into();
         let mut items = seal_records(&b, &[(k, payment(1))]);
         items.push((items[0].0.clone(), 1, None));
@@ -730,10 +745,11 @@ mod tests {
         let new = b.seal_of(&key("b"), &record).unwrap();
         assert_eq!(new.header.signer, next.fingerprint());
         let catalog = Catalog::new("b", 1, crate::catalog::Limits::default());
-        let now = time::OffsetDateTime::now_utc();
+        let now = Clock::at(SystemTime::now()).now;
         let certs = certificates_of(
             &catalog,
             &b,
+            &verifier(),
             [before.fingerprint(), next.fingerprint()].into_iter(),
             now,
         );

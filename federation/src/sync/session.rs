@@ -63,8 +63,10 @@ fn pos_from_wire(p: &wire::StreamPosition) -> Position {
 
 /// This site's heads, each signed by its origin, with the signers' certificates.
 fn heads_for_wire(node: &Node) -> (Vec<wire::SignedHead>, Vec<Vec<u8>>) {
-    let now = time::OffsetDateTime::now_utc();
-    let (heads, certs) = node.store.read(|c| codec::seal_heads(&node.sealer, c, now));
+    let now = clock().now;
+    let (heads, certs) = node
+        .store
+        .read(|c| codec::seal_heads(&node.sealer, &node.verifier, c, now));
     (heads, certs.into_values().map(|c| c.0.clone()).collect())
 }
 
@@ -236,8 +238,9 @@ async fn send_loop(
                     codec::certificates_of(
                         c,
                         &node.sealer,
+                        &node.verifier,
                         items.iter().filter_map(|(_, _, s)| *s),
-                        time::OffsetDateTime::now_utc(),
+                        clock().now,
                     )
                 });
                 let parts = codec::batches(items, &certs, chunk, budget);
@@ -276,8 +279,9 @@ async fn send_loop(
                     codec::certificates_of(
                         c,
                         &node.sealer,
+                        &node.verifier,
                         items.iter().filter_map(|(_, _, s)| *s),
-                        time::OffsetDateTime::now_utc(),
+                        clock().now,
                     )
                 });
                 let mut parts = codec::batches(items, &certs, chunk, budget);
