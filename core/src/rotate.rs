@@ -34,7 +34,7 @@ fn read(path: &Path) -> Vec<u8> {
 /// Whose certificate is watched: the files, and the identity they must hold.
 #[derive(Clone, Debug)]
 pub struct Source {
-    /// The certificate and key files (and the CA bundle, read at start only).
+    /// The CA bundle, certificate and key files.
     pub files: TlsFiles,
     /// The federation's trust domain.
     pub trust_domain: String,
