@@ -420,6 +420,12 @@ async fn exports_become_imports_and_mesh_resources_on_every_site_and_survive_res
         );
         String::from_utf8(out.stdout).unwrap()
     };
+    // A pass applies its objects one after the other: the ServiceImports seen above may land
+    // before the Endpoints of the same pass, so wait for the pass to finish.
+    eventually(30, "b's plan shows nothing to change", || async {
+        plan(None).contains("0 to change")
+    })
+    .await;
     let converged = plan(None);
     assert!(converged.contains("0 to change"), "{converged}");
     assert!(converged.contains("2 left alone"), "{converged}");
