@@ -2,8 +2,9 @@
 //! needs a system `protoc`, then generates prost messages and tonic clients/servers from them.
 
 /// Admin messages printed as they are by `federationctl`.
-const PRINTED: [&str; 9] = [
+const PRINTED: [&str; 10] = [
     ".multimesh.admin.v1.PeerView",
+    ".multimesh.admin.v1.ConfigStatus",
     ".multimesh.admin.v1.PeerCounters",
     ".multimesh.admin.v1.StatusResponse",
     ".multimesh.admin.v1.BackendStatus",

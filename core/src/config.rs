@@ -63,19 +63,28 @@ impl TlsFiles {
 
 /// Reads `path` (at most [`crate::files::MAX_CONFIG_BYTES`]) and parses it by its extension.
 pub fn parse_file<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let p = path.display().to_string();
-    let text = crate::files::read_text(path, crate::files::MAX_CONFIG_BYTES).map_err(|source| {
+    parse_text(path, &read_file(path)?)
+}
+
+/// Reads a config file whole (at most [`crate::files::MAX_CONFIG_BYTES`]).
+pub fn read_file(path: &Path) -> Result<String, ConfigError> {
+    crate::files::read_text(path, crate::files::MAX_CONFIG_BYTES).map_err(|source| {
         ConfigError::Io {
-            path: p.clone(),
+            path: path.display().to_string(),
             source,
         }
-    })?;
+    })
+}
+
+/// Parses `text`, read from `path`, by the file's extension.
+pub fn parse_text<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    let p = path.display().to_string();
     let parse = |message: String| ConfigError::Parse {
         path: p.clone(),
         message,
     };
     match path.extension().and_then(|e| e.to_str()) {
-        Some("yaml" | "yml") => crate::yaml::from_str(&text).map_err(parse),
-        _ => toml::from_str(&text).map_err(|e| parse(e.to_string())),
+        Some("yaml" | "yml") => crate::yaml::from_str(text).map_err(parse),
+        _ => toml::from_str(text).map_err(|e| parse(e.to_string())),
     }
 }

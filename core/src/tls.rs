@@ -350,6 +350,19 @@ fn refuse(msg: String) -> rustls::Error {
     )))))
 }
 
+/// The sites whose `federationd` may connect to this one, asked at every handshake: the set
+/// may change while the listener runs (peers added to or removed from the config).
+pub trait PeerSet: Send + Sync + fmt::Debug {
+    /// Whether `site` is a configured peer now.
+    fn contains(&self, site: &str) -> bool;
+}
+
+impl PeerSet for BTreeSet<String> {
+    fn contains(&self, site: &str) -> bool {
+        BTreeSet::contains(self, site)
+    }
+}
+
 /// Who may connect to a listener (after the chain to the CA and the trust domain).
 #[derive(Clone, Debug)]
 pub enum Callers {
@@ -358,8 +371,8 @@ pub enum Callers {
     Federation {
         /// This site.
         site: String,
-        /// The configured peers.
-        peers: BTreeSet<String>,
+        /// The configured peers, as they are at each handshake.
+        peers: Arc<dyn PeerSet>,
     },
     /// An edge agent's ingress: the edge agent of any site of the trust domain (each call is
     /// then admitted by the service's consumer scope, each edge-node link by configuration).
@@ -516,7 +529,7 @@ pub fn server_config(
     tls: &SiteTls,
     trust_domain: &str,
     site: &str,
-    peers: BTreeSet<String>,
+    peers: Arc<dyn PeerSet>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let callers = Callers::Federation {
         site: site.to_string(),

@@ -319,6 +319,7 @@ impl admin_server::Admin for AdminService {
             uptime_s: self.node.started.elapsed().as_secs(),
             listen: self.config.listen.to_string(),
             backend: Some(backend_status(&self.node.backend.get())),
+            config: Some(config_status(self.node.config.get())),
         }))
     }
 
@@ -659,6 +660,17 @@ pub fn backend_status(r: &crate::report::BackendReport) -> api::BackendStatus {
             })
             .collect(),
         next_retry_ms: r.next_retry_ms,
+    }
+}
+
+/// The config report in its wire form.
+pub fn config_status(r: crate::report::ConfigReport) -> api::ConfigStatus {
+    api::ConfigStatus {
+        last_change_unix_ms: r.last_change_unix_ms,
+        error: r.error,
+        restart_fields: r.restart_fields,
+        peers_added: r.peers_added,
+        peers_removed: r.peers_removed,
     }
 }
 

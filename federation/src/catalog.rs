@@ -590,6 +590,19 @@ impl Catalog {
         Ok(())
     }
 
+    /// Refuses what a site sends once it is no longer a configured peer: a session that was
+    /// still applying a message when its peer was removed must not bring back the replica
+    /// [`Catalog::set_peers`] dropped.
+    fn check_configured(&self, peer: &str) -> Result<(), Refusal> {
+        match &self.peers {
+            Some(p) if !p.contains(peer) => Err(Refusal::Protocol(format!(
+                "{peer} is not a configured peer of {}",
+                self.site
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Applies a delta from `peer`. Nothing is applied when it is refused.
     pub fn apply_delta(
         &mut self,
@@ -598,6 +611,7 @@ impl Catalog {
         to: Position,
         records: Vec<(Key, Change)>,
     ) -> Result<Applied, Refusal> {
+        self.check_configured(peer)?;
         if from.epoch != to.epoch || from.seq > to.seq {
             return Err(Refusal::Protocol(format!(
                 "delta range {}:{} .. {}:{} is not increasing",
@@ -677,6 +691,7 @@ impl Catalog {
         at: Position,
         records: Vec<(Key, Record)>,
     ) -> Result<Applied, Refusal> {
+        self.check_configured(peer)?;
         if records.len() > self.limits.max_records_per_link {
             return Err(Refusal::TooLarge(format!(
                 "snapshot from {peer} has {} records, over the limit of {}",

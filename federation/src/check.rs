@@ -72,7 +72,8 @@ pub fn daemon(cfg: &Config, status: &api::StatusResponse, peers: &[api::PeerView
             None => finding(
                 &check,
                 Outcome::Fail,
-                "configured here, unknown to the daemon (restart it with this config)",
+                "configured here, unknown to the daemon (it takes new peers when it reads its \
+                 config file again, every config_reload_ms; with 0, restart it)",
             ),
             Some(p) if p.healthy => finding(
                 &check,
@@ -116,6 +117,28 @@ pub fn daemon(cfg: &Config, status: &api::StatusResponse, peers: &[api::PeerView
             &format!("peer {name}"),
             Outcome::Warn,
             "linked by the daemon but not in this config: the daemon runs another config",
+        ));
+    }
+    // Said only when the file changed under the running daemon in a way it did not take.
+    let c = status.config.clone().unwrap_or_default();
+    if !c.error.is_empty() {
+        out.push(finding(
+            "config",
+            Outcome::Fail,
+            format!(
+                "the daemon refused its config file when it read it again, and runs the one \
+                 before: {}",
+                c.error
+            ),
+        ));
+    } else if !c.restart_fields.is_empty() {
+        out.push(finding(
+            "config",
+            Outcome::Warn,
+            format!(
+                "changed since the daemon started; takes effect at its next start: {}",
+                c.restart_fields.join(", ")
+            ),
         ));
     }
     let b = status.backend.clone().unwrap_or_default();
@@ -253,5 +276,32 @@ mod tests {
         });
         let f = daemon(&cfg(), &s, &[peer("b", true), peer("c", true)]);
         assert!(f.last().unwrap().detail.contains("API server unreachable"));
+    }
+
+    #[test]
+    fn a_config_file_the_daemon_refused_fails_and_one_awaiting_a_restart_warns() {
+        let find = |s: &api::StatusResponse| {
+            daemon(&cfg(), s, &[peer("b", true), peer("c", true)])
+                .into_iter()
+                .find(|f| f.check == "config")
+        };
+        let mut s = status();
+        assert!(find(&s).is_none(), "nothing to say of an unchanged file");
+        s.config = Some(api::ConfigStatus {
+            last_change_unix_ms: 1,
+            restart_fields: vec!["sync".into()],
+            ..Default::default()
+        });
+        let f = find(&s).unwrap();
+        assert_eq!(f.outcome, Outcome::Warn);
+        assert!(f.detail.ends_with("next start: sync"), "{}", f.detail);
+        s.config = Some(api::ConfigStatus {
+            last_change_unix_ms: 2,
+            error: "a.toml: invalid peers[1].site \"a\": is this site itself".into(),
+            ..Default::default()
+        });
+        let f = find(&s).unwrap();
+        assert_eq!(f.outcome, Outcome::Fail);
+        assert!(f.detail.contains("peers[1].site"), "{}", f.detail);
     }
 }

@@ -39,8 +39,13 @@ pub struct Config {
     /// How often the certificate and key files are read again (ms); when they changed and pass
     /// the checks a peer would apply, new handshakes present the new certificate and this
     /// site's records are sealed again by it (rotation without a restart). 0: never.
-    #[serde(default = "default_certificate_reload_ms")]
+    #[serde(default = "default_reload_ms")]
     pub certificate_reload_ms: u64,
+    /// How often this file is read again (ms); a change to `peers` takes effect while the
+    /// daemon runs (a site joins or leaves the federation without a restart), a change to any
+    /// other field at the next start. A file that does not load changes nothing. 0: never.
+    #[serde(default = "default_reload_ms")]
+    pub config_reload_ms: u64,
     /// Sync protocol tuning.
     #[serde(default)]
     pub sync: SyncSettings,
@@ -62,7 +67,7 @@ pub struct Config {
     pub kubernetes: Option<crate::kubernetes::KubeSettings>,
 }
 
-fn default_certificate_reload_ms() -> u64 {
+fn default_reload_ms() -> u64 {
     5_000
 }
 
@@ -136,7 +141,7 @@ impl SyncSettings {
 }
 
 /// A peer site.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// The peer's site name (its certificate must carry `spiffe://<td>/site/<site>`).
@@ -186,8 +191,20 @@ fn default_namespace() -> String {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Ok(Self::load_document(path)?.0)
+    }
+
+    /// [`Config::load`], with the file's document as it was written (fields left to their
+    /// defaults are absent): a reload compares documents to name the fields that changed.
+    pub fn load_document(path: &Path) -> Result<(Self, serde_json::Value), ConfigError> {
+        Self::parse(path, &multimesh_core::config::read_file(path)?)
+    }
+
+    /// Parses and validates `text`, read from `path`: the config and the document.
+    pub fn parse(path: &Path, text: &str) -> Result<(Self, serde_json::Value), ConfigError> {
         let p = path.display().to_string();
-        let mut cfg: Config = multimesh_core::config::parse_file(path)?;
+        let document = multimesh_core::config::parse_text(path, text)?;
+        let mut cfg: Config = multimesh_core::config::parse_text(path, text)?;
         let base = path.parent().unwrap_or(Path::new("."));
         for f in [
             &mut cfg.admin_socket,
@@ -212,7 +229,7 @@ impl Config {
         }
         cfg.validate()
             .map_err(|source| ConfigError::Invalid { path: p, source })?;
-        Ok(cfg)
+        Ok((cfg, document))
     }
 
     /// Checks every field.
@@ -226,6 +243,7 @@ impl Config {
             names::dns_label("edge_via", v)?;
         }
         multimesh_core::rotate::check_period("certificate_reload_ms", self.certificate_reload_ms)?;
+        multimesh_core::rotate::check_period("config_reload_ms", self.config_reload_ms)?;
         let s = &self.sync;
         if s.heartbeat_ms == 0 || s.heartbeat_ms > 60_000 {
             return Err(InvalidField::new(
@@ -427,27 +445,27 @@ to = ["b"]
     }
 
     #[test]
-    fn a_certificate_reload_period_too_busy_is_named() {
+    fn a_reload_period_too_busy_is_named() {
         let d = tempfile::tempdir().unwrap();
-        let with = |v: &str| {
-            BASE.replace(
-                "edge_ingress",
-                &format!("certificate_reload_ms = {v}\nedge_ingress"),
-            )
-        };
-        assert_eq!(
-            Config::load(&write(d.path(), "a.toml", &with("0")))
-                .unwrap()
-                .certificate_reload_ms,
-            0
-        );
-        let e = Config::load(&write(d.path(), "b.toml", &with("10")))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("certificate_reload_ms") && e.contains("at least 100"),
-            "{e}"
-        );
+        for field in ["certificate_reload_ms", "config_reload_ms"] {
+            let with =
+                |v: &str| BASE.replace("edge_ingress", &format!("{field} = {v}\nedge_ingress"));
+            let never = Config::load(&write(d.path(), "a.toml", &with("0"))).unwrap();
+            assert_eq!(
+                (
+                    never.certificate_reload_ms == 0,
+                    never.config_reload_ms == 0
+                ),
+                (
+                    field == "certificate_reload_ms",
+                    field == "config_reload_ms"
+                )
+            );
+            let e = Config::load(&write(d.path(), "b.toml", &with("10")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field) && e.contains("at least 100"), "{e}");
+        }
     }
 
     #[test]

@@ -18,11 +18,12 @@ use crate::catalog::{Limits, Liveness};
 use crate::config::{BackendKind, Config};
 use crate::identity::{self, Role};
 use crate::model::ServiceKey;
+use crate::report::{BackendReport, Reported};
 use crate::routes::RouteService;
 use crate::store::{self, Store};
 use crate::sync::peers::PeerTable;
 use crate::sync::server::{SyncService, accept_loop};
-use crate::sync::{Node, dialer};
+use crate::sync::{Node, membership};
 use crate::tls;
 
 /// Why the daemon could not start.
@@ -126,8 +127,13 @@ fn rotated(node: &Node, next: &tls::SiteTls, changed: multimesh_core::rotate::Ch
     );
 }
 
-/// Starts a daemon for `cfg` (read from `config_path`).
-pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonError> {
+/// Starts a daemon for `cfg`, read from `config_path` as `document` (see
+/// [`Config::load_document`]; the file is read again while the daemon runs).
+pub async fn start(
+    cfg: Config,
+    document: serde_json::Value,
+    config_path: &Path,
+) -> Result<Running, DaemonError> {
     #[cfg(not(feature = "kubernetes"))]
     if cfg.backend == BackendKind::Kubernetes {
         return Err(DaemonError::Unsupported(
@@ -223,22 +229,23 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
         trust_domain: cfg.trust_domain.clone(),
         store: store.clone(),
         splits: splits.clone(),
-        peers: PeerTable::new(&cfg.site, &peer_list, s.liveness_timeout()),
+        peers: Arc::new(PeerTable::new(&cfg.site, &peer_list, s.liveness_timeout())),
         settings: s,
         tls: tls_material.clone(),
         sealer: Arc::new(crate::sync::codec::Sealer::new(&cfg.site, signer)),
         verifier,
         started,
-        backend: Arc::new(match cfg.backend {
-            BackendKind::Static => crate::report::BackendState::new("static", ""),
-            BackendKind::Kubernetes => crate::report::BackendState::new(
+        backend: Arc::new(Reported::new(match cfg.backend {
+            BackendKind::Static => BackendReport::new("static", ""),
+            BackendKind::Kubernetes => BackendReport::new(
                 "kubernetes",
                 &cfg.kubernetes
                     .as_ref()
                     .map(|k| k.mesh.clone())
                     .unwrap_or_default(),
             ),
-        }),
+        })),
+        config: Reported::default(),
     });
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -285,12 +292,13 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
         addr: cfg.listen.to_string(),
         source,
     })?;
-    // Peers' federationd sync the catalog; this site's own edge agent watches routes.
+    // Peers' federationd sync the catalog; this site's own edge agent watches routes. Who
+    // is a peer is asked of the peer table at each handshake (it changes with the config).
     let server_cfg = tls::server_config(
         &tls_material,
         &cfg.trust_domain,
         &cfg.site,
-        cfg.peer_names(),
+        node.peers.clone(),
     )?;
     let incoming = accept_loop(
         listener,
@@ -336,17 +344,14 @@ pub async fn start(cfg: Config, config_path: &Path) -> Result<Running, DaemonErr
         }
     });
 
-    // Dialers.
-    for p in &cfg.peers {
-        if let Some(addr) = &p.address {
-            tasks.spawn(dialer::run(
-                node.clone(),
-                p.site.clone(),
-                addr.clone(),
-                shutdown.clone(),
-            ));
-        }
-    }
+    // Dialers, and the peers read again from the config file while the daemon runs.
+    tasks.spawn(membership::run(
+        node.clone(),
+        config_path.to_path_buf(),
+        cfg.clone(),
+        document,
+        shutdown.clone(),
+    ));
 
     // Own liveness beat.
     let sd = shutdown.clone();

@@ -1,6 +1,7 @@
-//! What the site's backend last did, for `federationctl status`: a pass that failed as a whole
-//! (the API server unreachable), and each object the mesh or the cluster did not take, with the
-//! reason, how often it was tried, and when it is tried next.
+//! What the daemon reports of itself, for `federationctl status` and `check`: what the site's
+//! backend last did (a pass that failed as a whole, such as the API server unreachable, and each
+//! object the mesh or the cluster did not take, with the reason, how often it was tried, and
+//! when it is tried next), and how the config file was last read again.
 
 use multimesh_core::locks::lock;
 use std::collections::BTreeMap;
@@ -77,27 +78,51 @@ impl BackendReport {
     }
 }
 
-/// The shared report: the backend writes it, the admin API reads it.
-#[derive(Debug, Default)]
-pub struct BackendState(Mutex<BackendReport>);
-
-impl BackendState {
-    /// A report for a backend of `kind` on `mesh`.
+impl BackendReport {
+    /// An empty report for a backend of `kind` on `mesh`.
     pub fn new(kind: &str, mesh: &str) -> Self {
-        Self(Mutex::new(BackendReport {
+        Self {
             kind: kind.into(),
             mesh: mesh.into(),
             ..Default::default()
-        }))
+        }
+    }
+}
+
+/// How the config file was last read again while the daemon ran (`config_reload_ms`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigReport {
+    /// When a changed file was last read (ms since the Unix epoch; 0: not since the start).
+    pub last_change_unix_ms: u64,
+    /// Why that file was refused (empty: it was taken, or none was read). A refused file
+    /// changes nothing.
+    pub error: String,
+    /// Fields that differ from the file the daemon started with: they take effect at the next
+    /// start.
+    pub restart_fields: Vec<String>,
+    /// Peers added and removed while the daemon ran.
+    pub peers_added: Vec<String>,
+    /// See `peers_added`.
+    pub peers_removed: Vec<String>,
+}
+
+/// A report one task writes and the admin API reads.
+#[derive(Debug, Default)]
+pub struct Reported<T>(Mutex<T>);
+
+impl<T: Clone> Reported<T> {
+    /// Starts with `report`.
+    pub fn new(report: T) -> Self {
+        Self(Mutex::new(report))
     }
 
     /// A copy of the report.
-    pub fn get(&self) -> BackendReport {
+    pub fn get(&self) -> T {
         lock(&self.0).clone()
     }
 
     /// Changes the report.
-    pub fn update(&self, f: impl FnOnce(&mut BackendReport)) {
+    pub fn update(&self, f: impl FnOnce(&mut T)) {
         f(&mut lock(&self.0));
     }
 }

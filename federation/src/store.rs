@@ -113,6 +113,11 @@ pub enum Op {
         #[serde(with = "crate::proof::fingerprint_hex")]
         signer: crate::proof::Fingerprint,
     },
+    /// [`Catalog::set_peers`]: the config's peers changed while the daemon ran.
+    Peers {
+        /// The configured peers from now on.
+        peers: std::collections::BTreeSet<String>,
+    },
     /// [`Catalog::advance_link`].
     AdvanceLink {
         /// The peer.
@@ -128,6 +133,8 @@ enum Outcome {
     Applied(Result<Applied, Refusal>),
     Advanced(bool),
     Renewed(Option<usize>),
+    /// The peers whose replicas were dropped; whether the set changed.
+    Peers(Vec<String>, bool),
 }
 
 impl Outcome {
@@ -139,6 +146,7 @@ impl Outcome {
             Outcome::Advanced(b) => *b,
             // A new signer is recorded even when there was no record to renew.
             Outcome::Renewed(r) => r.is_some(),
+            Outcome::Peers(_, changed) => *changed,
         }
     }
 }
@@ -179,6 +187,10 @@ impl Op {
             }
             Op::AdvanceLink { peer, to } => Outcome::Advanced(c.advance_link(&peer, to)),
             Op::Renew { signer } => Outcome::Renewed(c.renew(signer)),
+            Op::Peers { peers } => {
+                let changed = c.configured_peers() != Some(&peers);
+                Outcome::Peers(c.set_peers(peers), changed)
+            }
         }
     }
 
@@ -372,6 +384,15 @@ impl Store {
         match self.apply(Op::Renew { signer }) {
             Outcome::Renewed(r) => r,
             _ => unreachable!("renew yields a count"),
+        }
+    }
+
+    /// Sets the configured peers while the daemon runs (see [`Catalog::set_peers`]): the
+    /// peers whose replicas were dropped.
+    pub fn set_peers(&self, peers: std::collections::BTreeSet<String>) -> Vec<String> {
+        match self.apply(Op::Peers { peers }) {
+            Outcome::Peers(gone, _) => gone,
+            _ => unreachable!("set_peers yields the peers dropped"),
         }
     }
 

@@ -26,9 +26,9 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     process::init_logging(&args.log_format);
-    let cfg = Config::load(&args.config)?;
+    let (cfg, document) = Config::load_document(&args.config)?;
     let site = cfg.site.clone();
-    let running = daemon::start(cfg, &args.config)
+    let running = daemon::start(cfg, document, &args.config)
         .await
         .map_err(|e| anyhow::anyhow!("site {site}: {e}"))?;
     process::shutdown_signal().await?;

@@ -227,6 +227,42 @@ fn relay_reaches_an_edge_node_and_back() {
 }
 
 #[test]
+fn a_removed_peer_is_withdrawn_downstream_its_messages_refused_and_a_return_resyncs() {
+    // c - a - b: b holds c's service through a. a's operator removes c from a's peers.
+    let set = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<BTreeSet<_>>();
+    let (mut a, mut b, mut c) = (cat("a", 1), cat("b", 2), cat("c", 3));
+    a.set_peers(set(&["b", "c"]));
+    c.export("shop", "reviews", svc(Scope::All)).unwrap();
+    sync(&c, &mut a);
+    sync(&a, &mut b);
+    assert_eq!(names(&b), ["shop/reviews@c"]);
+
+    assert_eq!(a.set_peers(set(&["b"])), ["c"]);
+    assert!(names(&a).is_empty(), "what only c carried is gone at a");
+    sync(&a, &mut b);
+    assert!(names(&b).is_empty(), "and the withdrawal travels on to b");
+
+    // A message c's session was still sending is refused whole, naming why.
+    c.export("shop", "ratings", svc(Scope::All)).unwrap();
+    let Outgoing::Snapshot { at, records } = c.changes_for("a", None) else {
+        panic!("a first message to a new peer is a snapshot");
+    };
+    let before = a.position();
+    let e = a.apply_snapshot("c", at, sealed("c", records)).unwrap_err();
+    assert!(
+        e.to_string().contains("c is not a configured peer of a"),
+        "{e}"
+    );
+    assert!(names(&a).is_empty() && a.position() == before && a.link_position("c").is_none());
+
+    // Configured again: c's records come back with a snapshot.
+    a.set_peers(set(&["b", "c"]));
+    assert_eq!(sync(&c, &mut a).snapshots, 1);
+    sync(&a, &mut b);
+    assert_eq!(names(&b), ["shop/ratings@c", "shop/reviews@c"]);
+}
+
+#[test]
 fn renewing_with_a_new_signer_restamps_own_records_and_relays_replace_theirs() {
     // a - c - n: c relays a's records to n.
     let (mut a, mut c, mut n) = (cat("a", 1), cat("c", 3), cat("n", 9));

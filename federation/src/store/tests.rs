@@ -50,8 +50,8 @@ fn pull(store: &Store, b: &Catalog) {
     }
 }
 
-/// A deterministic walk of exports, unexports, pulls from a peer and certificate renewals,
-/// flushing now and then.
+/// A deterministic walk of exports, unexports, pulls from a peer, certificate renewals and
+/// the peer removed from and added back to the config, flushing now and then.
 /// Returns the image of the catalog at the last flush.
 fn walk(store: &Store, steps: usize, seed: u64) -> serde_json::Value {
     let mut b = Catalog::new("b", 7, Limits::default());
@@ -63,9 +63,10 @@ fn walk(store: &Store, steps: usize, seed: u64) -> serde_json::Value {
         rng % n
     };
     let mut flushed = store.read(image);
+    let mut linked = true;
     for _ in 0..steps {
         let name = format!("s{}", next(8));
-        match next(7) {
+        match next(8) {
             0 => {
                 let _ = store.export("ns", &name, svc(8000 + next(3) as u16, Scope::All));
             }
@@ -78,10 +79,21 @@ fn walk(store: &Store, steps: usize, seed: u64) -> serde_json::Value {
             3 => {
                 let _ = b.unexport("ns", &name);
             }
-            4 => pull(store, &b),
+            4 if linked => pull(store, &b),
+            4 => {}
             // A rotated certificate (one of three): own records get new stamps.
             5 => {
                 let _ = store.renew([1 + next(3) as u8; 32]);
+            }
+            // b removed from the config (what only it sent is dropped), or added back.
+            6 => {
+                linked = next(2) == 0;
+                let peers = if linked {
+                    vec!["b".to_string()]
+                } else {
+                    vec![]
+                };
+                store.set_peers(peers.into_iter().collect());
             }
             _ => {
                 store.flush().unwrap();

@@ -6,10 +6,12 @@
 //!   catalog, ACK/NACK per message, heartbeats carrying version vectors and liveness beats.
 //! * [`server`]: the TLS accept loop (refusals logged with their reason) and the gRPC service.
 //! * [`dialer`]: outbound links with DNS re-resolution, backoff and jitter.
+//! * [`membership`]: who the peers are while the daemon runs (the config file read again).
 //! * [`rate`]: how fast one peer may make this site work (its messages wait beyond it).
 
 pub mod codec;
 pub mod dialer;
+pub mod membership;
 pub mod peers;
 pub mod rate;
 pub mod server;
@@ -32,8 +34,8 @@ pub struct Node {
     pub store: Arc<Store>,
     /// Traffic splits this site applies to its own calls.
     pub splits: Arc<crate::splits::SplitStore>,
-    /// Peer links.
-    pub peers: peers::PeerTable,
+    /// Peer links (also who may connect: the peer listener asks it at each handshake).
+    pub peers: Arc<peers::PeerTable>,
     /// Protocol tuning.
     pub settings: SyncSettings,
     /// This site's TLS material.
@@ -45,5 +47,7 @@ pub struct Node {
     /// When the daemon started.
     pub started: Instant,
     /// What the site's backend last did (`federationctl status`).
-    pub backend: Arc<crate::report::BackendState>,
+    pub backend: Arc<crate::report::Reported<crate::report::BackendReport>>,
+    /// How the config file was last read again (`federationctl status`).
+    pub config: crate::report::Reported<crate::report::ConfigReport>,
 }

@@ -142,6 +142,33 @@ impl PeerTable {
         self.with(peer, |_| ()).is_some()
     }
 
+    /// Makes `peers` the configured peers while the daemon runs: a removed peer's session is
+    /// cancelled and its link forgotten (its handshakes are refused from now on, as
+    /// [`multimesh_core::tls::PeerSet`]); an added one starts idle; a kept one keeps its
+    /// session and counters, except that a session this site dialed at an address no longer
+    /// configured ends (its dialer is replaced).
+    pub fn configure(&self, peers: &[(Site, Option<String>)]) {
+        let mut links = lock(&self.links);
+        links.retain(|site, link| {
+            let keep = peers.iter().any(|(s, _)| s == site);
+            if !keep && let Some(s) = &link.session {
+                s.cancel.cancel();
+            }
+            keep
+        });
+        for (site, address) in peers {
+            let link = links.entry(site.clone()).or_default();
+            if link.address != *address {
+                link.address = address.clone();
+                if let Some(s) = link.session.take_if(|s| s.direction == Direction::Outbound) {
+                    s.cancel.cancel();
+                    link.last_heartbeat = None;
+                    link.last_ack = None;
+                }
+            }
+        }
+    }
+
     /// Registers a new session with `peer`. When both sites dial each other, both keep the
     /// session opened by the site whose name sorts first; a new session in the same direction
     /// replaces the old one (a reconnect after a half-dead connection).
@@ -257,6 +284,18 @@ impl PeerTable {
     }
 }
 
+impl multimesh_core::tls::PeerSet for PeerTable {
+    fn contains(&self, site: &str) -> bool {
+        self.knows(site)
+    }
+}
+
+impl std::fmt::Debug for PeerTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(lock(&self.links).keys()).finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +326,40 @@ mod tests {
         let (_, again) = a.attach("b", Direction::Outbound).unwrap();
         assert!(a_out.is_cancelled() && !again.is_cancelled());
         assert!(a.attach("z", Direction::Inbound).is_err());
+    }
+
+    #[test]
+    fn configure_ends_a_removed_peers_session_and_keeps_the_others() {
+        let a = PeerTable::new(
+            "a",
+            &[("b".into(), Some("x:1".into())), ("c".into(), None)],
+            Duration::from_secs(3),
+        );
+        let (_, b) = a.attach("b", Direction::Inbound).unwrap();
+        let (_, c) = a.attach("c", Direction::Inbound).unwrap();
+        a.configure(&[("b".into(), Some("y:2".into())), ("d".into(), None)]);
+        assert!(c.is_cancelled() && !b.is_cancelled());
+        assert!(!a.knows("c") && a.knows("d"));
+        assert!(a.attach("c", Direction::Inbound).is_err(), "c is gone");
+        let view = |site: &str| a.views().into_iter().find(|v| v.site == site).unwrap();
+        let b_view = view("b");
+        assert_eq!(
+            (
+                b_view.address.as_deref(),
+                b_view.state,
+                b_view.counters.sessions
+            ),
+            (Some("y:2"), "connected", 1),
+            "b dialed in: its session does not depend on the address a dials"
+        );
+        // A session a dialed at an address it no longer has ends with it.
+        let (_, out) = a.attach("b", Direction::Outbound).unwrap();
+        assert!(
+            b.is_cancelled(),
+            "a's own dial replaces b's (a sorts first)"
+        );
+        a.configure(&[("b".into(), Some("z:3".into())), ("d".into(), None)]);
+        assert!(out.is_cancelled());
+        assert_eq!(view("b").state, "disconnected");
     }
 }

@@ -78,9 +78,11 @@ pub fn sync_toml(heartbeat_ms: u64) -> String {
     format!("\n[sync]\nheartbeat_ms = {heartbeat_ms}\nbackoff_min_ms = 50\nbackoff_max_ms = 400\n")
 }
 
-impl Site {
-    /// Writes the config and starts the daemon; `listen` pins the address (for restarts).
-    pub fn start(pki: &Pki, root: &Path, spec: &SiteSpec, listen: Option<&str>) -> Site {
+impl SiteSpec {
+    /// Writes the site's config into `root/<name>/federationd.toml` (atomically: a running
+    /// daemon reading it again sees the old or the new file); `listen` pins the address.
+    pub fn write(&self, pki: &Pki, root: &Path, listen: Option<&str>) -> PathBuf {
+        let spec = self;
         let dir = root.join(&spec.name);
         std::fs::create_dir_all(&dir).unwrap();
         let (cert, key) = pki.ensure(&spec.name, Role::Federation);
@@ -112,7 +114,19 @@ impl Site {
             }
         }
         cfg.push_str(&body);
-        std::fs::write(dir.join("federationd.toml"), cfg).unwrap();
+        let path = dir.join("federationd.toml");
+        let next = dir.join(".federationd.toml.next");
+        std::fs::write(&next, cfg).unwrap();
+        std::fs::rename(&next, &path).unwrap();
+        path
+    }
+}
+
+impl Site {
+    /// Writes the config and starts the daemon; `listen` pins the address (for restarts).
+    pub fn start(pki: &Pki, root: &Path, spec: &SiteSpec, listen: Option<&str>) -> Site {
+        spec.write(pki, root, listen);
+        let dir = root.join(&spec.name);
         let _ = std::fs::remove_file(dir.join("ready.json"));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -163,6 +177,20 @@ impl Site {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .map(|d| d.count())
             .unwrap_or(0)
+    }
+
+    /// The daemon's process id (the same one across a reload: no restart).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub async fn status(&self) -> api::StatusResponse {
+        self.admin()
+            .await
+            .status(api::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
     }
 
     pub fn socket(&self) -> PathBuf {

@@ -13,7 +13,7 @@ use crate::{Failure, client};
 /// `check` arguments.
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  federationctl check --config /etc/multimesh/federationd.toml\n  federationctl check --config site.toml --offline --warn-days 60\n  federationctl check --config site.toml -o json"
+    after_help = "Examples:\n  federationctl check --config /etc/multimesh/config/federationd.toml\n  federationctl check --config site.toml --offline --warn-days 60\n  federationctl check --config site.toml -o json"
 )]
 pub struct Check {
     /// The site's federationd config: its certificate files and peers, and the admin socket

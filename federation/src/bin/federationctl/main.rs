@@ -35,7 +35,7 @@ use output::{Format, Out};
 #[derive(Parser)]
 #[command(
     version,
-    after_help = "Examples:\n  federationctl certs init --trust-domain multimesh.example --out pki\n  federationctl export payment -n shop --port http:8080/http --to b\n  federationctl catalog -o wide\n  federationctl peers --no-headers\n  federationctl check --config /etc/multimesh/federationd.toml\n  federationctl translate --mesh istio -f split.yaml -f services.yaml"
+    after_help = "Examples:\n  federationctl certs init --trust-domain multimesh.example --out pki\n  federationctl export payment -n shop --port http:8080/http --to b\n  federationctl catalog -o wide\n  federationctl peers --no-headers\n  federationctl check --config /etc/multimesh/config/federationd.toml\n  federationctl translate --mesh istio -f split.yaml -f services.yaml"
 )]
 struct Cli {
     /// Admin socket of the local federationd.

@@ -258,7 +258,7 @@ fn status_text(s: &api::StatusResponse) -> String {
         ));
     }
     format!(
-        "site {} ({}) listening on {}\nversion {} (epoch {}), stream seq {}\nexports {}, visible entries {}\npeers {}/{} healthy, up {} s\n{backend}\n",
+        "site {} ({}) listening on {}\nversion {} (epoch {}), stream seq {}\nexports {}, visible entries {}\npeers {}/{} healthy, up {} s\n{backend}\n{}",
         s.site,
         s.trust_domain,
         s.listen,
@@ -269,8 +269,36 @@ fn status_text(s: &api::StatusResponse) -> String {
         s.entries_visible,
         s.peers_healthy,
         s.peers,
-        s.uptime_s
+        s.uptime_s,
+        config_text(&s.config.clone().unwrap_or_default())
     )
+}
+
+/// What `federationctl status` says of the config file read again while the daemon ran
+/// (nothing when it has not changed).
+fn config_text(c: &api::ConfigStatus) -> String {
+    if c.last_change_unix_ms == 0 {
+        return String::new();
+    }
+    let mut out = String::from("config file read again");
+    if !c.peers_added.is_empty() || !c.peers_removed.is_empty() {
+        out.push_str(&format!(
+            ": peers added [{}], removed [{}] since the start",
+            c.peers_added.join(", "),
+            c.peers_removed.join(", ")
+        ));
+    }
+    out.push('\n');
+    if !c.error.is_empty() {
+        out.push_str(&format!("  REFUSED, nothing changed: {}\n", c.error));
+    }
+    if !c.restart_fields.is_empty() {
+        out.push_str(&format!(
+            "  takes effect at the next start: {}\n",
+            c.restart_fields.join(", ")
+        ));
+    }
+    out
 }
 
 /// `federationctl status`.

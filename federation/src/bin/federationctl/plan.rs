@@ -19,7 +19,7 @@ use crate::{output::Table, usage};
 /// `plan` arguments.
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  federationctl plan --config /etc/multimesh/federationd.toml\n  federationctl plan --config site.toml --catalog catalog.json -o json"
+    after_help = "Examples:\n  federationctl plan --config /etc/multimesh/config/federationd.toml\n  federationctl plan --config site.toml --catalog catalog.json -o json"
 )]
 #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
 pub struct Plan {
