@@ -74,7 +74,13 @@ impl Agent {
                 .http2_initial_connection_window_size(8 << 20)
                 .build(conn)
         });
-        let pool = PeerPool::new(tls.clone(), &config.trust_domain, connect_timeout, threads);
+        let pool = PeerPool::new(
+            tls.clone(),
+            &config.trust_domain,
+            connect_timeout,
+            threads,
+            &config.children,
+        );
         let site_header = HeaderValue::from_str(&config.site).ok();
         Self {
             health: Health::new(config.outlier),

@@ -65,11 +65,16 @@ pub struct AgentConfig {
     /// How often the certificate and key files are read again (ms); when they changed and pass
     /// the checks a peer would apply, new handshakes present the new certificate (rotation
     /// without a restart). 0: never.
-    #[serde(default = "default_certificate_reload_ms")]
+    #[serde(default = "default_reload_ms")]
     pub certificate_reload_ms: u64,
+    /// How often this file is read again (ms); a change to `children` takes effect while the
+    /// agent runs (an edge node joins or leaves without a restart of its parent), a change to
+    /// any other field at the next start. A file that does not load changes nothing. 0: never.
+    #[serde(default = "default_reload_ms")]
+    pub config_reload_ms: u64,
 }
 
-fn default_certificate_reload_ms() -> u64 {
+fn default_reload_ms() -> u64 {
     5_000
 }
 
@@ -192,8 +197,20 @@ fn default_namespace() -> String {
 impl AgentConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Ok(Self::load_document(path)?.0)
+    }
+
+    /// [`AgentConfig::load`], with the file's document as it was written (fields left to their
+    /// defaults are absent): a reload compares documents to name the fields that changed.
+    pub fn load_document(path: &Path) -> Result<(Self, serde_json::Value), ConfigError> {
+        Self::parse(path, &multimesh_core::config::read_file(path)?)
+    }
+
+    /// Parses and validates `text`, read from `path`: the config and the document.
+    pub fn parse(path: &Path, text: &str) -> Result<(Self, serde_json::Value), ConfigError> {
         let p = path.display().to_string();
-        let mut cfg: AgentConfig = multimesh_core::config::parse_file(path)?;
+        let document = multimesh_core::config::parse_text(path, text)?;
+        let mut cfg: AgentConfig = multimesh_core::config::parse_text(path, text)?;
         cfg.validate().map_err(|source| ConfigError::Invalid {
             path: p.clone(),
             source,
@@ -211,7 +228,7 @@ impl AgentConfig {
         if let Some(f) = cfg.ready_file.as_mut() {
             abs(f);
         }
-        Ok(cfg)
+        Ok((cfg, document))
     }
 
     /// Checks every field; the error names the first bad one.
@@ -219,6 +236,7 @@ impl AgentConfig {
         names::dns_label("site", &self.site)?;
         names::trust_domain("trust_domain", &self.trust_domain)?;
         multimesh_core::rotate::check_period("certificate_reload_ms", self.certificate_reload_ms)?;
+        multimesh_core::rotate::check_period("config_reload_ms", self.config_reload_ms)?;
         match (&self.routes.file, &self.routes.federation) {
             (Some(_), None) => {}
             (None, Some(a)) => names::host_port("routes.federation", a)?,
@@ -339,12 +357,18 @@ mod tests {
     }
 
     #[test]
-    fn certificate_reload_defaults_to_five_seconds_and_a_busy_period_is_named() {
-        assert_eq!(parse("").certificate_reload_ms, 5_000);
-        assert!(parse("certificate_reload_ms = 0").validate().is_ok());
-        assert!(parse("certificate_reload_ms = 100").validate().is_ok());
-        let e = parse("certificate_reload_ms = 10").validate().unwrap_err();
-        assert_eq!(e.field, "certificate_reload_ms", "{e}");
-        assert!(e.reason.contains("at least 100"), "{e}");
+    fn reloads_default_to_five_seconds_and_a_busy_period_is_named() {
+        for field in ["certificate_reload_ms", "config_reload_ms"] {
+            let c = parse("");
+            assert_eq!(
+                (c.certificate_reload_ms, c.config_reload_ms),
+                (5_000, 5_000)
+            );
+            assert!(parse(&format!("{field} = 0")).validate().is_ok());
+            assert!(parse(&format!("{field} = 100")).validate().is_ok());
+            let e = parse(&format!("{field} = 10")).validate().unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.reason.contains("at least 100"), "{e}");
+        }
     }
 }

@@ -106,9 +106,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run { config, log_format } => {
             process::init_logging(&log_format);
-            let cfg = AgentConfig::load(&config)?;
+            let (cfg, document) = AgentConfig::load_document(&config)?;
             let site = cfg.site.clone();
-            let running = serve::start(cfg)
+            let running = serve::start(cfg, Some((config, document)))
                 .await
                 .map_err(|e| anyhow::anyhow!("site {site}: {e}"))?;
             process::shutdown_signal().await?;

@@ -102,6 +102,84 @@ async fn a_site_not_configured_as_a_child_is_not_adopted_as_an_edge_node() {
     assert_eq!(pay.calls.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 
+/// Replaces `from` by `to` in `agent`'s config file, atomically (as an editor or the kubelet
+/// does: the agent, reading it again, sees the old file or the new one).
+fn edit_config(agent: &Agent, from: &str, to: &str) {
+    let path = agent.dir.join("edge.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{from:?} not in {text}");
+    let next = agent.dir.join(".edge.toml.next");
+    std::fs::write(&next, text.replacen(from, to, 1)).unwrap();
+    std::fs::rename(&next, &path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_node_joins_and_leaves_a_running_parent_without_a_restart() {
+    let dir = test_dir();
+    let root = dir.path();
+    let pki = Pki::new(&root.join("pki"));
+    let pay = http_backend("a").await;
+    let a = site_a(&pki, root, &pay, "");
+    Agent::write_routes(
+        root,
+        "c",
+        &format!(
+            "services:\n- {{name: payment, namespace: shop, ports: [{{port: 8080}}], destinations: [{{site: a, addresses: ['{}']}}]}}\n",
+            a.ingress()
+        ),
+    );
+    let c = Agent::start(
+        &pki,
+        root,
+        "c",
+        &agent_toml("ingress = \"127.0.0.1:0\"\nconfig_reload_ms = 200\nchildren = []"),
+    );
+    // e is not (yet) c's edge node: its link is refused and its calls go nowhere.
+    let e = edge_node(&pki, root, "e", &c.ingress(), "");
+    eventually(10, "c refuses e's link", || async {
+        c.log().contains("edge node link refused")
+    })
+    .await;
+    assert_ne!(call(e.egress(), &format!("{PAY}:8080"), &[]).await.0, 200);
+
+    // c's operator lists e: e links and its calls are relayed, with no restart of c.
+    edit_config(&c, "children = []", "children = [\"e\"]");
+    eventually(20, "e's call is relayed by c to a", || async {
+        call(e.egress(), &format!("{PAY}:8080"), &[]).await.0 == 200
+    })
+    .await;
+    assert!(c.log().contains("taken without a restart"), "{}", c.log());
+
+    // A file that does not load changes nothing: e stays linked.
+    edit_config(&c, "children = [\"e\"]", "children = [\"E!\"]");
+    eventually(10, "c refuses the bad file, naming the field", || async {
+        let log = c.log();
+        log.contains("is refused: nothing changes") && log.contains("children[0]")
+    })
+    .await;
+    assert_eq!(call(e.egress(), &format!("{PAY}:8080"), &[]).await.0, 200);
+
+    // e is removed: its link is closed, it cannot link again, and its calls stop.
+    edit_config(&c, "children = [\"E!\"]", "children = []");
+    eventually(10, "c closes e's link", || async {
+        c.log().contains("edge link closed by this side")
+    })
+    .await;
+    let served = pay.calls.load(std::sync::atomic::Ordering::Relaxed);
+    let refusals = |log: String| log.matches("edge node link refused").count();
+    let before = refusals(c.log());
+    eventually(10, "e's next link is refused", || async {
+        refusals(c.log()) > before
+    })
+    .await;
+    assert_ne!(call(e.egress(), &format!("{PAY}:8080"), &[]).await.0, 200);
+    assert_eq!(
+        pay.calls.load(std::sync::atomic::Ordering::Relaxed),
+        served,
+        "no call of e reached a after e was removed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_out_of_an_edge_node_is_admitted_by_the_destinations_scope_for_the_node() {
     let dir = test_dir();

@@ -66,7 +66,7 @@ pub async fn serve(
                 }
             };
             if tls.get_ref().1.alpn_protocol() == Some(ALPN_REVERSE) {
-                if !agent.config.children.contains(&site) {
+                if !agent.pool.parents(&site) {
                     agent.metrics.tls_failure("ingress", "not-a-child");
                     warn!(peer = %site, peer_addr = %addr, reason = "not configured as an edge node of this site (`children`)", "edge node link refused");
                     return;

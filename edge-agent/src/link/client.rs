@@ -16,7 +16,7 @@ use http::{Request, Response};
 use hyper::body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::http::Body;
 use crate::http::coalesce::Coalesce;
@@ -33,11 +33,12 @@ pub struct Link {
     ended: Arc<Ended>,
 }
 
-/// Set once the connection has ended.
+/// Set once the connection has ended; `close` asks the driving task to end it.
 #[derive(Default)]
 struct Ended {
     flag: AtomicBool,
     notify: Notify,
+    close: tokio_util::sync::CancellationToken,
 }
 
 /// HTTP/2 settings of the calling side: large windows so one connection carries many
@@ -78,6 +79,12 @@ impl Link {
     /// Whether the connection has ended (the pool then dials again).
     pub fn is_closed(&self) -> bool {
         self.ended.flag.load(Ordering::Acquire)
+    }
+
+    /// Ends the connection (calls in flight on it fail): the peer is no longer one to keep a
+    /// link with.
+    pub fn close(&self) {
+        self.ended.close.cancel();
     }
 
     /// Waits until the connection has ended.
@@ -137,6 +144,7 @@ async fn drive<T>(
             Err(e) => warn!(peer = %peer, error = %e, "edge link closed with an error"),
         },
         why = pings => warn!(peer = %peer, reason = %why, "edge link dropped: peer not answering"),
+        () = ended.close.cancelled() => info!(peer = %peer, "edge link closed by this side"),
     }
     ended.flag.store(true, Ordering::Release);
     ended.notify.notify_waiters();

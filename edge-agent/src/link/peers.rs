@@ -5,7 +5,7 @@
 //! port); it is one connection, used from every thread.
 
 use multimesh_core::locks::lock;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,19 +42,24 @@ pub struct PeerPool {
     /// Dialled links, by site: each data-plane thread has its own, so a call's streams stay
     /// on the thread that serves the call (`runtime::workers`).
     dialled: PerThread<Mutex<HashMap<String, Arc<Dialled>>>>,
-    /// Edge nodes that have dialled in since start, with their link while it is up. A node
-    /// has one link, used from every thread.
+    /// The edge nodes this site parents now (`children` in the config, which may change while
+    /// the agent runs): only they may link in. Locked before `children`.
+    allowed: Mutex<BTreeSet<String>>,
+    /// Edge nodes that have dialled in since start (or since they were last configured), with
+    /// their link while it is up. A node has one link, used from every thread.
     children: Mutex<HashMap<String, Option<Link>>>,
     connectors: Mutex<HashMap<String, TlsConnector>>,
 }
 
 impl PeerPool {
-    /// A pool dialling with `tls` as this site's identity, for `threads` data-plane threads.
+    /// A pool dialling with `tls` as this site's identity, for `threads` data-plane threads,
+    /// parenting the edge nodes `children`.
     pub fn new(
         tls: Arc<SiteTls>,
         trust_domain: &str,
         connect_timeout: Duration,
         threads: usize,
+        children: &[String],
     ) -> Self {
         Self {
             tls,
@@ -62,9 +67,30 @@ impl PeerPool {
             resolver: system_resolver(),
             connect_timeout,
             dialled: PerThread::new(threads, Mutex::default),
+            allowed: Mutex::new(children.iter().cloned().collect()),
             children: Mutex::default(),
             connectors: Mutex::default(),
         }
+    }
+
+    /// Whether `site` is configured as an edge node of this site now.
+    pub fn parents(&self, site: &str) -> bool {
+        lock(&self.allowed).contains(site)
+    }
+
+    /// Makes `sites` the edge nodes this site parents, while the agent runs: a node no longer
+    /// listed has its link closed and may not link in again. Returns the nodes removed.
+    pub fn set_children(&self, sites: BTreeSet<String>) -> Vec<String> {
+        let mut allowed = lock(&self.allowed);
+        let removed: Vec<String> = allowed.difference(&sites).cloned().collect();
+        let mut children = lock(&self.children);
+        for site in &removed {
+            if let Some(Some(link)) = children.remove(site) {
+                link.close();
+            }
+        }
+        *allowed = sites;
+        removed
     }
 
     /// Whether `site` is an edge node of this site: it has dialled in with its own identity
@@ -177,7 +203,17 @@ impl PeerPool {
         let link = Link::handshake(io, site)
             .await
             .map_err(|e| format!("HTTP/2 handshake with edge node {site}: {e}"))?;
-        lock(&self.children).insert(site.to_string(), Some(link.clone()));
+        {
+            // Under `allowed`: a node removed during the handshake is not adopted.
+            let allowed = lock(&self.allowed);
+            if !allowed.contains(site) {
+                link.close();
+                return Err(format!(
+                    "{site} is no longer configured as an edge node of this site (`children`)"
+                ));
+            }
+            lock(&self.children).insert(site.to_string(), Some(link.clone()));
+        }
         info!(peer = site, "edge node link up");
         link.closed().await;
         // One guard: locking `children` again inside an `if let` on a guard of it would

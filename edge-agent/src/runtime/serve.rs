@@ -110,8 +110,12 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
 }
 
 /// Starts an agent: loads identity and routes (refusing to start on a bad route file), binds
-/// every listener, then serves until [`Running::stop`].
-pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
+/// every listener, then serves until [`Running::stop`]. With `file` (its path, and its
+/// document as loaded), the config file is read again every `config_reload_ms`.
+pub async fn start(
+    config: AgentConfig,
+    file: Option<(std::path::PathBuf, serde_json::Value)>,
+) -> Result<Running, StartError> {
     let site_tls = Arc::new(tls::load_site(
         &config.tls,
         &config.trust_domain,
@@ -137,6 +141,17 @@ pub async fn start(config: AgentConfig) -> Result<Running, StartError> {
             std::time::Duration::from_millis(config.certificate_reload_ms),
             shutdown.clone(),
             |_, _| {},
+        ));
+    }
+    if let Some((path, document)) = file
+        && config.config_reload_ms > 0
+    {
+        tasks.spawn(crate::runtime::reload::watch(
+            agent.clone(),
+            path,
+            document,
+            Duration::from_millis(config.config_reload_ms),
+            shutdown.clone(),
         ));
     }
     if let Some(path) = &config.routes.file {

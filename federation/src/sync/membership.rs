@@ -16,13 +16,14 @@
 //! 3. dialers stop for removed or moved peers and start for added or moved ones.
 //!
 //! Any other changed field is named, in the log and in `federationctl status`, as taking effect
-//! at the next start.
+//! at the next start (`multimesh_core::config::judge_change`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use multimesh_core::config::{judge_change, watch_text};
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -71,40 +72,6 @@ pub fn peer_changes(from: &[PeerConfig], to: &[PeerConfig]) -> PeerChanges {
         .map(|s| s.to_string())
         .collect();
     c
-}
-
-/// The top-level fields of the config, other than `peers`, whose value differs between two
-/// documents of the file (as written: a field left to its default is absent). Sorted.
-pub fn restart_fields(from: &Value, to: &Value) -> Vec<String> {
-    let empty = serde_json::Map::new();
-    let (a, b) = (
-        from.as_object().unwrap_or(&empty),
-        to.as_object().unwrap_or(&empty),
-    );
-    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    keys.into_iter()
-        .filter(|k| *k != "peers" && a.get(*k) != b.get(*k))
-        .cloned()
-        .collect()
-}
-
-/// Fields a running daemon cannot take: a file that changes them is refused whole.
-const IDENTITY: [&str; 2] = ["site", "trust_domain"];
-
-/// What a changed file means for the running daemon: the new peers, or why nothing changes.
-fn judge(
-    started: &Value,
-    next: Result<(Config, Value), String>,
-) -> Result<(Config, Vec<String>), String> {
-    let (cfg, document) = next?;
-    let later = restart_fields(started, &document);
-    if let Some(f) = later.iter().find(|f| IDENTITY.contains(&f.as_str())) {
-        return Err(format!(
-            "{f} changed: the site's identity cannot change while it runs; nothing changes \
-             (restart the daemon with the new file)"
-        ));
-    }
-    Ok((cfg, later))
 }
 
 /// The outbound links of a running daemon, by peer.
@@ -184,7 +151,13 @@ pub async fn run(
         dialers.start(p);
     }
     if cfg.config_reload_ms > 0 {
-        watch(&node, &path, &cfg, &document, &mut dialers, &shutdown).await;
+        let mut peers = cfg.peers.clone();
+        let every = Duration::from_millis(cfg.config_reload_ms);
+        watch_text(path.clone(), every, shutdown.clone(), |text| {
+            dialers.reap();
+            reread(&node, &path, &document, text, &mut peers, &mut dialers);
+        })
+        .await;
     } else {
         shutdown.cancelled().await;
     }
@@ -194,87 +167,69 @@ pub async fn run(
     while dialers.tasks.join_next().await.is_some() {}
 }
 
-async fn watch(
+/// Takes the changed file `text`: its peers (now `peers`) at once, unless it is refused.
+fn reread(
     node: &Node,
-    path: &std::path::Path,
-    cfg: &Config,
+    path: &Path,
     started: &Value,
+    text: &str,
+    peers: &mut Vec<PeerConfig>,
     dialers: &mut Dialers,
-    shutdown: &CancellationToken,
 ) {
-    let mut peers = cfg.peers.clone();
-    let mut last_text = multimesh_core::config::read_file(path).ok();
-    let mut tick = tokio::time::interval(Duration::from_millis(cfg.config_reload_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
+    let judged = Config::parse(path, text)
+        .map_err(|e| e.to_string())
+        .and_then(|(next, document)| Ok((next, judge_change(started, &document, &["peers"])?)));
+    let (next, later) = match judged {
+        Ok(v) => v,
+        Err(error) => {
+            warn!(config = %path.display(), error = %error, "the config file changed but is refused: nothing changes");
+            node.config.update(|r| {
+                r.last_change_unix_ms = now_unix_ms();
+                r.error = error;
+            });
+            return;
         }
-        dialers.reap();
-        // Unreadable for a moment (being replaced): try again at the next tick.
-        let Ok(text) = multimesh_core::config::read_file(path) else {
-            continue;
-        };
-        if last_text.as_deref() == Some(text.as_str()) {
-            continue;
-        }
-        last_text = Some(text.clone());
-        let loaded = Config::parse(path, &text).map_err(|e| e.to_string());
-        let (next, later) = match judge(started, loaded) {
-            Ok(v) => v,
-            Err(error) => {
-                warn!(config = %path.display(), error = %error, "the config file changed but is refused: nothing changes");
-                node.config.update(|r| {
-                    r.last_change_unix_ms = now_unix_ms();
-                    r.error = error;
-                });
-                continue;
-            }
-        };
-        let changes = peer_changes(&peers, &next.peers);
-        if !changes.is_empty() {
-            apply(node, dialers, &next.peers, &changes);
-            info!(
-                config = %path.display(),
-                added = ?changes.added,
-                removed = ?changes.removed,
-                moved = ?changes.moved,
-                "peers changed: taken without a restart"
-            );
-        }
-        if !later.is_empty() {
-            warn!(config = %path.display(), fields = ?later, "the config file changes fields that take effect at the next start");
-        }
-        node.config.update(|r| {
-            r.last_change_unix_ms = now_unix_ms();
-            r.error.clear();
-            r.restart_fields = later;
-            let mut added: BTreeSet<Site> = r.peers_added.drain(..).collect();
-            let mut removed: BTreeSet<Site> = r.peers_removed.drain(..).collect();
-            for p in &changes.added {
-                if !removed.remove(p) {
-                    added.insert(p.clone());
-                }
-            }
-            for p in &changes.removed {
-                if !added.remove(p) {
-                    removed.insert(p.clone());
-                }
-            }
-            r.peers_added = added.into_iter().collect();
-            r.peers_removed = removed.into_iter().collect();
-        });
-        peers = next.peers;
+    };
+    let changes = peer_changes(peers, &next.peers);
+    if !changes.is_empty() {
+        apply(node, dialers, &next.peers, &changes);
+        info!(
+            config = %path.display(),
+            added = ?changes.added,
+            removed = ?changes.removed,
+            moved = ?changes.moved,
+            "peers changed: taken without a restart"
+        );
     }
+    if !later.is_empty() {
+        warn!(config = %path.display(), fields = ?later, "the config file changes fields that take effect at the next start");
+    }
+    node.config.update(|r| {
+        r.last_change_unix_ms = now_unix_ms();
+        r.error.clear();
+        r.restart_fields = later;
+        let mut added: BTreeSet<Site> = r.peers_added.drain(..).collect();
+        let mut removed: BTreeSet<Site> = r.peers_removed.drain(..).collect();
+        for p in &changes.added {
+            if !removed.remove(p) {
+                added.insert(p.clone());
+            }
+        }
+        for p in &changes.removed {
+            if !added.remove(p) {
+                removed.insert(p.clone());
+            }
+        }
+        r.peers_added = added.into_iter().collect();
+        r.peers_removed = removed.into_iter().collect();
+    });
+    *peers = next.peers;
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn peer(site: &str, address: Option<&str>) -> PeerConfig {
         PeerConfig {
@@ -304,37 +259,5 @@ mod tests {
             }
         );
         assert!(peer_changes(&to, &to).is_empty());
-    }
-
-    #[test]
-    fn fields_other_than_peers_are_named_for_the_next_start() {
-        let from = json!({"site": "a", "peers": [], "sync": {"heartbeat_ms": 100}});
-        let to = json!({"site": "a", "peers": [{"site": "b"}], "sync": {"heartbeat_ms": 200}, "ready_file": "r"});
-        assert_eq!(restart_fields(&from, &to), ["ready_file", "sync"]);
-        assert!(restart_fields(&from, &from).is_empty());
-    }
-
-    #[test]
-    fn a_file_that_changes_the_sites_identity_or_does_not_load_is_refused() {
-        let started = json!({"site": "a", "trust_domain": "t"});
-        let cfg = |doc: Value| -> Result<(Config, Value), String> {
-            let text = format!(
-                "site = {}\ntrust_domain = {}\nlisten = \"127.0.0.1:0\"\nadmin_socket = \"s\"\nstate_file = \"f\"\n[tls]\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n",
-                doc["site"], doc["trust_domain"]
-            );
-            Config::parse(std::path::Path::new("a.toml"), &text).map_err(|e| e.to_string())
-        };
-        let e = judge(&started, cfg(json!({"site": "x", "trust_domain": "t"}))).unwrap_err();
-        assert!(e.starts_with("site changed"), "{e}");
-        let e = judge(&started, cfg(json!({"site": "a", "trust_domain": "u"}))).unwrap_err();
-        assert!(e.starts_with("trust_domain changed"), "{e}");
-        let e = judge(&started, Err("a.toml: peers[0].site: bad".into())).unwrap_err();
-        assert_eq!(e, "a.toml: peers[0].site: bad");
-        let (_, later) = judge(&started, cfg(json!({"site": "a", "trust_domain": "t"}))).unwrap();
-        assert_eq!(
-            later,
-            ["admin_socket", "listen", "state_file", "tls"],
-            "fields absent from the started document count as changed"
-        );
     }
 }
