@@ -422,12 +422,21 @@ async fn exports_become_imports_and_mesh_resources_on_every_site_and_survive_res
     };
     // A pass applies its objects one after the other: the ServiceImports seen above may land
     // before the Endpoints of the same pass, so wait for the pass to finish.
+    let nothing_to_change = |plan: &str| plan.lines().any(|l| l.starts_with("0 to change"));
     eventually(30, "b's plan shows nothing to change", || async {
-        plan(None).contains("0 to change")
+        nothing_to_change(&plan(None))
     })
     .await;
     let converged = plan(None);
-    assert!(converged.contains("0 to change"), "{converged}");
+    assert!(
+        nothing_to_change(&converged),
+        "{converged}\nb's log of clusterset objects:\n{}",
+        b.log()
+            .lines()
+            .filter(|l| l.contains("-clusterset") || l.contains("watching"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert!(converged.contains("2 left alone"), "{converged}");
     // A table row, whatever the column widths.
     let row = |text: &str, cells: &[&str]| {

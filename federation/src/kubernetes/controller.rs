@@ -257,7 +257,10 @@ impl Cluster {
                 });
             }
         }
-        // A desired object that exists without our label belongs to someone else.
+        // A desired object the stores do not hold as ours may still exist: without our label it
+        // belongs to someone else. With it, it is ours and the store lags behind the watch (it
+        // was written a moment ago); taking it for someone else's made the plan give back the
+        // Endpoints of a Service just created (see the CI failure in kubernetes.rs).
         let owned: BTreeSet<String> = existing
             .iter()
             .map(|e| desired::object_key(&e.object))
@@ -274,8 +277,8 @@ impl Cluster {
                 .map_err(api_err(format!("reading {}", desired::object_key(d))))?
             {
                 existing.push(Existing {
+                    owned: is_owned(&o.metadata.labels),
                     object: with_type(serde_json::to_value(&o).unwrap_or(Value::Null), d),
-                    owned: false,
                 });
             }
         }
